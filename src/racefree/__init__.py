@@ -1,0 +1,83 @@
+"""racefree: file-based storage that never loses an update.
+
+Layers that each work alone:
+
+- :func:`atomic_write`, :func:`atomic_open`, :func:`sweep`: atomic, durable file replacement;
+- :class:`FileLock`: one lock that excludes threads, asyncio tasks and processes together;
+- :class:`LockFile`: an ``O_EXCL`` lock file with safe stale-lock recovery, for network mounts;
+- :class:`JsonFile`: locked read-modify-write of a JSON file with an atomic, durable publish;
+- :class:`AppendLog`: an append-only log of JSON records with compaction that loses nothing;
+- :class:`Store`, :class:`AsyncStore`: a JSON document store that many processes share.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    ConflictError,
+    CorruptFileError,
+    DurabilityError,
+    FormatError,
+    LockLost,
+    LockTimeout,
+    RacefreeError,
+    WouldBlock,
+)
+
+if TYPE_CHECKING:
+    from ._atomic import atomic_open, atomic_write, sweep
+    from ._jsonfile import JsonFile
+    from ._lock import FileLock
+    from ._lockfile import LockFile
+    from ._log import AppendLog
+    from ._store import AsyncStore, Store
+
+# Each layer is imported on first use, so that ``import racefree`` (and the
+# CLI) stays fast and a layer's module loads only when a program uses it.
+_LAZY = {
+    "AppendLog": "._log",
+    "AsyncStore": "._store",
+    "FileLock": "._lock",
+    "JsonFile": "._jsonfile",
+    "LockFile": "._lockfile",
+    "Store": "._store",
+    "atomic_open": "._atomic",
+    "atomic_write": "._atomic",
+    "sweep": "._atomic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'racefree' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "AppendLog",
+    "AsyncStore",
+    "ConflictError",
+    "CorruptFileError",
+    "DurabilityError",
+    "FileLock",
+    "FormatError",
+    "JsonFile",
+    "LockFile",
+    "LockLost",
+    "LockTimeout",
+    "RacefreeError",
+    "Store",
+    "WouldBlock",
+    "atomic_open",
+    "atomic_write",
+    "sweep",
+]

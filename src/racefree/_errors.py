@@ -1,0 +1,147 @@
+"""The errors racefree raises.
+
+A leaf module: it imports nothing from racefree. Every error derives from
+:class:`RacefreeError` and, where one fits, from the builtin a caller would
+already catch (``TimeoutError``, ``ValueError``, ``OSError``). Every error keeps
+the path it is about and survives pickling, so it can cross a process boundary
+(``multiprocessing``, ``concurrent.futures``) unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def _fspath(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
+class RacefreeError(Exception):
+    """The root of every error racefree raises on purpose."""
+
+
+class LockTimeout(RacefreeError, TimeoutError):
+    """The lock was not acquired within the timeout. Nothing is held."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float | None = None) -> None:
+        self.path = _fspath(path)
+        self.timeout = timeout
+        super().__init__(f"timed out after {timeout}s waiting for the lock on {self.path}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.timeout))
+
+
+class WouldBlock(RacefreeError):
+    """``acquire_nowait()`` found the lock held by another owner. Nothing is held."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = _fspath(path)
+        super().__init__(f"the lock on {self.path} is held by another owner")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path,))
+
+
+class LockLost(RacefreeError):
+    """The holder lost its lock (it was reclaimed as stale, or its connection died).
+
+    Raised at release; what the holder wrote while it believed it held the lock
+    may have raced another holder. Fencing tokens let storage reject such writes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str = "") -> None:
+        self.path = _fspath(path)
+        self.reason = reason
+        msg = f"the lock on {self.path} was lost"
+        super().__init__(f"{msg}: {reason}" if reason else msg)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+class CorruptFileError(RacefreeError, ValueError):
+    """A file's contents are damaged. Nothing was changed or thrown away.
+
+    ``offset`` is the byte offset of the damage, ``line`` its 1-based line,
+    where known.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        detail: str,
+        *,
+        offset: int | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.path = _fspath(path)
+        self.detail = detail
+        self.offset = offset
+        self.line = line
+        where = []
+        if offset is not None:
+            where.append(f"byte offset {offset}")
+        if line is not None:
+            where.append(f"line {line}")
+        at = f" at {', '.join(where)}" if where else ""
+        super().__init__(f"{self.path}{at}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_corrupt, (type(self), self.path, self.detail, self.offset, self.line))
+
+
+def _rebuild_corrupt(
+    cls: type[CorruptFileError], path: str, detail: str, offset: int | None, line: int | None
+) -> CorruptFileError:
+    return cls(path, detail, offset=offset, line=line)
+
+
+class ConflictError(RacefreeError):
+    """``expect_version`` did not match the stored version. Nothing was written."""
+
+    def __init__(self, key: str, expected: int | None, actual: int | None) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"version conflict on {key!r}: expected {expected}, found {actual}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.expected, self.actual))
+
+
+class DurabilityError(RacefreeError, OSError):
+    """An fsync (of a file or of a directory) failed.
+
+    Whether the last write reached the disk is unknown: it may or may not be
+    committed. The fsync is never retried (a second fsync can report success
+    after the kernel dropped the dirty pages: PostgreSQL's "fsyncgate"), and
+    an object that hit this error refuses further writes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], errno_: int, detail: str = "") -> None:
+        self.path = _fspath(path)
+        self.detail = detail
+        text = f"fsync failed on {self.path} ({os.strerror(errno_)})"
+        super().__init__(errno_, f"{text}: {detail}" if detail else text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.errno, self.detail))
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+class FormatError(RacefreeError, ValueError):
+    """A path holds something racefree cannot open: not its format, or a newer version."""
+
+    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+        self.path = _fspath(path)
+        self.detail = detail
+        super().__init__(f"{self.path}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.detail))

@@ -1,0 +1,287 @@
+"""The file-system seam: every file-system call racefree makes goes through here.
+
+Like SQLite's VFS, this one layer lets the tests stand between racefree and
+the kernel: fail the Nth call with ``ENOSPC`` or ``EIO``, record every call of
+an operation, and replay the crash states a power loss could leave. No other
+module of racefree calls ``os.open``, ``os.write``, ``os.fsync``,
+``os.replace``, ``open()`` and friends directly; they call the functions of
+this module by attribute (``_fs.write(fd, data)``), never import them by name,
+so that :func:`use` can swap the implementation at run time.
+
+The default implementation is the ``os`` function itself, bound directly, so
+the seam costs nothing on a hot path. :func:`use` rebinds the module's
+functions to the methods of another :class:`FileSystem` for the duration of a
+``with`` block (tests only; it is not thread-safe against concurrent ``use``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap as _mmap
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = [
+    "OPS",
+    "FileSystem",
+    "current",
+    "use",
+]
+
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _fdatasync(fd: int) -> None:
+    os.fsync(fd)
+
+
+class FileSystem:
+    """The real file system. Subclass it and override methods to fake one.
+
+    Each method is one system call (or, for :meth:`fsync_dir`, the three calls
+    that make "fsync a directory" one step a crash model can reason about).
+    """
+
+    # -- descriptors -------------------------------------------------------
+    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
+        return os.open(path, flags | _O_CLOEXEC, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def read(self, fd: int, n: int) -> bytes:
+        return os.read(fd, n)
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        return os.pread(fd, n, offset)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        """One ``write(2)``: it may write fewer bytes than given (see :func:`write_all`)."""
+        return os.write(fd, data)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    def lseek(self, fd: int, pos: int, how: int) -> int:
+        return os.lseek(fd, pos, how)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        """Flush a file's data and the metadata needed to read it back.
+
+        On macOS, ``fsync`` does not reach the platter; ``F_FULLFSYNC`` does.
+        """
+        if sys.platform == "darwin":  # pragma: no cover - not run in CI
+            fcntl.fcntl(fd, getattr(fcntl, "F_FULLFSYNC", 51))
+        elif hasattr(os, "fdatasync"):
+            os.fdatasync(fd)
+        else:  # pragma: no cover
+            os.fsync(fd)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve disk space; ``posix_fallocate`` where it exists."""
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, offset, length)
+        else:  # pragma: no cover - macOS
+            size = os.fstat(fd).st_size
+            if offset + length > size:
+                os.ftruncate(fd, offset + length)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return os.fstat(fd)
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        os.fchmod(fd, mode)
+
+    def fchown(self, fd: int, uid: int, gid: int) -> None:
+        os.fchown(fd, uid, gid)
+
+    def flock(self, fd: int, op: int) -> None:
+        fcntl.flock(fd, op)
+
+    def mmap(self, fd: int, length: int, *, writable: bool = False, offset: int = 0) -> _mmap.mmap:
+        prot = _mmap.PROT_READ | (_mmap.PROT_WRITE if writable else 0)
+        return _mmap.mmap(fd, length, flags=_mmap.MAP_SHARED, prot=prot, offset=offset)
+
+    # -- names -------------------------------------------------------------
+    def stat(self, path: str, *, follow_symlinks: bool = True) -> os.stat_result:
+        return os.stat(path, follow_symlinks=follow_symlinks)
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str, mode: int = 0o777) -> None:
+        os.mkdir(path, mode)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def fsync_dir(self, path: str) -> None:
+        """Make the directory's entries (creates, renames, unlinks) durable."""
+        fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+#: The names of the seam's operations, in the order of the class above.
+OPS: tuple[str, ...] = (
+    "open", "close", "read", "pread", "write", "pwrite", "lseek", "fsync", "fdatasync",
+    "ftruncate", "fallocate", "fstat", "fchmod", "fchown", "flock", "mmap",
+    "stat", "replace", "link", "unlink", "mkdir", "rmdir", "listdir", "realpath", "fsync_dir",
+)
+
+_REAL = FileSystem()
+_current: FileSystem = _REAL
+
+# The module-level functions that racefree calls. Where the real method is a
+# plain forward to an ``os`` function with the same signature, the ``os``
+# function itself is bound, so the default seam adds no Python frame.
+open: Callable[..., int]
+close: Callable[[int], None]
+read: Callable[[int, int], bytes]
+pread: Callable[[int, int, int], bytes]
+write: Callable[[int, bytes | memoryview], int]
+pwrite: Callable[[int, bytes | memoryview, int], int]
+lseek: Callable[[int, int, int], int]
+fsync: Callable[[int], None]
+fdatasync: Callable[[int], None]
+ftruncate: Callable[[int, int], None]
+fallocate: Callable[[int, int, int], None]
+fstat: Callable[[int], os.stat_result]
+fchmod: Callable[[int, int], None]
+fchown: Callable[[int, int, int], None]
+flock: Callable[[int, int], None]
+mmap: Callable[..., _mmap.mmap]
+stat: Callable[..., os.stat_result]
+replace: Callable[[str, str], None]
+link: Callable[[str, str], None]
+unlink: Callable[[str], None]
+mkdir: Callable[..., None]
+rmdir: Callable[[str], None]
+listdir: Callable[[str], list[str]]
+realpath: Callable[[str], str]
+fsync_dir: Callable[[str], None]
+
+_FAST: dict[str, Any] = {
+    "close": os.close,
+    "read": os.read,
+    "pread": os.pread,
+    "write": os.write,
+    "pwrite": os.pwrite,
+    "lseek": os.lseek,
+    "fsync": os.fsync,
+    "ftruncate": os.ftruncate,
+    "fstat": os.fstat,
+    "fchmod": os.fchmod,
+    "fchown": os.fchown,
+    "flock": fcntl.flock,
+    "replace": os.replace,
+    "link": os.link,
+    "unlink": os.unlink,
+    "rmdir": os.rmdir,
+    "listdir": os.listdir,
+}
+if sys.platform.startswith("linux") and hasattr(os, "fdatasync"):
+    _FAST["fdatasync"] = os.fdatasync
+
+
+def _bind(fs: FileSystem) -> None:
+    module = globals()
+    for name in OPS:
+        if fs is _REAL and name in _FAST:
+            module[name] = _FAST[name]
+        else:
+            module[name] = getattr(fs, name)
+
+
+_bind(_REAL)
+
+
+def current() -> FileSystem:
+    """The file system the seam forwards to now."""
+    return _current
+
+
+@contextlib.contextmanager
+def use(fs: FileSystem) -> Iterator[FileSystem]:
+    """Route every racefree file-system call to ``fs`` inside the block (tests only)."""
+    global _current
+    previous = _current
+    _current = fs
+    _bind(fs)
+    try:
+        yield fs
+    finally:
+        _current = previous
+        _bind(previous)
+
+
+# -- helpers built on the seam's calls (so faults injected there reach them) --
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data``, looping over short writes (pitfall W6)."""
+    view = memoryview(data)
+    while view:
+        n = write(fd, view)
+        if n <= 0:  # pragma: no cover - write(2) never returns 0 for n > 0 on a file
+            raise OSError(errno.EIO, "write returned 0")
+        view = view[n:]
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write every byte of ``data`` at ``offset``, looping over short writes."""
+    view = memoryview(data)
+    while view:
+        n = pwrite(fd, view, offset)
+        if n <= 0:  # pragma: no cover
+            raise OSError(errno.EIO, "pwrite returned 0")
+        view = view[n:]
+        offset += n
+
+
+def read_all(fd: int, chunk: int = 1 << 20) -> bytes:
+    """Read from the current offset to the end of the file."""
+    parts: list[bytes] = []
+    while True:
+        block = read(fd, chunk)
+        if not block:
+            return b"".join(parts)
+        parts.append(block)
+
+
+def read_file(path: str) -> bytes:
+    """The whole contents of the file at ``path``."""
+    fd = open(path, os.O_RDONLY)
+    try:
+        return read_all(fd)
+    finally:
+        close(fd)
+
+
+O_DIRECTORY = _O_DIRECTORY
+O_NOFOLLOW = _O_NOFOLLOW

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     ConflictError,
+    ConnectionLost,
     CorruptFileError,
     DurabilityError,
     FormatError,
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from ._lock import FileLock
     from ._lockfile import LockFile
     from ._log import AppendLog
+    from ._open import open_lock, open_store
+    from ._pg_lock import FenceToken, PgLock
+    from ._pg_store import PgStore
+    from ._protocol import AsyncStoreProtocol, StoreProtocol
     from ._store import AsyncStore, Store
 
 # Each layer is imported on first use, so that ``import racefree`` (and the
@@ -39,12 +44,19 @@ if TYPE_CHECKING:
 _LAZY = {
     "AppendLog": "._log",
     "AsyncStore": "._store",
+    "AsyncStoreProtocol": "._protocol",
+    "FenceToken": "._pg_lock",
     "FileLock": "._lock",
     "JsonFile": "._jsonfile",
     "LockFile": "._lockfile",
+    "PgLock": "._pg_lock",
+    "PgStore": "._pg_store",
     "Store": "._store",
+    "StoreProtocol": "._protocol",
     "atomic_open": "._atomic",
     "atomic_write": "._atomic",
+    "open_lock": "._open",
+    "open_store": "._open",
     "sweep": "._atomic",
 }
 
@@ -65,19 +77,27 @@ def __dir__() -> list[str]:
 __all__ = [
     "AppendLog",
     "AsyncStore",
+    "AsyncStoreProtocol",
     "ConflictError",
+    "ConnectionLost",
     "CorruptFileError",
     "DurabilityError",
+    "FenceToken",
     "FileLock",
     "FormatError",
     "JsonFile",
     "LockFile",
     "LockLost",
     "LockTimeout",
+    "PgLock",
+    "PgStore",
     "RacefreeError",
     "Store",
+    "StoreProtocol",
     "WouldBlock",
     "atomic_open",
     "atomic_write",
+    "open_lock",
+    "open_store",
     "sweep",
 ]

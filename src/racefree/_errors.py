@@ -145,3 +145,33 @@ class FormatError(RacefreeError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.detail))
+
+
+class ConnectionLost(RacefreeError, ConnectionError):
+    """The connection to a database server failed during an operation (PostgreSQL backend).
+
+    ``maybe_committed`` is False when the write was certainly not committed
+    (the server rolls back an unfinished transaction when its session ends);
+    True when the connection failed while the commit itself was in flight, so
+    the write may or may not be there: read it back before writing it again.
+    """
+
+    def __init__(self, url: str, detail: str = "", *, maybe_committed: bool = False) -> None:
+        self.url = url
+        self.detail = detail
+        self.maybe_committed = maybe_committed
+        text = f"connection to {url} lost"
+        if detail:
+            text = f"{text}: {detail}"
+        if maybe_committed:
+            text = f"{text} (the write may or may not have been committed)"
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_connection_lost, (type(self), self.url, self.detail, self.maybe_committed))
+
+
+def _rebuild_connection_lost(
+    cls: type[ConnectionLost], url: str, detail: str, maybe_committed: bool
+) -> ConnectionLost:
+    return cls(url, detail, maybe_committed=maybe_committed)

@@ -139,6 +139,13 @@ class FileSystem:
     def realpath(self, path: str) -> str:
         return os.path.realpath(path)
 
+    def utime(self, path: int | str, ns: tuple[int, int] | None = None) -> None:
+        """Set a file's (or descriptor's) access and modification times; now if ``ns`` is None."""
+        if ns is None:
+            os.utime(path)
+        else:
+            os.utime(path, ns=ns)
+
     def fsync_dir(self, path: str) -> None:
         """Make the directory's entries (creates, renames, unlinks) durable."""
         fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
@@ -153,6 +160,7 @@ OPS: tuple[str, ...] = (
     "open", "close", "read", "pread", "write", "pwrite", "lseek", "fsync", "fdatasync",
     "ftruncate", "fallocate", "fstat", "fchmod", "fchown", "flock", "mmap",
     "stat", "replace", "link", "unlink", "mkdir", "rmdir", "listdir", "realpath", "fsync_dir",
+    "utime",
 )
 
 _REAL = FileSystem()
@@ -186,6 +194,7 @@ rmdir: Callable[[str], None]
 listdir: Callable[[str], list[str]]
 realpath: Callable[[str], str]
 fsync_dir: Callable[[str], None]
+utime: Callable[..., None]
 
 _FAST: dict[str, Any] = {
     "close": os.close,

@@ -1,0 +1,216 @@
+"""Owner records of lock files: who holds one, and whether that owner is provably dead.
+
+A :class:`~racefree.LockFile` holds a one-line JSON *owner record*::
+
+    {"boot_id": "5b6c...", "created": 1764236400.25, "host": "web-1", "pid": 4242,
+     "pid_ns": 4026531836, "racefree": 1, "start_time": 1234567, "token": 17}
+
+``start_time`` is the process start time (Linux: field 22 of ``/proc/<pid>/stat``,
+clock ticks since boot), so a recycled pid is told from the original owner
+(pitfall L6). It is only comparable on the same boot of the same kernel and in
+the same pid namespace, so those are part of the record: ``host`` + ``boot_id``
++ ``pid_ns`` form the owner's *locality*. Only a record from our own locality
+can be judged by its pid; any other record (another host, a rebooted machine, a
+container with its own pid namespace, macOS where the start time is not read)
+is judged by its age instead (see ``_lockfile_disk``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import _fs
+
+__all__ = ["FORMAT", "OwnerRecord", "Verdict", "decode", "encode", "judge", "own_record"]
+
+#: The version of the owner record's layout (the ``racefree`` field).
+FORMAT = 1
+#: Records larger than this are not ours: they are judged as malformed.
+MAX_RECORD = 4096
+
+_LINUX = sys.platform.startswith("linux")
+
+
+class Verdict(enum.Enum):
+    """What an owner record proves about its owner."""
+
+    ALIVE = "alive"  # our locality, the pid runs and started when the record says
+    DEAD = "dead"  # our locality, and the pid is gone or was reused (L6)
+    UNKNOWN = "unknown"  # another locality, or a malformed record: judge by age
+
+
+@dataclass(frozen=True)
+class OwnerRecord:
+    """A decoded owner record."""
+
+    pid: int
+    host: str
+    boot_id: str | None
+    pid_ns: int | None
+    start_time: int | None
+    token: int
+    created: float
+
+
+def _read_proc(path: str) -> bytes | None:
+    try:
+        return _fs.read_file(path)
+    except OSError:
+        return None
+
+
+_boot_id: tuple[str | None] | None = None
+
+
+def boot_id() -> str | None:
+    """This kernel's boot id (Linux), None where there is none."""
+    global _boot_id
+    if _boot_id is None:
+        raw = _read_proc("/proc/sys/kernel/random/boot_id") if _LINUX else None
+        _boot_id = (raw.decode("ascii", "replace").strip() or None if raw else None,)
+    return _boot_id[0]
+
+
+def pid_namespace() -> int | None:
+    """The id of this process's pid namespace (Linux), None where unknown."""
+    if not _LINUX:
+        return None
+    try:
+        return _fs.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux).
+
+    None where it cannot be read (not Linux, no ``/proc``, or the process is
+    gone: a caller that must tell those apart checks :func:`pid_alive` after).
+    """
+    if not _LINUX:
+        return None  # macOS: sysctl(KERN_PROC) would need ctypes; judged by age instead
+    raw = _read_proc(f"/proc/{pid}/stat")
+    if raw is None:
+        return None
+    # The command name (field 2) may contain spaces and ')': split after the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22 overall; fields here start at field 3
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (maybe owned by another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours to signal
+    return True
+
+
+_own: tuple[int, int | None] | None = None
+
+
+def _own_start_time() -> int | None:
+    global _own
+    pid = os.getpid()
+    if _own is None or _own[0] != pid:  # recomputed in a forked child
+        _own = (pid, start_time(pid))
+    return _own[1]
+
+
+def own_record(token: int) -> dict[str, Any]:
+    """The owner record of the calling process for a hold with fencing ``token``."""
+    return {
+        "boot_id": boot_id(),
+        "created": time.time(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_ns": pid_namespace(),
+        "racefree": FORMAT,
+        "start_time": _own_start_time(),
+        "token": token,
+    }
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    """The bytes of an owner record: one line of JSON, keys sorted."""
+    return (json.dumps(record, sort_keys=True, separators=(", ", ": ")) + "\n").encode()
+
+
+def _int(value: object, *, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def decode(data: bytes) -> OwnerRecord | None:
+    """The owner record in ``data``, or None if it is not a valid one (malformed, L6).
+
+    A malformed record is never trusted for a pid judgement; the caller treats
+    it as "owner unknown" and judges the lock by its age (filelock #476 #534).
+    """
+    if len(data) > MAX_RECORD:
+        return None
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(obj, dict) or obj.get("racefree") != FORMAT:
+        return None
+    pid, host, boot, ns = obj.get("pid"), obj.get("host"), obj.get("boot_id"), obj.get("pid_ns")
+    start, token, created = obj.get("start_time"), obj.get("token"), obj.get("created")
+    if not (_int(pid) and isinstance(pid, int) and pid > 0 and isinstance(host, str)):
+        return None
+    if not (boot is None or isinstance(boot, str)) or not _int(ns, optional=True):
+        return None
+    if not _int(start, optional=True) or not _int(token):
+        return None
+    if not isinstance(created, (int, float)) or isinstance(created, bool):
+        return None
+    if not math.isfinite(created):
+        return None
+    return OwnerRecord(
+        pid=pid, host=host, boot_id=boot, pid_ns=ns, start_time=start, token=token,  # type: ignore[arg-type]
+        created=float(created),
+    )
+
+
+def same_locality(rec: OwnerRecord) -> bool:
+    """Whether ``rec``'s pid and start time mean the same process here as there."""
+    return (
+        rec.host == socket.gethostname()
+        and rec.boot_id == boot_id()
+        and rec.pid_ns == pid_namespace()
+    )
+
+
+def judge(rec: OwnerRecord | None) -> Verdict:
+    """What ``rec`` proves about its owner, looked at now.
+
+    DEAD only on proof: same locality and the pid is not running, or it is
+    running but started at another time than the record says (a recycled pid,
+    L6). ALIVE only on proof too. Everything else is UNKNOWN.
+    """
+    if rec is None or not same_locality(rec):
+        return Verdict.UNKNOWN
+    if not pid_alive(rec.pid):
+        return Verdict.DEAD
+    if rec.start_time is None:
+        return Verdict.UNKNOWN
+    now = start_time(rec.pid)
+    if now is None:
+        # /proc/<pid>/stat vanished between kill(0) and the read: the process exited.
+        return Verdict.DEAD if not pid_alive(rec.pid) else Verdict.UNKNOWN
+    return Verdict.ALIVE if now == rec.start_time else Verdict.DEAD

@@ -1,0 +1,646 @@
+"""``PgLock``: the :class:`racefree.FileLock` API on a PostgreSQL session advisory lock.
+
+A session advisory lock is PostgreSQL's counterpart of ``flock(2)``: it
+belongs to one server session and the server drops it when that session ends,
+however it ends (the client was killed, its machine died and TCP keepalive
+noticed, or an administrator ran ``pg_terminate_backend``). There is no lease
+that can run out under a paused holder (pitfall L8). What can happen is that
+the server ends the session while the holder still runs (network partition,
+terminated backend): the holder is then told (``lock.lost``, and
+:class:`LockLost` at release), and the fencing ``token`` it got at acquisition
+lets the PostgreSQL store reject its late writes (Kleppmann 2016).
+
+Each ``PgLock`` instance owns one dedicated connection (not pooled: the lock
+lives exactly as long as that session), opened at first use and kept until
+:meth:`PgLock.close`. Inside a process the instance is shared safely by threads
+and asyncio tasks like a ``FileLock`` (owner = task, else thread; reentrant per
+owner, L3); two instances are two sessions and exclude each other through the
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import threading
+import time
+import weakref
+from types import TracebackType
+from typing import Any
+
+from . import _pg
+from ._errors import LockLost, LockTimeout, WouldBlock
+from ._lockregistry import call_soon_threadsafe, current_owner
+
+__all__ = ["FenceToken", "PgLock"]
+
+
+class FenceToken(int):
+    """A fencing token: an ``int`` that also carries the name of the lock it came from.
+
+    Tokens come from one sequence and grow with every acquisition of any
+    lock of the database, so a later holder of a lock always has a larger token
+    than an earlier one. Pass it as ``fence=`` to a PostgreSQL store's writes.
+    """
+
+    name: str
+
+    def __new__(cls, value: int, name: str) -> FenceToken:
+        obj = super().__new__(cls, value)
+        obj.name = name
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FenceToken, (int(self), self.name))
+
+    def __repr__(self) -> str:
+        return f"FenceToken({int(self)}, {self.name!r})"
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if not timeout >= 0:  # also rejects NaN
+        raise ValueError(f"timeout must be >= 0 (or None to wait forever), not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+# Server-side settings of the lock's session. statement_timeout and
+# idle_session_timeout set by an administrator would end a session that waits
+# for, or idly holds, the lock; the keepalives make the server notice a holder
+# whose machine vanished within about 25 s and free its lock (L6).
+_SESSION_SETUP = (
+    "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;"
+    " SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5;"
+    " SET tcp_keepalives_count = 3"
+)
+
+_CANCELLED = "57014"
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+class _Attempt:
+    """One wait for the server lock that its asynchronous caller may abandon."""
+
+    __slots__ = ("abandoned", "conn", "done", "error", "mutex", "notify", "token", "waiting")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.abandoned = False
+        self.waiting = False  # the lock statement is running on conn
+        self.done = False
+        self.conn: Any = None
+        self.token: FenceToken | None = None
+        self.error: BaseException | None = None
+        self.notify: Any = None
+
+
+class PgLock:
+    """A lock on a PostgreSQL session advisory lock, with the ``FileLock`` API.
+
+    ``url`` is a ``postgresql://`` URL; ``name`` any string (it is hashed to
+    the 64-bit advisory key: sha256, so two names collide with negligible
+    probability). ``shared=True`` takes ``pg_advisory_lock_shared``: many shared
+    holders or one exclusive holder, across every client of the database.
+    ``timeout`` is the default for :meth:`acquire`: None waits forever, 0 tries once.
+
+    Waiting happens in the server (``pg_advisory_lock`` with ``lock_timeout``
+    for a timeout), never by polling: a released lock is granted at once (L4).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"lock name must be a str, not {type(name).__name__}")
+        self._url = _pg.parse_url(url)
+        self._name = name
+        self._shared = bool(shared)
+        self._timeout = _check_timeout(timeout)
+        self._connect_timeout = connect_timeout
+        self._key = _pg.advisory_key("lock", name)
+        suffix = "_shared" if self._shared else ""
+        self._sql_lock = f"SELECT pg_advisory_lock{suffix}({self._key})"
+        self._sql_try = f"SELECT pg_try_advisory_lock{suffix}({self._key})"
+        self._sql_unlock = f"SELECT pg_advisory_unlock{suffix}({self._key})"
+        self._path = f"{self._url.display}#{name}"
+        self._mutex = threading.Lock()
+        self._holders: dict[object, int] = {}
+        self._inherited: dict[object, int] = {}
+        self._busy = False  # one owner is talking to the server; the others wait
+        self._waiters: list[Any] = []
+        self._conn: Any = None
+        self._token: FenceToken | None = None
+        self._lost = False
+        self._pid = os.getpid()
+        _instances.add(self)
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The lock's name."""
+        return self._name
+
+    @property
+    def path(self) -> str:
+        """The URL (without password) and the lock name, as errors show them."""
+        return self._path
+
+    @property
+    def shared(self) -> bool:
+        """True for a reader (shared) lock."""
+        return self._shared
+
+    @property
+    def timeout(self) -> float | None:
+        """The default timeout in seconds; None waits forever."""
+        return self._timeout
+
+    @property
+    def locked(self) -> bool:
+        """Whether any owner in this process holds it through this instance."""
+        return bool(self._holders)
+
+    @property
+    def held_by_me(self) -> bool:
+        """Whether the current owner (this asyncio task, else this thread) holds it."""
+        return current_owner() in self._holders
+
+    @property
+    def token(self) -> FenceToken | None:
+        """The fencing token of the current hold (None when not held).
+
+        It grows with every acquisition: give it as ``fence=`` to the
+        PostgreSQL store so that a holder that lost the lock cannot overwrite
+        what a later holder wrote.
+        """
+        return self._token if self._holders else None
+
+    @property
+    def lost(self) -> bool:
+        """True if the server ended the session that held the lock (so it is held no more).
+
+        Checked without a round trip (a zero-timeout poll of the idle socket):
+        the server's FATAL message, or TCP keepalive's verdict, shows up there.
+        Stays True until the next successful acquire.
+        """
+        with self._mutex:
+            if not self._lost and self._holders and not self._busy and self._conn is not None:
+                self._lost = _pg.connection_dead(self._conn)
+            return self._lost
+
+    def __repr__(self) -> str:
+        kind = "shared" if self._shared else "exclusive"
+        return f"<PgLock {self._path!r} {kind} timeout={self._timeout}>"
+
+    # -- the connection -----------------------------------------------------
+    def _connection(self) -> Any:
+        """The dedicated session (opened if missing or dead). Only called while busy."""
+        conn = self._conn
+        if conn is not None and not _pg.connection_dead(conn):
+            return conn
+        self._discard()
+        psycopg = _pg.psycopg_module()
+        with _pg.translate(self._url.display, maybe_committed=False):
+            kwargs: dict[str, Any] = {"autocommit": True,
+                                      "connect_timeout": max(1, math.ceil(self._connect_timeout))}
+            if "application_name" not in self._url.conninfo:
+                app = f"racefree-lock:{self._name}"[:63]
+                kwargs["application_name"] = "".join(c if " " <= c <= "~" else "?" for c in app)
+            conn = psycopg.connect(self._url.conninfo, **kwargs)
+            try:
+                conn.execute(_SESSION_SETUP)
+                _pg.ensure_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return conn
+
+    def _discard(self) -> None:
+        """Close the session: the server drops any advisory lock it held."""
+        conn, self._conn = self._conn, None
+        if conn is not None and os.getpid() == self._pid:
+            with contextlib.suppress(Exception):  # closing a dead connection may fail; it is gone
+                conn.close()
+
+    def close(self) -> None:
+        """Close the lock's connection. A lock still held is released by the server."""
+        with self._mutex:
+            self._holders.clear()
+            self._token = None
+            self._discard()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: modules may be gone
+            if os.getpid() == self._pid and self._conn is not None:
+                self._conn.close()
+
+    # -- the server lock ----------------------------------------------------
+    def _server_lock(self, timeout: float | None, blocking: bool, attempt: _Attempt | None) -> int:
+        """Take the advisory lock in the server and draw a token (0: not granted in time).
+
+        Only called while busy. Any failure closes the session, so a lock the server may have granted
+        just before the failure (a signal, a cancel landing late) is dropped
+        with it: a caller that gets an error never holds the lock (L9).
+        """
+        conn = self._connection()
+        psycopg = _pg.psycopg_module()
+        trying = not blocking or timeout == 0
+        if trying:
+            sql = f"{self._sql_try}; SELECT nextval('racefree_fence_seq')"
+        else:
+            ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
+            # Literal integers only, so the three statements go as one simple
+            # query: one round trip. The token is drawn after the grant, so
+            # tokens grow in the order holders got the lock.
+            sql = (
+                f"SET lock_timeout = {ms}; {self._sql_lock};"
+                " SELECT nextval('racefree_fence_seq')"
+            )
+        if attempt is not None:
+            with attempt.mutex:
+                if attempt.abandoned:
+                    raise asyncio.CancelledError()
+                attempt.conn = conn
+                attempt.waiting = True
+        try:
+            try:
+                cur = conn.execute(sql)
+                if trying:
+                    row = cur.fetchone()
+                    granted = bool(row and row[0])
+                else:  # the first result is SET's, the second the (void) lock's
+                    granted = True
+                    cur.nextset()
+                cur.nextset()
+                token_row = cur.fetchone()
+            finally:
+                if attempt is not None:
+                    with attempt.mutex:
+                        attempt.waiting = False
+        except psycopg.Error as exc:
+            state = getattr(exc, "sqlstate", None)
+            if state == _LOCK_NOT_AVAILABLE:
+                # lock_timeout ran out: the statement failed while waiting, so
+                # nothing was granted and the session stays usable.
+                return 0
+            self._discard()
+            if state == _CANCELLED and attempt is not None and attempt.abandoned:
+                raise asyncio.CancelledError() from None
+            if _pg.is_connection_error(exc):
+                raise _pg.lost(self._url.display, exc, maybe_committed=False) from exc
+            raise
+        except BaseException:
+            self._discard()
+            raise
+        if not granted:
+            return 0
+        if token_row is None:  # pragma: no cover - nextval always returns a row
+            self._discard()
+            raise RuntimeError("nextval returned no row")
+        return int(token_row[0])
+
+    def _server_unlock(self) -> str:
+        """Unlock in the server; the reason the lock was lost, or "" (only while busy)."""
+        conn = self._conn
+        if conn is None:
+            return "the connection was closed"
+        try:
+            row = conn.execute(self._sql_unlock).fetchone()
+        except Exception as exc:
+            self._discard()
+            if _pg.is_connection_error(exc):
+                return f"the session ended: {str(exc).strip().splitlines()[0] if str(exc) else exc}"
+            raise
+        if not (row and row[0]):
+            self._discard()
+            return "the server no longer held it for this session"
+        return ""
+
+    # -- in-process admission -----------------------------------------------
+    def _admit(self, owner: object) -> bool | None:
+        """True if now held, None if this owner must take the server lock, False to wait.
+
+        On None the instance is marked busy (``_mutex`` held).
+        """
+        n = self._holders.get(owner)
+        if n is not None:
+            self._holders[owner] = n + 1
+            return True
+        if self._busy:
+            return False
+        if self._holders:
+            if self._shared:  # a reader joins the readers of this instance
+                self._holders[owner] = 1
+                return True
+            return False
+        self._busy = True
+        return None
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for wake in waiters:
+            wake()
+
+    def _record(self, owner: object, token: int) -> None:
+        with self._mutex:
+            self._busy = False
+            self._holders[owner] = 1
+            self._token = FenceToken(token, self._name)
+            self._lost = False
+            self._wake_all()  # readers of this instance join; writers re-check
+
+    def _unbusy(self) -> None:
+        with self._mutex:
+            self._busy = False
+            self._wake_all()
+
+    # -- acquire / release (threads) ---------------------------------------
+    def acquire(self, timeout: float | None = None) -> None:
+        """Wait until this owner holds the lock.
+
+        ``timeout`` (seconds) overrides the constructor's; None means the
+        constructor's, whose None waits forever; 0 tries once. On timeout it
+        raises :class:`LockTimeout` and nothing is held. A lost connection
+        raises :class:`racefree.ConnectionLost` and nothing is held (the server
+        drops a session's locks with it). In a coroutine use ``async with`` or
+        :meth:`acquire_async`.
+        """
+        t = self._timeout if timeout is None else _check_timeout(timeout)
+        self._acquire(t, blocking=True)
+
+    def acquire_nowait(self) -> None:
+        """Take the lock without waiting, or raise :class:`WouldBlock` (nothing held)."""
+        self._acquire(0, blocking=False)
+
+    def _acquire(self, timeout: float | None, *, blocking: bool) -> None:
+        owner = current_owner()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wake = None
+        try:
+            while True:
+                with self._mutex:
+                    verdict = self._admit(owner)
+                    if verdict is True:
+                        return
+                    if verdict is None:
+                        break
+                    if not blocking:
+                        raise WouldBlock(self._path)
+                    gate = threading.Lock()
+                    gate.acquire()
+                    wake = gate.release
+                    self._waiters.append(wake)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise LockTimeout(self._path, timeout)
+                if not gate.acquire(timeout=-1 if remaining is None else remaining):
+                    raise LockTimeout(self._path, timeout)
+                wake = None
+        except BaseException:
+            with self._mutex:
+                if wake is not None and wake in self._waiters:
+                    self._waiters.remove(wake)
+            raise
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            token = self._server_lock(remaining, blocking and remaining != 0, None)
+        except BaseException:
+            self._unbusy()
+            raise
+        if token == 0:
+            self._unbusy()
+            if not blocking:
+                raise WouldBlock(self._path)
+            raise LockTimeout(self._path, timeout)
+        self._record(owner, token)
+
+    def release(self) -> None:
+        """Drop one hold of the current owner; the last one unlocks in the server.
+
+        Raises :class:`LockLost` if the server had ended the session meanwhile
+        (the lock was free for others since then; nothing is held now), and
+        ``RuntimeError`` if the current owner holds nothing. In a forked child,
+        releasing a hold the parent had at fork time only forgets it (L5).
+        """
+        owner = current_owner()
+        with self._mutex:
+            n = self._holders.get(owner)
+            if n is None:
+                if self._inherited.get(owner):
+                    self._inherited[owner] -= 1
+                    return
+                raise RuntimeError(
+                    f"release of {self._path}: the lock is not held by this thread or task"
+                )
+            if n > 1:
+                self._holders[owner] = n - 1
+                return
+            del self._holders[owner]
+            if self._holders:
+                return
+            self._busy = True
+            self._token = None
+        reason = ""
+        try:
+            reason = self._server_unlock()
+        finally:
+            with self._mutex:
+                if reason:
+                    self._lost = True
+                self._busy = False
+                self._wake_all()
+        if reason:
+            raise LockLost(self._path, reason)
+
+    def __enter__(self) -> PgLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    # -- asyncio ------------------------------------------------------------
+    async def acquire_async(self, timeout: float | None = None) -> None:
+        """Wait until the current task holds the lock, without blocking the event loop.
+
+        The same guarantees as :meth:`acquire`. The server wait runs in a worker
+        thread; cancelling the waiting task cancels that statement in the
+        server (a cancel request) and, if the grant raced the cancel, the worker
+        closes the session: a cancelled or timed-out waiter holds nothing (L9).
+        """
+        t = self._timeout if timeout is None else _check_timeout(timeout)
+        owner = current_owner()
+        loop = asyncio.get_running_loop()
+        deadline = None if t is None else loop.time() + t
+        wake = None
+        try:
+            while True:
+                with self._mutex:
+                    verdict = self._admit(owner)
+                    if verdict is True:
+                        return
+                    if verdict is None:
+                        break
+                    fut: asyncio.Future[None] = loop.create_future()
+                    wake = _waker(loop, fut)
+                    self._waiters.append(wake)
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise LockTimeout(self._path, t)
+                try:
+                    await asyncio.wait_for(fut, remaining)
+                except (asyncio.TimeoutError, TimeoutError):
+                    raise LockTimeout(self._path, t) from None
+                wake = None
+        except BaseException:
+            with self._mutex:
+                if wake is not None and wake in self._waiters:
+                    self._waiters.remove(wake)
+            raise
+        remaining = None if deadline is None else max(0.0, deadline - loop.time())
+        attempt = _Attempt()
+        done: asyncio.Future[None] = loop.create_future()
+        attempt.notify = _waker(loop, done)
+        try:
+            threading.Thread(
+                target=self._server_lock_worker,
+                args=(remaining, attempt, t),
+                name="racefree-pglock-wait",
+                daemon=True,
+            ).start()
+        except BaseException:
+            self._unbusy()
+            raise
+        try:
+            await asyncio.shield(done)
+        except BaseException:
+            self._abandon(attempt)
+            raise
+        if attempt.error is not None:
+            raise attempt.error
+        if attempt.token is None:  # pragma: no cover - the worker sets one or the other
+            raise RuntimeError("lock worker ended without a result")
+        self._record(owner, attempt.token)
+
+    def _server_lock_worker(
+        self, timeout: float | None, attempt: _Attempt, reported: float | None
+    ) -> None:
+        token = 0
+        try:
+            token = self._server_lock(timeout, True, attempt)
+            err: BaseException | None = None
+            if token == 0:
+                err = LockTimeout(self._path, reported)
+        except BaseException as exc:  # handed to the waiting task
+            err = exc
+        with attempt.mutex:
+            abandoned = attempt.abandoned
+            attempt.done = True
+            if not abandoned:
+                attempt.error = err
+                attempt.token = FenceToken(token, self._name) if err is None else None
+        if abandoned:
+            # The task gave up: a grant that raced its cancel is handed back by
+            # closing the session (nobody of this process holds the lock while
+            # busy, so that takes nothing from anyone), then the others may go.
+            if err is None:
+                with self._mutex:
+                    self._discard()
+            self._unbusy()
+            return
+        if err is not None:
+            self._unbusy()
+        attempt.notify()
+
+    def _abandon(self, attempt: _Attempt) -> None:
+        """The waiting task was cancelled: stop the server wait, or undo a grant."""
+        with attempt.mutex:
+            attempt.abandoned = True
+            finished = attempt.done
+            waiting = attempt.waiting
+            conn = attempt.conn
+        if finished:
+            # The worker finished before the task saw it: undo its result here.
+            if attempt.error is None and attempt.token is not None:
+                with self._mutex:
+                    self._discard()
+                self._unbusy()
+            return
+        if waiting and conn is not None:
+            threading.Thread(
+                target=_cancel_statement, args=(attempt,), name="racefree-pglock-cancel",
+                daemon=True,
+            ).start()
+
+    async def __aenter__(self) -> PgLock:
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _cancel_statement(attempt: _Attempt) -> None:
+    # Holding attempt.mutex keeps the worker from starting another statement on
+    # the session while the cancel request is in flight: a cancel that arrives
+    # after the lock statement ended finds the session idle and is ignored.
+    with attempt.mutex:
+        if attempt.waiting and attempt.conn is not None:
+            with contextlib.suppress(Exception):  # the session may be gone already
+                attempt.conn.cancel_safe(timeout=10.0)
+
+
+def _waker(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> Any:
+    def wake() -> None:
+        call_soon_threadsafe(loop, fut)
+
+    return wake
+
+
+_instances: weakref.WeakSet[PgLock] = weakref.WeakSet()
+
+
+def _after_fork_child() -> None:
+    """The child holds nothing and never touches the parent's session (L5).
+
+    Closing the inherited connection would send the server a Terminate message
+    and end the parent's session, releasing the parent's lock; the child only
+    forgets it (psycopg does not close a connection from another process) and
+    opens its own session when it locks.
+    """
+    for lock in list(_instances):
+        lock._mutex = threading.Lock()
+        for owner, n in lock._holders.items():
+            lock._inherited[owner] = lock._inherited.get(owner, 0) + n
+        lock._holders = {}
+        lock._busy = False
+        lock._waiters = []
+        lock._conn = None
+        lock._token = None
+        lock._lost = False
+        lock._pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_child)

@@ -1,0 +1,211 @@
+"""Compaction and verification of a :class:`racefree.Store`'s segments.
+
+Compaction copies every live document (and every tombstone, so deleted ids keep
+their versions) into new segments, makes them durable, and switches to them by
+replacing the MANIFEST: that rename is the commit point. Before it, a crash
+leaves the old segments in force (the new ones are orphans nobody reads); after
+it, the new ones. Tombstones need no "older segment" bookkeeping (pitfall S5)
+because the switch retires every older segment at once: no segment that could
+still hold an older version of a deleted id stays live.
+
+Writers wait while a compaction runs (it holds the write lock); readers never
+wait: they keep reading the old segments (still mapped, even once unlinked)
+until they see the new generation, then reload their index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import zlib
+from dataclasses import dataclass
+
+from . import _fs
+from ._errors import CorruptFileError
+from ._segment import (
+    ENTRY,
+    FRAME,
+    FRAME_MAGIC,
+    M40,
+    OP_DELETE,
+    OP_PUT,
+    SEG_HEADER,
+    index_frames,
+    pack,
+    unpack,
+)
+from ._store_core import Core, State
+from ._store_files import (
+    W_DEAD,
+    W_END,
+    W_GEN,
+    W_INPROG,
+    W_SYNCED,
+    W_TOTAL,
+    create_segment,
+    fdatasync,
+    read_manifest,
+    seg_name,
+    write_manifest,
+)
+
+_FLUSH = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    """What :meth:`Store.check` found: every record checked, every document parsed."""
+
+    documents: int  #: live documents
+    tombstones: int  #: deleted ids whose versions are remembered
+    segments: int  #: live segment files
+    records: int  #: frames read (a batch is one frame)
+    record_bytes: int  #: bytes of all frames
+    dead_bytes: int  #: bytes of overwritten or deleted documents (reclaimed by compact)
+
+
+class _Writer:
+    """Appends frames to fresh segments, buffered, rolling to a new one when full."""
+
+    def __init__(self, core: Core, st: State, first: int) -> None:
+        self.core = core
+        self.st = st
+        self.next = first
+        self.seg = -1
+        self.pos = self.size = 0
+        self.buf = bytearray()
+        self.buf_at = 0
+        self.total = 0
+
+    def _new_segment(self, need: int) -> None:
+        self.flush()
+        size = max(self.core.segment_size, need + SEG_HEADER.size)
+        seg = self.next
+        self.next += 1
+        fd = create_segment(self.core.dir, seg, size, zero_fill=self.core.durable)
+        self.st.fds[seg] = fd
+        self.st.maps[seg] = _fs.mmap(fd, size)
+        self.st.segs.append(seg)
+        self.seg, self.pos, self.size = seg, SEG_HEADER.size, size
+        self.buf_at = self.pos
+
+    def add(self, op: int, idb: bytes, version: int, doc: bytes) -> tuple[int, int]:
+        """Buffer one single-entry frame; returns ``(seg, doc offset)``."""
+        payload = ENTRY.pack(op, len(idb), version, len(doc)) + idb + doc
+        n = FRAME.size + len(payload)
+        if self.seg < 0 or self.pos + n > self.size:
+            self._new_segment(n)
+        self.buf += FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload))
+        self.buf += payload
+        at = self.pos + FRAME.size + ENTRY.size + len(idb)
+        self.pos += n
+        self.total += n
+        if len(self.buf) >= _FLUSH:
+            self.flush()
+        return self.seg, at
+
+    def flush(self) -> None:
+        if self.buf:
+            _fs.pwrite_all(self.st.fds[self.seg], self.buf, self.buf_at)
+            self.buf_at += len(self.buf)
+            self.buf = bytearray()
+
+
+def compact_locked(core: Core, st: State) -> State:
+    """Rewrite ``st``'s live data into new segments and switch to them (write lock held)."""
+    w = core.words
+    gen = st.gen + 1
+    new = State(gen, [], 0)
+    out = _Writer(core, new, st.segs[-1] + 1)
+    w[W_INPROG] = gen
+    committed = False
+    try:
+        for ident, value in st.index.items():
+            version, seg, length, off = unpack(value)
+            doc = st.maps[seg][off:off + length]
+            at_seg, at = out.add(OP_PUT, ident.encode("utf-8", "surrogatepass"), version, doc)
+            new.index[ident] = pack(version, at_seg, length, at)
+        for ident, version in st.tomb.items():
+            out.add(OP_DELETE, ident.encode("utf-8", "surrogatepass"), version, b"")
+            new.tomb[ident] = version
+        if out.seg < 0:
+            out._new_segment(0)
+        out.flush()
+        # The copies must be on disk before the manifest names them: after the
+        # switch they are the only copy of every document (W1 for segments).
+        for seg in new.segs:
+            fdatasync(new.fds[seg], os.path.join(core.dir, seg_name(seg)))
+        write_manifest(core.dir, gen, list(new.segs))
+        committed = True
+        new.end = out.seg << 40 | out.pos
+        with core.sync_mu:
+            _fs.flock(core.sync_fd, fcntl.LOCK_EX)
+            try:
+                w[W_GEN] = gen
+                w[W_END] = new.end
+                w[W_SYNCED] = new.end
+                w[W_DEAD] = 0
+                w[W_TOTAL] = out.total
+                w[W_INPROG] = 0
+            finally:
+                _fs.flock(core.sync_fd, fcntl.LOCK_UN)
+    except BaseException:
+        if not committed:
+            w[W_INPROG] = 0
+            new.close()
+            for seg in new.segs:
+                with contextlib.suppress(OSError):
+                    _fs.unlink(os.path.join(core.dir, seg_name(seg)))
+        raise
+    core.state = new
+    for seg in st.segs:
+        # Retired: processes that still map them keep reading until they reload.
+        with contextlib.suppress(FileNotFoundError):
+            _fs.unlink(os.path.join(core.dir, seg_name(seg)))
+    return new
+
+
+def check_state(core: Core, st: State) -> StoreReport:
+    """Re-read every frame up to ``st.end``, check every crc, parse every document."""
+    gen, segs = read_manifest(core.dir)
+    if gen != st.gen or segs[: len(st.segs)] != st.segs:
+        raise CorruptFileError(core.dir, "the manifest does not match the open store")
+    index: dict[str, int] = {}
+    tomb: dict[str, int] = {}
+    records = dead = total = 0
+    tseg, toff = st.end >> 40, st.end & M40
+    for seg in st.segs:
+        mm = st.maps[seg]
+        path = os.path.join(core.dir, seg_name(seg))
+        stop = toff if seg == tseg else len(mm)
+        end, _, d, t = index_frames(mm, SEG_HEADER.size, stop, seg, index, tomb, path)
+        if seg == tseg and end != toff:
+            raise CorruptFileError(path, "a published record does not check", offset=end)
+        dead += d
+        total += t
+        pos = SEG_HEADER.size
+        while pos < end:
+            records += 1
+            pos += FRAME.size + FRAME.unpack_from(mm, pos)[1]
+    for ident, value in index.items():
+        _, seg, length, off = unpack(value)
+        raw = st.maps[seg][off:off + length]
+        path = os.path.join(core.dir, seg_name(seg))
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptFileError(path, f"document {ident!r} is not JSON: {exc}", offset=off)
+        if not isinstance(doc, dict):
+            raise CorruptFileError(path, f"document {ident!r} is not an object", offset=off)
+    if index.keys() != st.index.keys():
+        raise CorruptFileError(core.dir, "the index does not match the segments")
+    return StoreReport(
+        documents=len(index),
+        tombstones=len(tomb),
+        segments=len(st.segs),
+        records=records,
+        record_bytes=total,
+        dead_bytes=dead,
+    )

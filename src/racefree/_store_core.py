@@ -1,0 +1,496 @@
+"""The machinery under :class:`racefree.Store`: files, locks, the index and catching up.
+
+Each process keeps its own index (``id -> packed int``, see ``_segment.pack``)
+and learns what other processes wrote from the shared header ``store.shm``: a
+read compares one u64 there (the published end) with the end its index covers,
+with no system call; only when they differ does it read the new frames
+(``refresh``). Writers serialise on an flock (``store.lock``), catch up, check
+versions, ``pwrite`` one frame at the end, publish the new end, release the
+lock and then share one fdatasync (``sync``, group commit).
+
+Locks: raw ``flock`` on the store's own lock files, not :class:`racefree.FileLock`,
+because a put takes the lock once per call (two system calls here, the cost of
+one ``get``), and because the shared header needs an exclusive-try-then-shared
+flock on ``store.shm`` ("am I the only process with the store open?"), which
+FileLock does not offer. The threads of one process are excluded by an RLock
+first (flock is per open file description: two threads on one descriptor
+would both "hold" it - pitfall L3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+import weakref
+from mmap import mmap
+from typing import Any
+
+from . import _fs
+from ._errors import CorruptFileError, DurabilityError
+from ._segment import M40, SEG_HEADER, ZERO4, index_frames, last_nonzero
+from ._store_files import (
+    MANIFEST,
+    W_DEAD,
+    W_END,
+    W_GEN,
+    W_INPROG,
+    W_MAGIC,
+    W_POISON,
+    W_SYNCED,
+    W_TOTAL,
+    SHM_MAGIC,
+    LOCK,
+    SYNC_LOCK,
+    create_segment,
+    fdatasync,
+    is_store_dir_empty,
+    open_segment,
+    open_shm,
+    read_manifest,
+    seg_name,
+    seg_number,
+    write_manifest,
+)
+
+_EX = fcntl.LOCK_EX
+_SH = fcntl.LOCK_SH
+_UN = fcntl.LOCK_UN
+_NB = fcntl.LOCK_NB
+
+
+class State:
+    """One consistent view: the index and the segments it points into."""
+
+    __slots__ = ("end", "fds", "gen", "index", "maps", "segs", "tomb")
+
+    def __init__(self, gen: int, segs: list[int], end: int) -> None:
+        self.gen = gen
+        self.segs = segs
+        self.end = end  # the published position this index covers (seg << 40 | offset)
+        self.index: dict[str, int] = {}
+        self.tomb: dict[str, int] = {}  # deleted id -> its tombstone's version
+        self.maps: dict[int, mmap] = {}
+        self.fds: dict[int, int] = {}
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                _fs.close(fd)
+
+    def __del__(self) -> None:
+        # A replaced state is closed when the last thread using it lets go (a
+        # group-commit fdatasync may still be running on its descriptors).
+        self.close()
+
+
+# A state that never matches the shared header (end -1 is no u64), so that every
+# read takes the slow path: used when the store is closed or after fork.
+_DEAD_STATE = State(-1, [], -1)
+_NO_WORDS = (0,) * 8
+
+_CORES: weakref.WeakSet[Core] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held a Core's RLock or been half-way through
+    # updating its index when fork copied the process: the child starts over
+    # with fresh locks and reopens lazily (see Core.refresh). Pitfall L5: the
+    # inherited descriptors are only closed, never unlocked, so the parent keeps
+    # whatever flock it holds.
+    for core in list(_CORES):
+        core.mu = threading.RLock()
+        core.sync_mu = threading.Lock()
+        core.depth = 0
+        if core.state is not _CLOSED:
+            core.state = _DEAD_STATE
+
+
+_CLOSED = State(-2, [], -1)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Core:
+    """Files, locks and the index of one open store handle."""
+
+    def __init__(self, directory: str, durable: bool, segment_size: int) -> None:
+        self.dir = directory
+        self.durable = durable
+        self.segment_size = segment_size
+        self.mu = threading.RLock()
+        self.sync_mu = threading.Lock()
+        self.depth = 0
+        self.poisoned = False
+        self.state: State = _DEAD_STATE
+        self.words: Any = _NO_WORDS
+        self.lock_fd = self.sync_fd = self.shm_fd = -1
+        self.shm: mmap | None = None
+        self.pid = os.getpid()
+        self._open()
+        _CORES.add(self)
+
+    # -- opening -----------------------------------------------------------------
+    def _open(self) -> None:
+        with contextlib.suppress(FileExistsError):
+            _fs.mkdir(self.dir)
+        flags = os.O_RDWR | os.O_CREAT | _fs.O_NOFOLLOW
+        self.lock_fd = _fs.open(os.path.join(self.dir, LOCK), flags, 0o666)
+        try:
+            self.sync_fd = _fs.open(os.path.join(self.dir, SYNC_LOCK), flags, 0o666)
+            _fs.flock(self.lock_fd, _EX)
+            try:
+                self.shm_fd, self.shm = open_shm(self.dir)
+                self.words = memoryview(self.shm).cast("Q")
+                self._create_if_new()
+                try:
+                    _fs.flock(self.shm_fd, _EX | _NB)
+                    first = True
+                except BlockingIOError:
+                    first = False
+                if first:
+                    # Nobody else has the store open: the shared header may be
+                    # stale (power loss) or half-written (a crash): rebuild it.
+                    self.words[W_MAGIC] = 0
+                    self.words[W_POISON] = 0
+                    state = self.rebuild_locked()
+                    self.words[W_MAGIC] = SHM_MAGIC
+                _fs.flock(self.shm_fd, _SH)
+            finally:
+                _fs.flock(self.lock_fd, _UN)
+            self.state = state if first else self.load()
+        except BaseException:
+            self._close_fds()
+            raise
+
+    def _create_if_new(self) -> None:
+        try:
+            _fs.stat(os.path.join(self.dir, MANIFEST))
+            return
+        except FileNotFoundError:
+            pass
+        if not is_store_dir_empty(self.dir):
+            from ._errors import FormatError
+
+            raise FormatError(self.dir, "not a racefree store (no MANIFEST), and not empty")
+        fd = create_segment(self.dir, 1, self.segment_size, zero_fill=self.durable)
+        _fs.close(fd)
+        write_manifest(self.dir, 0, [1])
+
+    def _close_fds(self) -> None:
+        if isinstance(self.words, memoryview):
+            self.words.release()
+        self.words = _NO_WORDS
+        if self.shm is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                self.shm.close()
+            self.shm = None
+        for fd in (self.lock_fd, self.sync_fd, self.shm_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    _fs.close(fd)
+        self.lock_fd = self.sync_fd = self.shm_fd = -1
+
+    def close(self) -> None:
+        with self.mu:
+            if self.state is _CLOSED:
+                return
+            self.state.close()
+            self.state = _CLOSED
+            self._close_fds()
+
+    def _reopen_after_fork(self) -> None:
+        # The descriptors are the parent's open file descriptions: closing the
+        # child's copies leaves the parent's flocks alone (L5); new ones are ours.
+        old = self.state
+        self.state = _DEAD_STATE
+        old.close()
+        if isinstance(self.words, memoryview):
+            self.words.release()
+        self.words = _NO_WORDS
+        self.shm = None
+        for fd in (self.lock_fd, self.sync_fd, self.shm_fd):
+            with contextlib.suppress(OSError):
+                _fs.close(fd)
+        self.pid = os.getpid()
+        self._open()
+
+    # -- loading the index ---------------------------------------------------------
+    def _path(self, seg: int) -> str:
+        return os.path.join(self.dir, seg_name(seg))
+
+    def _map(self, st: State, seg: int) -> None:
+        fd, mm = open_segment(self.dir, seg)
+        st.fds[seg] = fd
+        st.maps[seg] = mm
+
+    def rebuild_locked(self) -> State:
+        """Scan every live segment, repair a torn tail, and reset the shared header.
+
+        Called with the write lock held: by the first process to open the store,
+        and when a compaction was committed (MANIFEST replaced) by a process that
+        died before publishing it.
+        """
+        gen, segs = read_manifest(self.dir)
+        for name in _fs.listdir(self.dir):
+            n = seg_number(name)
+            if n is not None and n not in segs:
+                # An orphan of an unfinished roll or compaction, or a segment a
+                # finished compaction replaced: never read, safe to remove under the lock.
+                _fs.unlink(os.path.join(self.dir, name))
+        st = State(gen, list(segs), 0)
+        dead = total = 0
+        try:
+            for seg in segs:
+                self._map(st, seg)
+                mm = st.maps[seg]
+                end, torn, d, t = index_frames(
+                    mm, SEG_HEADER.size, len(mm), seg, st.index, st.tomb, self._path(seg)
+                )
+                dead += d
+                total += t
+                if torn:
+                    self._zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+        except BaseException:
+            st.close()
+            raise
+        w = self.words
+        st.end = seg << 40 | end
+        w[W_GEN] = gen
+        w[W_END] = st.end
+        w[W_SYNCED] = 0
+        w[W_DEAD] = dead
+        w[W_TOTAL] = total
+        w[W_INPROG] = 0
+        return st
+
+    def _zero(self, st: State, seg: int, start: int, stop: int) -> None:
+        """Overwrite a torn tail (bytes of a write that never completed) with zeros."""
+        if stop > start:
+            _fs.pwrite_all(st.fds[seg], bytes(stop - start), start)
+
+    def load(self) -> State:
+        """A fresh index, built without the write lock (retried if a compaction races it)."""
+        w = self.words
+        for _ in range(20):
+            gen = w[W_GEN]
+            mgen, segs = read_manifest(self.dir)
+            if w[W_INPROG] or mgen != gen:
+                break  # a compaction is in flight or its process died: resolve under the lock
+            endw = w[W_END]
+            tseg, toff = endw >> 40, endw & M40
+            if tseg not in segs:
+                continue  # a segment roll raced the manifest read
+            st = State(gen, [s for s in segs if s <= tseg], endw)
+            try:
+                for seg in st.segs:
+                    self._map(st, seg)
+            except FileNotFoundError:
+                st.close()  # a compaction removed it after we read the manifest
+                continue
+            try:
+                for seg in st.segs:
+                    mm = st.maps[seg]
+                    stop = toff if seg == tseg else len(mm)
+                    end, _, _, _ = index_frames(
+                        mm, SEG_HEADER.size, stop, seg, st.index, st.tomb, self._path(seg)
+                    )
+                    if seg == tseg and end != toff:
+                        raise CorruptFileError(
+                            self._path(seg), "a published record does not check", offset=end
+                        )
+            except BaseException:
+                st.close()
+                raise
+            if w[W_GEN] == gen:
+                return st
+            st.close()
+        self.acquire()
+        try:
+            return self.state if self.state.end == w[W_END] else self._rebuilt()
+        finally:
+            self.release()
+
+    def _rebuilt(self) -> State:
+        st = self.rebuild_locked()
+        self.state = st
+        return st
+
+    def refresh(self) -> State:
+        """The current state, caught up with every write published before this call."""
+        with self.mu:
+            st = self.state
+            if st is _CLOSED:
+                raise ValueError("I/O operation on a closed store")
+            if st is _DEAD_STATE:
+                if self.pid != os.getpid():
+                    self._reopen_after_fork()
+                st = self.state
+            w = self.words
+            endw = w[W_END]
+            if endw == st.end:
+                return st
+            if w[W_GEN] != st.gen or w[W_INPROG]:
+                new = self.load()
+                self.state = new
+                return new
+            self._catch_up(st, endw)
+            return st
+
+    def _catch_up(self, st: State, endw: int) -> None:
+        seg, off = st.end >> 40, st.end & M40
+        tseg, toff = endw >> 40, endw & M40
+        while seg != tseg:
+            # ``seg`` was sealed by a roll: finish it up to the end of its frames.
+            mm = st.maps[seg]
+            index_frames(mm, off, len(mm), seg, st.index, st.tomb, self._path(seg))
+            later = [s for s in st.segs if s > seg]
+            if not later:
+                gen, segs = read_manifest(self.dir)
+                if gen != st.gen:
+                    raise CorruptFileError(self.dir, "manifest generation changed unannounced")
+                for s in segs:
+                    if s > seg and s not in st.maps:
+                        self._map(st, s)
+                st.segs = list(segs)
+                later = [s for s in segs if s > seg]
+            seg, off = later[0], SEG_HEADER.size
+        if toff > off:
+            # Read through pread, not the mapping: the system call orders this read
+            # after the load of the published end on any memory model.
+            buf = _fs.pread(st.fds[seg], toff - off, off)
+            end, _, _, _ = index_frames(buf, 0, len(buf), seg, st.index, st.tomb, self._path(seg), base=off)
+            if end != toff - off:
+                raise CorruptFileError(
+                    self._path(seg), "a published record does not check", offset=off + end
+                )
+        st.end = endw
+
+    # -- writing -------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the write lock: this thread first (RLock), then this process (flock)."""
+        self.mu.acquire()
+        if self.depth == 0:
+            try:
+                if self.state is _CLOSED:
+                    raise ValueError("I/O operation on a closed store")
+                if self.state is _DEAD_STATE and self.pid != os.getpid():
+                    self._reopen_after_fork()
+                _fs.flock(self.lock_fd, _EX)
+            except BaseException:
+                self.mu.release()
+                raise
+        self.depth += 1
+
+    def release(self) -> None:
+        self.depth -= 1
+        try:
+            if self.depth == 0:
+                _fs.flock(self.lock_fd, _UN)
+        finally:
+            self.mu.release()
+
+    def writable(self) -> State:
+        """The caught-up state, for a writer holding the write lock."""
+        w = self.words
+        if self.poisoned or w[W_POISON]:
+            raise DurabilityError(
+                self.dir, errno.EIO, "an earlier fdatasync failed; the store refuses writes"
+            )
+        if w[W_INPROG]:
+            self._rebuilt()  # a compactor died between its manifest and its publish
+        st = self.refresh()
+        seg, off = st.end >> 40, st.end & M40
+        mm = st.maps[seg]
+        if off + 4 <= len(mm) and mm[off:off + 4] != ZERO4:
+            # Bytes past the published end: a writer died after its pwrite (a whole
+            # frame: adopt it, it was checked under the lock) or in the middle of it
+            # (a torn frame: zero it). Done before the caller checks any version.
+            self._repair_tail(st, seg, off)
+        return st
+
+    def append(self, st: State, frame: bytes) -> tuple[int, int]:
+        """Write ``frame`` at the end (not yet published); returns ``(seg, offset)``."""
+        seg, off = st.end >> 40, st.end & M40
+        mm = st.maps[seg]
+        if off + len(frame) > len(mm):
+            seg, off = self._roll(st, len(frame)), SEG_HEADER.size
+        fd = st.fds[seg]
+        n = _fs.pwrite(fd, frame, off)
+        if n != len(frame):
+            _fs.pwrite_all(fd, memoryview(frame)[n:], off + n)
+        return seg, off
+
+    def _repair_tail(self, st: State, seg: int, off: int) -> None:
+        mm = st.maps[seg]
+        end, torn, dead, total = index_frames(mm, off, len(mm), seg, st.index, st.tomb, self._path(seg))
+        if torn:
+            self._zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+        self.publish(st, seg << 40 | end, dead, total)
+
+    def _roll(self, st: State, need: int) -> int:
+        """Seal the active segment and start the next one (under the write lock)."""
+        new = st.segs[-1] + 1
+        size = max(self.segment_size, need + SEG_HEADER.size)
+        fd = create_segment(self.dir, new, size, zero_fill=self.durable)
+        try:
+            mm = _fs.mmap(fd, size)
+            # The manifest names the segment before any process is told to use it.
+            write_manifest(self.dir, st.gen, [*st.segs, new])
+        except BaseException:
+            _fs.close(fd)
+            raise
+        st.fds[new] = fd
+        st.maps[new] = mm
+        st.segs = [*st.segs, new]
+        self.publish(st, new << 40 | SEG_HEADER.size, 0, 0)
+        return new
+
+    def publish(self, st: State, endw: int, dead: int, total: int) -> None:
+        """Make everything before ``endw`` visible to every process (after the pwrite)."""
+        w = self.words
+        if dead:
+            w[W_DEAD] += dead
+        if total:
+            w[W_TOTAL] += total
+        w[W_END] = endw
+        st.end = endw
+
+    def sync(self, endw: int) -> None:
+        """Group commit: return once every byte before ``endw`` is fdatasynced.
+
+        Called after the write lock is released. One process at a time (the sync
+        lock) fdatasyncs everything published so far and records it in the shared
+        header; a writer whose end is already covered returns without a system call.
+        """
+        w = self.words
+        if w[W_SYNCED] >= endw:
+            return
+        with self.sync_mu:
+            _fs.flock(self.sync_fd, _EX)
+            try:
+                if w[W_SYNCED] >= endw:
+                    return
+                if self.poisoned or w[W_POISON]:
+                    raise DurabilityError(self.dir, errno.EIO, "an earlier fdatasync failed")
+                target = w[W_END]
+                st = self.state
+                if (target >> 40) not in st.fds:
+                    target = endw
+                first = w[W_SYNCED] >> 40
+                for seg in st.segs:
+                    if first <= seg <= target >> 40:
+                        try:
+                            fdatasync(st.fds[seg], self._path(seg))
+                        except DurabilityError:
+                            # W7: never retried; no process writes to this store again.
+                            self.poisoned = True
+                            w[W_POISON] = 1
+                            raise
+                if target > w[W_SYNCED]:
+                    w[W_SYNCED] = target
+            finally:
+                _fs.flock(self.sync_fd, _UN)

@@ -1,0 +1,225 @@
+"""``racefree torture DIR``: do racefree's guarantees hold on this file system?
+
+For a user with a network mount, a container volume or a laptop: probe what
+the file system offers (:mod:`racefree._torture_probe`), then run worker
+processes (:mod:`racefree._torture_worker`) that mix JSON-file updates, store
+updates/puts/deletes/batches/compactions, log appends and FileLock and
+LockFile critical sections in one fresh directory under DIR, SIGKILL one of
+them at random every ``kill_interval`` seconds (on average) and restart it,
+and at the end check the final state against every acknowledged operation
+(:mod:`racefree._torture_verify`). The verdict is "pass" only if every check
+holds; the run's directory is removed on a pass and kept (for a look) on a fail.
+
+This checks crash safety against process kills, exclusion and atomicity on a
+real mount. It cannot check power loss: see the crash-state enumeration in
+the test suite (``docs/proof.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from . import _fs
+from ._torture_probe import ProbeReport, probe
+from ._torture_verify import Row, verify
+from ._torture_worker import KINDS, LOCK_TIMEOUT
+
+
+@dataclasses.dataclass
+class Options:
+    directory: str
+    processes: int = 8
+    seconds: float = 60.0
+    kill_interval: float = 1.0  # mean seconds between two SIGKILLs; 0: no kills
+    seed: int | None = None
+    kinds: tuple[str, ...] = KINDS
+    keep: bool = False
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the run has done so far (for the progress display)."""
+
+    elapsed: float
+    seconds: float
+    acked: Counter[str]
+    kills: int
+    restarts: int
+
+
+@dataclasses.dataclass
+class Result:
+    root: str
+    probe: ProbeReport
+    rows: list[Row]
+    kills: int
+    seconds: float
+    seed: int
+
+    @property
+    def ok(self) -> bool:
+        return all(not r.problems for r in self.rows)
+
+
+class _Proc:
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+        self.incarnation = -1
+        self.popen: subprocess.Popen[bytes] | None = None
+
+
+class _AckCounter:
+    """Counts acknowledgements by reading only what the workers appended since last time."""
+
+    def __init__(self, ack_dir: str) -> None:
+        self.ack_dir = ack_dir
+        self.offsets: dict[str, int] = {}
+        self.partial: dict[str, bytes] = {}
+        self.acked: Counter[str] = Counter()
+
+    def poll(self) -> Counter[str]:
+        for name in _fs.listdir(self.ack_dir):
+            if name.endswith(".err"):
+                continue
+            path = os.path.join(self.ack_dir, name)
+            fd = _fs.open(path, os.O_RDONLY)
+            try:
+                at = self.offsets.get(name, 0)
+                chunk = _fs.pread(fd, 1 << 20, at)
+            finally:
+                _fs.close(fd)
+            self.offsets[name] = at + len(chunk)
+            data = self.partial.pop(name, b"") + chunk
+            lines = data.split(b"\n")
+            if lines[-1]:
+                self.partial[name] = lines[-1]
+            for line in lines[:-1]:
+                if line.startswith(b"A "):
+                    self.acked[line.split()[1].decode()] += 1
+        return self.acked
+
+
+def _start(proc: _Proc, root: str, deadline: float, seed: int, kinds: str) -> None:
+    proc.incarnation += 1
+    err_path = os.path.join(root, "acks", f"w{proc.wid}.{proc.incarnation:05d}.err")
+    err = _fs.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        proc.popen = subprocess.Popen(
+            [sys.executable, "-m", "racefree._torture_worker", root, str(proc.wid),
+             str(proc.incarnation), repr(deadline), str(seed), kinds],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+        )
+    finally:
+        _fs.close(err)
+
+
+def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result:
+    """Probe, torture and verify (see the module doc). Blocks for about ``opts.seconds``."""
+    if opts.processes < 1:
+        raise ValueError("--processes must be at least 1")
+    if not opts.seconds > 0:
+        raise ValueError("--seconds must be > 0")
+    if not opts.kill_interval >= 0:
+        raise ValueError("--kill-interval must be >= 0")
+    unknown = [k for k in opts.kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown operation kinds {unknown}; known: {', '.join(KINDS)}")
+    seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(1 << 31)
+    rng = random.Random(seed)
+    base = os.fspath(opts.directory)
+    if not os.path.isdir(base):
+        raise NotADirectoryError(f"{base} is not a directory")
+    root = os.path.join(base, f"racefree-torture-{os.getpid()}-{int(time.time())}")
+    _fs.mkdir(root, 0o755)
+    _fs.mkdir(os.path.join(root, "acks"), 0o755)
+    probe_dir = os.path.join(root, "probe")
+    _fs.mkdir(probe_dir, 0o755)
+    report = probe(probe_dir)
+    shutil.rmtree(probe_dir)
+
+    kinds = ",".join(opts.kinds)
+    start = time.monotonic()
+    deadline_wall = time.time() + opts.seconds
+    procs = [_Proc(w) for w in range(opts.processes)]
+    counter = _AckCounter(os.path.join(root, "acks"))
+    kills = restarts = 0
+    try:
+        for p in procs:
+            _start(p, root, deadline_wall, seed, kinds)
+        next_kill = _next(rng, opts.kill_interval)
+        while True:
+            elapsed = time.monotonic() - start
+            if elapsed >= opts.seconds:
+                break
+            for p in procs:  # a worker that died on its own (an exception) is restarted
+                if p.popen is not None and p.popen.poll() is not None and time.time() < deadline_wall:
+                    restarts += 1
+                    _start(p, root, deadline_wall, seed, kinds)
+            if elapsed >= next_kill:
+                victim = rng.choice(procs)
+                assert victim.popen is not None
+                if victim.popen.poll() is None:
+                    victim.popen.send_signal(signal.SIGKILL)
+                    victim.popen.wait()
+                    kills += 1
+                _start(victim, root, deadline_wall, seed, kinds)
+                next_kill = elapsed + _next(rng, opts.kill_interval)
+            if show is not None:
+                show(Progress(elapsed, opts.seconds, counter.poll(), kills, restarts))
+            time.sleep(min(0.25, max(0.0, next_kill - elapsed)))
+        # Let every worker finish the operation it is in (a lock wait is bounded).
+        end_by = time.monotonic() + LOCK_TIMEOUT + 30
+        for p in procs:
+            assert p.popen is not None
+            try:
+                p.popen.wait(timeout=max(0.1, end_by - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.popen.wait()
+                kills += 1
+    finally:
+        for p in procs:
+            if p.popen is not None and p.popen.poll() is None:
+                p.popen.kill()
+                p.popen.wait()
+    if show is not None:
+        show(Progress(opts.seconds, opts.seconds, counter.poll(), kills, restarts))
+    rows = verify(root, list(opts.kinds), opts.processes)
+    rows.insert(0, _check_files(root))
+    if restarts:
+        rows[-1].problems.append(f"{restarts} workers exited on their own (see acks/*.err)")
+    result = Result(root, report, rows, kills, time.monotonic() - start, seed)
+    if result.ok and not opts.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _next(rng: random.Random, mean: float) -> float:
+    return rng.expovariate(1.0 / mean) if mean > 0 else float("inf")
+
+
+def _check_files(root: str) -> Row:
+    """Every racefree file in the run's directory passes ``racefree check``."""
+    from ._check import check_path
+
+    row = Row("every file passes racefree check")
+    try:
+        for found in check_path(root):
+            if not found.ok:
+                row.problems.append(f"{found.path}: {found.detail}")
+            else:
+                row.acked += 1
+    except Exception as exc:  # an error while checking is itself a finding
+        row.problems.append(f"{type(exc).__name__}: {exc}")
+    return row

@@ -1,0 +1,548 @@
+"""AppendLog: sequence numbers, framing on disk, torn tails, damage, compaction, processes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faultfs import FaultFS
+
+from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _fs
+
+RECORDS: list[Any] = [{"a": 1}, "é", [1, 2.5, None], True, {"nested": {"k": ["v"]}}, 0]
+
+
+def frame(body: bytes) -> bytes:
+    return b"%d %08x %s\n" % (len(body), zlib.crc32(body), body)
+
+
+def header(gen: int = 0, base: int = 0) -> bytes:
+    return frame(b'{"racefree_log":1,"segment":%d,"base":%d}' % (gen, base))
+
+
+def fill(path: Path, records: list[Any] = RECORDS, durable: bool = False) -> None:
+    with AppendLog(path, durable=durable) as log:
+        for record in records:
+            log.append(record)
+
+
+def run_children(code: str, args: list[list[str]], go: Path, timeout: float = 60.0) -> list[str]:
+    """Run one interpreter per argument list, release them together by creating ``go``,
+    and return their stdouts."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *a],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for a in args
+    ]
+    try:
+        go.touch()
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            assert p.returncode == 0, err
+            outs.append(out)
+        return outs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+# -- basics -----------------------------------------------------------------------------
+
+def test_append_returns_sequence_numbers_and_file_is_json_lines(tmp_path: Path) -> None:
+    """append returns 0, 1, 2...; the file is a header then one framed JSON line per record."""
+    path = tmp_path / "x.log"
+    log = AppendLog(path, durable=False)
+    assert len(log) == 0
+    assert list(log) == []
+    assert not path.exists()  # nothing is created until the first append
+    assert [log.append(r) for r in RECORDS] == list(range(len(RECORDS)))
+    assert len(log) == len(RECORDS)
+    assert list(log) == RECORDS
+    expected = header() + b"".join(
+        frame(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode()) for r in RECORDS)
+    assert path.read_bytes() == expected
+    log.close()
+    with pytest.raises(ValueError, match="closed"):
+        len(log)
+
+
+def test_other_handles_see_every_append(tmp_path: Path) -> None:
+    """A second handle sees records appended through the first, and continues the numbering."""
+    path = tmp_path / "x.log"
+    with AppendLog(path) as one, AppendLog(path) as two:
+        assert one.append("a") == 0
+        assert len(two) == 1
+        assert two.append("b") == 1
+        assert one.append("c") == 2
+        assert list(two) == ["a", "b", "c"]
+        assert list(one.items()) == [(0, "a"), (1, "b"), (2, "c")]
+
+
+@pytest.mark.parametrize("bad", [object(), {1, 2}, math.nan, math.inf, b"bytes"])
+def test_non_json_record_raises_type_error_before_writing(tmp_path: Path, bad: Any) -> None:
+    """A record that is not a JSON value raises TypeError and writes nothing."""
+    path = tmp_path / "x.log"
+    log = AppendLog(path)
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        log.append(bad)
+    assert not path.exists()
+    log.append(1)
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        log.extend([2, bad])
+    assert path.read_bytes() == before
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(TypeError):
+        log.append(cyclic)
+    assert path.read_bytes() == before
+
+
+def test_lone_surrogate_round_trips(tmp_path: Path) -> None:
+    """A string that is not valid UTF-8 is kept as a \\u escape and reads back equal."""
+    path = tmp_path / "x.log"
+    with AppendLog(path) as log:
+        log.append("a\ud800b")
+        assert list(log) == ["a\ud800b"]
+
+
+def test_extend_is_one_frame_and_returns_a_range(tmp_path: Path) -> None:
+    """extend writes a batch as one line (all or nothing) and returns its sequence numbers."""
+    path = tmp_path / "x.log"
+    with AppendLog(path) as log:
+        assert log.append("x") == 0
+        assert log.extend([1, 2, 3]) == range(1, 4)
+        assert log.extend([]) == range(4, 4)
+        assert log.extend(["solo"]) == range(4, 5)
+        assert list(log.items()) == [(0, "x"), (1, 1), (2, 2), (3, 3), (4, "solo")]
+        assert list(log.read(2)) == [2, 3, "solo"]
+        assert list(log.read(5)) == []
+        assert list(log.read(99)) == []
+    assert path.read_bytes() == header() + frame(b'"x"') + frame(b"*3 [1,2,3]") + frame(b'"solo"')
+
+
+def test_read_from_far_start_uses_index(tmp_path: Path) -> None:
+    """read(start) deep into a log of batches and single records yields exactly the tail."""
+    path = tmp_path / "x.log"
+    with AppendLog(path, durable=False) as log:
+        for i in range(0, 5000, 5):
+            if i % 2:
+                log.extend(range(i, i + 5))
+            else:
+                for j in range(i, i + 5):
+                    log.append(j)
+        assert len(log) == 5000
+        for start in (0, 1023, 1024, 2047, 3001, 4999):
+            assert list(log.read(start)) == list(range(start, 5000))
+        with AppendLog(path) as fresh:
+            assert list(fresh.items(4997)) == [(4997, 4997), (4998, 4998), (4999, 4999)]
+
+
+# -- torn tails and damage ----------------------------------------------------------------
+
+def test_truncate_at_every_offset_of_last_record(tmp_path: Path) -> None:
+    """Cut the file at every byte of its last record: it opens, the record is absent,
+    check() reports the torn bytes, and the next append removes them and takes its place."""
+    path = tmp_path / "x.log"
+    fill(path)
+    full = path.read_bytes()
+    last = frame(b"0")
+    assert full.endswith(last)
+    keep = len(full) - len(last)
+    for cut in range(len(last)):
+        path.write_bytes(full[: keep + cut])
+        with AppendLog(path) as log:
+            assert len(log) == len(RECORDS) - 1
+            assert list(log) == RECORDS[:-1]
+            report = log.check()
+            assert (report.next, report.torn, report.size) == (len(RECORDS) - 1, cut, keep + cut)
+            assert path.read_bytes() == full[: keep + cut]  # readers change nothing
+            assert log.append(0) == len(RECORDS) - 1
+        assert path.read_bytes() == full
+
+
+def test_torn_batch_is_absent_as_a_whole(tmp_path: Path) -> None:
+    """A batch cut anywhere is invisible as a whole: extend is all or nothing."""
+    path = tmp_path / "x.log"
+    with AppendLog(path) as log:
+        log.append("before")
+        log.extend(["a", "b", "c"])
+    full = path.read_bytes()
+    batch = frame(b'*3 ["a","b","c"]')
+    for cut in range(1, len(batch)):
+        path.write_bytes(full[: len(full) - cut])
+        with AppendLog(path) as log:
+            assert list(log) == ["before"]
+            assert len(log) == 1
+
+
+def test_nul_filled_tail_is_invisible_and_repaired(tmp_path: Path) -> None:
+    """A power loss can leave the size grown but the data NUL: invisible, then cut off."""
+    path = tmp_path / "x.log"
+    fill(path)
+    full = path.read_bytes()
+    with path.open("ab") as f:
+        f.write(b"\x00" * 700)
+    with AppendLog(path) as log:
+        assert list(log) == RECORDS
+        assert log.check().torn == 700
+        assert log.append("next") == len(RECORDS)
+    assert path.read_bytes() == full + frame(b'"next"')
+
+
+@pytest.mark.parametrize("index", [0, 2, 4])
+def test_flipped_byte_in_the_middle_is_corruption(tmp_path: Path, index: int) -> None:
+    """A damaged record with records after it raises CorruptFileError with the file, offset
+    and line, for readers and writers alike, and nothing is changed or thrown away."""
+    path = tmp_path / "x.log"
+    fill(path)
+    data = bytearray(path.read_bytes())
+    lines = bytes(data).splitlines(keepends=True)
+    offset = sum(len(line) for line in lines[: index + 1])  # +1: the header line
+    data[offset + len(lines[index + 1]) - 3] ^= 0x04
+    path.write_bytes(bytes(data))
+    log = AppendLog(path)
+    for call in (len, list, lambda lg: lg.append(1), lambda lg: lg.check(),
+                 lambda lg: lg.compact(lambda s, r: s, 0)):
+        with pytest.raises(CorruptFileError) as info:
+            call(log)
+        assert (info.value.path, info.value.offset, info.value.line) == (str(path), offset,
+                                                                         index + 2)
+        assert f"byte offset {offset}" in str(info.value)
+    assert path.read_bytes() == bytes(data)
+    assert not (tmp_path / "x.log.snapshot").exists()
+
+
+def test_not_a_log_is_a_format_error(tmp_path: Path) -> None:
+    """A file that does not start with a log header, or a newer format, is refused untouched."""
+    path = tmp_path / "x.log"
+    path.write_bytes(b'{"just": "json"}\n')
+    with pytest.raises(FormatError, match="not a racefree log"):
+        AppendLog(path).append(1)
+    assert path.read_bytes() == b'{"just": "json"}\n'
+    path.write_bytes(frame(b'{"racefree_log":2,"segment":0,"base":0}'))
+    with pytest.raises(FormatError, match="newer"):
+        len(AppendLog(path))
+
+
+def test_empty_file_is_an_empty_log(tmp_path: Path) -> None:
+    """An existing empty file is an empty log; the first append gives it a header."""
+    path = tmp_path / "x.log"
+    path.write_bytes(b"")
+    with AppendLog(path) as log:
+        assert (len(log), list(log)) == (0, [])
+        assert log.append("a") == 0
+    assert path.read_bytes() == header() + frame(b'"a"')
+
+
+# -- failures -----------------------------------------------------------------------------
+
+def test_failed_write_appends_nothing(tmp_path: Path) -> None:
+    """ENOSPC during the write: the error reaches the caller, the file is as before, and the
+    handle keeps working once there is space again."""
+    path = tmp_path / "x.log"
+    log = AppendLog(path)
+    log.append("a")
+    before = path.read_bytes()
+    fs = FaultFS("pwrite", nth=2, err=errno.ENOSPC, short_writes=True)
+    with _fs.use(fs):
+        fs.arm()
+        with pytest.raises(OSError) as info:
+            log.append("b" * 100)
+        assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
+    assert log.append("c") == 1
+    assert list(log) == ["a", "c"]
+
+
+def test_failed_fdatasync_is_never_retried(tmp_path: Path) -> None:
+    """A failed fdatasync raises DurabilityError; the handle then refuses writes (W7),
+    and a new handle works."""
+    path = tmp_path / "x.log"
+    log = AppendLog(path)
+    log.append("a")
+    fs = FaultFS("fdatasync", nth=1, err=errno.EIO)
+    with _fs.use(fs):
+        fs.arm()
+        with pytest.raises(DurabilityError, match="may or may not"):
+            log.append("b")
+        assert fs.counts["fdatasync"] == 1
+    with pytest.raises(DurabilityError, match="refuses"):
+        log.append("c")
+    with AppendLog(path) as other:
+        assert other.append("d") == 2
+        assert list(other) == ["a", "b", "d"]
+
+
+# -- compaction ---------------------------------------------------------------------------
+
+def concat(state: list[Any], record: Any) -> list[Any]:
+    return [*state, record]
+
+
+def test_compaction_semantics(tmp_path: Path) -> None:
+    """compact folds the records into the snapshot; iteration then yields what came after;
+    sequence numbers go on; replay gives the fold of everything; reopen sees the same."""
+    path = tmp_path / "x.log"
+    with AppendLog(path) as log:
+        log.extend(["a", "b", "c"])
+        assert log.snapshot() is None
+        assert log.compact(concat, []) == (3, ["a", "b", "c"])
+        assert (len(log), list(log), log.snapshot()) == (3, [], (3, ["a", "b", "c"]))
+        assert log.append("d") == 3
+        assert log.compact(concat, ["ignored: there is a snapshot"]) == (4, ["a", "b", "c", "d"])
+        assert log.append("e") == 4
+        assert log.replay(concat, []) == ["a", "b", "c", "d", "e"]
+        with pytest.raises(ValueError, match="compacted"):
+            list(log.read(0))
+    assert path.read_bytes() == header(2, 4) + frame(b'"e"')
+    assert (tmp_path / "x.log.snapshot").read_bytes() == frame(
+        b'{"racefree_log_snapshot":1,"segment":2,"upto":4}') + frame(b'["a","b","c","d"]')
+    with AppendLog(path) as log:
+        assert (len(log), list(log.items())) == (5, [(4, "e")])
+        report = log.check()
+        assert (report.segment, report.first, report.snapshot_upto, report.records,
+                report.next) == (2, 4, 4, 1, 5)
+
+
+def test_compaction_failures_change_nothing(tmp_path: Path) -> None:
+    """A fold that raises, or a state that is not JSON, leaves every file as it was."""
+    path = tmp_path / "x.log"
+    fill(path)
+    before = path.read_bytes()
+
+    def boom(state: Any, record: Any) -> Any:
+        raise KeyError("fold failed")
+
+    log = AppendLog(path)
+    with pytest.raises(KeyError):
+        log.compact(boom, None)
+    with pytest.raises(TypeError, match="folded state"):
+        log.compact(lambda s, r: object(), None)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["x.log", "x.log.lock"]
+
+
+def test_compaction_crash_between_snapshot_and_switch(tmp_path: Path) -> None:
+    """Fail the rename of the new segment (the crash state "snapshot written, segment not
+    switched"): the log reads the same, appends continue, and compacting again is safe."""
+    path = tmp_path / "x.log"
+    fill(path, ["a", "b"])
+    log = AppendLog(path)
+    fs = FaultFS("replace", nth=2, err=errno.EIO, sync=False)
+    with _fs.use(fs):
+        fs.arm()
+        with pytest.raises(OSError):
+            log.compact(concat, [])
+    assert log.snapshot() == (2, ["a", "b"])
+    assert path.read_bytes().startswith(header(0, 0))  # the old segment is still active
+    assert (list(log), len(log)) == ([], 2)
+    assert log.append("c") == 2
+    assert log.replay(concat, []) == ["a", "b", "c"]
+    assert list(log.read(0)) == ["a", "b", "c"]  # the old segment still holds them
+    assert log.compact(concat, []) == (3, ["a", "b", "c"])
+    assert path.read_bytes() == header(2, 3)
+    assert log.check().next == 3
+
+
+def test_appends_during_the_fold_are_carried(tmp_path: Path) -> None:
+    """S4: records appended (by another handle) while compact() folds are not lost: they
+    land in the new segment after the snapshot, at the numbers their appends returned."""
+    path = tmp_path / "x.log"
+    fill(path, ["a", "b"])
+    other = AppendLog(path)
+    told: list[int] = []
+
+    def fold(state: list[Any], record: Any) -> list[Any]:
+        if not told:  # the fold runs without the lock: another writer gets in
+            told.append(other.append("during"))
+            told.extend(other.extend(["during2", "during3"]))
+        return [*state, record]
+
+    log = AppendLog(path)
+    assert log.compact(fold, []) == (2, ["a", "b"])
+    assert told == [2, 3, 4]
+    assert list(log.items()) == [(2, "during"), (3, "during2"), (4, "during3")]
+    assert other.append("after") == 5
+    assert path.read_bytes() == (header(1, 2) + frame(b'"during"')
+                                 + frame(b'*2 ["during2","during3"]') + frame(b'"after"'))
+
+
+def test_compaction_racing_another_compaction(tmp_path: Path) -> None:
+    """If another handle compacts while this one folds, this one folds again under the
+    lock from the newer snapshot: both compactions count, nothing is folded twice."""
+    path = tmp_path / "x.log"
+    fill(path, ["a", "b"])
+    other = AppendLog(path)
+    calls: list[Any] = []
+
+    def fold(state: list[Any], record: Any) -> list[Any]:
+        if not calls:
+            calls.append(record)
+            other.append("c")
+            assert other.compact(concat, []) == (3, ["a", "b", "c"])
+            other.append("d")
+        return [*state, record]
+
+    log = AppendLog(path)
+    assert log.compact(fold, []) == (4, ["a", "b", "c", "d"])
+    assert (len(log), list(log), log.snapshot()) == (4, [], (4, ["a", "b", "c", "d"]))
+    assert log.check().segment == 2
+
+
+def test_iterator_survives_compaction(tmp_path: Path) -> None:
+    """An iterator started before another handle compacts still yields every record."""
+    path = tmp_path / "x.log"
+    fill(path, list(range(100)))
+    reader = AppendLog(path)
+    it = reader.read()
+    assert [next(it) for _ in range(10)] == list(range(10))
+    with AppendLog(path) as other:
+        other.compact(lambda s, r: s + 1, 0)
+        other.append(100)
+    assert list(it) == list(range(10, 100))
+    assert (len(reader), list(reader), reader.snapshot()) == (101, [100], (100, 100))
+
+
+def test_threads_share_a_handle(tmp_path: Path) -> None:
+    """4 threads x 200 appends through one handle: 800 records, each thread's in order."""
+    log = AppendLog(tmp_path / "x.log", durable=False)
+
+    def work(t: int) -> None:
+        for i in range(200):
+            log.append([t, i])
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    records = list(log)
+    assert len(records) == len(log) == 800
+    for t in range(4):
+        assert [i for w, i in records if w == t] == list(range(200))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_child_uses_inherited_handle(tmp_path: Path) -> None:
+    """A forked child appends through the handle its parent opened; both see every record."""
+    log = AppendLog(tmp_path / "x.log")
+    log.append("parent")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            code = 0 if log.append("child") == 1 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert log.append("parent again") == 2
+    assert list(log) == ["parent", "child", "parent again"]
+
+
+# -- processes ----------------------------------------------------------------------------
+
+WRITER = """
+    import os, sys, time
+    from racefree import AppendLog
+    path, who, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    log = AppendLog(path, durable=False)
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    seqs = []
+    for i in range(n):
+        if i % 10 == 9:
+            seqs.extend(log.extend([{"w": who, "i": i, "b": 0}, {"w": who, "i": i, "b": 1}]))
+        else:
+            seqs.append(log.append({"w": who, "i": i}))
+    print(" ".join(map(str, seqs)))
+"""
+
+
+def check_writers(records: list[tuple[int, Any]], writers: int, n: int,
+                  seqs: list[str]) -> None:
+    """Every writer's records are all there, in its order, each at the number it was told."""
+    by_seq = dict(records)
+    assert len(by_seq) == len(records) == writers * (n + n // 10)
+    first = records[0][0]
+    assert [s for s, _ in records] == list(range(first, first + len(records)))
+    for who, out in enumerate(seqs):
+        told = [int(s) for s in out.split()]
+        mine = [by_seq[s] for s in told]
+        expected: list[Any] = []
+        for i in range(n):
+            if i % 10 == 9:
+                expected += [{"w": who, "i": i, "b": 0}, {"w": who, "i": i, "b": 1}]
+            else:
+                expected.append({"w": who, "i": i})
+        assert mine == expected
+        assert told == sorted(told)
+        for s in range(len(told)):  # a batch's two records are adjacent
+            if mine[s].get("b") == 0:
+                assert told[s + 1] == told[s] + 1
+
+
+@pytest.mark.slow
+def test_processes_append_concurrently(tmp_path: Path) -> None:
+    """4 processes x 500 appends (every tenth a 2-record batch): exact total, each
+    writer's order kept, every sequence number the one its append returned."""
+    path, go = tmp_path / "x.log", tmp_path / "go"
+    args = [[str(path), str(w), "500", str(go)] for w in range(4)]
+    outs = run_children(WRITER, args, go)
+    with AppendLog(path) as log:
+        records = list(log.items())
+        check_writers(records, 4, 500, outs)
+        assert log.check().torn == 0
+
+
+@pytest.mark.slow
+def test_compaction_while_processes_append(tmp_path: Path) -> None:
+    """3 processes append while this one compacts again and again: nothing is lost, every
+    record is in the snapshot or after it, in each writer's order, at its number."""
+    path, go = tmp_path / "x.log", tmp_path / "go"
+    AppendLog(path).append({"w": -1, "i": 0})
+    args = [[str(path), str(w), "400", str(go)] for w in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), *a],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for a in args]
+    try:
+        log = AppendLog(path)
+        go.touch()
+        compactions = 0
+        deadline = time.monotonic() + 60
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            log.compact(concat, [])
+            compactions += 1
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert compactions >= 1
+    snap = log.snapshot()
+    assert snap is not None
+    _, state = snap
+    everything = list(enumerate(state)) + list(log.items())
+    assert everything[0] == (0, {"w": -1, "i": 0})
+    check_writers(everything[1:], 3, 400, outs)
+    assert log.replay(concat, []) == [r for _, r in everything]

@@ -1,0 +1,354 @@
+"""PgLock: the FileLock contract on a PostgreSQL session advisory lock, plus lost locks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgserver import server_url, unique_name
+from racefree import LockLost, LockTimeout, WouldBlock
+from racefree._pg import advisory_key
+
+pytestmark = pytest.mark.postgres
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+WAIT = 30.0  # generous bound for anything that must happen "soon" on a busy machine
+
+
+@pytest.fixture
+def url() -> str:
+    return server_url()
+
+
+@pytest.fixture
+def admin(url: str) -> Iterator[Any]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    return unique_name(request)
+
+
+def _holders(admin: Any, name: str) -> list[tuple[int, str, bool]]:
+    """``(pid, mode, granted)`` of every session holding or awaiting lock ``name``."""
+    key = advisory_key("lock", name) & 0xFFFFFFFFFFFFFFFF
+    rows = admin.execute(
+        "SELECT pid, mode, granted FROM pg_locks WHERE locktype = 'advisory'"
+        " AND classid = %s AND objid = %s AND objsubid = 1 ORDER BY pid",
+        (key >> 32, key & 0xFFFFFFFF),
+    ).fetchall()
+    return [(int(p), str(m), bool(g)) for p, m, g in rows]
+
+
+def _wait_until(pred: Any, what: str) -> None:
+    """Wait for a server-side state that has no notification (bounded, exact outcome)."""
+    deadline = time.monotonic() + WAIT
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_exclusive_excludes_and_hands_over(url: str, name: str, admin: Any) -> None:
+    """A second session gets WouldBlock / LockTimeout while held, and the lock once released."""
+    from racefree import open_lock
+
+    a = open_lock(url, name)
+    b = open_lock(url, name)
+    try:
+        a.acquire()
+        assert a.locked and a.held_by_me and not b.locked
+        assert [g for _, _, g in _holders(admin, name)] == [True]
+        with pytest.raises(WouldBlock):
+            b.acquire_nowait()
+        with pytest.raises(LockTimeout):
+            b.acquire(timeout=0.2)
+        with pytest.raises(LockTimeout):
+            b.acquire(timeout=0)
+        assert [g for _, _, g in _holders(admin, name)] == [True]  # b left nothing waiting
+        first = a.token
+        a.release()
+        assert a.token is None and not a.locked
+        b.acquire_nowait()
+        assert b.token is not None and first is not None and b.token > first
+        assert b.token.name == name
+        b.release()
+        assert _holders(admin, name) == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_reentrant_and_owner_checked(url: str, name: str) -> None:
+    """The same thread may nest holds; another thread may not release them."""
+    from racefree import PgLock
+
+    lock = PgLock(url, name)
+    try:
+        with lock, lock:
+            token = lock.token
+            errors: list[BaseException] = []
+
+            def other() -> None:
+                try:
+                    lock.release()
+                except BaseException as exc:  # handed to the main thread
+                    errors.append(exc)
+
+            t = threading.Thread(target=other)
+            t.start()
+            t.join(WAIT)
+            assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+            assert lock.token == token
+        assert not lock.locked
+        with pytest.raises(RuntimeError):
+            lock.release()
+    finally:
+        lock.close()
+
+
+def test_threads_sharing_one_instance_exclude(url: str, name: str) -> None:
+    """4 threads x 50 unlocked read-modify-writes under one shared instance: exact count."""
+    from racefree import PgLock
+
+    lock = PgLock(url, name)
+    box = {"n": 0, "inside": 0, "overlap": 0}
+
+    def work() -> None:
+        for _ in range(50):
+            with lock:
+                box["inside"] += 1
+                if box["inside"] != 1:
+                    box["overlap"] += 1
+                n = box["n"]
+                time.sleep(0)  # invite a switch inside the critical section
+                box["n"] = n + 1
+                box["inside"] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT * 2)
+        assert box == {"n": 200, "inside": 0, "overlap": 0}
+    finally:
+        lock.close()
+
+
+def test_shared_readers_exclude_writer(url: str, name: str, admin: Any) -> None:
+    """Two shared holders (two sessions) at once; an exclusive lock waits for both."""
+    from racefree import PgLock
+
+    r1, r2, w = PgLock(url, name, shared=True), PgLock(url, name, shared=True), PgLock(url, name)
+    try:
+        r1.acquire_nowait()
+        r2.acquire_nowait()
+        assert sorted(m for _, m, _ in _holders(admin, name)) == ["ShareLock", "ShareLock"]
+        with pytest.raises(WouldBlock):
+            w.acquire_nowait()
+        r1.release()
+        with pytest.raises(WouldBlock):
+            w.acquire_nowait()
+        r2.release()
+        w.acquire_nowait()
+        with pytest.raises(WouldBlock):
+            r1.acquire_nowait()
+        w.release()
+    finally:
+        for lock in (r1, r2, w):
+            lock.close()
+
+
+def test_terminated_session_frees_lock_and_tells_holder(url: str, name: str, admin: Any) -> None:
+    """pg_terminate_backend of the holder: the lock is free at once, the holder sees LockLost."""
+    from racefree import PgLock
+
+    a, b = PgLock(url, name), PgLock(url, name)
+    try:
+        a.acquire()
+        assert a.lost is False
+        (pid, _, granted), = _holders(admin, name)
+        assert granted
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        b.acquire(timeout=WAIT)  # free again: the server dropped the dead session's lock
+        _wait_until(lambda: a.lost, "the holder to notice its session ended")
+        assert a.lost is True
+        with pytest.raises(LockLost) as info:
+            a.release()
+        assert name in str(info.value)
+        assert not a.locked
+        b.release()
+        a.acquire(timeout=WAIT)  # a new session; lost is cleared by the new hold
+        assert a.lost is False
+        a.release()
+    finally:
+        a.close()
+        b.close()
+
+
+_HOLDER = """
+import sys
+sys.path.insert(0, {src!r})
+from racefree import PgLock
+lock = PgLock({url!r}, {name!r})
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.slow
+def test_killed_holder_process_frees_lock(url: str, name: str) -> None:
+    """SIGKILL of a holding process: the next waiter gets the lock (the server drops it)."""
+    from racefree import PgLock
+
+    code = _HOLDER.format(src=SRC, url=url, name=name)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    lock = PgLock(url, name)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "held\n"
+        with pytest.raises(WouldBlock):
+            lock.acquire_nowait()
+        proc.kill()
+        proc.wait(WAIT)
+        lock.acquire(timeout=WAIT)
+        lock.release()
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+        lock.close()
+
+
+_COUNTER = """
+import sys
+sys.path.insert(0, {src!r})
+from racefree import PgLock
+lock = PgLock({url!r}, {name!r})
+path = {path!r}
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range({n}):
+    with lock:
+        with open(path) as f:
+            n = int(f.read())
+        with open(path, "w") as f:
+            f.write(str(n + 1))
+lock.close()
+"""
+
+
+@pytest.mark.slow
+def test_processes_exclude_each_other(url: str, name: str, tmp_path: Path) -> None:
+    """3 processes x 40 unlocked file read-modify-writes under PgLock: exactly 120."""
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    code = _COUNTER.format(src=SRC, url=url, name=name, path=str(counter), n=40)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        for p in procs:  # the start barrier
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert p.wait(WAIT * 4) == 0
+        assert counter.read_text() == "120"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(WAIT)
+
+
+def test_async_with_and_cancel_leaves_nothing_held(url: str, name: str, admin: Any) -> None:
+    """A task cancelled while waiting in the server holds nothing; async with works."""
+    from racefree import PgLock
+
+    a, b = PgLock(url, name), PgLock(url, name)
+
+    async def main() -> None:
+        a.acquire()
+        task = asyncio.ensure_future(b.acquire_async())
+        # The waiter is in the server's lock queue (not granted) before we cancel.
+        await asyncio.get_running_loop().run_in_executor(
+            None,
+            _wait_until,
+            lambda: [g for _, _, g in _holders(admin, name)] == [True, False]
+            or [g for _, _, g in _holders(admin, name)] == [False, True],
+            "the waiter to queue in the server",
+        )
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not b.locked
+        await asyncio.get_running_loop().run_in_executor(
+            None,
+            _wait_until,
+            lambda: len(_holders(admin, name)) == 1,
+            "the cancelled wait to leave the server's queue",
+        )
+        a.release()
+        async with b:
+            assert b.held_by_me and b.token is not None
+        with pytest.raises(LockTimeout):
+            a.acquire()
+            try:
+                await b.acquire_async(timeout=0.2)
+            finally:
+                a.release()
+
+    try:
+        asyncio.run(main())
+        assert _holders(admin, name) == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_fork_child_never_releases_parent_lock(url: str, name: str, admin: Any) -> None:
+    """A forked child that exits a with-block entered by the parent leaves the parent's lock."""
+    from racefree import PgLock
+
+    lock = PgLock(url, name)
+    try:
+        with lock:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 0
+                try:
+                    lock.release()  # forgets the inherited hold, sends nothing
+                    if lock.locked:
+                        code = 2
+                except BaseException:
+                    code = 3
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert [g for _, _, g in _holders(admin, name)] == [True]
+            assert lock.lost is False
+        assert _holders(admin, name) == []
+    finally:
+        lock.close()

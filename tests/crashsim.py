@@ -85,8 +85,11 @@ class Recorder(_fs.FileSystem):
     untracked.
     """
 
-    def __init__(self, base: str | os.PathLike[str]) -> None:
+    def __init__(self, base: str | os.PathLike[str], *, ignore: tuple[str, ...] = ()) -> None:
         self.base = os.path.realpath(os.fspath(base))
+        # File names left out of the model (a cache rebuilt from the files on open, such
+        # as a store's shared-memory header, written through a writable mmap).
+        self.ignore = ignore
         self._lock = threading.RLock()
         self.events: list[Event] = []
         self.trace: list[str] = []  # one line per event, for violation reports
@@ -119,7 +122,7 @@ class Recorder(_fs.FileSystem):
                 seen[key] = ino
                 for name in sorted(os.listdir(path)):
                     child = os.path.join(path, name)
-                    if os.path.islink(child):
+                    if os.path.islink(child) or name in self.ignore:
                         continue
                     self._live[ino].entries[name] = walk(child)
             else:
@@ -143,6 +146,8 @@ class Recorder(_fs.FileSystem):
                 return None
             full = real
         rel = os.path.relpath(full, self.base)
+        if os.path.basename(full) in self.ignore:
+            return None
         return [] if rel == "." else rel.split(os.sep)
 
     def _lookup(self, parts: list[str]) -> int | None:
@@ -197,7 +202,9 @@ class Recorder(_fs.FileSystem):
 
     def verify_against_disk(self) -> None:
         """Check the model against the real directory: a call outside the seam shows here."""
-        real = tree(self.base)
+        real = {
+            k: v for k, v in tree(self.base).items() if k.rsplit("/", 1)[-1] not in self.ignore
+        }
         model = self.live_tree()
         if real != model:
             diff = sorted(set(real) ^ set(model)) + sorted(
@@ -394,8 +401,22 @@ class NoSyncFS(_fs.FileSystem):
 
 
 # --------------------------------------------------------------------------- building states
-def _build(nodes: dict[int, _Inode], root: int) -> dict[str, bytes | None]:
+def _build(
+    nodes: dict[int, _Inode], root: int, cache: dict[int, tuple[_Inode, bytes]] | None = None
+) -> dict[str, bytes | None]:
+    """The tree under ``root``. ``cache`` keeps the bytes of unchanged inodes between calls."""
     out: dict[str, bytes | None] = {}
+
+    def content(ino: int) -> bytes:
+        node = nodes[ino]
+        if cache is None:
+            return bytes(node.data)
+        hit = cache.get(ino)
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        data = bytes(node.data)
+        cache[ino] = (node, data)
+        return data
 
     def walk(ino: int, prefix: str, depth: int) -> None:
         if depth > 64:  # a cycle cannot happen with rename semantics; guard anyway
@@ -408,7 +429,7 @@ def _build(nodes: dict[int, _Inode], root: int) -> dict[str, bytes | None]:
                 out[rel] = None
                 walk(child, rel + "/", depth + 1)
             else:
-                out[rel] = bytes(nodes[child].data)
+                out[rel] = content(child)
 
     walk(root, "", 0)
     return out
@@ -510,6 +531,8 @@ class _Sim:
         }
         self.pending_data: dict[int, list[Event]] = {}
         self.pending_names: list[Event] = []
+        # The bytes of durable inodes, valid while the inode object is unchanged.
+        self.cache: dict[int, tuple[_Inode, bytes]] = {}
 
     def apply(self, ev: Event) -> None:
         kind = ev[0]
@@ -533,6 +556,7 @@ class _Sim:
             else:
                 for dev in self.pending_data.pop(ino, []):
                     _apply_data(node, dev, ("full",))
+                self.cache.pop(ino, None)
 
     def commit_all(self) -> None:
         for ino, evs in self.pending_data.items():
@@ -646,28 +670,41 @@ def _states_at(
         combos = iter(picked)
 
     for combo in combos:
-        nodes = {i: _Inode(n.kind, bytearray(n.data), dict(n.entries)) for i, n in sim.durable.items()}
+        # Copy on write: only the inodes a choice changes are copied.
+        nodes = dict(sim.durable)
+        copied: set[int] = set()
+
+        def own(ino: int) -> _Inode:
+            if ino not in copied:
+                n = nodes[ino]
+                nodes[ino] = _Inode(n.kind, bytearray(n.data), dict(n.entries))
+                copied.add(ino)
+            return nodes[ino]
+
         desc: list[str] = []
         for (kind, what, variants), idx in zip(items, combo):
             v = variants[idx]
             if kind == "data":
                 ino, ev = what
-                _apply_data(nodes[ino], ev, v)
+                if v[0] != "drop":
+                    _apply_data(own(ino), ev, v)
                 if v[0] != "full":
                     desc.append(f"{ev[0]}@ino{ino}:{'/'.join(map(str, v))}")
             elif kind == "ordered":
                 ino, evs = what
                 _, upto, last = v
                 for j, ev in enumerate(evs[:upto]):
-                    _apply_data(nodes[ino], ev, last if j == upto - 1 else ("full",))
+                    _apply_data(own(ino), ev, last if j == upto - 1 else ("full",))
                 if upto < len(evs) or (last is not None and last[0] != "full"):
                     desc.append(f"ino{ino}:{upto}/{len(evs)}:{last}")
             else:
                 if v[0] == "kept":
+                    for dir_ino, _name, _target in what[1]:
+                        own(dir_ino)
                     _apply_names(nodes, what)
                 else:
                     desc.append("lost " + "+".join(f"{c[1]}" for c in what[1]))
-        yield _build(nodes, sim.root), ", ".join(desc) or "everything survived"
+        yield _build(nodes, sim.root, sim.cache), ", ".join(desc) or "everything survived"
 
 
 # --------------------------------------------------------------------------- exploring

@@ -58,7 +58,8 @@ def make_handler(spec: dict[str, Any]) -> logging.Handler:
         from racefree.logging import RotatingFileHandler
 
         return RotatingFileHandler(
-            spec["path"], maxBytes=spec["max_bytes"], backupCount=spec["backup_count"]
+            spec["path"], maxBytes=spec["max_bytes"], backupCount=spec["backup_count"],
+            compress=bool(spec.get("compress", False)),
         )
     if kind == "stdlib":
         return logging.handlers.RotatingFileHandler(

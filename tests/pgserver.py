@@ -180,6 +180,9 @@ def pg_store_factory(request: pytest.FixtureRequest, opened: list[Any]) -> Calla
     from racefree import open_store
 
     def make(**kwargs: Any) -> Any:
+        # The file store's private tuning knobs (segment size, compaction
+        # threshold) have no meaning here.
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
         store = open_store(url, name=name, **kwargs)
         opened.append(store)
         return store

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from pgserver import server_url, unique_name
+
 from racefree import LockLost, LockTimeout, WouldBlock
 from racefree._pg import advisory_key
 

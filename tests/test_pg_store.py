@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from pgserver import drop_store, server_url, unique_name
+
 from racefree import ConflictError, ConnectionLost, LockLost
 
 pytestmark = pytest.mark.postgres
@@ -112,7 +112,7 @@ def test_processes_updating_one_counter_lose_nothing(url: str, name: str, store:
 def test_terminated_backend_mid_batch_leaves_nothing(store: Any, admin: Any, name: str) -> None:
     """A batch whose session is killed after two of its writes: none of it is visible."""
     store.put("blocker", {"v": 0})
-    key = "blocker".encode()
+    key = b"blocker"
     admin.execute("BEGIN")
     try:
         # Hold the row the batch's third write needs, so the batch stops there
@@ -322,3 +322,19 @@ def test_unreachable_server_is_one_clear_error() -> None:
     with pytest.raises(ConnectionLost) as info:
         open_store("postgresql://u:secret@127.0.0.1:1/db", connect_timeout=2)
     assert "secret" not in str(info.value) and "127.0.0.1:1" in str(info.value)
+
+
+def test_update_fn_writing_its_own_id_is_refused(store: Any) -> None:
+    """A write to the id being updated, from inside fn, raises instead of waiting forever."""
+    store.put("k", {"v": 1})
+
+    def fn(doc: dict[str, Any]) -> dict[str, Any]:
+        store.put("k", {"v": 99})
+        return doc
+
+    with pytest.raises(RuntimeError, match="row lock"):
+        store.update("k", fn)
+    assert store.get("k") == {"v": 1} and store.version("k") == 1
+    # Other ids may be written from fn (through a second pooled session).
+    assert store.update("k", lambda d: (store.put("other", {"o": 1}), {"v": 2})[1]) == {"v": 2}
+    assert store.get("other") == {"o": 1}

@@ -15,6 +15,7 @@ where mounting a tmpfs is not possible (not root); CI installs strace and runs a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -191,8 +192,226 @@ def test_atomic_write_on_full_tmpfs(tmp_path: Path) -> None:
         atomic_write(mnt / "f", b"o" * 20_000)
         with pytest.raises(OSError) as info:
             atomic_write(mnt / "f", b"n" * 60_000)
-        assert info.value.errno == 28  # ENOSPC
+        assert info.value.errno == errno.ENOSPC
         assert (mnt / "f").read_bytes() == b"o" * 20_000
         assert temps(mnt) == []
         atomic_write(mnt / "f", b"n" * 30_000)  # the temp's space was given back
         assert (mnt / "f").read_bytes() == b"n" * 30_000
+
+
+# --------------------------------------------------------------------------- JsonFile
+@needs_strace
+@pytest.mark.parametrize(
+    ("inject", "errno_name", "type_name"),
+    [(f"inject={FSYNC}:error=EIO:when=1", "EIO", "DurabilityError"),
+     (f"inject={RENAME}:error=ENOSPC:when=1", "ENOSPC", "OSError")],
+    ids=["fsync-EIO", "rename-ENOSPC"],
+)
+def test_jsonfile_update_faults(tmp_path: Path, inject: str, errno_name: str, type_name: str) -> None:
+    """JsonFile.update in a real process with a failing syscall: typed error, document intact."""
+    from racefree import JsonFile
+
+    JsonFile(tmp_path / "doc.json").write({"n": 1})
+    rc, result = run_child(
+        "racefree.JsonFile('doc.json').update(lambda d: {'n': d['n'] + 1})", [inject], tmp_path
+    )
+    assert rc == 0
+    _expect_error(result, errno_name, type_name)
+    assert JsonFile(tmp_path / "doc.json").read() == {"n": 1}
+    assert temps(tmp_path) == []
+
+
+@needs_strace
+def test_jsonfile_sigkill_at_rename(tmp_path: Path) -> None:
+    """SIGKILL at the rename of JsonFile.update: the old document, the lock free for the next one."""
+    from racefree import JsonFile, sweep
+
+    JsonFile(tmp_path / "doc.json").write({"n": 1})
+    rc, _ = run_child(
+        "racefree.JsonFile('doc.json').update(lambda d: {'n': d['n'] + 1})",
+        [f"inject={RENAME}:signal=SIGKILL:when=1"], tmp_path,
+    )
+    assert rc in (-signal.SIGKILL, 128 + signal.SIGKILL), rc
+    jf = JsonFile(tmp_path / "doc.json", timeout=30)
+    assert jf.read() == {"n": 1}
+    assert len(sweep(tmp_path)) == 1
+    assert jf.update(lambda d: {"n": d["n"] + 1}) == {"n": 2}  # the lock died with its holder
+
+
+# --------------------------------------------------------------------------- AppendLog
+def _log_records(path: Path) -> list[Any]:
+    from racefree import AppendLog
+
+    with AppendLog(path) as log:
+        log.check()
+        return list(log.read(0))
+
+
+@needs_strace
+def test_log_fdatasync_eio(tmp_path: Path) -> None:
+    """fdatasync EIO on append: DurabilityError (never retried), the log opens, old records intact."""
+    from racefree import AppendLog
+
+    with AppendLog(tmp_path / "l.log") as log:
+        log.append({"i": 0})
+    rc, result = run_child(
+        """
+        log = racefree.AppendLog('l.log')
+        try:
+            log.append({'i': 1})
+        except racefree.DurabilityError:
+            try:
+                log.append({'i': 2})
+            except racefree.DurabilityError as again:
+                raise again
+            raise AssertionError('the handle wrote again after a failed fsync')
+        """,
+        [f"inject={FSYNC}:error=EIO:when=1"], tmp_path,
+    )
+    assert rc == 0
+    _expect_error(result, "EIO", "DurabilityError")
+    assert _log_records(tmp_path / "l.log") in ([{"i": 0}], [{"i": 0}, {"i": 1}])
+
+
+@needs_strace
+def test_log_compact_rename_enospc(tmp_path: Path) -> None:
+    """rename ENOSPC during compaction: OSError, and the log means exactly what it meant."""
+    from racefree import AppendLog
+
+    with AppendLog(tmp_path / "l.log") as log:
+        for i in range(5):
+            log.append({"i": i})
+    rc, result = run_child(
+        "racefree.AppendLog('l.log').compact(lambda s, r: s + r['i'], 0)",
+        [f"inject={RENAME}:error=ENOSPC:when=1"], tmp_path,
+    )
+    assert rc == 0
+    _expect_error(result, "ENOSPC", "OSError")
+    with AppendLog(tmp_path / "l.log") as log:
+        assert log.replay(lambda s, r: s + r["i"], 0) == 10 and len(log) == 5
+    assert temps(tmp_path) == []
+
+
+@needs_strace
+def test_log_sigkill_at_append(tmp_path: Path) -> None:
+    """SIGKILL at an append's write: every earlier record there, the log opens and takes appends."""
+    from racefree import AppendLog
+
+    with AppendLog(tmp_path / "l.log") as log:
+        log.append({"i": 0})
+    rc, _ = run_child(
+        "racefree.AppendLog('l.log').append({'i': 1, 'pad': 'x' * 5000})",
+        ["inject=pwrite64:signal=SIGKILL:when=1"], tmp_path,
+    )
+    assert rc in (-signal.SIGKILL, 128 + signal.SIGKILL), rc
+    assert _log_records(tmp_path / "l.log") == [{"i": 0}]
+    with AppendLog(tmp_path / "l.log") as log:
+        log.append({"i": 2})
+    assert _log_records(tmp_path / "l.log") == [{"i": 0}, {"i": 2}]
+
+
+# --------------------------------------------------------------------------- Store
+STORE = "racefree.Store('s', _segment_size=8192)"
+
+
+def _store_docs(path: Path) -> dict[str, Any]:
+    from racefree import Store
+
+    with Store(path, _segment_size=8192) as s:
+        s.check()
+        return dict(s.items())
+
+
+@needs_strace
+def test_store_fdatasync_eio(tmp_path: Path) -> None:
+    """fdatasync EIO on put: DurabilityError, the store refuses writes, reopens with old data."""
+    from racefree import Store
+
+    with Store(tmp_path / "s", _segment_size=8192) as s:
+        s.put("a", {"n": 1})
+    rc, result = run_child(
+        f"""
+        s = {STORE}
+        try:
+            s.put('b', {{'n': 2}})
+        except racefree.DurabilityError:
+            try:
+                s.put('c', {{'n': 3}})
+            except racefree.DurabilityError as again:
+                raise again
+            raise AssertionError('the store wrote again after a failed fsync')
+        """,
+        [f"inject={FSYNC}:error=EIO:when=1"], tmp_path,
+    )
+    assert rc == 0
+    _expect_error(result, "EIO", "DurabilityError")
+    assert _store_docs(tmp_path / "s") in ({"a": {"n": 1}}, {"a": {"n": 1}, "b": {"n": 2}})
+
+
+@needs_strace
+def test_store_compact_rename_enospc(tmp_path: Path) -> None:
+    """rename ENOSPC while compaction publishes its MANIFEST: OSError, every document intact."""
+    from racefree import Store
+
+    with Store(tmp_path / "s", _segment_size=8192) as s:
+        for i in range(6):
+            s.put(f"k{i % 3}", {"i": i})
+        s.delete("k0")
+    rc, result = run_child(f"{STORE}.compact()", [f"inject={RENAME}:error=ENOSPC:when=1"],
+                           tmp_path)
+    assert rc == 0
+    _expect_error(result, "ENOSPC", "OSError")
+    assert _store_docs(tmp_path / "s") == {"k1": {"i": 4}, "k2": {"i": 5}}
+    assert temps(tmp_path) == []
+
+
+@needs_strace
+def test_store_sigkill_at_fdatasync(tmp_path: Path) -> None:
+    """SIGKILL at a put's fdatasync: the store reopens, old documents intact, the new one maybe."""
+    from racefree import Store
+
+    with Store(tmp_path / "s", _segment_size=8192) as s:
+        s.put("a", {"n": 1})
+    rc, _ = run_child(f"{STORE}.put('b', {{'n': 2}})",
+                      [f"inject={FSYNC}:signal=SIGKILL:when=1"], tmp_path)
+    assert rc in (-signal.SIGKILL, 128 + signal.SIGKILL), rc
+    assert _store_docs(tmp_path / "s") in ({"a": {"n": 1}}, {"a": {"n": 1}, "b": {"n": 2}})
+    with Store(tmp_path / "s", _segment_size=8192) as s:
+        s.put("c", {"n": 3})
+        assert s.get("c") == {"n": 3}
+
+
+# --------------------------------------------------------------------------- full tmpfs: log, store
+def test_log_on_full_tmpfs(tmp_path: Path) -> None:
+    """Appends until the tmpfs is full: ENOSPC reaches the caller, every acked record stays."""
+    from racefree import AppendLog
+
+    with small_tmpfs(tmp_path / "mnt") as mnt:
+        acked = []
+        with AppendLog(mnt / "l.log") as log:
+            with pytest.raises(OSError) as info:
+                for i in range(10_000):
+                    log.append({"i": i, "pad": "z" * 1000})
+                    acked.append(i)
+            assert info.value.errno == errno.ENOSPC
+        assert len(acked) > 10
+        assert [r["i"] for r in _log_records(mnt / "l.log")] == acked
+        assert temps(mnt) == []
+
+
+def test_store_on_full_tmpfs(tmp_path: Path) -> None:
+    """Puts until the tmpfs is full: a typed ENOSPC, every acked document stays, reads work."""
+    from racefree import Store
+
+    with small_tmpfs(tmp_path / "mnt") as mnt:
+        acked: dict[str, Any] = {}
+        with Store(mnt / "s", _segment_size=8192) as s:
+            with pytest.raises(OSError) as info:
+                for i in range(10_000):
+                    s.put(f"k{i}", {"pad": "z" * 1000})
+                    acked[f"k{i}"] = {"pad": "z" * 1000}
+            assert info.value.errno == errno.ENOSPC
+            assert s.get("k0") == {"pad": "z" * 1000}
+        assert len(acked) > 10
+        assert _store_docs(mnt / "s") == acked
+        assert temps(mnt) == []

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from ._lock import FileLock
     from ._lockfile import LockFile
     from ._log import AppendLog
-    from ._open import open_lock, open_store
+    from ._open import open_async_store, open_lock, open_store
+    from ._pg_async import AsyncPgStore
     from ._pg_lock import FenceToken, PgLock
     from ._pg_store import PgStore
     from ._protocol import AsyncStoreProtocol, StoreProtocol
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 # CLI) stays fast and a layer's module loads only when a program uses it.
 _LAZY = {
     "AppendLog": "._log",
+    "AsyncPgStore": "._pg_async",
     "AsyncStore": "._store",
     "AsyncStoreProtocol": "._protocol",
     "FenceToken": "._pg_lock",
@@ -55,6 +57,7 @@ _LAZY = {
     "StoreProtocol": "._protocol",
     "atomic_open": "._atomic",
     "atomic_write": "._atomic",
+    "open_async_store": "._open",
     "open_lock": "._open",
     "open_store": "._open",
     "sweep": "._atomic",
@@ -76,6 +79,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AppendLog",
+    "AsyncPgStore",
     "AsyncStore",
     "AsyncStoreProtocol",
     "ConflictError",
@@ -97,6 +101,7 @@ __all__ = [
     "WouldBlock",
     "atomic_open",
     "atomic_write",
+    "open_async_store",
     "open_lock",
     "open_store",
     "sweep",

@@ -20,7 +20,7 @@ This module only frames bytes; what a body means is up to its user.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import _fs
 from ._errors import CorruptFileError
@@ -103,16 +103,18 @@ def scan(buf: bytes, pos: int = 0, base: int = 0) -> tuple[list[tuple[int, bytes
     return frames, pos
 
 
-def find_next(buf: bytes, pos: int) -> int:
-    """The offset of the first valid frame that starts after ``pos`` (at a line start), or -1.
+def find_next(buf: bytes, pos: int, proves: Callable[[bytes], bool] | None = None) -> int:
+    """The offset of the first valid frame after ``pos`` (at a line start), or -1.
 
-    A reader that found a bad frame at ``pos`` calls this on the rest of the
-    file: -1 means the bad bytes are a torn tail; anything else means a damaged
-    record with good records after it, which is corruption.
+    With ``proves``, only a frame whose body it accepts counts. A reader that
+    found a bad frame at ``pos`` calls this on the rest of the file: -1 means
+    the bad bytes are a torn tail; anything else means a damaged record with
+    good records after it, which is corruption.
     """
     nl = buf.find(b"\n", pos)
     while nl >= 0:
-        if decode_at(buf, nl + 1) is not None:
+        got = decode_at(buf, nl + 1)
+        if got is not None and (proves is None or proves(got[0])):
             return nl + 1
         nl = buf.find(b"\n", nl + 1)
     return -1
@@ -135,17 +137,20 @@ class Reader:
 
     Iterating yields lists of ``(offset, body)``. Afterwards ``end`` is the
     offset just after the last valid frame, and ``torn`` the number of bytes
-    after it if they are a torn tail (no valid frame after them): an
-    incomplete last record, invisible to readers. A damaged frame with valid
-    frames after it raises :class:`CorruptFileError` if ``confirmed`` (the
-    caller holds the writers' lock, so no write is in flight), else
-    :class:`Suspect`. ``limit`` stops reading at that offset; a frame it cuts
-    is left for later, not taken for torn.
+    after it if they are a torn tail: an incomplete last record, invisible to
+    readers. A damaged frame followed by a valid frame that ``proves`` accepts
+    (any valid frame if it is None) is corruption: :class:`CorruptFileError`
+    if ``confirmed`` (the caller holds the writers' lock, so no write is in
+    flight), else :class:`Suspect`. Otherwise the damage and everything after
+    it are a torn tail: ``proves`` lets a format say which frames prove that
+    the bytes before them had reached the disk (after a power loss, writes
+    that were never synced may come back with holes). ``limit`` stops reading
+    at that offset; a frame it cuts is left for later, not taken for torn.
     """
 
     def __init__(
         self, path: str, fd: int, offset: int, *, confirmed: bool, limit: int | None = None,
-        chunk: int = 1 << 22,
+        proves: Callable[[bytes], bool] | None = None, chunk: int = 1 << 22,
     ) -> None:
         self.path = path
         self.fd = fd
@@ -153,6 +158,7 @@ class Reader:
         self.torn = 0
         self.confirmed = confirmed
         self.limit = limit
+        self.proves = proves
         self.chunk = chunk
 
     def __iter__(self) -> Iterator[list[tuple[int, bytes]]]:
@@ -174,7 +180,7 @@ class Reader:
                     self.torn = len(pending)
                 return
             rest = pending + _read_from(self.fd, self.end + len(pending))
-            if find_next(rest, 0) < 0:
+            if find_next(rest, 0, self.proves) < 0:
                 self.torn = len(rest)
                 return
             if not self.confirmed:

@@ -238,7 +238,7 @@ class LockFile:
     def held_by_me(self) -> bool:
         """Whether the current owner (this asyncio task, else this thread) holds it."""
         state = self._get_state()
-        return state.depth > 0 and state.owner is current_owner()
+        return state.depth > 0 and state.owner == current_owner()
 
     @property
     def token(self) -> int | None:
@@ -373,7 +373,7 @@ class LockFile:
         t = self._timeout if timeout is None else _check_timeout(timeout)
         deadline = None if t is None else time.monotonic() + t
         with state.cond:
-            if state.owner is owner and state.depth:
+            if state.owner == owner and state.depth:
                 state.depth += 1
                 return
             while state.owner is not None:
@@ -407,7 +407,7 @@ class LockFile:
         state = self._get_state()
         owner = current_owner()
         with state.cond:
-            if state.owner is owner and state.depth:
+            if state.owner == owner and state.depth:
                 state.depth += 1
                 return
             if state.owner is not None:
@@ -440,7 +440,7 @@ class LockFile:
         deadline = None if t is None else time.monotonic() + t
         while True:
             with state.cond:
-                if state.owner is owner and state.depth:
+                if state.owner == owner and state.depth:
                     state.depth += 1
                     return
                 if state.owner is None:
@@ -489,7 +489,7 @@ class LockFile:
         owner = current_owner()
         with state.cond:
             refresher = None
-            if state.owner is not owner or not state.depth:
+            if state.owner != owner or not state.depth:
                 hold = None
             elif state.depth > 1:
                 state.depth -= 1

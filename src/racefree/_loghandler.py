@@ -33,7 +33,7 @@ import struct
 import threading
 import weakref
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from mmap import mmap
 from typing import Any, Literal
 
@@ -44,15 +44,21 @@ __all__ = ["Durable", "SharedFileHandler"]
 
 Durable = Literal["record", "rotate", False]
 
-#: Control block layout (little-endian u64/f64), at the start of the lock file.
-_GEN = struct.Struct("<Q")  # offset 0: rotation generation
-_OFF_GEN = 0
-_OFF_DIRTY = 8  # u64: expected file size after the record being written, 0 when none is
+#: The control block, at the start of the lock file (little-endian). Every field
+#: is read and written only while holding the write lock exclusively.
+_U64 = struct.Struct("<Q")
+_HOT = struct.Struct("<QQQ")  # gen, dirty, size: what every record reads, in one unpack
+_OFF_GEN = 0  # u64: rotation generation, bumped by each rotation
+_OFF_DIRTY = 8  # u64: file size the record being written will end at; 0 when none is
+_OFF_SIZE = 16  # u64: size of the current file after the last whole record
+# 24..32: reserved
 _ROLLOVER = struct.Struct("<d")
-_OFF_ROLLOVER = 16  # f64: next timed rollover (epoch seconds), 0.0 when not set yet
+_OFF_ROLLOVER = 32  # f64: next timed rollover (epoch seconds), 0.0 when not set yet
 _CONTROL_SIZE = 64
 
 # Read access too: the torn-tail repair and the compression read through it.
+_DONE = struct.Struct("<QQ")  # dirty and size, cleared and advanced together
+
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT
 _COPY_CHUNK = 1 << 20
 
@@ -161,7 +167,7 @@ class SharedFileHandler(_stdlib_logging.Handler):
 
     def _read_gen(self) -> int:
         assert self._control is not None
-        return int(_GEN.unpack_from(self._control, _OFF_GEN)[0])
+        return int(_U64.unpack_from(self._control, _OFF_GEN)[0])
 
     def _reopen(self, gen: int) -> None:
         """(Re)open the path for appending; call with the write lock held."""
@@ -170,6 +176,33 @@ class SharedFileHandler(_stdlib_logging.Handler):
             _fs.close(fd)
         self._fd = _fs.open(self.baseFilename, _OPEN_FLAGS, 0o666)
         self._gen = gen
+
+    def _sync_size_locked(self) -> int:
+        """Store the file's real size in the control block (after a reopen, repair, rotation).
+
+        Between these, every writer keeps the size up to date under the lock,
+        so a record costs no ``fstat``. Resyncing at each reopen means a lock
+        file older than the log (the log was removed or replaced by hand, or
+        written by some other program) never hands out a stale size for long.
+        """
+        assert self._control is not None
+        size = _fs.fstat(self._fd).st_size
+        _U64.pack_into(self._control, _OFF_SIZE, size)
+        return size
+
+    def _enter_locked(self) -> int:
+        """With the lock just taken: follow a rotation, repair a torn tail; the file's size."""
+        assert self._control is not None
+        # Three fields in one read of shared memory, instead of a stat() of
+        # the path and an fstat() of the descriptor per record.
+        gen, dirty, size = _HOT.unpack_from(self._control, 0)
+        if gen != self._gen or self._fd < 0:
+            # Another process rotated: our descriptor names the old file.
+            self._reopen(gen)
+            size = self._sync_size_locked()
+        if dirty:
+            size = self._repair_torn_tail(dirty)
+        return int(size)
 
     def _forget_inherited(self) -> None:
         """In a forked child: close the parent's descriptors, reopen lazily on the next record.
@@ -235,26 +268,22 @@ class SharedFileHandler(_stdlib_logging.Handler):
         lock_fd = self._lock_fd
         control = self._control
         assert control is not None
+        n = len(data)
         _fs.flock(lock_fd, fcntl.LOCK_EX)
         try:
-            gen = _GEN.unpack_from(control, _OFF_GEN)[0]
-            if gen != self._gen or self._fd < 0:
-                # Another process rotated: our descriptor names the old file.
-                self._reopen(gen)
-            dirty = _GEN.unpack_from(control, _OFF_DIRTY)[0]
-            if dirty:
-                self._repair_torn_tail(dirty)
-            size = _fs.fstat(self._fd).st_size
-            if self._should_rotate_locked(size, len(data), record):
+            size = self._enter_locked()
+            if self._should_rotate_locked(size, n, record):
                 self._rotate_locked()
-                size = _fs.fstat(self._fd).st_size
+                size = self._sync_size_locked()
             # A SIGKILL can stop a large write(2) between pages; the next holder
             # sees this mark and ends the torn record with a newline, so that
             # the records after it still start on a line of their own.
-            _GEN.pack_into(control, _OFF_DIRTY, size + len(data))
-            _fs.write_all(self._fd, data)
-            _GEN.pack_into(control, _OFF_DIRTY, 0)
+            _U64.pack_into(control, _OFF_DIRTY, size + n)
             fd = self._fd
+            written = _fs.write(fd, data)
+            if written != n:  # a short write (W6): finish it, still under the lock
+                _fs.write_all(fd, memoryview(data)[written:])
+            _DONE.pack_into(control, _OFF_DIRTY, 0, size + n)
         finally:
             _fs.flock(lock_fd, fcntl.LOCK_UN)
         if self.durable == "record":
@@ -262,13 +291,17 @@ class SharedFileHandler(_stdlib_logging.Handler):
             # still names the inode this record went to.
             self._sync(_fs.fdatasync, fd, self.baseFilename)
 
-    def _repair_torn_tail(self, expected_end: int) -> None:
-        """The previous holder died (or failed) mid-write: end its partial record with a newline."""
+    def _repair_torn_tail(self, expected_end: int) -> int:
+        """The previous holder died (or failed) mid-write: end its partial record with a newline.
+
+        Returns the file's size afterwards (also stored in the control block).
+        """
         assert self._control is not None
         size = _fs.fstat(self._fd).st_size
         if 0 < size < expected_end and _fs.pread(self._fd, 1, size - 1) != b"\n":
             _fs.write_all(self._fd, b"\n")
-        _GEN.pack_into(self._control, _OFF_DIRTY, 0)
+        _U64.pack_into(self._control, _OFF_DIRTY, 0)
+        return self._sync_size_locked()
 
     def _sync(self, fn: Callable[[Any], None], target: Any, path: str) -> None:
         try:
@@ -310,16 +343,17 @@ class SharedFileHandler(_stdlib_logging.Handler):
         old = self._fd
         self._fd = -1
         gen = self._read_gen() + 1
-        _GEN.pack_into(self._control, _OFF_GEN, gen)
+        _U64.pack_into(self._control, _OFF_GEN, gen)
         self._reopen(gen)
         if rotated_to is not None and (self.durable or self.compress):
-            self._finish.append(_Finish(old, rotated_to))
+            with self._finish_mutex:  # another thread may be taking the list in handle()
+                self._finish.append(_Finish(old, rotated_to))
         else:
             _fs.close(old)
 
-    def _rotated_candidates(self, path: str) -> list[str]:
+    def _rotated_candidates(self, path: str) -> Iterable[str]:
         """Where a file rotated to ``path`` may be now (later rotations shift backups)."""
-        return [path]
+        return (path,)
 
     # -- after a rotation, outside the lock -------------------------------
     def _run_finish(self) -> None:
@@ -370,24 +404,28 @@ class SharedFileHandler(_stdlib_logging.Handler):
             raise
         _fs.close(out)
         placed = False
-        if self._lock_fd < 0:  # pragma: no cover - closed concurrently
-            self._open_shared()
-        _fs.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            for path in self._rotated_candidates(job.path):
-                try:
-                    if _fs.stat(path).st_ino != ino:
+        # The handler's thread lock first: flock cannot exclude another thread
+        # of this process (one open file description), and its unlock here
+        # would release the lock under a thread in the middle of a record.
+        with self.lock if self.lock is not None else _NULL:
+            if self._lock_fd < 0:  # pragma: no cover - closed meanwhile
+                self._open_shared()
+            _fs.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                for path in self._rotated_candidates(job.path):
+                    try:
+                        if _fs.stat(path).st_ino != ino:
+                            continue
+                    except FileNotFoundError:
                         continue
-                except FileNotFoundError:
-                    continue
-                _fs.replace(tmp, path + ".gz")
-                _fs.unlink(path)
-                placed = True
-                break
-            if not placed:  # the backup was deleted (backup_count) while we compressed
-                _fs.unlink(tmp)
-        finally:
-            _fs.flock(self._lock_fd, fcntl.LOCK_UN)
+                    _fs.replace(tmp, path + ".gz")
+                    _fs.unlink(path)
+                    placed = True
+                    break
+                if not placed:  # the backup was deleted (backup_count) meanwhile
+                    _fs.unlink(tmp)
+            finally:
+                _fs.flock(self._lock_fd, fcntl.LOCK_UN)
         if placed and self.durable:
             self._sync(_fs.fsync_dir, self._dir, self._dir)
 
@@ -400,11 +438,9 @@ class SharedFileHandler(_stdlib_logging.Handler):
             assert self._control is not None
             _fs.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                gen = self._read_gen()
-                if gen != self._gen or self._fd < 0:
-                    self._reopen(gen)
-                if _fs.fstat(self._fd).st_size > 0:
+                if self._enter_locked() > 0:
                     self._rotate_locked()
+                    self._sync_size_locked()
             finally:
                 _fs.flock(self._lock_fd, fcntl.LOCK_UN)
         self._run_finish()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as _stdlib_logging
 import os
+from collections.abc import Iterator
 
 from racefree import _fs
 from racefree._loghandler import Durable, SharedFileHandler, _exists
@@ -150,5 +151,12 @@ class RotatingFileHandler(SharedFileHandler):
         # A namer may put backups in another directory than the one listed.
         return path in listed if os.path.dirname(path) == self._dir else _exists(path)
 
-    def _rotated_candidates(self, path: str) -> list[str]:
-        return [self._backup_name(i) for i in range(1, self.backupCount + 1)]
+    def _rotated_candidates(self, path: str) -> Iterator[str]:
+        # Backups fill slots 1, 2, ... without gaps (a shift stops at the first
+        # free slot), so the search ends at the first empty slot.
+        present = {os.path.join(self._dir, n) for n in _fs.listdir(self._dir)}
+        for i in range(1, self.backupCount + 1):
+            name = self._backup_name(i)
+            if not (self._present(name, present) or self._present(name + ".gz", present)):
+                return
+            yield name

@@ -17,11 +17,13 @@ from . import _pg
 
 if TYPE_CHECKING:
     from ._lock import FileLock
+    from ._pg_async import AsyncPgStore
     from ._pg_lock import PgLock
     from ._pg_store import PgStore
     from ._store import Store
+    from ._store_async import AsyncStore
 
-__all__ = ["lock_file_name", "open_lock", "open_store", "parse_target"]
+__all__ = ["lock_file_name", "open_async_store", "open_lock", "open_store", "parse_target"]
 
 
 def parse_target(target: str | os.PathLike[str]) -> tuple[str, str]:
@@ -58,6 +60,24 @@ def open_store(target: str | os.PathLike[str], **kwargs: Any) -> Store | PgStore
     from ._store import Store
 
     return Store(where, **kwargs)
+
+
+async def open_async_store(
+    target: str | os.PathLike[str], **kwargs: Any
+) -> AsyncStore | AsyncPgStore:
+    """:func:`open_store`'s asyncio twin: opens in a worker thread, never blocking the loop.
+
+    Returns :class:`AsyncStore` or :class:`AsyncPgStore` (both follow
+    :class:`AsyncStoreProtocol`).
+    """
+    kind, where = parse_target(target)
+    if kind == "postgres":
+        from ._pg_async import AsyncPgStore
+
+        return await AsyncPgStore.open(where, **kwargs)
+    from ._store_async import AsyncStore
+
+    return await AsyncStore.open(where, **kwargs)
 
 
 def lock_file_name(name: str) -> str:

@@ -31,19 +31,20 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
-    "SCHEMA_VERSION",
     "PgUrl",
     "advisory_key",
+    "application_name",
     "connection_dead",
     "ensure_schema",
+    "first_line",
     "is_connection_error",
     "is_pg_url",
     "lost",
     "parse_url",
+    "pool_module",
     "psycopg_module",
+    "translate",
 ]
-
-SCHEMA_VERSION = 1
 
 # A constant advisory key (the first 8 bytes of sha256("racefree schema"))
 # serialises schema creation: ``CREATE TABLE IF NOT EXISTS`` run by two
@@ -201,10 +202,20 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.InterfaceError)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (psycopg's run to several), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def application_name(text: str) -> str:
+    """``text`` as a valid ``application_name``: printable ASCII, at most 63 characters."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:63])
+
+
 def lost(display: str, exc: BaseException, *, maybe_committed: bool) -> ConnectionLost:
     """The racefree error for a connection that failed during an operation."""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ConnectionLost(display, detail, maybe_committed=maybe_committed)
+    return ConnectionLost(display, first_line(exc), maybe_committed=maybe_committed)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from typing import Any
 from . import _pg
 from ._errors import LockLost, LockTimeout, WouldBlock
 from ._lockregistry import call_soon_threadsafe, current_owner
+from ._pg_session import Attempt, Session, cancel_statement
 
 __all__ = ["FenceToken", "PgLock"]
 
@@ -69,36 +70,6 @@ def _check_timeout(timeout: float | None) -> float | None:
     return None if math.isinf(timeout) else float(timeout)
 
 
-# Server-side settings of the lock's session. statement_timeout and
-# idle_session_timeout set by an administrator would end a session that waits
-# for, or idly holds, the lock; the keepalives make the server notice a holder
-# whose machine vanished within about 25 s and free its lock (L6).
-_SESSION_SETUP = (
-    "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;"
-    " SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5;"
-    " SET tcp_keepalives_count = 3"
-)
-
-_CANCELLED = "57014"
-_LOCK_NOT_AVAILABLE = "55P03"
-
-
-class _Attempt:
-    """One wait for the server lock that its asynchronous caller may abandon."""
-
-    __slots__ = ("abandoned", "conn", "done", "error", "mutex", "notify", "token", "waiting")
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.abandoned = False
-        self.waiting = False  # the lock statement is running on conn
-        self.done = False
-        self.conn: Any = None
-        self.token: FenceToken | None = None
-        self.error: BaseException | None = None
-        self.notify: Any = None
-
-
 class PgLock:
     """A lock on a PostgreSQL session advisory lock, with the ``FileLock`` API.
 
@@ -128,21 +99,15 @@ class PgLock:
         self._shared = bool(shared)
         self._timeout = _check_timeout(timeout)
         self._connect_timeout = connect_timeout
-        self._key = _pg.advisory_key("lock", name)
-        suffix = "_shared" if self._shared else ""
-        self._sql_lock = f"SELECT pg_advisory_lock{suffix}({self._key})"
-        self._sql_try = f"SELECT pg_try_advisory_lock{suffix}({self._key})"
-        self._sql_unlock = f"SELECT pg_advisory_unlock{suffix}({self._key})"
         self._path = f"{self._url.display}#{name}"
         self._mutex = threading.Lock()
         self._holders: dict[object, int] = {}
         self._inherited: dict[object, int] = {}
         self._busy = False  # one owner is talking to the server; the others wait
         self._waiters: list[Any] = []
-        self._conn: Any = None
+        self._session = Session(self._url, name, self._shared, connect_timeout)
         self._token: FenceToken | None = None
         self._lost = False
-        self._pid = os.getpid()
         _instances.add(self)
 
     # -- properties ---------------------------------------------------------
@@ -195,138 +160,24 @@ class PgLock:
         Stays True until the next successful acquire.
         """
         with self._mutex:
-            if not self._lost and self._holders and not self._busy and self._conn is not None:
-                self._lost = _pg.connection_dead(self._conn)
+            if not self._lost and self._holders and not self._busy:
+                self._lost = self._session.dead()
             return self._lost
 
     def __repr__(self) -> str:
         kind = "shared" if self._shared else "exclusive"
         return f"<PgLock {self._path!r} {kind} timeout={self._timeout}>"
 
-    # -- the connection -----------------------------------------------------
-    def _connection(self) -> Any:
-        """The dedicated session (opened if missing or dead). Only called while busy."""
-        conn = self._conn
-        if conn is not None and not _pg.connection_dead(conn):
-            return conn
-        self._discard()
-        psycopg = _pg.psycopg_module()
-        with _pg.translate(self._url.display, maybe_committed=False):
-            kwargs: dict[str, Any] = {"autocommit": True,
-                                      "connect_timeout": max(1, math.ceil(self._connect_timeout))}
-            if "application_name" not in self._url.conninfo:
-                app = f"racefree-lock:{self._name}"[:63]
-                kwargs["application_name"] = "".join(c if " " <= c <= "~" else "?" for c in app)
-            conn = psycopg.connect(self._url.conninfo, **kwargs)
-            try:
-                conn.execute(_SESSION_SETUP)
-                _pg.ensure_schema(conn)
-            except BaseException:
-                conn.close()
-                raise
-        self._conn = conn
-        return conn
-
-    def _discard(self) -> None:
-        """Close the session: the server drops any advisory lock it held."""
-        conn, self._conn = self._conn, None
-        if conn is not None and os.getpid() == self._pid:
-            with contextlib.suppress(Exception):  # closing a dead connection may fail; it is gone
-                conn.close()
-
     def close(self) -> None:
         """Close the lock's connection. A lock still held is released by the server."""
         with self._mutex:
             self._holders.clear()
             self._token = None
-            self._discard()
+            self._session.discard()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown: modules may be gone
-            if os.getpid() == self._pid and self._conn is not None:
-                self._conn.close()
-
-    # -- the server lock ----------------------------------------------------
-    def _server_lock(self, timeout: float | None, blocking: bool, attempt: _Attempt | None) -> int:
-        """Take the advisory lock in the server and draw a token (0: not granted in time).
-
-        Only called while busy. Any failure closes the session, so a lock the server may have granted
-        just before the failure (a signal, a cancel landing late) is dropped
-        with it: a caller that gets an error never holds the lock (L9).
-        """
-        conn = self._connection()
-        psycopg = _pg.psycopg_module()
-        trying = not blocking or timeout == 0
-        if trying:
-            sql = f"{self._sql_try}; SELECT nextval('racefree_fence_seq')"
-        else:
-            ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
-            # Literal integers only, so the three statements go as one simple
-            # query: one round trip. The token is drawn after the grant, so
-            # tokens grow in the order holders got the lock.
-            sql = (
-                f"SET lock_timeout = {ms}; {self._sql_lock};"
-                " SELECT nextval('racefree_fence_seq')"
-            )
-        if attempt is not None:
-            with attempt.mutex:
-                if attempt.abandoned:
-                    raise asyncio.CancelledError()
-                attempt.conn = conn
-                attempt.waiting = True
-        try:
-            try:
-                cur = conn.execute(sql)
-                if trying:
-                    row = cur.fetchone()
-                    granted = bool(row and row[0])
-                else:  # the first result is SET's, the second the (void) lock's
-                    granted = True
-                    cur.nextset()
-                cur.nextset()
-                token_row = cur.fetchone()
-            finally:
-                if attempt is not None:
-                    with attempt.mutex:
-                        attempt.waiting = False
-        except psycopg.Error as exc:
-            state = getattr(exc, "sqlstate", None)
-            if state == _LOCK_NOT_AVAILABLE:
-                # lock_timeout ran out: the statement failed while waiting, so
-                # nothing was granted and the session stays usable.
-                return 0
-            self._discard()
-            if state == _CANCELLED and attempt is not None and attempt.abandoned:
-                raise asyncio.CancelledError() from None
-            if _pg.is_connection_error(exc):
-                raise _pg.lost(self._url.display, exc, maybe_committed=False) from exc
-            raise
-        except BaseException:
-            self._discard()
-            raise
-        if not granted:
-            return 0
-        if token_row is None:  # pragma: no cover - nextval always returns a row
-            self._discard()
-            raise RuntimeError("nextval returned no row")
-        return int(token_row[0])
-
-    def _server_unlock(self) -> str:
-        """Unlock in the server; the reason the lock was lost, or "" (only while busy)."""
-        conn = self._conn
-        if conn is None:
-            return "the connection was closed"
-        try:
-            row = conn.execute(self._sql_unlock).fetchone()
-        except Exception as exc:
-            self._discard()
-            if _pg.is_connection_error(exc):
-                return f"the session ended: {str(exc).strip().splitlines()[0] if str(exc) else exc}"
-            raise
-        if not (row and row[0]):
-            self._discard()
-            return "the server no longer held it for this session"
-        return ""
+            self._session.discard()
 
     # -- in-process admission -----------------------------------------------
     def _admit(self, owner: object) -> bool | None:
@@ -415,7 +266,7 @@ class PgLock:
             raise
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            token = self._server_lock(remaining, blocking and remaining != 0, None)
+            token = self._session.lock(remaining, not blocking or remaining == 0, None)
         except BaseException:
             self._unbusy()
             raise
@@ -454,7 +305,7 @@ class PgLock:
             self._token = None
         reason = ""
         try:
-            reason = self._server_unlock()
+            reason = self._session.unlock()
         finally:
             with self._mutex:
                 if reason:
@@ -515,7 +366,7 @@ class PgLock:
                     self._waiters.remove(wake)
             raise
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
-        attempt = _Attempt()
+        attempt = Attempt()
         done: asyncio.Future[None] = loop.create_future()
         attempt.notify = _waker(loop, done)
         try:
@@ -540,11 +391,11 @@ class PgLock:
         self._record(owner, attempt.token)
 
     def _server_lock_worker(
-        self, timeout: float | None, attempt: _Attempt, reported: float | None
+        self, timeout: float | None, attempt: Attempt, reported: float | None
     ) -> None:
         token = 0
         try:
-            token = self._server_lock(timeout, True, attempt)
+            token = self._session.lock(timeout, timeout == 0, attempt)
             err: BaseException | None = None
             if token == 0:
                 err = LockTimeout(self._path, reported)
@@ -555,21 +406,20 @@ class PgLock:
             attempt.done = True
             if not abandoned:
                 attempt.error = err
-                attempt.token = FenceToken(token, self._name) if err is None else None
+                attempt.token = token if err is None else None
         if abandoned:
             # The task gave up: a grant that raced its cancel is handed back by
             # closing the session (nobody of this process holds the lock while
             # busy, so that takes nothing from anyone), then the others may go.
             if err is None:
-                with self._mutex:
-                    self._discard()
+                self._session.discard()
             self._unbusy()
             return
         if err is not None:
             self._unbusy()
         attempt.notify()
 
-    def _abandon(self, attempt: _Attempt) -> None:
+    def _abandon(self, attempt: Attempt) -> None:
         """The waiting task was cancelled: stop the server wait, or undo a grant."""
         with attempt.mutex:
             attempt.abandoned = True
@@ -579,13 +429,12 @@ class PgLock:
         if finished:
             # The worker finished before the task saw it: undo its result here.
             if attempt.error is None and attempt.token is not None:
-                with self._mutex:
-                    self._discard()
+                self._session.discard()
                 self._unbusy()
             return
         if waiting and conn is not None:
             threading.Thread(
-                target=_cancel_statement, args=(attempt,), name="racefree-pglock-cancel",
+                target=cancel_statement, args=(attempt,), name="racefree-pglock-cancel",
                 daemon=True,
             ).start()
 
@@ -602,16 +451,6 @@ class PgLock:
         self.release()
 
 
-def _cancel_statement(attempt: _Attempt) -> None:
-    # Holding attempt.mutex keeps the worker from starting another statement on
-    # the session while the cancel request is in flight: a cancel that arrives
-    # after the lock statement ended finds the session idle and is ignored.
-    with attempt.mutex:
-        if attempt.waiting and attempt.conn is not None:
-            with contextlib.suppress(Exception):  # the session may be gone already
-                attempt.conn.cancel_safe(timeout=10.0)
-
-
 def _waker(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> Any:
     def wake() -> None:
         call_soon_threadsafe(loop, fut)
@@ -625,10 +464,9 @@ _instances: weakref.WeakSet[PgLock] = weakref.WeakSet()
 def _after_fork_child() -> None:
     """The child holds nothing and never touches the parent's session (L5).
 
-    Closing the inherited connection would send the server a Terminate message
-    and end the parent's session, releasing the parent's lock; the child only
-    forgets it (psycopg does not close a connection from another process) and
-    opens its own session when it locks.
+    It forgets the inherited connection (see ``Session.forget``) and opens its
+    own session when it locks; a ``with`` block entered before the fork
+    can still exit in the child (its release only forgets the hold).
     """
     for lock in list(_instances):
         lock._mutex = threading.Lock()
@@ -637,10 +475,9 @@ def _after_fork_child() -> None:
         lock._holders = {}
         lock._busy = False
         lock._waiters = []
-        lock._conn = None
+        lock._session.forget()
         lock._token = None
         lock._lost = False
-        lock._pid = os.getpid()
 
 
 os.register_at_fork(after_in_child=_after_fork_child)

@@ -56,8 +56,8 @@ GET_WITH_VERSION = (
 VERSION = "SELECT version FROM racefree_docs WHERE store = %s AND id = %s AND doc IS NOT NULL"
 
 # update(): the row lock makes the read-modify-write exclusive across every
-# client of the server; a tombstone row is locked too, so only a never-seen id
-# can race (two creators), which the INSERT below detects.
+# client of the server; a tombstone row is locked too, and a never-seen id gets
+# a placeholder row (version 0, no document) inside the transaction to lock.
 LOCK_ROW = "SELECT version, doc FROM racefree_docs WHERE store = %s AND id = %s FOR UPDATE"
 
 REPLACE_LOCKED = (
@@ -65,9 +65,9 @@ REPLACE_LOCKED = (
     " WHERE store = %s AND id = %s RETURNING version"
 )
 
-INSERT_NEW = (
-    "INSERT INTO racefree_docs (store, id, version, doc) VALUES (%s, %s, 1, %s)"
-    " ON CONFLICT (store, id) DO NOTHING RETURNING version"
+PLACEHOLDER = (
+    "INSERT INTO racefree_docs (store, id, version, doc) VALUES (%s, %s, 0, NULL)"
+    " ON CONFLICT (store, id) DO NOTHING"
 )
 
 COUNT = "SELECT count(*) FROM racefree_docs WHERE store = %s AND doc IS NOT NULL"
@@ -103,3 +103,14 @@ SERVER_SETTINGS = (
     "SELECT name, setting FROM pg_settings"
     " WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')"
 )
+
+CHECK = (
+    "SELECT count(*) FILTER (WHERE doc IS NOT NULL),"
+    " count(*) FILTER (WHERE doc IS NULL),"
+    " sum(octet_length(doc::text)),"
+    " count(*) FILTER (WHERE doc IS NOT NULL AND json_typeof(doc) <> 'object'),"
+    " count(*) FILTER (WHERE version < 1)"
+    " FROM racefree_docs WHERE store = %s"
+)
+
+ALL_IDS = "SELECT id FROM racefree_docs WHERE store = %s"

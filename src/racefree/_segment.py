@@ -95,13 +95,13 @@ def parse_entries(payload: bytes | memoryview, base: int) -> list[Entry]:
 
 
 def frame_at(buf: bytes | memoryview, pos: int) -> int:
-    """The length of the valid frame at ``pos`` of ``buf``; 0 at the end; -1 if it does not check."""
+    """The length of the valid frame at ``pos``; 0 at the end of the data; -1 if it is damaged."""
     if pos + 4 > len(buf) or buf[pos:pos + 4] == ZERO4:
         return 0
     if pos + FRAME.size > len(buf):
         return -1
     magic, plen, crc = FRAME.unpack_from(buf, pos)
-    end = pos + FRAME.size + plen
+    end: int = pos + FRAME.size + plen
     if magic != FRAME_MAGIC or plen == 0 or end > len(buf):
         return -1
     if zlib.crc32(buf[pos + FRAME.size:end]) != crc:

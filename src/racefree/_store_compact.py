@@ -69,8 +69,9 @@ class StoreReport:
 class _Writer:
     """Appends frames to fresh segments, buffered, rolling to a new one when full."""
 
-    def __init__(self, core: Core, st: State, first: int) -> None:
+    def __init__(self, core: Core, st: State, first: int, live: int) -> None:
         self.core = core
+        self.seg_size = core.first_size(live)
         self.st = st
         self.next = first
         self.seg = -1
@@ -81,7 +82,7 @@ class _Writer:
 
     def _new_segment(self, need: int) -> None:
         self.flush()
-        size = max(self.core.segment_size, need + SEG_HEADER.size)
+        size = max(self.seg_size, need + SEG_HEADER.size)
         seg = self.next
         self.next += 1
         fd = create_segment(self.core.dir, seg, size, zero_fill=self.core.durable)
@@ -108,7 +109,7 @@ class _Writer:
 
     def flush(self) -> None:
         if self.buf:
-            _fs.pwrite_all(self.st.fds[self.seg], self.buf, self.buf_at)
+            _fs.pwrite_all(self.st.fds[self.seg], bytes(self.buf), self.buf_at)
             self.buf_at += len(self.buf)
             self.buf = bytearray()
 
@@ -118,7 +119,7 @@ def compact_locked(core: Core, st: State) -> State:
     w = core.words
     gen = st.gen + 1
     new = State(gen, [], 0)
-    out = _Writer(core, new, st.segs[-1] + 1)
+    out = _Writer(core, new, st.segs[-1] + 1, max(0, w[W_TOTAL] - w[W_DEAD]))
     w[W_INPROG] = gen
     committed = False
     try:
@@ -196,7 +197,9 @@ def check_state(core: Core, st: State) -> StoreReport:
         try:
             doc = json.loads(raw)
         except ValueError as exc:
-            raise CorruptFileError(path, f"document {ident!r} is not JSON: {exc}", offset=off)
+            raise CorruptFileError(
+                path, f"document {ident!r} is not JSON: {exc}", offset=off
+            ) from None
         if not isinstance(doc, dict):
             raise CorruptFileError(path, f"document {ident!r} is not an object", offset=off)
     if index.keys() != st.index.keys():

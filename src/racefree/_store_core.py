@@ -32,7 +32,10 @@ from . import _fs
 from ._errors import CorruptFileError, DurabilityError
 from ._segment import M40, SEG_HEADER, ZERO4, index_frames, last_nonzero
 from ._store_files import (
+    LOCK,
     MANIFEST,
+    SHM_MAGIC,
+    SYNC_LOCK,
     W_DEAD,
     W_END,
     W_GEN,
@@ -41,9 +44,6 @@ from ._store_files import (
     W_POISON,
     W_SYNCED,
     W_TOTAL,
-    SHM_MAGIC,
-    LOCK,
-    SYNC_LOCK,
     create_segment,
     fdatasync,
     is_store_dir_empty,
@@ -55,6 +55,8 @@ from ._store_files import (
     write_manifest,
 )
 
+#: A new store's first segment; later ones double up to the store's segment_size.
+FIRST_SEGMENT = 1 << 20
 _EX = fcntl.LOCK_EX
 _SH = fcntl.LOCK_SH
 _UN = fcntl.LOCK_UN
@@ -133,6 +135,13 @@ class Core:
         self._open()
         _CORES.add(self)
 
+    def first_size(self, data: int) -> int:
+        """The size of a first segment for ``data`` bytes: a power of two >= 1 MiB."""
+        size = FIRST_SEGMENT
+        while size < data + data // 4 and size < self.segment_size:
+            size *= 2
+        return min(size, self.segment_size)
+
     # -- opening -----------------------------------------------------------------
     def _open(self) -> None:
         with contextlib.suppress(FileExistsError):
@@ -176,7 +185,7 @@ class Core:
             from ._errors import FormatError
 
             raise FormatError(self.dir, "not a racefree store (no MANIFEST), and not empty")
-        fd = create_segment(self.dir, 1, self.segment_size, zero_fill=self.durable)
+        fd = create_segment(self.dir, 1, self.first_size(0), zero_fill=self.durable)
         _fs.close(fd)
         write_manifest(self.dir, 0, [1])
 
@@ -362,7 +371,9 @@ class Core:
             # Read through pread, not the mapping: the system call orders this read
             # after the load of the published end on any memory model.
             buf = _fs.pread(st.fds[seg], toff - off, off)
-            end, _, _, _ = index_frames(buf, 0, len(buf), seg, st.index, st.tomb, self._path(seg), base=off)
+            end, _, _, _ = index_frames(
+                buf, 0, len(buf), seg, st.index, st.tomb, self._path(seg), base=off
+            )
             if end != toff - off:
                 raise CorruptFileError(
                     self._path(seg), "a published record does not check", offset=off + end
@@ -426,7 +437,9 @@ class Core:
 
     def _repair_tail(self, st: State, seg: int, off: int) -> None:
         mm = st.maps[seg]
-        end, torn, dead, total = index_frames(mm, off, len(mm), seg, st.index, st.tomb, self._path(seg))
+        end, torn, dead, total = index_frames(
+            mm, off, len(mm), seg, st.index, st.tomb, self._path(seg)
+        )
         if torn:
             self._zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
         self.publish(st, seg << 40 | end, dead, total)
@@ -434,7 +447,10 @@ class Core:
     def _roll(self, st: State, need: int) -> int:
         """Seal the active segment and start the next one (under the write lock)."""
         new = st.segs[-1] + 1
-        size = max(self.segment_size, need + SEG_HEADER.size)
+        # Segments grow by doubling up to segment_size, so that a small store stays
+        # small on disk and a large one rolls rarely.
+        grown = min(self.segment_size, 2 * len(st.maps[st.segs[-1]]))
+        size = max(grown, need + SEG_HEADER.size)
         fd = create_segment(self.dir, new, size, zero_fill=self.durable)
         try:
             mm = _fs.mmap(fd, size)

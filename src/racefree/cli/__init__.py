@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from .._errors import RacefreeError
 
 # The modules that define subcommands, in the order ``--help`` lists them.
-_COMMANDS = ("demo", "torture", "check")
+_COMMANDS = ("demo", "torture", "check", "log", "store")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -236,6 +236,10 @@ def jsonfile_section(setup: Setup) -> Outcome:
 #: The demo's sections, in the order they run. Add a section by appending a function.
 SECTIONS: list[Section] = [naive_section, jsonfile_section]
 
+from .store import store_section  # noqa: E402  (defined there; it imports this module lazily)
+
+SECTIONS.append(store_section)
+
 
 # -- output -------------------------------------------------------------------------------
 

@@ -1,0 +1,461 @@
+"""``Store``: a JSON document store in a directory, shared by threads and processes.
+
+A log-structured store (like bitcask): every write appends one framed record to
+the active segment; each process keeps an in-memory index of where each
+document's latest record is; a shared 4 KiB header tells every process, without a
+system call, whether anything was written since its index was built. See
+``docs/store.md`` for the design, the on-disk format and the crash argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+from ._errors import ConflictError, CorruptFileError
+from ._segment import ENTRY, FRAME, FRAME_MAGIC, M24, M36, M40, OP_DELETE, OP_PUT
+from ._store_compact import StoreReport, check_state, compact_locked
+from ._store_core import Core, State
+from ._store_files import W_DEAD, W_END, W_TOTAL
+
+__all__ = ["AsyncStore", "Store", "StoreBatch", "StoreReport"]
+
+_MISSING: Any = object()
+
+#: Segments are preallocated this large (a record larger than this gets a segment of its own).
+SEGMENT_SIZE = 32 << 20
+#: Automatic compaction runs when dead bytes are at least this many and at least half
+#: of all record bytes.
+COMPACT_MIN_DEAD = 16 << 20
+
+# Compact ASCII JSON: ASCII keeps lone surrogates as \u escapes; NaN is not JSON.
+_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_ENTRY_OVERHEAD = FRAME.size + ENTRY.size
+
+
+def encode_id(key: object) -> bytes:
+    """The stored form of an id: UTF-8 with lone surrogates kept; TypeError for a non-str."""
+    if not isinstance(key, str):
+        raise TypeError(f"store ids are str, not {type(key).__name__}")
+    return key.encode("utf-8", "surrogatepass")
+
+
+def encode_doc(doc: object) -> bytes:
+    """The stored bytes of a document; TypeError (nothing written) unless a JSON object."""
+    if not isinstance(doc, dict):
+        raise TypeError(f"a document must be a dict (a JSON object), not {type(doc).__name__}")
+    try:
+        return _encode(doc).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the document is not JSON-serialisable: {exc}") from None
+
+
+def _check_expect(expect: object) -> int | None:
+    if expect is None:
+        return None
+    if isinstance(expect, bool) or not isinstance(expect, int):
+        raise TypeError(f"expect_version must be an int or None, not {expect!r}")
+    if expect < 0:
+        raise ValueError(f"expect_version must be >= 0, not {expect}")
+    return expect
+
+
+def _no_fence(fence: object) -> None:
+    if fence is not None:
+        raise ValueError(
+            "fencing tokens are for the PostgreSQL store; a file store's writers are"
+            " serialised by a kernel lock that is released only when its holder dies"
+        )
+
+
+class Store:
+    """A JSON document store in ``directory``: string ids, JSON-object documents.
+
+    Guarantees (each write is one record, appended under an flock):
+
+    - Atomic: a ``put``, ``delete``, ``update`` or ``batch`` happens entirely or not
+      at all, also after a crash (a torn record is detected by its crc and ignored).
+    - Coherent: any thread or process sees every write acknowledged before its read
+      began (a read compares one shared integer, then catches up if it changed).
+    - Durable: with ``durable=True`` a write has been fdatasynced when it returns
+      (survives power loss); concurrent writers share one fdatasync (group commit).
+      With ``durable=False`` it survives the process being killed, not power loss.
+      A failed fdatasync raises :class:`DurabilityError`, is never retried, and from
+      then on every process refuses writes to the store (pitfall W7).
+    - Isolated: writers are serialised; ``update`` is a locked read-modify-write
+      (pitfall S1). A read may see a durable write whose ``put`` has not returned yet.
+    - Ids are data, never paths (any ``str``, pitfall S9); documents are compact
+      JSON, never pickle (S7). Versions start at 1 and grow by one per write, and
+      keep growing across a delete (a re-created id never repeats a version).
+    - Garbage is reclaimed automatically once dead bytes reach both
+      ``COMPACT_MIN_DEAD`` (16 MiB) and half of all bytes; deleted ids never come back.
+
+    Fork: a child process reopens its own descriptors at its first call and never
+    releases a lock its parent holds (L5). Threads may share one Store.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        _segment_size: int = SEGMENT_SIZE,
+        _compact_min: int = COMPACT_MIN_DEAD,
+    ) -> None:
+        path = os.fspath(directory)
+        if not isinstance(path, str):
+            raise TypeError("a store directory is a str path")
+        self._path = path
+        self._durable = bool(durable)
+        self._compact_min = _compact_min
+        self._core = Core(path, self._durable, _segment_size)
+
+    # -- reads -------------------------------------------------------------------
+    def _current(self) -> State:
+        core = self._core
+        st = core.state
+        if core.words[W_END] != st.end:
+            st = core.refresh()
+        return st
+
+    def _read(self, st: State, value: int) -> Any:
+        off = value & M40
+        raw = st.maps[(value >> 76) & M24][off:off + ((value >> 40) & M36)]
+        try:
+            return _scan_once(raw.decode("ascii"), 0)[0]
+        except (ValueError, StopIteration):
+            raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
+
+    def get(self, id: str, default: Any = None) -> Any:
+        """The document stored under ``id`` (a new object each call), or ``default``.
+
+        Never blocks on writers: no lock, and no system call unless another
+        process wrote since this process last looked.
+        """
+        core = self._core
+        st = core.state
+        if core.words[1] != st.end:  # W_END: changed by any process's write
+            st = core.refresh()
+        value = st.index.get(id)
+        if value is None:
+            if not isinstance(id, str):
+                raise TypeError(f"store ids are str, not {type(id).__name__}")
+            return default
+        off = value & M40
+        raw = st.maps[(value >> 76) & M24][off:off + ((value >> 40) & M36)]
+        try:
+            return _scan_once(raw.decode("ascii"), 0)[0]
+        except (ValueError, StopIteration):
+            raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
+
+    def __getitem__(self, id: str) -> dict[str, Any]:
+        doc = self.get(id, _MISSING)
+        if doc is _MISSING:
+            raise KeyError(id)
+        result: dict[str, Any] = doc
+        return result
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and id in self._current().index
+
+    def version(self, id: str) -> int | None:
+        """The version of ``id``'s document (1 for its first put), or None if absent."""
+        encode_id(id)
+        value = self._current().index.get(id)
+        return None if value is None else value >> 100
+
+    def __len__(self) -> int:
+        return len(self._current().index)
+
+    def _snapshot(self) -> tuple[State, list[tuple[str, int]]]:
+        with self._core.mu:
+            st = self._core.refresh()
+            return st, sorted(st.index.items())
+
+    def keys(self) -> list[str]:
+        """Every id, sorted (code point order = UTF-8 byte order), from one snapshot."""
+        return [key for key, _ in self._snapshot()[1]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every ``(id, document)`` pair, sorted by id, from one consistent snapshot."""
+        st, pairs = self._snapshot()
+        return [(key, self._read(st, value)) for key, value in pairs]
+
+    def values(self) -> list[dict[str, Any]]:
+        return [doc for _, doc in self.items()]
+
+    def items_with_versions(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """Every ``(id, version, document)``, from one snapshot (``racefree store copy``)."""
+        st, pairs = self._snapshot()
+        return [(key, value >> 100, self._read(st, value)) for key, value in pairs]
+
+    # -- writes --------------------------------------------------------------------
+    def _commit(self, ops: list[tuple[int, str, bytes, bytes, int | None, int | None]]) -> Any:
+        """Check and write ``ops`` as one frame under the write lock, then group-commit.
+
+        Each op is ``(op, id, idb, doc, expect_version, exact_version)``. Returns
+        the new version per id (a delete's tombstone version; None for a delete of
+        an absent id). ConflictError (nothing written) if any check fails.
+        """
+        core = self._core
+        core.acquire()
+        try:
+            results, end = self._commit_locked(ops)
+        finally:
+            core.release()
+        if self._durable and end >= 0:
+            core.sync(end)
+        return results
+
+    def _commit_locked(
+        self, ops: list[tuple[int, str, bytes, bytes, int | None, int | None]]
+    ) -> tuple[dict[str, int | None], int]:
+        core = self._core
+        st = core.writable()
+        index, tomb = st.index, st.tomb
+        seen: dict[str, tuple[bool, int]] = {}
+        results: dict[str, int | None] = {}
+        parts: list[bytes] = []
+        plan: list[tuple[int, str, int, int, int]] = []
+        for op, key, idb, doc, expect, exact in ops:
+            if key in seen:
+                exists, cur = seen[key]
+            else:
+                old = index.get(key)
+                exists = old is not None
+                cur = old >> 100 if old is not None else tomb.get(key, 0)
+            if expect is not None and expect != (cur if exists else 0):
+                # For a delete, expect_version=0 ("must not exist") on an absent id
+                # deletes nothing and is no conflict.
+                raise ConflictError(key, expect, cur if exists else None)
+            if op == OP_DELETE and not exists:
+                results[key] = None
+                continue
+            version = exact if exact is not None else cur + 1
+            seen[key] = (op == OP_PUT, version)
+            results[key] = version
+            parts.append(ENTRY.pack(op, len(idb), version, len(doc)))
+            parts.append(idb)
+            parts.append(doc)
+            plan.append((op, key, version, len(idb), len(doc)))
+        if not plan:
+            return results, -1
+        payload = b"".join(parts)
+        if len(payload) > 0xFFFFFFFF:
+            raise ValueError("a batch of more than 4 GiB cannot be one record")
+        frame = FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
+        seg, off = core.append(st, frame)
+        dead = 0
+        at = off + FRAME.size
+        for op, key, version, idlen, doclen in plan:
+            old = index.get(key)
+            if old is not None:
+                dead += ((old >> 40) & M36) + idlen + _ENTRY_OVERHEAD
+            if op == OP_PUT:
+                index[key] = (((version << 24 | seg) << 36 | doclen) << 40) | (
+                    at + ENTRY.size + idlen
+                )
+                if tomb:
+                    tomb.pop(key, None)
+            else:
+                index.pop(key, None)
+                tomb[key] = version
+            at += ENTRY.size + idlen + doclen
+        core.publish(st, seg << 40 | (off + len(frame)), dead, len(frame))
+        end = st.end
+        w = core.words
+        if w[W_DEAD] >= self._compact_min and 2 * w[W_DEAD] >= w[W_TOTAL]:
+            compact_locked(core, st)
+        return results, end
+
+    def put(
+        self,
+        id: str,
+        doc: dict[str, Any],
+        *,
+        expect_version: int | None = None,
+        fence: None = None,
+    ) -> int:
+        """Store ``doc`` under ``id``; returns its new version.
+
+        Atomic; durable when it returns if the store is durable. ``expect_version``:
+        write only if the stored version is this (0: ``id`` must not exist), else
+        :class:`ConflictError` and nothing is written. ``TypeError`` before anything
+        is written if ``doc`` is not a JSON-serialisable dict (NaN included) or
+        ``id`` not a str. ``fence`` is for the PostgreSQL store; a file store raises
+        ``ValueError`` for any other value than None.
+        """
+        _no_fence(fence)
+        op = (OP_PUT, id, encode_id(id), encode_doc(doc), _check_expect(expect_version), None)
+        version: int = self._commit([op])[id]
+        return version
+
+    def delete(self, id: str, *, expect_version: int | None = None, fence: None = None) -> bool:
+        """Delete ``id``; False (nothing written) if it does not exist.
+
+        With ``expect_version``, a missing id or another version raises
+        :class:`ConflictError` and nothing is written. Atomic and durable as ``put``.
+        """
+        _no_fence(fence)
+        op = (OP_DELETE, id, encode_id(id), b"", _check_expect(expect_version), None)
+        return self._commit([op])[id] is not None
+
+    def __setitem__(self, id: str, doc: dict[str, Any]) -> None:
+        self.put(id, doc)
+
+    def __delitem__(self, id: str) -> None:
+        if not self.delete(id):
+            raise KeyError(id)
+
+    def update(
+        self,
+        id: str,
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        default: Any = _MISSING,
+        fence: None = None,
+    ) -> dict[str, Any]:
+        """Atomically replace ``id``'s document with ``fn(doc)``; returns a copy of it.
+
+        A read-modify-write under the write lock, across threads and processes: no
+        update is lost (pitfall S1). ``fn`` gets a copy of the stored document (of
+        ``default`` if ``id`` is missing; ``KeyError`` without a default) and
+        returns the new one; it runs exactly once, while other writers wait, so keep
+        it short. An exception from ``fn`` writes nothing.
+        """
+        _no_fence(fence)
+        idb = encode_id(id)
+        core = self._core
+        core.acquire()
+        try:
+            st = core.writable()
+            value = st.index.get(id)
+            if value is not None:
+                doc = self._read(st, value)
+            elif default is _MISSING:
+                raise KeyError(id)
+            else:
+                doc = json.loads(encode_doc(default))
+            data = encode_doc(fn(doc))
+            # Still under the lock (reentrant): fn's own writes, if any, came first.
+            _, end = self._commit_locked([(OP_PUT, id, idb, data, None, None)])
+        finally:
+            core.release()
+        if self._durable:
+            core.sync(end)
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    def batch(self) -> StoreBatch:
+        """``with store.batch() as b: b.put(...); b.delete(...)``: one all-or-nothing record."""
+        return StoreBatch(self)
+
+    def put_at_versions(self, rows: list[tuple[str, int, dict[str, Any]]]) -> None:
+        """Set documents at exact versions, as one record (``racefree store copy``)."""
+        ops: list[tuple[int, str, bytes, bytes, int | None, int | None]] = []
+        for key, version, doc in rows:
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError(f"a version is an int >= 1, not {version!r}")
+            ops.append((OP_PUT, key, encode_id(key), encode_doc(doc), None, version))
+        if ops:
+            self._commit(ops)
+
+    def compact(self) -> None:
+        """Rewrite the live documents into new segments and drop the old ones.
+
+        Writers wait while it runs; readers do not. A crash at any point leaves
+        either the old segments or the new ones in force, never a mix; the new ones
+        are fdatasynced before they replace the old (always, even if not durable).
+        """
+        core = self._core
+        core.acquire()
+        try:
+            compact_locked(core, core.writable())
+        finally:
+            core.release()
+
+    def check(self) -> StoreReport:
+        """Re-read every record, check every crc and parse every document.
+
+        Returns a :class:`StoreReport`; raises :class:`CorruptFileError` (naming the
+        file and offset) at the first damage. Changes nothing.
+        """
+        with self._core.mu:
+            return check_state(self._core, self._core.refresh())
+
+    # -- life cycle ------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def durable(self) -> bool:
+        return self._durable
+
+    def close(self) -> None:
+        """Close the store's files. Idempotent; later calls raise ``ValueError``."""
+        self._core.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {self._path!r} durable={self._durable}>"
+
+
+class StoreBatch:
+    """Writes collected in a ``with`` block, written as one record at its end.
+
+    Nothing is written before the block ends, nor if it raises. At the end every
+    ``expect_version`` is checked in order (later ops see earlier ones); one
+    mismatch raises :class:`ConflictError` and writes nothing. ``versions`` then
+    maps each id to its new version (None for a delete of an absent id).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ops: list[tuple[int, str, bytes, bytes, int | None, int | None]] = []
+        self.versions: dict[str, int | None] = {}
+
+    def put(
+        self, id: str, doc: dict[str, Any], *, expect_version: int | None = None,
+        fence: None = None,
+    ) -> None:
+        """Add a put (checked now: TypeError for a bad id or document)."""
+        _no_fence(fence)
+        self._ops.append(
+            (OP_PUT, id, encode_id(id), encode_doc(doc), _check_expect(expect_version), None)
+        )
+
+    def delete(self, id: str, *, expect_version: int | None = None, fence: None = None) -> None:
+        """Add a delete."""
+        _no_fence(fence)
+        self._ops.append((OP_DELETE, id, encode_id(id), b"", _check_expect(expect_version), None))
+
+    def __enter__(self) -> StoreBatch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._ops:
+            ops, self._ops = self._ops, []
+            self.versions = self._store._commit(ops)
+
+
+from ._store_async import AsyncStore  # noqa: E402  (it builds on Store)

@@ -1,0 +1,172 @@
+"""``racefree store DIR ls | get ID | put ID JSON | rm ID | compact | check``.
+
+For a person looking into their data. ``DIR`` is a store directory (or a
+``file://`` or ``postgresql://`` URL, through :func:`racefree.open_store`).
+``racefree store copy SRC DST`` moves a store between backends (its own module,
+``racefree.cli.store_copy``). Errors are one line on stderr and exit code 1.
+Ids are printed as JSON strings, so that any id (newlines, NUL, ``../x``)
+prints unambiguously.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .demo import Outcome, Setup
+
+_ACTIONS = ("ls", "get", "put", "rm", "compact", "check")
+_ARGS = {"ls": 0, "get": 1, "put": 2, "rm": 1, "compact": 0, "check": 0}
+
+
+def _open(location: str, *, create: bool) -> Any:
+    from .._open import open_store, parse_target
+
+    kind, where = parse_target(location)
+    if kind == "file" and not create and not os.path.isfile(os.path.join(where, "MANIFEST")):
+        raise ValueError(f"no store at {where!r} (no MANIFEST there)")
+    return open_store(location)
+
+
+def _copy(words: list[str]) -> int:
+    try:
+        module = importlib.import_module(f"{__package__}.store_copy")
+    except ModuleNotFoundError:
+        raise ValueError("'racefree store copy' is not available in this installation") from None
+    parser = argparse.ArgumentParser(prog="racefree store copy")
+    module.add_copy_parser(parser)
+    return int(module.run_copy(parser.parse_args(words)))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.location == "copy" and args.action is not None and not os.path.isdir("copy"):
+        return _copy([args.action, *args.args])
+    action = args.action or "ls"
+    if action not in _ACTIONS:
+        raise ValueError(f"unknown action {action!r}: use one of {', '.join(_ACTIONS)}, or copy")
+    if len(args.args) != _ARGS[action]:
+        raise ValueError(f"'{action}' takes {_ARGS[action]} argument(s), got {len(args.args)}")
+    store = _open(args.location, create=action == "put")
+    try:
+        return _ACTION_FUNCS[action](store, *args.args)
+    finally:
+        store.close()
+
+
+def _ls(store: Any) -> int:
+    for key in store.keys():
+        print(f"{json.dumps(key)}\tv{store.version(key)}")
+    return 0
+
+
+def _get(store: Any, key: str) -> int:
+    doc = store.get(key)
+    if doc is None:
+        raise KeyError(f"no document with id {key!r}")
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _put(store: Any, key: str, text: str) -> int:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"the document is not JSON: {exc}") from None
+    print(f"{json.dumps(key)} is now version {store.put(key, doc)}")
+    return 0
+
+
+def _rm(store: Any, key: str) -> int:
+    if not store.delete(key):
+        raise KeyError(f"no document with id {key!r}")
+    print(f"{json.dumps(key)} deleted")
+    return 0
+
+
+def _compact(store: Any) -> int:
+    store.compact()
+    print("compacted")
+    return 0
+
+
+def _check(store: Any) -> int:
+    report = store.check()
+    fields = getattr(report, "__dataclass_fields__", {})
+    parts = [f"{name}={getattr(report, name)}" for name in fields]
+    print("ok: " + (" ".join(parts) if parts else str(report)))
+    return 0
+
+
+_ACTION_FUNCS: dict[str, Any] = {
+    "ls": _ls, "get": _get, "put": _put, "rm": _rm, "compact": _compact, "check": _check,
+}
+
+
+def _run_or_keyerror(args: argparse.Namespace) -> int:
+    try:
+        return run(args)
+    except KeyError as exc:
+        print(f"racefree store: error: {exc.args[0]}", file=sys.stderr)
+        return 1
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "store",
+        help="look into a document store: ls, get, put, rm, compact, check (or copy)",
+        description=(
+            "racefree store DIR ls | get ID | put ID JSON | rm ID | compact | check; "
+            "racefree store copy SRC DST. DIR is a directory or a file:// or "
+            "postgresql:// URL. Ids are printed as JSON strings."
+        ),
+    )
+    parser.add_argument("location", metavar="DIR", help="the store (or 'copy')")
+    parser.add_argument("action", nargs="?", help=f"one of {', '.join(_ACTIONS)} (default ls)")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="ID, or ID JSON for put")
+    parser.set_defaults(func=_run_or_keyerror)
+
+
+# -- the demo's store section -------------------------------------------------------------
+
+
+def _store_worker(path: str, process: int, saves: int) -> int:
+    from .._store import Store
+    from .demo import conversation
+
+    with Store(path, durable=False) as store:
+        for i in range(saves):
+            conv = conversation(process, i)
+            store.put(conv["id"], conv)
+            store.update("stats", lambda d: {"saves": d["saves"] + 1}, default={"saves": 0})
+    return 0
+
+
+def store_section(setup: Setup) -> Outcome:
+    """racefree's Store: one document per conversation, and a shared counter by update()."""
+    import time
+
+    from .._store import Store
+    from .demo import Outcome, run_together
+
+    path = os.path.join(setup.workdir, "store")
+    start = time.perf_counter()
+    run_together(setup, _store_worker, path)
+    seconds = time.perf_counter() - start
+    with Store(path, durable=False) as store:
+        kept = len(store) - ("stats" in store)
+        counted = store.get("stats", {}).get("saves", 0)
+        store.check()
+    note = "" if counted == setup.total else f"the shared counter says {counted}"
+    return Outcome(
+        label="racefree store",
+        how="Store.put per conversation + Store.update of a shared counter",
+        kept=kept if counted == setup.total else min(kept, counted),
+        expected=setup.total,
+        note=note,
+        seconds=seconds,
+    )

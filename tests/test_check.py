@@ -1,0 +1,111 @@
+"""``racefree check PATH``: what it finds, what it calls damage, and what ``--repair`` touches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from racefree import AppendLog, JsonFile, Store
+from racefree._check import check_path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "racefree", "check", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def make_log(path: Path, n: int = 3) -> bytes:
+    with AppendLog(path) as log:
+        for i in range(n):
+            log.append({"i": i})
+    return path.read_bytes()
+
+
+def test_a_directory_of_everything(tmp_path: Path) -> None:
+    """A directory holding a JSON file, a log and a store: each is found, checked, reported ok."""
+    JsonFile(tmp_path / "conf.json").write({"a": 1})
+    make_log(tmp_path / "events.log")
+    with Store(tmp_path / "docs") as s:
+        s.put("x", {"n": 1})
+    (tmp_path / "notes.txt").write_text("not racefree's")
+    found = check_path(tmp_path)
+    assert [(f.kind, Path(f.path).name, f.ok) for f in found] == [
+        ("json", "conf.json", True), ("store", "docs", True), ("log", "events.log", True),
+    ]
+    proc = cli(str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "3 checked, 0 damaged"
+
+
+def test_damaged_json_is_reported_and_left_alone(tmp_path: Path) -> None:
+    """A JSON file that does not parse: DAMAGED with its offset, exit 1, not a byte changed."""
+    (tmp_path / "a.json").write_bytes(b'{"a": 1,}')
+    proc = cli(str(tmp_path / "a.json"), "--repair")
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("DAMAGED  json") and "byte offset 8" in proc.stdout
+    assert (tmp_path / "a.json").read_bytes() == b'{"a": 1,}'
+
+
+def test_torn_log_tail_is_not_damage_and_repair_cuts_only_it(tmp_path: Path) -> None:
+    """A log with an incomplete last record: ok (noted); --repair removes exactly those bytes."""
+    good = make_log(tmp_path / "l.log")
+    with open(tmp_path / "l.log", "ab") as f:
+        f.write(b"15 0000")  # a crash in the middle of an append
+    proc = cli(str(tmp_path / "l.log"))
+    assert proc.returncode == 0, proc.stdout
+    assert "incomplete last record of 7 bytes" in proc.stdout
+    assert (tmp_path / "l.log").read_bytes() == good + b"15 0000"  # checking changes nothing
+    proc = cli(str(tmp_path / "l.log"), "--repair")
+    assert proc.returncode == 0 and proc.stdout.startswith("repaired")
+    assert (tmp_path / "l.log").read_bytes() == good
+    with AppendLog(tmp_path / "l.log") as log:
+        assert list(log) == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+def test_damaged_log_record_is_damage_and_repair_touches_nothing(tmp_path: Path) -> None:
+    """A flipped byte in a record with good records after it: DAMAGED, exit 1, file unchanged."""
+    good = make_log(tmp_path / "l.log", 4)
+    bad = bytearray(good)
+    bad[good.index(b'{"i":1}') + 5] ^= 0x01
+    (tmp_path / "l.log").write_bytes(bytes(bad))
+    proc = cli(str(tmp_path / "l.log"), "--repair")
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("DAMAGED  log")
+    assert (tmp_path / "l.log").read_bytes() == bytes(bad)
+
+
+def test_damaged_store_segment(tmp_path: Path) -> None:
+    """A flipped byte inside a stored document: the store is DAMAGED, exit 1."""
+    with Store(tmp_path / "s", _segment_size=8192) as s:
+        s.put("a", {"text": "hello world"})
+        s.put("b", {"text": "second"})
+    seg = next((tmp_path / "s").glob("seg-*.rfs"))
+    data = bytearray(seg.read_bytes())
+    data[data.index(b"hello")] ^= 0x20
+    seg.write_bytes(bytes(data))
+    proc = cli(str(tmp_path / "s"))
+    assert proc.returncode == 1, proc.stdout
+    assert "DAMAGED  store" in proc.stdout
+
+
+def test_missing_path_and_not_racefree(tmp_path: Path) -> None:
+    """A missing path: one error line, exit 1. A file that is not racefree's: reported, exit 1."""
+    proc = cli(str(tmp_path / "nope"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    (tmp_path / "x.bin").write_bytes(b"\x00\x01")
+    proc = cli(str(tmp_path / "x.bin"))
+    assert proc.returncode == 1 and "not a racefree file" in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["tmp.json.0a1b2c3d.rftmp"])
+def test_leftover_temp_is_noted_not_damage(tmp_path: Path, name: str) -> None:
+    """A temp file of a killed writer is a note (sweep removes it), not damage."""
+    (tmp_path / f".{name}").write_bytes(b"{")
+    found = check_path(tmp_path)
+    assert [(f.kind, f.ok) for f in found] == [("temp", True)]

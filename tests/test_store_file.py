@@ -1,0 +1,415 @@
+"""The file store's own behaviour: its files, torn tails, corruption, repair, group commit,
+fdatasync failure, compaction crashes, segment rolls and the on-disk format."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from racefree import ConflictError, CorruptFileError, DurabilityError, FormatError, Store, _fs
+from racefree._segment import FRAME, SEG_HEADER, iter_frames
+
+SMALL = 64 << 10  # a small segment size, so that tests roll segments
+
+
+def _segments(path: Path) -> list[Path]:
+    return sorted(path.glob("seg-*.rfs"))
+
+
+def _frames(seg: Path) -> list[tuple[int, int]]:
+    return list(iter_frames(seg.read_bytes(), SEG_HEADER.size))
+
+
+def _wait_for(cond: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def test_on_disk_format(tmp_path: Path) -> None:
+    """A put is one frame: magic, length, crc32, then op/idlen/version/doclen, id, JSON."""
+    with Store(tmp_path / "s", durable=False) as s:
+        s.put("k/1", {"a": [1, 2.5, None], "é": "\ud800"})
+    seg = _segments(tmp_path / "s")[0]
+    data = seg.read_bytes()
+    assert data[:16] == b"RFSTSEG\x01" + (1).to_bytes(8, "little")
+    [(off, n)] = _frames(seg)
+    assert off == 16
+    doc = b'{"a":[1,2.5,null],"\\u00e9":"\\ud800"}'
+    payload = bytes([1]) + (3).to_bytes(4, "little") + (1).to_bytes(8, "little")
+    payload += len(doc).to_bytes(4, "little") + b"k/1" + doc
+    assert data[off + FRAME.size:off + n] == payload
+    assert data[off + n:off + n + 64] == bytes(64)
+    manifest = json.loads((tmp_path / "s" / "MANIFEST").read_text())
+    assert manifest == {"racefree": "store", "format": 1, "gen": 0, "segments": [1]}
+
+
+def _store_with_last_record(path: Path) -> tuple[Path, int, int]:
+    with Store(path, durable=False) as s:
+        for i in range(5):
+            s.put(f"k{i}", {"i": i})
+        s.put("last", {"payload": "z" * 40})
+    seg = _segments(path)[0]
+    off, n = _frames(seg)[-1]
+    return seg, off, n
+
+
+def test_torn_tail_truncated_at_every_byte(tmp_path: Path) -> None:
+    """Cut the file at every byte of its last record: it opens, the record is absent."""
+    src = tmp_path / "src"
+    seg, off, n = _store_with_last_record(src)
+    for cut in range(off, off + n):
+        work = tmp_path / f"cut{cut}"
+        shutil.copytree(src, work)
+        os.truncate(work / seg.name, cut)
+        with Store(work, durable=False) as s:
+            assert "last" not in s, cut
+            assert s.keys() == [f"k{i}" for i in range(5)]
+            assert s.check().documents == 5
+            assert s.put("after", {"ok": 1}) == 1
+        with Store(work, durable=False) as s:
+            assert s.get("after") == {"ok": 1}
+            assert "last" not in s
+        shutil.rmtree(work)
+
+
+def test_torn_tail_inside_preallocated_space(tmp_path: Path) -> None:
+    """A prefix of the last record followed by the segment's zeros is a torn tail, repaired."""
+    src = tmp_path / "src"
+    seg, off, n = _store_with_last_record(src)
+    full = seg.read_bytes()
+    for keep in range(1, n, 3):
+        work = tmp_path / f"keep{keep}"
+        shutil.copytree(src, work)
+        data = bytearray(full)
+        data[off + keep:off + n] = bytes(n - keep)
+        (work / seg.name).write_bytes(bytes(data))
+        with Store(work, durable=False) as s:
+            assert "last" not in s
+            s.put("x", {"short": 1})
+        # The garbage after the new, shorter record was zeroed: the file reopens clean.
+        assert (work / seg.name).read_bytes()[off:off + n].count(0) >= n - 60
+        with Store(work, durable=False) as s:
+            assert s.get("x") == {"short": 1}
+            assert s.check().documents == 6
+        shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("where", ["doc", "length", "crc", "magic"])
+def test_flipped_byte_in_the_middle_is_corruption(tmp_path: Path, where: str) -> None:
+    """A damaged record with good records after it raises CorruptFileError naming file and offset."""
+    with Store(tmp_path / "s", durable=False) as s:
+        for i in range(4):
+            s.put(f"k{i}", {"i": i, "text": "abcdefgh" * 4})
+    seg = _segments(tmp_path / "s")[0]
+    off, n = _frames(seg)[1]
+    at = {"doc": off + n - 5, "length": off + 4, "crc": off + 9, "magic": off}[where]
+    data = bytearray(seg.read_bytes())
+    data[at] ^= 0x5A
+    seg.write_bytes(bytes(data))
+    before = seg.read_bytes()
+    with pytest.raises(CorruptFileError) as info:
+        Store(tmp_path / "s", durable=False)
+    assert info.value.path == str(seg)
+    assert info.value.offset == off
+    assert seg.read_bytes() == before  # nothing repaired, nothing thrown away
+
+
+def test_check_finds_damage_after_open(tmp_path: Path) -> None:
+    """check() re-reads every record: damage made while the store is open is reported."""
+    with Store(tmp_path / "s", durable=False) as s:
+        for i in range(3):
+            s.put(f"k{i}", {"i": i})
+        seg = _segments(tmp_path / "s")[0]
+        off, n = _frames(seg)[0]
+        fd = os.open(seg, os.O_RDWR)
+        try:
+            os.pwrite(fd, b"X", off + n - 2)
+        finally:
+            os.close(fd)
+        with pytest.raises(CorruptFileError) as info:
+            s.check()
+        assert info.value.offset == off
+
+
+def test_dead_writers_torn_frame_is_zeroed_by_next_writer(tmp_path: Path) -> None:
+    """Bytes past the published end (a writer killed mid-pwrite) are zeroed, not read."""
+    with Store(tmp_path / "s", durable=False) as s:
+        s.put("a", {"n": 1})
+        seg = _segments(tmp_path / "s")[0]
+        off, n = _frames(seg)[-1]
+        end = off + n
+        fd = os.open(seg, os.O_RDWR)
+        try:
+            # Half of a frame, as a SIGKILL in the middle of a large pwrite leaves it.
+            os.pwrite(fd, seg.read_bytes()[off:off + n // 2] + b"\x07" * 30, end)
+        finally:
+            os.close(fd)
+        assert s.put("b", {"n": 2}) == 1
+        assert s.items() == [("a", {"n": 1}), ("b", {"n": 2})]
+    with Store(tmp_path / "s", durable=False) as s:
+        assert s.check().documents == 2
+
+
+def test_dead_writers_whole_frame_is_adopted(tmp_path: Path) -> None:
+    """A complete frame past the published end (writer killed before publishing) is kept."""
+    with Store(tmp_path / "src", durable=False) as s:
+        s.put("a", {"n": 1})
+        s.put("ghost", {"n": 2})
+    seg = _segments(tmp_path / "src")[0]
+    (off1, n1), (off2, n2) = _frames(seg)
+    ghost = seg.read_bytes()[off2:off2 + n2]
+    with Store(tmp_path / "s", durable=False) as s:
+        s.put("a", {"n": 1})
+        target = _segments(tmp_path / "s")[0]
+        fd = os.open(target, os.O_RDWR)
+        try:
+            os.pwrite(fd, ghost, off2)
+        finally:
+            os.close(fd)
+        assert "ghost" not in s  # not published: readers do not see it
+        assert s.put("c", {"n": 3}) == 1
+        assert s.get("ghost") == {"n": 2}
+        assert s.keys() == ["a", "c", "ghost"]
+
+
+def test_format_errors(tmp_path: Path) -> None:
+    """A directory that is not a store, or a newer format, raises FormatError."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("hello")
+    with pytest.raises(FormatError):
+        Store(other)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt", "store.lock", "store.shm",
+                                                        "sync.lock"]
+    with Store(tmp_path / "s", durable=False) as s:
+        s.put("a", {})
+    manifest = tmp_path / "s" / "MANIFEST"
+    manifest.write_text(json.dumps({"racefree": "store", "format": 99, "gen": 0, "segments": [1]}))
+    with pytest.raises(FormatError):
+        Store(tmp_path / "s")
+
+
+def test_segments_roll_and_big_documents(tmp_path: Path) -> None:
+    """Writes beyond a segment's size roll to new segments; a huge doc gets its own."""
+    big = {"blob": "b" * (3 * SMALL)}
+    with Store(tmp_path / "s", durable=False, _segment_size=SMALL) as s:
+        for i in range(300):
+            s.put(f"k{i}", {"i": i, "pad": "p" * 500})
+        s.put("big", big)
+        s.put("after", {"x": 1})
+        assert len(_segments(tmp_path / "s")) >= 3
+        other = Store(tmp_path / "s", durable=False)
+        assert other.get("big") == big
+        s.put("later", {"y": 2})
+        assert other.get("later") == {"y": 2}
+        other.close()
+    with Store(tmp_path / "s", durable=False) as s:
+        assert len(s) == 303
+        assert s.get("k299") == {"i": 299, "pad": "p" * 500}
+        assert s.get("big") == big
+        assert s.check().documents == 303
+
+
+def test_automatic_compaction(tmp_path: Path) -> None:
+    """Overwrites past the threshold trigger a compaction: space is reclaimed, nothing lost."""
+    with Store(tmp_path / "s", durable=False, _segment_size=SMALL, _compact_min=32 << 10) as s:
+        for round_ in range(40):
+            for i in range(20):
+                s.put(f"k{i}", {"round": round_, "pad": "q" * 200})
+        s.delete("k0")
+        report = s.check()
+        assert report.documents == 19
+        assert report.tombstones == 1
+        assert report.dead_bytes < 32 << 10
+        manifest = json.loads((tmp_path / "s" / "MANIFEST").read_text())
+        assert manifest["gen"] >= 1
+        assert s.get("k5") == {"round": 39, "pad": "q" * 200}
+        assert s.version("k5") == 40
+    files = {p.name for p in (tmp_path / "s").iterdir()}
+    assert {f"seg-{n:08d}.rfs" for n in manifest["segments"]} <= files
+    assert len([f for f in files if f.startswith("seg-")]) == len(manifest["segments"])
+
+
+def test_reader_keeps_working_across_compaction(tmp_path: Path) -> None:
+    """A second handle reads through another's compaction and then sees later writes."""
+    a = Store(tmp_path / "s", durable=False)
+    b = Store(tmp_path / "s", durable=False)
+    try:
+        for i in range(50):
+            a.put(f"k{i}", {"i": i})
+        assert b.get("k7") == {"i": 7}
+        a.compact()
+        a.put("new", {"n": 1})
+        assert b.get("k7") == {"i": 7}
+        assert b.get("new") == {"n": 1}
+        b.delete("k8")
+        a.compact()
+        assert "k8" not in a
+        assert len(b) == 50
+    finally:
+        a.close()
+        b.close()
+
+
+class _FailReplace(_fs.FileSystem):
+    """Fails the rename of the MANIFEST: a compaction that stops before its commit point."""
+
+    def replace(self, src: str, dst: str) -> None:
+        if dst.endswith("MANIFEST"):
+            raise OSError(errno.EIO, "injected")
+        super().replace(src, dst)
+
+
+def test_compaction_failing_before_commit_changes_nothing(tmp_path: Path) -> None:
+    """A compaction that fails before the MANIFEST is replaced leaves the old state in force."""
+    with Store(tmp_path / "s", durable=False) as s:
+        for i in range(10):
+            s.put(f"k{i}", {"i": i})
+        s.delete("k3")
+        with _fs.use(_FailReplace()), pytest.raises(OSError):
+            s.compact()
+        assert len(s) == 9
+        assert s.put("k3", {"back": True}) == 3
+    with Store(tmp_path / "s", durable=False) as s:
+        assert len(s) == 10
+        assert s.check().documents == 10
+    assert [p.name for p in _segments(tmp_path / "s")] == ["seg-00000001.rfs"]
+
+
+class _CountSync(_fs.FileSystem):
+    """Counts fdatasync calls; the first one waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_entered = threading.Event()
+        self.release_first = threading.Event()
+        self.lock = threading.Lock()
+
+    def fdatasync(self, fd: int) -> None:
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+        if first:
+            self.first_entered.set()
+            if not self.release_first.wait(30):
+                raise AssertionError("never released")
+        super().fdatasync(fd)
+
+
+def test_group_commit_shares_one_fdatasync(tmp_path: Path) -> None:
+    """Two writers that publish while a third is in fdatasync share one: 3 puts, 2 syncs."""
+    store = Store(tmp_path / "s", durable=True)
+    reader = Store(tmp_path / "s", durable=False)
+    fake = _CountSync()
+    errors: list[BaseException] = []
+
+    def put(key: str) -> None:
+        try:
+            store.put(key, {"k": key})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    try:
+        with _fs.use(fake):
+            first = threading.Thread(target=put, args=("a",))
+            first.start()
+            assert fake.first_entered.wait(30)
+            others = [threading.Thread(target=put, args=(k,)) for k in ("b", "c")]
+            for t in others:
+                t.start()
+            # Both are published (readable) and now wait for the sync in progress.
+            _wait_for(lambda: "b" in reader and "c" in reader, "b and c to be published")
+            fake.release_first.set()
+            for t in [first, *others]:
+                t.join(30)
+        assert errors == []
+        assert fake.calls == 2
+        assert reader.keys() == ["a", "b", "c"]
+    finally:
+        fake.release_first.set()
+        store.close()
+        reader.close()
+
+
+class _FailSync(_fs.FileSystem):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def fdatasync(self, fd: int) -> None:
+        self.calls += 1
+        raise OSError(errno.EIO, "injected EIO")
+
+
+def test_fdatasync_failure_is_never_retried_and_stops_writes(tmp_path: Path) -> None:
+    """An fdatasync error raises DurabilityError once; every handle then refuses writes (W7)."""
+    store = Store(tmp_path / "s", durable=True)
+    other = Store(tmp_path / "s", durable=False)
+    fake = _FailSync()
+    try:
+        store.put("before", {"n": 1})
+        with _fs.use(fake):
+            with pytest.raises(DurabilityError) as info:
+                store.put("a", {"n": 1})
+            assert info.value.errno == errno.EIO
+            with pytest.raises(DurabilityError):
+                store.put("b", {"n": 2})
+            with pytest.raises(DurabilityError):
+                other.put("c", {"n": 3})
+            with pytest.raises(DurabilityError):
+                store.update("before", lambda d: d)
+        assert fake.calls == 1
+        assert store.get("before") == {"n": 1}  # reads still work
+        assert "b" not in other and "c" not in other
+    finally:
+        store.close()
+        other.close()
+
+
+def test_update_is_reentrant_for_fn_writes(tmp_path: Path) -> None:
+    """fn may write to the store itself: its write comes first, update's after."""
+    with Store(tmp_path / "s", durable=False) as s:
+        s.put("a", {"n": 1})
+
+        def fn(doc: dict[str, Any]) -> dict[str, Any]:
+            s.put("side", {"from": "fn"})
+            return {"n": doc["n"] + 1}
+
+        assert s.update("a", fn) == {"n": 2}
+        assert s.get("side") == {"from": "fn"}
+        with pytest.raises(ConflictError):
+            s.put("a", {}, expect_version=1)
+
+
+def test_threads_lose_no_update(tmp_path: Path) -> None:
+    """8 threads x 50 updates of one counter through one shared Store: exactly 400."""
+    with Store(tmp_path / "s", durable=False) as s:
+        def work() -> None:
+            for _ in range(50):
+                s.update("n", lambda d: {"n": d["n"] + 1}, default={"n": 0})
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert s.get("n") == {"n": 400}
+        assert s.version("n") == 400
+
+
+def test_fence_is_refused(tmp_path: Path) -> None:
+    """A fencing token is a PostgreSQL-store feature: the file store refuses one, writes nothing."""
+    with Store(tmp_path / "s", durable=False) as s:
+        with pytest.raises(ValueError):
+            s.put("a", {}, fence=7)  # type: ignore[arg-type]
+        assert "a" not in s

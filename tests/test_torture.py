@@ -1,0 +1,132 @@
+"""``racefree torture``: the real command on a local directory, and its checks' teeth.
+
+The end-to-end runs start the CLI in a fresh interpreter (it starts its own
+workers and SIGKILLs them). The verifier is also fed hand-made acknowledgement
+files that describe a broken lock, a lost update, a torn batch and a lost log
+record, and must report each one: a check that cannot fail proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from racefree import AppendLog, JsonFile, Store
+from racefree._torture_probe import probe
+from racefree._torture_verify import verify
+
+
+def torture(directory: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "racefree", "torture", str(directory), "--plain", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def test_torture_10_seconds(tmp_path: Path) -> None:
+    """4 workers for 10 s with SIGKILLs: every check passes, exit 0, the run's directory removed."""
+    proc = torture(tmp_path, "--processes", "4", "--seconds", "10", "--kill-interval", "0.7",
+                   "--seed", "4", timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:] + proc.stderr[-2000:]
+    assert "PASS: " in out
+    for row in ("JsonFile.update counters", "Store.update counters", "Store.put/delete",
+                "Store.batch", "AppendLog.append: all acked, in order",
+                "FileLock: one holder at a time", "LockFile: one holder at a time",
+                "every file passes racefree check", "flock across processes",
+                "O_EXCL create across processes", "rename atomic for readers", "fsync latency"):
+        assert row in out, row
+    assert " FAIL" not in out
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_torture_60_seconds_8_processes(tmp_path: Path) -> None:
+    """What CI runs for a minute: 8 workers, 60 s, a SIGKILL about every second; exit 0."""
+    proc = torture(tmp_path, "--processes", "8", "--seconds", "60", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "PASS: " in proc.stdout
+
+
+def test_torture_bad_arguments(tmp_path: Path) -> None:
+    """A missing directory, a file, zero processes, unknown kinds: one error line, exit 1."""
+    (tmp_path / "f").write_text("x")
+    for args in ([str(tmp_path / "nope")], [str(tmp_path / "f")],
+                 [str(tmp_path), "--processes", "0"], [str(tmp_path), "--seconds", "-1"],
+                 [str(tmp_path), "--only", "json,teleport"]):
+        proc = subprocess.run([sys.executable, "-m", "racefree", "torture", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
+def test_probe_on_a_local_directory(tmp_path: Path) -> None:
+    """On a local file system every probe passes and nothing is left behind."""
+    report = probe(str(tmp_path))
+    assert [p.ok for p in report.probes if p.ok is not None] == [True, True, True]
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- the verifier's teeth
+def _acks(root: Path, worker: int, lines: list[str]) -> None:
+    (root / "acks").mkdir(exist_ok=True)
+    (root / "acks" / f"w{worker}.00000").write_text("".join(line + "\n" for line in lines))
+
+
+def test_verify_finds_overlapping_lock_holders(tmp_path: Path) -> None:
+    """Two holders whose intervals overlap, and a counter that lost an increment: both reported."""
+    _acks(tmp_path, 0, ["B flock 1 100", "A flock 1 300"])
+    _acks(tmp_path, 1, ["B flock 1 200", "A flock 1 400"])
+    (tmp_path / "flock.count").write_text("%20d" % 1)
+    rows = {r.check: r for r in verify(str(tmp_path), ["flock"], 2)}
+    problems = rows["FileLock: one holder at a time"].problems
+    assert any("entered (seq 1) while worker 0 was inside" in p for p in problems), problems
+    assert any("flock counter is 1: 2 increments acknowledged" in p for p in problems), problems
+
+
+def test_verify_accepts_a_killed_holder(tmp_path: Path) -> None:
+    """A holder killed inside (no exit record) followed by another: no overlap, counter in bounds."""
+    _acks(tmp_path, 0, ["B flock 1 100"])
+    _acks(tmp_path, 1, ["B flock 1 200", "A flock 1 400"])
+    (tmp_path / "flock.count").write_text("%20d" % 2)
+    rows = {r.check: r for r in verify(str(tmp_path), ["flock"], 2)}
+    row = rows["FileLock: one holder at a time"]
+    assert row.problems == [] and (row.acked, row.in_flight) == (1, 1)
+
+
+def test_verify_finds_lost_and_invented_updates(tmp_path: Path) -> None:
+    """A JSON counter below its acked count, a put/delete key holding a stale value, a torn batch."""
+    JsonFile(tmp_path / "counter.json").write({"w0": 1})
+    with Store(tmp_path / "store") as s:
+        s.put("k0", {"s": 2})
+        s.put("ba0", {"s": 5})
+        s.put("bb0", {"s": 4})
+    _acks(tmp_path, 0, [
+        "B json 1", "A json 1", "B json 2", "A json 2",
+        "B store.put 2", "A store.put 2", "B store.delete 3", "A store.delete 3",
+        "B store.batch 4", "A store.batch 4", "B store.batch 5",
+    ])
+    kinds = ["json", "store.put", "store.delete", "store.batch"]
+    rows = {r.check: r for r in verify(str(tmp_path), kinds, 1)}
+    assert rows["JsonFile.update counters"].problems == [
+        "counter w0 is 1: 2 increments acknowledged, 2 begun"]
+    assert rows["Store.put/delete"].problems == ["k0 is 2, allowed [None]"]
+    assert rows["Store.batch"].problems[0].startswith("batch of worker 0 torn")
+
+
+def test_verify_finds_a_lost_log_record(tmp_path: Path) -> None:
+    """An acknowledged record missing from the log, and one out of order: both reported."""
+    with AppendLog(tmp_path / "log.rfl") as log:
+        log.append({"w": 0, "s": 3})
+        log.append({"w": 0, "s": 1})
+    _acks(tmp_path, 0, ["B log 1", "A log 1", "B log 2", "A log 2", "B log 3", "A log 3"])
+    rows = {r.check: r for r in verify(str(tmp_path), ["log"], 1)}
+    assert rows["AppendLog.append: all acked, in order"].problems == [
+        "worker 0: acknowledged records lost: [2]",
+        "worker 0: records out of order or duplicated",
+    ]

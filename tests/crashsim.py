@@ -255,17 +255,17 @@ class Recorder(_fs.FileSystem):
         if offset > before:
             node.data.extend(b"\0" * (offset - before))
         node.data[offset : offset + len(data)] = data
-        self._emit(("write", ino, offset, data, before), f"{what} ino {ino} @{offset} {len(data)} B")
+        text = f"{what} ino {ino} @{offset} {len(data)} B"
+        self._emit(("write", ino, offset, data, before), text)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         with self._lock:
             ino = self._tracked(fd)
             if ino is None:
                 return super().write(fd, data)
-            if fd in self._append:
-                offset = len(self._live[ino].data)
-            else:
-                offset = os.lseek(fd, 0, _SEEK_CUR)
+            # O_APPEND writes land at the end; others at the descriptor's offset.
+            append = fd in self._append
+            offset = len(self._live[ino].data) if append else os.lseek(fd, 0, _SEEK_CUR)
             n = super().write(fd, data)
             self._wrote(ino, offset, bytes(data[:n]), "write")
             return n
@@ -568,6 +568,21 @@ class _Sim:
         self.pending_names = []
 
 
+class _CopyOnWrite:
+    """``own(ino)``: the inode in ``nodes``, copied on first use so the durable one stays."""
+
+    def __init__(self, nodes: dict[int, _Inode]) -> None:
+        self.nodes = nodes
+        self.copied: set[int] = set()
+
+    def __call__(self, ino: int) -> _Inode:
+        if ino not in self.copied:
+            n = self.nodes[ino]
+            self.nodes[ino] = _Inode(n.kind, bytearray(n.data), dict(n.entries))
+            self.copied.add(ino)
+        return self.nodes[ino]
+
+
 def _apply_names(nodes: dict[int, _Inode], ev: Event) -> None:
     for dir_ino, name, target in ev[1]:
         entries = nodes[dir_ino].entries
@@ -610,7 +625,8 @@ def crash_states(
             if digest in seen:
                 continue
             seen.add(digest)
-            yield CrashState(prefix, acked, files, f"after {rec.trace[prefix - 1] if prefix else 'start'}: {choice}")
+            after = rec.trace[prefix - 1] if prefix else "start"
+            yield CrashState(prefix, acked, files, f"after {after}: {choice}")
 
 
 def _digest(files: dict[str, bytes | None]) -> bytes:
@@ -672,17 +688,10 @@ def _states_at(
     for combo in combos:
         # Copy on write: only the inodes a choice changes are copied.
         nodes = dict(sim.durable)
-        copied: set[int] = set()
-
-        def own(ino: int) -> _Inode:
-            if ino not in copied:
-                n = nodes[ino]
-                nodes[ino] = _Inode(n.kind, bytearray(n.data), dict(n.entries))
-                copied.add(ino)
-            return nodes[ino]
+        own = _CopyOnWrite(nodes)
 
         desc: list[str] = []
-        for (kind, what, variants), idx in zip(items, combo):
+        for (kind, what, variants), idx in zip(items, combo, strict=True):
             v = variants[idx]
             if kind == "data":
                 ino, ev = what

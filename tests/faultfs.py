@@ -25,7 +25,7 @@ from collections import Counter
 
 from racefree import _fs
 
-__all__ = ["FAULT_OPS", "ERRNOS", "FaultFS", "InjectedFault"]
+__all__ = ["ERRNOS", "FAULT_OPS", "FaultFS", "InjectedFault"]
 
 #: The operations faults are injected into.
 FAULT_OPS: tuple[str, ...] = (

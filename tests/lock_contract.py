@@ -112,6 +112,13 @@ class _Body:
 
 
 def _thread_holder(body: _Body, lock: Any, writer: bool, me: str, n: int) -> None:
+    try:
+        _thread_rounds(body, lock, writer, me, n)
+    except BaseException as exc:  # reported by run_contract, with the holder's name
+        body.violations.append(f"{me}: {type(exc).__name__}: {exc}")
+
+
+def _thread_rounds(body: _Body, lock: Any, writer: bool, me: str, n: int) -> None:
     for _ in range(n):
         with lock:
             t0 = time.monotonic()
@@ -125,6 +132,13 @@ def _thread_holder(body: _Body, lock: Any, writer: bool, me: str, n: int) -> Non
 
 
 async def _task_holder(body: _Body, lock: Any, writer: bool, me: str, n: int) -> None:
+    try:
+        await _task_rounds(body, lock, writer, me, n)
+    except Exception as exc:  # reported by run_contract, with the holder's name
+        body.violations.append(f"{me}: {type(exc).__name__}: {exc}")
+
+
+async def _task_rounds(body: _Body, lock: Any, writer: bool, me: str, n: int) -> None:
     for _ in range(n):
         async with lock:
             t0 = time.monotonic()

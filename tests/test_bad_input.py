@@ -181,7 +181,9 @@ def test_filelock_directory_and_missing_parent(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- JsonFile
 def test_jsonfile_not_json_is_corrupt_and_untouched(tmp_path: Path) -> None:
-    """Non-JSON data: CorruptFileError naming file and offset; update and edit leave it byte for byte."""
+    """Non-JSON data: CorruptFileError naming file and offset; update and edit leave it byte for
+    byte.
+    """
     path = tmp_path / "doc.json"
     path.write_bytes(b'{"a": 1,\n "b": oops}\n')
     jf = JsonFile(path, default={})
@@ -196,7 +198,9 @@ def test_jsonfile_not_json_is_corrupt_and_untouched(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [b"", b"\xff\xfe{}", b'{"a": 1}{"b": 2}', b"\0\0\0\0"], ids=["empty", "utf16", "glued", "nul"]
+    "raw",
+    [b"", b"\xff\xfe{}", b'{"a": 1}{"b": 2}', b"\0\0\0\0"],
+    ids=["empty", "utf16", "glued", "nul"],
 )
 def test_jsonfile_damaged_variants(tmp_path: Path, raw: bytes) -> None:
     """Empty, non-UTF-8, glued (S2) and NUL-filled (W1) files are corrupt, never "no data"."""
@@ -217,7 +221,9 @@ def test_jsonfile_non_dict_documents_are_documents(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [{1, 2}, {"a": math.nan}, {"a": object()}, b"bytes"], ids=repr)
 def test_jsonfile_unserialisable_value_writes_nothing(tmp_path: Path, value: Any) -> None:
-    """A value that is not JSON (a set, NaN, an object, bytes): TypeError/ValueError, file untouched."""
+    """A value that is not JSON (a set, NaN, an object, bytes): TypeError/ValueError, file
+    untouched.
+    """
     jf = JsonFile(tmp_path / "doc.json")
     jf.write({"keep": 1})
     before = snapshot(tmp_path)
@@ -229,7 +235,8 @@ def test_jsonfile_unserialisable_value_writes_nothing(tmp_path: Path, value: Any
 
 
 def test_jsonfile_update_returning_none(tmp_path: Path) -> None:
-    """An update function that mutates in place and forgets to return: TypeError, nothing written."""
+    """An update function that mutates in place and forgets to return: TypeError, nothing written.
+    """
     jf = JsonFile(tmp_path / "doc.json", default={})
     jf.write({"n": 1})
     with pytest.raises(TypeError):
@@ -238,7 +245,9 @@ def test_jsonfile_update_returning_none(tmp_path: Path) -> None:
 
 
 def test_jsonfile_directory_and_missing_parent(tmp_path: Path) -> None:
-    """A directory as the JSON file: IsADirectoryError on read and write; missing parent: FileNotFoundError."""
+    """A directory as the JSON file: IsADirectoryError on read and write; missing parent:
+    FileNotFoundError.
+    """
     (tmp_path / "d").mkdir()
     jf = JsonFile(tmp_path / "d")
     with pytest.raises(IsADirectoryError):
@@ -285,3 +294,259 @@ def test_public_names_exist() -> None:
     """Every name in ``racefree.__all__`` resolves (a lazy import that fails is bad input too)."""
     for name in racefree.__all__:
         getattr(racefree, name)
+
+
+# --------------------------------------------------------------------------- LockFile
+@pytest.mark.parametrize("value", BAD_TIMEOUTS, ids=repr)
+def test_lockfile_bad_timeout_and_stale_after(tmp_path: Path, value: float) -> None:
+    """A negative or NaN timeout or stale_after: ValueError at construction; nothing created."""
+    from racefree import LockFile
+
+    with pytest.raises(ValueError):
+        LockFile(tmp_path / "x.lock", timeout=value)
+    with pytest.raises(ValueError):
+        LockFile(tmp_path / "x.lock", stale_after=value)
+    assert snapshot(tmp_path) == {}
+
+
+def test_lockfile_directory_and_missing_parent(tmp_path: Path) -> None:
+    """A directory as the lock file: IsADirectoryError; a missing parent: FileNotFoundError."""
+    from racefree import LockFile
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        LockFile(tmp_path / "d", timeout=1).acquire()
+    with pytest.raises(FileNotFoundError):
+        LockFile(tmp_path / "nope" / "x.lock", timeout=1).acquire()
+    assert snapshot(tmp_path) == {"d": None}
+
+
+# --------------------------------------------------------------------------- AppendLog
+def test_log_directory_and_missing_parent(tmp_path: Path) -> None:
+    """A directory as the log: IsADirectoryError to read and append; missing parent:
+    FileNotFoundError.
+    """
+    from racefree import AppendLog
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        AppendLog(tmp_path / "d").append({"a": 1})
+    with pytest.raises(IsADirectoryError):
+        list(AppendLog(tmp_path / "d"))
+    with pytest.raises(FileNotFoundError):
+        AppendLog(tmp_path / "nope" / "l.log").append({"a": 1})
+    # The sidecar lock (documented: created on first use, never deleted) is all that appears.
+    assert snapshot(tmp_path) == {"d": None, "d.lock": b""}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"hello world\nthis is not a log\n", b'{"a": 1}\n', b"\0" * 100,
+     b'39 8afa8dbf {"racefree_log":9,"segment":0,"base":0}\n'],
+    ids=["text", "json", "nul", "newer-version"],
+)
+def test_log_not_a_log_or_newer_format(tmp_path: Path, raw: bytes) -> None:
+    """A file that is not a racefree log (or a newer one): a typed error to read and append,
+    untouched.
+    """
+    from racefree import AppendLog, FormatError
+
+    path = tmp_path / "l.log"
+    path.write_bytes(raw)
+    with pytest.raises((FormatError, CorruptFileError)):
+        list(AppendLog(path))
+    with pytest.raises((FormatError, CorruptFileError)):
+        AppendLog(path).append({"a": 1})
+    assert path.read_bytes() == raw
+
+
+@pytest.mark.parametrize("record", [{1, 2}, math.nan, {"a": object()}, b"x"], ids=repr)
+def test_log_unserialisable_record_writes_nothing(tmp_path: Path, record: Any) -> None:
+    """A record that is not JSON: TypeError, the log byte for byte as before."""
+    from racefree import AppendLog
+
+    with AppendLog(tmp_path / "l.log") as log:
+        log.append({"keep": 1})
+        before = (tmp_path / "l.log").read_bytes()
+        with pytest.raises(TypeError):
+            log.append(record)
+        with pytest.raises(TypeError):
+            log.extend([{"ok": 1}, record])
+    assert (tmp_path / "l.log").read_bytes() == before
+
+
+def test_log_read_only_mount(tmp_path: Path) -> None:
+    """On a read-only mount: records read; an append raises OSError(EROFS); nothing lost."""
+    from racefree import AppendLog
+
+    with read_only_dir(tmp_path / "ro") as ro:
+        with AppendLog(ro / "l.log") as log:
+            log.append({"i": 1})
+        make_read_only(ro)
+        with AppendLog(ro / "l.log") as log:
+            assert list(log) == [{"i": 1}]
+            with pytest.raises(OSError) as info:
+                log.append({"i": 2})
+            assert info.value.errno == errno.EROFS
+            assert list(log) == [{"i": 1}]
+
+
+# --------------------------------------------------------------------------- Store
+def test_store_on_a_file_and_missing_parent(tmp_path: Path) -> None:
+    """A file where the store directory should be: NotADirectoryError; missing parent:
+    FileNotFoundError.
+    """
+    from racefree import Store
+
+    (tmp_path / "f").write_bytes(b"kept")
+    with pytest.raises(NotADirectoryError):
+        Store(tmp_path / "f")
+    with pytest.raises(FileNotFoundError):
+        Store(tmp_path / "nope" / "s")
+    assert snapshot(tmp_path) == {"f": b"kept"}
+
+
+def test_store_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    """A directory with other files: FormatError, and the directory is left exactly as it was.
+
+    (Today the store creates store.lock, store.shm and sync.lock in it before
+    finding that it is not a store: files left in a user's directory.)
+    """
+    from racefree import FormatError, Store
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "readme.txt").write_text("mine")
+    with pytest.raises(FormatError):
+        Store(tmp_path / "d")
+    assert snapshot(tmp_path / "d") == {"readme.txt": b"mine"}
+
+
+def test_store_newer_format_version(tmp_path: Path) -> None:
+    """A MANIFEST from a newer format: FormatError, every file untouched."""
+    import json
+
+    from racefree import FormatError, Store
+
+    with Store(tmp_path / "s") as s:
+        s.put("a", {"n": 1})
+    manifest = json.loads((tmp_path / "s" / "MANIFEST").read_text())
+    manifest["format"] = 99
+    (tmp_path / "s" / "MANIFEST").write_text(json.dumps(manifest))
+    before = snapshot(tmp_path / "s")
+    with pytest.raises(FormatError):
+        Store(tmp_path / "s")
+    after = snapshot(tmp_path / "s")
+    assert {k: v for k, v in after.items() if k != "store.shm"} == {
+        k: v for k, v in before.items() if k != "store.shm"}
+
+
+@pytest.mark.parametrize(
+    ("key", "doc", "error"),
+    [("a", [1, 2], TypeError), ("a", "text", TypeError), ("a", None, TypeError),
+     ("a", {"x": math.nan}, TypeError), ("a", {"x": {1, 2}}, TypeError),
+     (1, {"x": 1}, TypeError), (b"a", {"x": 1}, TypeError), (None, {"x": 1}, TypeError)],
+    ids=["list", "str", "None", "nan", "set", "int-id", "bytes-id", "None-id"],
+)
+def test_store_bad_documents_and_ids_write_nothing(
+    tmp_path: Path, key: Any, doc: Any, error: type[Exception]
+) -> None:
+    """A document that is not a JSON object, or an id that is not a str: TypeError, store unchanged.
+    """
+    from racefree import Store
+
+    with Store(tmp_path / "s") as s:
+        s.put("keep", {"n": 1})
+        with pytest.raises(error):
+            s.put(key, doc)
+        with pytest.raises(error), s.batch() as b:
+            b.put("other", {"n": 2})
+            b.put(key, doc)
+        assert dict(s.items()) == {"keep": {"n": 1}}
+
+
+@pytest.mark.parametrize("expect", [-1, True, 1.5, "1"], ids=repr)
+def test_store_bad_expect_version(tmp_path: Path, expect: Any) -> None:
+    """expect_version that is negative, a bool, a float or a str: ValueError/TypeError, nothing
+    written.
+    """
+    from racefree import Store
+
+    with Store(tmp_path / "s") as s:
+        with pytest.raises((TypeError, ValueError)):
+            s.put("a", {"n": 1}, expect_version=expect)
+        assert len(s) == 0
+
+
+def test_store_ids_are_data(tmp_path: Path) -> None:
+    """Ids with /, .., NUL, emoji, empty, absolute paths: stored and read back; no file named by
+    them.
+    """
+    from racefree import Store
+
+    ids = ["/", "..", "../../etc/passwd", "a\0b", EMOJI, "", "/etc/passwd", "a/b", "\udcff"]
+    with Store(tmp_path / "s") as s:
+        for k in ids:
+            s.put(k, {"k": k})
+    with Store(tmp_path / "s") as s:
+        assert {k: s.get(k) for k in ids} == {k: {"k": k} for k in ids}
+    names = set(os.listdir(tmp_path / "s"))
+    assert names <= {"MANIFEST", "store.lock", "store.shm", "sync.lock", "seg-00000001.rfs"}
+    assert os.listdir(tmp_path) == ["s"]
+
+
+def test_store_100_mb_document(tmp_path: Path) -> None:
+    """A 100 MB document is stored and read back whole; the documents around it are intact."""
+    from racefree import Store
+
+    with Store(tmp_path / "s", durable=False) as s:
+        s.put("small", {"n": 1})
+        s.put("big", {"blob": "b" * (100 * 1024 * 1024)})
+        s.put("after", {"n": 2})
+    with Store(tmp_path / "s", durable=False) as s:
+        assert len(s.get("big")["blob"]) == 100 * 1024 * 1024
+        assert s.get("small") == {"n": 1} and s.get("after") == {"n": 2}
+
+
+def test_store_read_only_mount(tmp_path: Path) -> None:
+    """A store on a read-only mount: a typed OSError (EROFS) at open or write; nothing lost."""
+    from racefree import Store
+
+    with read_only_dir(tmp_path / "ro") as ro:
+        with Store(ro / "s", _segment_size=8192) as s:
+            s.put("a", {"n": 1})
+        make_read_only(ro)
+        before = snapshot(ro)
+        with pytest.raises(OSError) as info, Store(ro / "s", _segment_size=8192) as s:
+            assert s.get("a") == {"n": 1}
+            s.put("b", {"n": 2})
+        assert info.value.errno == errno.EROFS
+        assert snapshot(ro) == before
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_cli_store_and_log_bad_paths(tmp_path: Path) -> None:
+    """store/log/check commands on the wrong kind of path: one error line each, exit 1, no change.
+    """
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "readme.txt").write_text("mine")
+    (tmp_path / "f.txt").write_text("text")
+    for args in (["store", str(tmp_path / "d"), "ls"], ["store", str(tmp_path / "f.txt"), "ls"],
+                 ["store", str(tmp_path / "nope"), "get", "x"],
+                 ["log", str(tmp_path / "d"), "tail"], ["log", str(tmp_path / "f.txt"), "tail"],
+                 ["log", str(tmp_path / "nope"), "check"], ["check", str(tmp_path / "nope")]):
+        one_line_error(cli(*args))
+    assert snapshot(tmp_path) == {"d": None, "d/readme.txt": b"mine", "f.txt": b"text"}
+
+
+def test_cli_store_put_bad_json_and_odd_ids(tmp_path: Path) -> None:
+    """racefree store put with non-JSON or a non-object: one error line; odd ids round-trip."""
+    s = str(tmp_path / "s")
+    assert cli("store", s, "put", "a", '{"n": 1}').returncode == 0
+    one_line_error(cli("store", s, "put", "a", "{not json"))
+    one_line_error(cli("store", s, "put", "a", "[1, 2]"))
+    for key in ("../x", "/etc/passwd", EMOJI):
+        assert cli("store", s, "put", key, '{"k": 1}').returncode == 0
+        got = cli("store", s, "get", key)
+        assert got.returncode == 0 and '"k"' in got.stdout, (key, got.stdout, got.stderr)
+    got = cli("store", s, "get", "a")
+    assert got.returncode == 0 and '"n": 1' in got.stdout.replace('"n":1', '"n": 1')

@@ -90,6 +90,9 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().err == (
         f"racefree log: error: {other}: not a racefree log: its first line is not a valid "
         f"log header\n")
+    make_log(tmp_path / "x.log", ["a"])
+    assert main(["log", str(tmp_path / "x.log"), "tail", "-n", "-1"]) == 1
+    assert capsys.readouterr().err == "racefree log: error: -n must be 0 or more, not -1\n"
 
 
 @pytest.mark.timeout(60)

@@ -86,7 +86,9 @@ def _blob(i: int, size: int) -> bytes:
 
 @pytest.mark.parametrize("block", [512, 16])
 def test_atomic_write_sequence(tmp_path: Path, block: int) -> None:
-    """A file rewritten 6 times with atomic_write: each crash shows one whole acked-or-newer version."""
+    """A file rewritten 6 times with atomic_write: each crash shows one whole acked-or-newer
+    version.
+    """
     from racefree import atomic_write
 
     base = tmp_path / "base"
@@ -110,7 +112,8 @@ def test_atomic_write_sequence(tmp_path: Path, block: int) -> None:
 
 
 def test_atomic_write_new_file(tmp_path: Path) -> None:
-    """Creating a file: after a crash it is absent or whole; once acknowledged, present and whole."""
+    """Creating a file: after a crash it is absent or whole; once acknowledged, present and whole.
+    """
     from racefree import atomic_write
 
     base = tmp_path / "base"
@@ -124,9 +127,7 @@ def test_atomic_write_new_file(tmp_path: Path) -> None:
 
     def check(root: Path, state: CrashState) -> None:
         target = root / "new.bin"
-        if state.acked:
-            assert target.read_bytes() == data
-        elif target.exists():
+        if state.acked or target.exists():
             assert target.read_bytes() == data
 
     run("atomic_write (new file)", rec, check, tmp_path, minimum=10, block=512)
@@ -257,7 +258,8 @@ def test_teeth_unframed_log_is_caught(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- JsonFile
 @pytest.mark.parametrize("block", [512, 16])
 def test_jsonfile_update(tmp_path: Path, block: int) -> None:
-    """JsonFile.update x5 (a growing document): every crash state reads as an acked-or-newer value."""
+    """JsonFile.update x5 (a growing document): every crash state reads as an acked-or-newer value.
+    """
     from racefree import JsonFile
 
     base = tmp_path / "base"
@@ -548,7 +550,7 @@ def test_store_auto_compaction(tmp_path: Path) -> None:
                  _segment_size=4096, _compact_min=1024)
 
 
-# --------------------------------------------------------------------------- several records in flight
+# ------------------------------------------------------------------ several records in flight
 class _GroupCommitGate(Recorder):
     """Holds the first fdatasync until another thread has written: a deterministic group commit."""
 
@@ -570,7 +572,7 @@ class _GroupCommitGate(Recorder):
         super().fdatasync(fd)
 
 
-def _in_flight_states(tmp_path: Path, kind: str) -> Exploration:
+def _in_flight_states(tmp_path: Path, kind: str, *, reorder: bool = True) -> Exploration:
     """Two records written before one sync covers them; every crash state must open."""
     from racefree import AppendLog, Store
 
@@ -613,7 +615,8 @@ def _in_flight_states(tmp_path: Path, kind: str) -> Exploration:
             with AppendLog(root / "l") as log:
                 assert len(list(log)) in (0, 1, 2)
 
-    return explore(kind, rec, check, tmp_path / "states", block=512, max_violations=50)
+    return explore(kind, rec, check, tmp_path / "states", block=512, max_violations=50,
+                   reorder=reorder)
 
 
 @pytest.mark.parametrize("kind", ["store group commit", "store durable=False", "log durable=False"])
@@ -629,6 +632,20 @@ def test_power_loss_with_several_records_in_flight_opens(tmp_path: Path, kind: s
     result = _in_flight_states(tmp_path, kind)
     print(result.summary())
     assert result.violations == [], "\n".join(result.violations[:3])
+
+
+@pytest.mark.parametrize("kind", ["store group commit", "store durable=False", "log durable=False"])
+def test_in_flight_records_with_ordered_writes_open(tmp_path: Path, kind: str) -> None:
+    """The same recordings under a milder model (each file's writes land in order): all open.
+
+    Together with the test above this locates the problem exactly: it needs
+    the second record to reach the disk before the first, which the
+    pessimistic model allows and real disks do for data not covered by a sync.
+    """
+    result = _in_flight_states(tmp_path, kind, reorder=False)
+    print(result.summary())
+    assert result.violations == [], "\n".join(result.violations[:3])
+    assert result.states >= 10
 
 
 EXPECTED_OPERATIONS = {

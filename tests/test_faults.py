@@ -85,11 +85,13 @@ def count_calls(sc: Scenario, tmp_path: Path) -> dict[str, int]:
 
 
 def run_fault(sc: Scenario, tmp_path: Path, op: str, nth: int, err: int, persist: bool) -> str:
-    """One injected fault; returns what happened ("raised ...", "completed"). Asserts the contract."""
+    """One injected fault; returns what happened ("raised ...", "completed"). Asserts the contract.
+    """
     d = tmp_path / f"{op}-{nth}-{errno.errorcode[err]}-{'p' if persist else 'o'}"
     d.mkdir()
     fs = FaultFS(op, nth, err, persist=persist, sync=False)
-    where = f"{sc.name}: {errno.errorcode[err]} at {op} #{nth} ({'from then on' if persist else 'once'})"
+    mode = "from then on" if persist else "once"
+    where = f"{sc.name}: {errno.errorcode[err]} at {op} #{nth} ({mode})"
     with _fs.use(fs):
         obj = sc.setup(d)
         fs.arm()
@@ -162,7 +164,8 @@ def matrix(sc: Scenario, tmp_path: Path) -> dict[str, int]:
                         continue
                     outcomes[out] = outcomes.get(out, 0) + 1
     print(sc.name, counts, outcomes)
-    assert failures == [], f"{len(failures)} failures:\n" + "\n".join(failures)
+    shown = [f.replace(str(tmp_path), "") for f in failures[:12]]
+    assert failures == [], f"{len(failures)} failures, the first {len(shown)}:\n" + "\n".join(shown)
     return outcomes
 
 
@@ -262,7 +265,8 @@ def _log_scenario(name: str, op: Callable[[Any], Any], changes: bool) -> Scenari
 
 
 def test_log_append_faults(tmp_path: Path) -> None:
-    """AppendLog.append under each fault: typed error, no partial record, the handle keeps working."""
+    """AppendLog.append under each fault: typed error, no partial record, the handle keeps working.
+    """
     sc = _log_scenario("AppendLog.append", lambda log: log.append({"i": 3}), True)
     outcomes = matrix(sc, tmp_path)
     assert outcomes.get("raised DurabilityError", 0) == 6  # the fdatasync, 3 errnos x 2 modes
@@ -345,7 +349,9 @@ STORE_OPS: dict[str, tuple[Callable[[Any], Any], dict[str, Any], dict[str, Any]]
 
 @pytest.mark.parametrize("name", list(STORE_OPS))
 def test_store_faults(tmp_path: Path, name: str) -> None:
-    """Store operations under each fault: typed error, old documents intact, the store keeps working."""
+    """Store operations under each fault: typed error, old documents intact, the store keeps
+    working.
+    """
     op, new, kw = STORE_OPS[name]
     outcomes = matrix(_store_scenario(name, op, new, **kw), tmp_path)
     assert "completed" not in outcomes or name in ("Store.compact", "Store auto-compaction")

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from faultfs import FaultFS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _fs
 
@@ -137,6 +139,19 @@ def test_extend_is_one_frame_and_returns_a_range(tmp_path: Path) -> None:
     assert path.read_bytes() == header() + frame(b'"x"') + frame(b"*3 [1,2,3]") + frame(b'"solo"')
 
 
+def test_record_larger_than_a_read_chunk(tmp_path: Path) -> None:
+    """A 5 MiB record (more than one 4 MiB read) is read back whole, by a fresh handle too."""
+    path = tmp_path / "x.log"
+    big = "x" * (5 << 20)
+    with AppendLog(path, durable=False) as log:
+        assert log.append("small") == 0
+        assert log.append(big) == 1
+        assert log.append("after") == 2
+    with AppendLog(path) as log:
+        assert len(log) == 3
+        assert list(log) == ["small", big, "after"]
+
+
 def test_read_from_far_start_uses_index(tmp_path: Path) -> None:
     """read(start) deep into a log of batches and single records yields exactly the tail."""
     path = tmp_path / "x.log"
@@ -152,6 +167,57 @@ def test_read_from_far_start_uses_index(tmp_path: Path) -> None:
             assert list(log.read(start)) == list(range(start, 5000))
         with AppendLog(path) as fresh:
             assert list(fresh.items(4997)) == [(4997, 4997), (4998, 4998), (4999, 4999)]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=3),
+    max_leaves=6,
+)
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), JSON, st.booleans()),
+        st.tuples(st.just("extend"), st.lists(JSON, max_size=4), st.booleans()),
+        st.tuples(st.just("compact"), st.none(), st.booleans()),
+        st.tuples(st.just("reopen"), st.none(), st.booleans()),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=STEPS)
+def test_model(tmp_path_factory: pytest.TempPathFactory,
+               steps: list[tuple[str, Any, bool]]) -> None:
+    """Random appends, batches (durable or not), compactions and reopens against a list:
+    the numbers returned, len, items, snapshot and replay always agree with the model."""
+    path = tmp_path_factory.mktemp("model") / "x.log"
+    model: list[Any] = []
+    snapshot = None
+    log = AppendLog(path)
+    for op, arg, durable in steps:
+        log.durable = durable
+        if op == "append":
+            assert log.append(arg) == len(model)
+            model.append(arg)
+        elif op == "extend":
+            assert log.extend(arg) == range(len(model), len(model) + len(arg))
+            model.extend(arg)
+        elif op == "compact":
+            assert log.compact(concat, []) == (len(model), model)
+            snapshot = (len(model), list(model))
+        else:
+            log.close()
+            log = AppendLog(path)
+        assert len(log) == len(model)
+    assert list(log.items()) == list(enumerate(model))[snapshot[0] if snapshot else 0 :]
+    assert log.replay(concat, []) == model
+    assert log.snapshot() == snapshot
+    assert log.check().next == len(model)
+    log.close()
 
 
 # -- torn tails and damage ----------------------------------------------------------------
@@ -266,6 +332,37 @@ def test_synced_record_after_damage_proves_corruption(tmp_path: Path) -> None:
     with pytest.raises(CorruptFileError) as info:
         list(AppendLog(path))
     assert info.value.offset == len(header())
+
+
+class TornOnce(_fs.FileSystem):
+    """Returns a damaged copy of the bytes at ``offset`` for the first ``times`` reads that
+    cover it: what a lock-free reader can see while a writer rewrites a torn tail."""
+
+    def __init__(self, offset: int, times: int) -> None:
+        self.offset, self.times = offset, times
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        data = super().pread(fd, n, offset)
+        if self.times and offset <= self.offset < offset + len(data):
+            self.times -= 1
+            i = self.offset - offset
+            return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
+        return data
+
+
+def test_damage_seen_without_the_lock_is_checked_under_it(tmp_path: Path) -> None:
+    """Damage that a lock-free read saw but the file does not hold (a writer was mid-way)
+    is looked at again under the lock: no error, every record read."""
+    path = tmp_path / "x.log"
+    fill(path)
+    spot = len(header()) + 12
+    with _fs.use(TornOnce(spot, 1)), AppendLog(path) as log:
+        assert list(log) == RECORDS
+    with _fs.use(TornOnce(spot, 1)), AppendLog(path) as log:
+        assert len(log) == len(RECORDS)
+    with _fs.use(TornOnce(spot, 100)), AppendLog(path) as log, \
+            pytest.raises(CorruptFileError):  # damaged for the lock too
+        list(log)
 
 
 def test_not_a_log_is_a_format_error(tmp_path: Path) -> None:
@@ -575,14 +672,14 @@ def check_writers(records: list[tuple[int, Any]], writers: int, n: int,
 
 @pytest.mark.slow
 def test_processes_append_concurrently(tmp_path: Path) -> None:
-    """4 processes x 500 appends (every tenth a 2-record batch): exact total, each
+    """4 processes x 1500 appends (every tenth a 2-record batch): exact total, each
     writer's order kept, every sequence number the one its append returned."""
     path, go = tmp_path / "x.log", tmp_path / "go"
-    args = [[str(path), str(w), "500", str(go)] for w in range(4)]
+    args = [[str(path), str(w), "1500", str(go)] for w in range(4)]
     outs = run_children(WRITER, args, go)
     with AppendLog(path) as log:
         records = list(log.items())
-        check_writers(records, 4, 500, outs)
+        check_writers(records, 4, 1500, outs)
         assert log.check().torn == 0
 
 

@@ -536,9 +536,34 @@ def test_compress_gzips_each_backup_once(tmp_path: Path) -> None:
         assert gzip.decompress((tmp_path / f"app.log.{n}.gz").read_bytes()) == body + b"\n"
 
 
+def test_a_dead_compressors_backup_is_adopted_by_the_next_rotation(tmp_path: Path) -> None:
+    """A process that rotated with compress=True and died before compressing leaves a plain
+    app.log.1; a dead compressor of a deleted backup leaves a temp file. The next rotation,
+    by another process, compresses the first (once) and removes the second."""
+    dead = RotatingFileHandler(tmp_path / "app.log", maxBytes=10, backupCount=5, compress=True)
+    dead.emit(_rec("aaaaaaaa"))
+    dead.emit(_rec("bbbbbbbb"))  # rotates; the gzip would run in handle(), after emit
+    dead._forget_inherited()  # what dying leaves: descriptors gone, the job never run
+    stale = tmp_path / ".app.log.999999999.gz.tmp"
+    stale.write_bytes(b"half a gzip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".app.log.999999999.gz.tmp", ".app.log.lock", "app.log", "app.log.1"]
+    live = RotatingFileHandler(tmp_path / "app.log", maxBytes=10, backupCount=5, compress=True)
+    try:
+        live.handle(_rec("cccccccc"))  # rotates "bbbbbbbb", adopts "aaaaaaaa"
+    finally:
+        live.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".app.log.lock", "app.log", "app.log.1.gz", "app.log.2.gz"]
+    assert gzip.decompress((tmp_path / "app.log.2.gz").read_bytes()) == b"aaaaaaaa\n"
+    assert gzip.decompress((tmp_path / "app.log.1.gz").read_bytes()) == b"bbbbbbbb\n"
+    assert (tmp_path / "app.log").read_bytes() == b"cccccccc\n"
+
+
 def test_durable_record_fsyncs_every_record_and_rotate_every_rotation(tmp_path: Path) -> None:
-    """durable="record": one fdatasync per record; durable="rotate": none per record, one
-    fsync of the rotated file and one of the directory per rotation; False: none."""
+    """durable="record": one fdatasync per record, and the directory synced when a new file
+    is opened; durable="rotate": none per record, one fsync of the rotated file and one of
+    the directory per rotation; False: none."""
 
     class Counting(_fs.FileSystem):
         def __init__(self) -> None:
@@ -564,7 +589,8 @@ def test_durable_record_fsyncs_every_record_and_rotate_every_rotation(tmp_path: 
         h.close()
         results[durable] = fs.calls
     assert results == {
-        "record": ["fdatasync", "fdatasync", "fdatasync", "fsync", "fsync_dir"],
+        # the new file's directory entry is synced before a record in it is called durable
+        "record": ["fdatasync", "fdatasync", "fsync_dir", "fdatasync", "fsync", "fsync_dir"],
         "rotate": ["fsync", "fsync_dir"],
         False: [],
     }
@@ -643,22 +669,56 @@ def test_timed_rotation_happens_once_per_interval_across_handlers(
 def test_timed_rotation_keeps_backup_count_and_never_overwrites(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """backupCount=2 keeps the two newest backups; a backup name that exists already (the
-    clock went back) gets a '.1' suffix instead of replacing the older file."""
-    clock = FakeClock(1_800_000_000.0)
+    """backupCount=2 keeps the two newest backups, one per minute; a backup name that
+    exists already (left by an earlier run) gets a '.1' suffix instead of being replaced."""
+    clock = FakeClock(1_800_000_000.0)  # 08:00:00 UTC
     monkeypatch.setattr(time, "time", clock)
     h = TimedRotatingFileHandler(tmp_path / "t.log", when="M", backupCount=2, utc=True)
     try:
-        for minute in range(4):
+        for minute in range(5):  # m0 at 08:00 ... m4 at 08:04; each rotates the previous
             h.emit(_rec(f"m{minute}"))
             clock.now += 60
-        h.emit(_rec("m4"))
-        clock.now -= 240 - 60  # back to minute 1 and past its deadline again
-        h.doRollover()
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == [".t.log.lock", "t.log", "t.log.2027-01-15_08-02",
+                         "t.log.2027-01-15_08-03"]
+        (tmp_path / "t.log.2027-01-15_08-04").write_bytes(b"older\n")
+        h.doRollover()  # m4's interval started at 08:04: that name is taken
     finally:
         h.close()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [".t.log.lock", "t.log", "t.log.2027-01-15_08-03",
-                     "t.log.2027-01-15_08-04"], names
-    assert (tmp_path / "t.log.2027-01-15_08-03").read_bytes() == b"m3\n"
-    assert (tmp_path / "t.log.2027-01-15_08-04").read_bytes() == b"m4\n"
+    assert names == [".t.log.lock", "t.log", "t.log.2027-01-15_08-04",
+                     "t.log.2027-01-15_08-04.1"], names
+    assert (tmp_path / "t.log.2027-01-15_08-04").read_bytes() == b"older\n"
+    assert (tmp_path / "t.log.2027-01-15_08-04.1").read_bytes() == b"m4\n"
+    assert (tmp_path / "t.log").read_bytes() == b""
+
+
+def test_racefree_logging_leaves_the_stdlib_logging_module_alone() -> None:
+    """racefree.logging is its own module: importing it changes nothing about `logging`."""
+    import logging.handlers as stdlib_handlers
+
+    import racefree.logging as rl
+
+    assert rl.__name__ == "racefree.logging"
+    assert logging.__file__ is not None and "racefree" not in logging.__file__
+    assert not issubclass(rl.RotatingFileHandler, stdlib_handlers.RotatingFileHandler)
+    assert sys.modules["logging"] is logging
+
+
+def test_timed_rotation_with_compress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compress=True with timed rotation: each backup becomes '<name>.gz' with the bytes
+    that were rotated, and backupCount counts a backup once, plain or compressed."""
+    clock = FakeClock(1_800_000_000.0)
+    monkeypatch.setattr(time, "time", clock)
+    h = TimedRotatingFileHandler(tmp_path / "t.log", when="H", backupCount=1, utc=True,
+                                 compress=True)
+    try:
+        for hour in range(3):
+            h.handle(_rec(f"h{hour}"))
+            clock.now += 3600
+    finally:
+        h.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".t.log.lock", "t.log", "t.log.2027-01-15_09.gz"]
+    assert gzip.decompress((tmp_path / "t.log.2027-01-15_09.gz").read_bytes()) == b"h1\n"
+    assert (tmp_path / "t.log").read_bytes() == b"h2\n"

@@ -73,17 +73,26 @@ import sys
 sys.path.insert(0, {src!r})
 from racefree import open_store
 store = open_store({url!r}, name={name!r}, max_connections=1)
+calls = 0
+def bump(d):
+    global calls
+    calls += 1
+    return {{"n": d["n"] + 1}}
 print("ready", flush=True)
 sys.stdin.readline()
 for _ in range({n}):
-    store.update("counter", lambda d: {{"n": d["n"] + 1}}, default={{"n": 0}})
+    store.update("counter", bump, default={{"n": 0}})
 store.close()
+print(calls, flush=True)
 """
 
 
 @pytest.mark.slow
 def test_processes_updating_one_counter_lose_nothing(url: str, name: str, store: Any) -> None:
-    """4 processes x 50 update() of one id that does not exist yet: exactly 200, version 200."""
+    """4 processes x 50 update() of one id that does not exist yet: exactly 200, version 200.
+
+    And fn ran exactly once per update (200 calls in all), also for the racing creators.
+    """
     code = _UPDATER.format(src=SRC, url=url, name=name, n=50)
     procs = [
         subprocess.Popen(
@@ -99,8 +108,12 @@ def test_processes_updating_one_counter_lose_nothing(url: str, name: str, store:
             assert p.stdin is not None
             p.stdin.write("go\n")
             p.stdin.flush()
+        calls = 0
         for p in procs:
             assert p.wait(WAIT * 4) == 0
+            assert p.stdout is not None
+            calls += int(p.stdout.read())
+        assert calls == 200
         assert store.get("counter") == {"n": 200}
         assert store.version("counter") == 200
     finally:

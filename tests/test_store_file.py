@@ -107,7 +107,7 @@ def test_torn_tail_inside_preallocated_space(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("where", ["doc", "length", "crc", "magic"])
 def test_flipped_byte_in_the_middle_is_corruption(tmp_path: Path, where: str) -> None:
-    """A damaged record with good records after it raises CorruptFileError naming file and offset."""
+    """A damaged record followed by good records: CorruptFileError naming file and offset."""
     with Store(tmp_path / "s", durable=False) as s:
         for i in range(4):
             s.put(f"k{i}", {"i": i, "text": "abcdefgh" * 4})
@@ -167,7 +167,7 @@ def test_dead_writers_whole_frame_is_adopted(tmp_path: Path) -> None:
         s.put("a", {"n": 1})
         s.put("ghost", {"n": 2})
     seg = _segments(tmp_path / "src")[0]
-    (off1, n1), (off2, n2) = _frames(seg)
+    _, (off2, n2) = _frames(seg)
     ghost = seg.read_bytes()[off2:off2 + n2]
     with Store(tmp_path / "s", durable=False) as s:
         s.put("a", {"n": 1})

@@ -20,7 +20,9 @@ from racefree import ConflictError
 IDS = st.sampled_from(["a", "b", "", "../x", "\0", "é"])
 DOCS = st.dictionaries(
     st.text(max_size=3),
-    st.one_of(st.integers(-5, 5), st.text(max_size=5), st.none(), st.lists(st.booleans(), max_size=2)),
+    st.one_of(
+        st.integers(-5, 5), st.text(max_size=5), st.none(), st.lists(st.booleans(), max_size=2)
+    ),
     max_size=3,
 )
 VERSIONS = st.one_of(st.none(), st.integers(0, 4))

@@ -207,7 +207,9 @@ def test_atomic_write_on_full_tmpfs(tmp_path: Path) -> None:
      (f"inject={RENAME}:error=ENOSPC:when=1", "ENOSPC", "OSError")],
     ids=["fsync-EIO", "rename-ENOSPC"],
 )
-def test_jsonfile_update_faults(tmp_path: Path, inject: str, errno_name: str, type_name: str) -> None:
+def test_jsonfile_update_faults(
+    tmp_path: Path, inject: str, errno_name: str, type_name: str
+) -> None:
     """JsonFile.update in a real process with a failing syscall: typed error, document intact."""
     from racefree import JsonFile
 
@@ -223,7 +225,8 @@ def test_jsonfile_update_faults(tmp_path: Path, inject: str, errno_name: str, ty
 
 @needs_strace
 def test_jsonfile_sigkill_at_rename(tmp_path: Path) -> None:
-    """SIGKILL at the rename of JsonFile.update: the old document, the lock free for the next one."""
+    """SIGKILL at the rename of JsonFile.update: the old document, the lock free for the next one.
+    """
     from racefree import JsonFile, sweep
 
     JsonFile(tmp_path / "doc.json").write({"n": 1})
@@ -249,7 +252,8 @@ def _log_records(path: Path) -> list[Any]:
 
 @needs_strace
 def test_log_fdatasync_eio(tmp_path: Path) -> None:
-    """fdatasync EIO on append: DurabilityError (never retried), the log opens, old records intact."""
+    """fdatasync EIO on append: DurabilityError (never retried), the log opens, old records intact.
+    """
     from racefree import AppendLog
 
     with AppendLog(tmp_path / "l.log") as log:
@@ -415,3 +419,48 @@ def test_store_on_full_tmpfs(tmp_path: Path) -> None:
         assert len(acked) > 10
         assert _store_docs(mnt / "s") == acked
         assert temps(mnt) == []
+
+
+# --------------------------------------------------------------------------- FileLock, LockFile
+_HOLD_THEN_WRITE = """
+lock = racefree.{cls}('x.lock')
+lock.acquire()
+os.close(os.open('inside', os.O_WRONLY | os.O_CREAT, 0o644))
+os.rmdir('marker')  # SIGKILLed here, inside the critical section
+"""
+
+
+@needs_strace
+@pytest.mark.parametrize("cls", ["FileLock", "LockFile"])
+def test_lock_holder_killed_inside(tmp_path: Path, cls: str) -> None:
+    """A holder SIGKILLed inside its critical section: the next acquirer gets the lock at once."""
+    import racefree
+
+    (tmp_path / "marker").mkdir()
+    rc, result = run_child(_HOLD_THEN_WRITE.format(cls=cls),
+                           ["inject=rmdir:signal=SIGKILL:when=1"], tmp_path)
+    assert rc in (-signal.SIGKILL, 128 + signal.SIGKILL), (rc, result)
+    assert (tmp_path / "inside").exists()  # it was killed while it held the lock
+    lock = getattr(racefree, cls)(tmp_path / "x.lock", timeout=10)
+    lock.acquire()  # LockTimeout here: the dead holder's lock was never released or reclaimed
+    try:
+        if cls == "LockFile":
+            assert lock.token == 2  # the dead holder had 1: fencing tokens keep growing
+    finally:
+        lock.release()
+
+
+@needs_strace
+def test_lockfile_fsync_eio_while_acquiring(tmp_path: Path) -> None:
+    """fsync EIO while a LockFile writes its owner record: an OSError, nothing held or left."""
+    rc, result = run_child(
+        "racefree.LockFile('x.lock', timeout=2).acquire()",
+        [f"inject={FSYNC}:error=EIO:when=1"], tmp_path,
+    )
+    assert rc == 0
+    _expect_error(result, "EIO", "OSError")
+    assert not (tmp_path / "x.lock").exists()
+    from racefree import LockFile
+
+    with LockFile(tmp_path / "x.lock", timeout=5):
+        pass

@@ -82,7 +82,7 @@ def test_verify_finds_overlapping_lock_holders(tmp_path: Path) -> None:
     """Two holders whose intervals overlap, and a counter that lost an increment: both reported."""
     _acks(tmp_path, 0, ["B flock 1 100", "A flock 1 300"])
     _acks(tmp_path, 1, ["B flock 1 200", "A flock 1 400"])
-    (tmp_path / "flock.count").write_text("%20d" % 1)
+    (tmp_path / "flock.count").write_text(f"{1:20d}")
     rows = {r.check: r for r in verify(str(tmp_path), ["flock"], 2)}
     problems = rows["FileLock: one holder at a time"].problems
     assert any("entered (seq 1) while worker 0 was inside" in p for p in problems), problems
@@ -90,17 +90,19 @@ def test_verify_finds_overlapping_lock_holders(tmp_path: Path) -> None:
 
 
 def test_verify_accepts_a_killed_holder(tmp_path: Path) -> None:
-    """A holder killed inside (no exit record) followed by another: no overlap, counter in bounds."""
+    """A holder killed inside (no exit record) followed by another: no overlap, counter in bounds.
+    """
     _acks(tmp_path, 0, ["B flock 1 100"])
     _acks(tmp_path, 1, ["B flock 1 200", "A flock 1 400"])
-    (tmp_path / "flock.count").write_text("%20d" % 2)
+    (tmp_path / "flock.count").write_text(f"{2:20d}")
     rows = {r.check: r for r in verify(str(tmp_path), ["flock"], 2)}
     row = rows["FileLock: one holder at a time"]
     assert row.problems == [] and (row.acked, row.in_flight) == (1, 1)
 
 
 def test_verify_finds_lost_and_invented_updates(tmp_path: Path) -> None:
-    """A JSON counter below its acked count, a put/delete key holding a stale value, a torn batch."""
+    """A JSON counter below its acked count, a put/delete key holding a stale value, a torn batch.
+    """
     JsonFile(tmp_path / "counter.json").write({"w0": 1})
     with Store(tmp_path / "store") as s:
         s.put("k0", {"s": 2})
@@ -130,3 +132,32 @@ def test_verify_finds_a_lost_log_record(tmp_path: Path) -> None:
         "worker 0: acknowledged records lost: [2]",
         "worker 0: records out of order or duplicated",
     ]
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("RACEFREE_TEST_POSTGRES")
+    if not url:
+        return None
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=5):
+            return url
+    except Exception:  # unreachable: skipped below, or failed when CI requires it
+        return None
+
+
+@pytest.mark.postgres
+def test_torture_against_postgres(tmp_path: Path) -> None:
+    """--url postgresql://: the store and lock kinds run on PostgreSQL; every check passes."""
+    url = _postgres_url()
+    if url is None:
+        if os.environ.get("RACEFREE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("RACEFREE_TEST_POSTGRES is not reachable")
+        pytest.skip("set RACEFREE_TEST_POSTGRES to a reachable server")
+    proc = torture(tmp_path, "--processes", "3", "--seconds", "6", "--url", url,
+                   "--only", "store.update,store.put,store.delete,store.batch,flock",
+                   timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "PgStore opens and check() passes" in proc.stdout
+    assert "PgLock: one holder at a time" in proc.stdout and "PASS: " in proc.stdout

@@ -17,6 +17,10 @@ alone):
 Lock files, lock sidecars and the store's shared header are recognised and
 skipped; a leftover temp file (``*.rftmp``) is reported, not damage.
 
+Checking writes nothing, with one exception that is the store's own: opening
+a store, as any process that opens it does, zeroes an incomplete last record
+left by a crash (the store's recovery, see ``docs/store.md``).
+
 ``repair=True`` truncates a log's incomplete last record (a crash in the middle
 of an append) and nothing else: a damaged record with good records after it
 is never touched, and neither is anything in a JSON file or a store (their
@@ -29,9 +33,13 @@ import dataclasses
 import os
 import stat
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from . import _fs
 from ._errors import CorruptFileError, FormatError
+
+if TYPE_CHECKING:
+    from ._log import AppendLog
 
 __all__ = ["Found", "check_path"]
 
@@ -166,16 +174,17 @@ def _check_log(path: str, repair: bool) -> Found:
         log.close()
 
 
-def _truncate_torn_tail(log: object, keep: int, size: int) -> None:
+def _truncate_torn_tail(log: AppendLog, keep: int, size: int) -> None:
     """Cut the log back to ``keep`` bytes, under its writers' lock, if it is still ``size``.
 
     Re-checked under the lock: an append that landed meanwhile means the tail
     was repaired by its writer, and nothing is cut.
     """
-    from ._log import AppendLog
+    from ._lock import FileLock
 
-    assert isinstance(log, AppendLog)
-    with log._lock:  # the lock every appender holds: no append can land while we cut
+    # ``{log}.lock`` is the FileLock every appender holds (docs/log.md): while we hold
+    # it no append can land between the check and the cut.
+    with FileLock(log.path + ".lock"):
         report = log.check()
         if report.size != size or report.size - report.torn != keep or not report.torn:
             return

@@ -17,7 +17,18 @@ from types import TracebackType
 from . import _fs
 from . import _lockregistry as _reg
 from ._errors import LockTimeout, WouldBlock
-from ._lockregistry import LOCK_EX, LOCK_NB, LOCK_SH, Entry, current_owner
+from ._lockregistry import (
+    LOCK_EX,
+    LOCK_NB,
+    LOCK_SH,
+    LOCK_UN,
+    Entry,
+    current_owner,
+)
+
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+_get_ident = threading.get_ident
 
 __all__ = ["FileLock"]
 
@@ -61,7 +72,7 @@ class FileLock:
     in the child waits until the parent releases (see ``docs/locks.md``).
     """
 
-    __slots__ = ("__weakref__", "_entry", "_op", "_path", "_shared", "_timeout")
+    __slots__ = ("__weakref__", "_entry", "_op", "_op_nb", "_path", "_shared", "_timeout")
 
     def __init__(
         self, path: str | os.PathLike[str], *, shared: bool = False, timeout: float | None = None
@@ -71,6 +82,7 @@ class FileLock:
             raise TypeError("path must be a str or os.PathLike[str]")
         self._shared = bool(shared)
         self._op = LOCK_SH if shared else LOCK_EX
+        self._op_nb = self._op | LOCK_NB
         self._timeout = _check_timeout(timeout)
         self._entry: Entry | None = None
 
@@ -149,15 +161,31 @@ class FileLock:
         once. In a coroutine use ``async with`` or :meth:`acquire_async`:
         this call blocks the event loop while it waits.
         """
+        if timeout is not None:
+            timeout = _check_timeout(timeout)  # before the fast path: bad values always raise
         entry = self._entry
         if entry is None or entry.retired:
             entry = self._get_entry()
-        owner = current_owner()
-        with entry.mutex:
-            if self._try(entry, owner):
+        # current_owner(), inlined: this is the uncontended fast path.
+        loop = _get_running_loop()
+        owner = (loop is not None and _current_task(loop)) or _get_ident()
+        mutex = entry.mutex
+        mutex.acquire()
+        try:
+            if not entry.holders and not entry.busy and not entry.writers_waiting:
+                try:
+                    _fs.flock(entry.fd, self._op_nb)
+                except BlockingIOError:
+                    pass
+                else:
+                    entry.holders[owner] = 1
+                    entry.mode = self._op
+                    return
+            elif self._try(entry, owner):
                 return
-        t = self._timeout if timeout is None else _check_timeout(timeout)
-        self._acquire_slow(entry, owner, t)
+        finally:
+            mutex.release()
+        self._acquire_slow(entry, owner, self._timeout if timeout is None else timeout)
 
     def acquire_nowait(self) -> None:
         """Take the lock without waiting, or raise :class:`WouldBlock` (nothing held)."""
@@ -175,8 +203,25 @@ class FileLock:
         child, releasing a hold the parent had at fork time only forgets it:
         the parent keeps its lock (L5).
         """
-        entry = self._get_entry()
-        owner = current_owner()
+        entry = self._entry
+        if entry is None or entry.retired:
+            entry = self._get_entry()
+        loop = _get_running_loop()
+        owner = (loop is not None and _current_task(loop)) or _get_ident()
+        mutex = entry.mutex
+        mutex.acquire()
+        try:
+            holders = entry.holders
+            # The fast path: the last hold of the only owner, locked through entry.fd.
+            if holders.get(owner) == 1 and len(holders) == 1 and entry.kfd == entry.fd:
+                holders.clear()
+                entry.mode = 0
+                _fs.flock(entry.fd, LOCK_UN)
+                if entry.waiters:
+                    entry.wake_all()
+                return
+        finally:
+            mutex.release()
         if entry.release(owner):
             return
         if _reg.forget_inherited(entry.key, owner):
@@ -225,6 +270,7 @@ class FileLock:
                         if verdict == _HELD:
                             return
                         break  # entry.busy is ours: we take the kernel lock
+                    _refuse_self_deadlock(entry, self._path)
                     if writer and not counted:
                         entry.writers_waiting += 1
                         counted = True
@@ -304,9 +350,12 @@ class FileLock:
         req = _reg.start_kernel_wait(entry, op, gate.release)
         try:
             gate.acquire(timeout=remaining)
-        finally:
-            kfd = req.settle()
-        return kfd
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): a grant that raced in is given back.
+            if req.settle() is not None:
+                req.give_back()
+            raise
+        return req.settle()
 
     # -- waiting (asyncio) ---------------------------------------------------
     async def acquire_async(self, timeout: float | None = None) -> None:
@@ -317,6 +366,7 @@ class FileLock:
         lock granted to a worker thread after its task gave up is released by
         that worker at once.
         """
+        t = self._timeout if timeout is None else _check_timeout(timeout)
         entry = self._entry
         if entry is None or entry.retired:
             entry = self._get_entry()
@@ -324,7 +374,6 @@ class FileLock:
         with entry.mutex:
             if self._try(entry, owner):
                 return
-        t = self._timeout if timeout is None else _check_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if t is None else loop.time() + t
         writer = self._op == LOCK_EX
@@ -427,6 +476,23 @@ def _async_waker(
         _reg.call_soon_threadsafe(loop, fut)
 
     return wake
+
+
+def _refuse_self_deadlock(entry: Entry, path: str) -> None:
+    """A blocking acquire() in a task, behind another task of the same loop, would hang forever.
+
+    The holder can only run once this call returns, so waiting is a certain
+    deadlock: raise instead (``entry.mutex`` held).
+    """
+    loop = _get_running_loop()
+    if loop is None:
+        return
+    for holder in entry.holders:
+        if isinstance(holder, asyncio.Task) and holder.get_loop() is loop:
+            raise RuntimeError(
+                f"acquire() of {path} would deadlock: another task of this event loop holds it;"
+                " use 'async with' or acquire_async()"
+            )
 
 
 def _new_gate() -> threading.Lock:

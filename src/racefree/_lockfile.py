@@ -11,154 +11,27 @@ See ``docs/lockfile.md``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
-import random
-import threading
 import time
 from types import TracebackType
 
 from . import _fs
 from . import _lockfile_disk as _disk
-from ._errors import LockLost, LockTimeout, WouldBlock
-from ._lockregistry import call_soon_threadsafe, current_owner
+from . import _lockfile_owner as _owner
+from ._errors import FormatError, LockLost, LockTimeout, WouldBlock
+from ._lockfile_state import (
+    Backoff,
+    Refresher,
+    State,
+    check_timeout,
+    forget_inherited,
+    mark_held,
+    state_for,
+)
+from ._lockregistry import current_owner
 
 __all__ = ["LockFile"]
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not timeout >= 0:  # also rejects NaN
-        raise ValueError(f"timeout must be >= 0 (or None to wait forever), not {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
-
-
-class _Backoff:
-    """Poll delays: 1 ms doubling to 50 ms, each with jitter so waiters spread out.
-
-    There is no kernel wake-up for a lock file another process removes, so a
-    waiter for another process polls (a FileLock waiter blocks in the kernel
-    instead and takes a released lock at once). Waiters in this process do not
-    poll: they wait on the state's condition and are woken by the release.
-    """
-
-    __slots__ = ("delay",)
-
-    def __init__(self) -> None:
-        self.delay = 0.001
-
-    def next(self, deadline: float | None) -> float:
-        delay = self.delay * random.uniform(0.5, 1.0)  # jitter, not secrecy
-        self.delay = min(self.delay * 2, 0.05)
-        if deadline is not None:
-            delay = min(delay, max(deadline - time.monotonic(), 0.0))
-        return delay
-
-
-class _Refresher:
-    """A daemon thread that keeps a hold fresh and notices when it is lost (L8).
-
-    Every ``stale_after / 3`` seconds it touches the lock file through the
-    holder's descriptor (a waiter on another host judges the lock by whether
-    it is refreshed) and checks that the lock file is still ours. It stops at
-    release; a forked child has no copy of it (threads do not survive fork).
-    """
-
-    def __init__(self, hold: _disk.Hold, stale_after: float) -> None:
-        self._hold = hold
-        self._interval = stale_after / 3
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"racefree-lockfile-refresh {hold.path}", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self) -> None:
-        hold = self._hold
-        while not self._stop.wait(self._interval):
-            try:
-                _disk.refresh(hold)
-                if not _disk.still_held(hold):
-                    hold.lost = True
-                    return
-            except OSError:
-                # A transient error (an NFS server restarting): keep trying. If
-                # it lasts, waiters elsewhere reclaim the lock after stale_after
-                # and the next check, or the release, reports it lost.
-                continue
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-
-class _State:
-    """The state of one lock file in this process; fields change only under ``cond``."""
-
-    __slots__ = ("async_waiters", "cond", "depth", "hold", "last_lost", "observer", "owner",
-                 "refresher")
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.owner: object = None  # the owner holding, or acquiring the file
-        self.depth = 0  # reentrant holds of ``owner``; 0 while it acquires the file
-        self.hold: _disk.Hold | None = None
-        self.refresher: _Refresher | None = None
-        self.observer = _disk.Observer()  # used by the acquiring owner only
-        self.last_lost = False
-        self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    def wake(self) -> None:
-        """Let waiters of this process re-check (``cond`` held)."""
-        self.cond.notify_all()
-        waiters, self.async_waiters = self.async_waiters, []
-        for loop, fut in waiters:
-            call_soon_threadsafe(loop, fut)
-
-
-_registry: dict[str, _State] = {}
-_registry_lock = threading.Lock()
-_registry_pid = os.getpid()
-# (key, owner) -> holds a forked child inherited from its parent.
-_inherited: dict[tuple[str, object], int] = {}
-
-
-def _after_fork_child() -> None:
-    """Start the child with nothing held and no one waiting (L5).
-
-    The parent's lock file stays the parent's: its record names the parent's
-    pid, and the child never removes it. A ``with`` block the parent entered
-    before ``fork()`` may exit in the child: that release only forgets the hold.
-    """
-    global _registry_lock, _registry_pid
-    _registry_lock = threading.Lock()
-    _registry_pid = os.getpid()
-    for key, state in _registry.items():
-        if state.depth:
-            k = (key, state.owner)
-            _inherited[k] = _inherited.get(k, 0) + state.depth
-        if state.hold is not None:
-            # The child's copy of the holder's descriptor: closing it takes
-            # nothing from the parent (there is no kernel lock on it).
-            with contextlib.suppress(OSError):
-                _fs.close(state.hold.fd)
-    _registry.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_child)
-
-
-def _state_for(key: str) -> _State:
-    with _registry_lock:
-        state = _registry.get(key)
-        if state is None:
-            state = _registry[key] = _State()
-        return state
 
 
 class LockFile:
@@ -209,9 +82,9 @@ class LockFile:
         if not 0 < stale_after < math.inf:  # also rejects NaN
             raise ValueError(f"stale_after must be > 0 and finite, not {stale_after!r}")
         self._stale_after = float(stale_after)
-        self._timeout = _check_timeout(timeout)
+        self._timeout = check_timeout(timeout)
         self._key: str | None = None
-        self._state: tuple[int, _State] | None = None
+        self._state: tuple[int, State] | None = None
 
     # -- properties ---------------------------------------------------------
     @property
@@ -271,7 +144,7 @@ class LockFile:
     def __repr__(self) -> str:
         return f"<LockFile {self._path!r} stale_after={self._stale_after} timeout={self._timeout}>"
 
-    def _get_state(self) -> _State:
+    def _get_state(self) -> State:
         cached = self._state
         pid = os.getpid()
         if cached is not None and cached[0] == pid:
@@ -279,12 +152,12 @@ class LockFile:
         if self._key is None:
             head, base = os.path.split(os.path.abspath(self._path))
             self._key = os.path.join(_fs.realpath(head), base)
-        state = _state_for(self._key)
+        state = state_for(self._key)
         self._state = (pid, state)
         return state
 
     # -- the file -------------------------------------------------------------
-    def _attempt(self, state: _State, pending: list[_disk.Pending]) -> _disk.Hold | None:
+    def _attempt(self, state: State, pending: list[_disk.Pending]) -> _disk.Hold | None:
         """One try at the lock file; the hold, or None if another owner has it.
 
         Called by the owner that has the state's slot (``state.owner``), with
@@ -299,19 +172,23 @@ class LockFile:
                 pending.append(_disk.prepare(path, last + 1))
             hold = _disk.create(path, pending[0])
             if hold is not None:
-                pending.clear()  # its descriptor is the hold's now
-                if self._publish_token(hold, last):
+                won = pending.pop()  # its descriptor is the hold's now
+                if self._publish_token(hold, last, won):
                     return hold
                 continue
             seen = _disk.inspect(path)
             if seen is None:
                 continue  # released meanwhile: try again at once
+            if seen.record is None and seen.size > _owner.MAX_RECORD:
+                # Far larger than any owner record: a data file passed as the
+                # lock path by mistake. Reclaiming it by age would delete it.
+                raise FormatError(path, f"not a lock file ({seen.size} bytes); refusing to reclaim")
             if not _disk.is_stale(seen, self._stale_after, state.observer, time.monotonic()):
                 return None
             _disk.remove_stale(path, seen, self._stale_after, state.observer)
         return None
 
-    def _publish_token(self, hold: _disk.Hold, last: int) -> bool:
+    def _publish_token(self, hold: _disk.Hold, last: int, won: _disk.Pending) -> bool:
         """Make ``hold.token`` the last token handed out; False (hold dropped) if it is stale.
 
         The token was chosen before the lock was won, so another owner may
@@ -321,6 +198,7 @@ class LockFile:
         (a holder paused for longer than a lease aside: docs/lockfile.md).
         """
         try:
+            _disk.drop_name(won)
             if _disk.read_token(self._path) == last:
                 _disk.write_token(self._path, hold.token)
                 if _disk.still_held(hold):
@@ -331,16 +209,17 @@ class LockFile:
         _disk.release(hold, self._stale_after)
         return False
 
-    def _take(self, state: _State, hold: _disk.Hold) -> None:
-        refresher = _Refresher(hold, self._stale_after)
+    def _take(self, state: State, hold: _disk.Hold) -> None:
+        refresher = Refresher(hold, self._stale_after)
         with state.cond:
+            mark_held(state, True)
             state.hold = hold
             state.refresher = refresher
             state.depth = 1
             state.last_lost = False
 
     def _give_up(
-        self, state: _State, pending: list[_disk.Pending], hold: _disk.Hold | None
+        self, state: State, pending: list[_disk.Pending], hold: _disk.Hold | None
     ) -> None:
         """Undo a failed, cancelled or timed-out acquisition: nothing stays held (L9).
 
@@ -370,7 +249,7 @@ class LockFile:
         """
         state = self._get_state()
         owner = current_owner()
-        t = self._timeout if timeout is None else _check_timeout(timeout)
+        t = self._timeout if timeout is None else check_timeout(timeout)
         deadline = None if t is None else time.monotonic() + t
         with state.cond:
             if state.owner == owner and state.depth:
@@ -385,7 +264,7 @@ class LockFile:
         pending: list[_disk.Pending] = []
         hold = None
         try:
-            backoff = _Backoff()
+            backoff = Backoff()
             while True:
                 hold = self._attempt(state, pending)
                 if hold is not None:
@@ -435,7 +314,7 @@ class LockFile:
         """
         state = self._get_state()
         owner = current_owner()
-        t = self._timeout if timeout is None else _check_timeout(timeout)
+        t = self._timeout if timeout is None else check_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if t is None else time.monotonic() + t
         while True:
@@ -462,7 +341,7 @@ class LockFile:
         pending: list[_disk.Pending] = []
         hold = None
         try:
-            backoff = _Backoff()
+            backoff = Backoff()
             while True:
                 hold = self._attempt(state, pending)
                 if hold is not None:
@@ -499,7 +378,7 @@ class LockFile:
                 state.hold = state.refresher = None
                 state.depth = 0  # the slot stays ours until the file is removed
         if hold is None:
-            if self._forget_inherited(owner):
+            if self._key is not None and forget_inherited(self._key, owner):
                 return
             raise RuntimeError(
                 f"release of {self._path}: the lock is not held by this thread or task"
@@ -514,25 +393,12 @@ class LockFile:
                 _fs.close(hold.fd)
         finally:
             with state.cond:
+                mark_held(state, False)
                 state.last_lost = not removed
                 state.owner = None
                 state.wake()
         if not removed:
             raise LockLost(self._path, "the lock file was reclaimed or replaced by another owner")
-
-    def _forget_inherited(self, owner: object) -> bool:
-        key = self._key
-        if key is None:
-            return False
-        with _registry_lock:
-            n = _inherited.get((key, owner), 0)
-            if n == 0:
-                return False
-            if n == 1:
-                del _inherited[(key, owner)]
-            else:
-                _inherited[(key, owner)] = n - 1
-            return True
 
     def __enter__(self) -> LockFile:
         self.acquire()

@@ -20,25 +20,44 @@ Remove (release by the holder, or reclaim of a stale lock by anyone): never
 
 1. claim the inode: ``link(P, .P.<ino>.claim1)``. The name is fixed by the
    inode number, so of all the processes that want to remove this inode only
-   one can create it; the others get EEXIST. While the claim exists it pins
-   the inode, so the number cannot be reused by another lock file meanwhile.
-2. check: the claim's inode and version (mtime, size) are the ones judged.
-   ``link`` links whatever ``P`` is *now*; if ``P`` was replaced since we
-   looked, the claim names another inode: we unlink our claim name (which
-   takes nothing from anyone) and start over.
-3. ``rename(P, .P.<rand>.del)`` then check that what was renamed is the
+   one can create it; the others get EEXIST and go back to waiting. While the
+   claim exists it pins the inode, so its number cannot be reused meanwhile.
+2. check the claim: same inode and same record bytes as judged, else P was
+   replaced since we looked (``link`` links whatever P is *now*): unlink our
+   claim name, which takes nothing from the new file's owner. Same inode but
+   a new mtime: the owner refreshed, it is alive: drop the claim too.
+3. ``rename(P, .P.<rand>.del)``, then check that what was renamed is the
    claimed inode. Under the protocol it always is: only the claimer of an
-   inode ever moves ``P`` while ``P`` is that inode. If something outside the
-   protocol replaced ``P`` meanwhile, it is linked back (never over an
-   existing ``P``) and nothing is removed.
-4. unlink the ``.del`` name, then the claim.
+   inode ever moves P while P is that inode. If something outside the
+   protocol replaced P meanwhile, it is linked back (never over an existing
+   P) and nothing is removed.
+4. unlink the ``.del`` name, then the claim (and claims of earlier
+   generations, see below).
 
-A claimer that dies between 1 and 4 leaves its claim behind. If ``P`` is
-still there, the next claimer waits until that claim has stood unchanged for
-``stale_after`` seconds and then claims the next generation
-(``.claim2``, ...). A live claimer finishes in microseconds, so only a
-claimer paused for longer than a lease could still be in step 3 then; the
-put-back in step 3 covers it.
+Interleavings (R1, R2 reclaimers of the stale inode i; H its holder):
+
+- R1 and R2 both judged i stale: both link the claim of i; one gets EEXIST
+  and waits. The other removes P; then everybody races ``link(rec, P)``,
+  which exactly one wins. Nobody ever removes a P it did not claim.
+- R2 judged i, then R1 removed i and created j at P before R2 claims: R2's
+  link names j; step 2 sees another inode (or, if j got i's number once i
+  was freed, other record bytes) and drops the name. j is untouched.
+- R2 claims while R1 is between steps 1 and 4: EEXIST, R2 waits.
+- H releases while R1 reclaims it (H stopped refreshing for ``stale_after``,
+  a lease that ran out, L8): both claim i, one wins. If R1 wins, H finds
+  the claim taken or P gone, removes nothing, and raises LockLost. If H
+  wins, R1 finds P gone and tries to create it.
+- H refreshes while R1 claims: R1 sees the new mtime in step 2 and gives up;
+  H's release meanwhile waits for R1's claim to go (it takes microseconds).
+- H lost its lock and a new owner N holds P: H's claim of its own inode
+  number names N's file (another inode): H drops the name and raises
+  LockLost, N's file stays.
+- A claimer dies between steps 1 and 4, leaving its claim: while P is there,
+  the next claimer waits until that claim has stood for ``stale_after`` and
+  claims the next generation (``.claim2``, ...). A live claimer finishes in
+  microseconds, so only one paused for longer than a lease could still be
+  in step 3; the put-back there covers it (the paused one removes nothing).
+  If P is gone already, the claim is just litter; it pins only a dead inode.
 """
 
 from __future__ import annotations
@@ -109,14 +128,15 @@ class Seen:
     ino: int
     mtime_ns: int
     size: int
+    data: bytes | None  # the record's bytes; None for the holder's own look (see release)
     record: _owner.OwnerRecord | None
 
     @property
-    def version(self) -> tuple[int, int, int, int]:
+    def version(self) -> tuple[int, int, int, int, int]:
         # The holder refreshes by touching the file's times (see refresh()):
         # a new mtime is a new version. ctime is not used: claiming (link)
         # changes it without the owner being alive.
-        return (self.dev, self.ino, self.mtime_ns, self.size)
+        return (self.dev, self.ino, self.mtime_ns, self.size, hash(self.data))
 
 
 @dataclass
@@ -223,16 +243,18 @@ def create(path: str, pending: Pending) -> Hold | None:
         if _fs.fstat(pending.fd).st_nlink < 2:
             return None
     st = _fs.fstat(pending.fd)
-    hold = Hold(path, pending.fd, st.st_dev, st.st_ino, pending.token)
-    # The record keeps its name P; the .rec name is not needed any more.
+    return Hold(path, pending.fd, st.st_dev, st.st_ino, pending.token)
+
+
+def drop_name(pending: Pending) -> None:
+    """Remove the ``.rec`` name of a record that is now the lock file (it keeps the name P)."""
     _unlink_quiet(pending.name)
-    return hold
 
 
 # -- look, claim, remove ---------------------------------------------------------------
 
 def inspect(path: str) -> Seen | None:
-    """Read the lock file now; None if there is none."""
+    """Read the lock file (or a claim name) now; None if there is none."""
     try:
         # open() (not stat) also revalidates NFS's attribute cache (close-to-open),
         # so a refresh by a holder on another client is seen.
@@ -244,7 +266,7 @@ def inspect(path: str) -> Seen | None:
         data = _fs.read(fd, _owner.MAX_RECORD + 1)
     finally:
         _fs.close(fd)
-    return Seen(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, _owner.decode(data))
+    return Seen(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, data, _owner.decode(data))
 
 
 def is_stale(seen: Seen, stale_after: float, observer: Observer, now: float) -> bool:
@@ -288,13 +310,21 @@ def _claim(path: str, seen: Seen, stale_after: float, observer: Observer) -> str
                 return _BUSY
             generation += 1
             continue
-        st = _fs.stat(name, follow_symlinks=False)
-        if (st.st_dev, st.st_ino) != (seen.dev, seen.ino):
-            # P was replaced since we looked, so link() named the new inode:
-            # drop our name for it (that takes nothing from its owner).
+        now = inspect(name)
+        if now is None:
+            # A claimer of a later generation finished and removed the
+            # claims of the earlier ones: the inode is gone from P.
+            return _GONE
+        if (now.dev, now.ino) != (seen.dev, seen.ino) or (
+            seen.data is not None and now.data != seen.data
+        ):
+            # P was replaced since we looked, so link() named the new file:
+            # drop our name for it (that takes nothing from its owner). The
+            # content check catches a new file that got the old one's inode
+            # number once the old one was freed (ABA): its record differs.
             _unlink_quiet(name)
             return _GONE
-        if (st.st_mtime_ns, st.st_size) != (seen.mtime_ns, seen.size):
+        if (now.mtime_ns, now.size) != (seen.mtime_ns, seen.size):
             _unlink_quiet(name)  # refreshed since we judged it: its owner is alive
             return _BUSY
         return name
@@ -322,6 +352,12 @@ def _remove_claimed(path: str, dev: int, ino: int, claim: str) -> bool:
         return False
     _unlink_quiet(doomed)
     _unlink_quiet(claim)
+    # Claims of earlier generations on this inode were abandoned by dead
+    # claimers; they name this inode only (while a claim exists its inode
+    # number cannot be reused), so removing them takes nothing from anyone.
+    generation = int(claim.rsplit(".claim", 1)[1])
+    for g in range(1, generation):
+        _unlink_quiet(_claim_name(path, ino, g))
     return True
 
 
@@ -368,7 +404,9 @@ def release(hold: Hold, stale_after: float) -> bool:
     try:
         while True:
             st = _fs.fstat(hold.fd)
-            seen = Seen(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, None)
+            # Our descriptor keeps our inode alive, so no other file can have
+            # its number meanwhile: the inode check alone identifies it.
+            seen = Seen(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, None, None)
             claim = _claim(hold.path, seen, stale_after, observer)
             if claim == _GONE:
                 return False  # reclaimed, maybe held by another owner now: leave it (L8)

@@ -149,10 +149,11 @@ def encode(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, sort_keys=True, separators=(", ", ": ")) + "\n").encode()
 
 
-def _int(value: object, *, optional: bool = False) -> bool:
-    if value is None:
-        return optional
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _nat(value: object) -> int | None:
+    """``value`` if it is a non-negative int (not a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def decode(data: bytes) -> OwnerRecord | None:
@@ -169,22 +170,20 @@ def decode(data: bytes) -> OwnerRecord | None:
         return None
     if not isinstance(obj, dict) or obj.get("racefree") != FORMAT:
         return None
-    pid, host, boot, ns = obj.get("pid"), obj.get("host"), obj.get("boot_id"), obj.get("pid_ns")
-    start, token, created = obj.get("start_time"), obj.get("token"), obj.get("created")
-    if not (_int(pid) and isinstance(pid, int) and pid > 0 and isinstance(host, str)):
+    pid, token = _nat(obj.get("pid")), _nat(obj.get("token"))
+    host, boot = obj.get("host"), obj.get("boot_id")
+    ns, start, created = obj.get("pid_ns"), obj.get("start_time"), obj.get("created")
+    if not pid or token is None or not isinstance(host, str):
         return None
-    if not (boot is None or isinstance(boot, str)) or not _int(ns, optional=True):
+    if not (boot is None or isinstance(boot, str)):
         return None
-    if not _int(start, optional=True) or not _int(token):
+    if (ns is not None and _nat(ns) is None) or (start is not None and _nat(start) is None):
         return None
-    if not isinstance(created, (int, float)) or isinstance(created, bool):
+    if isinstance(created, bool) or not isinstance(created, (int, float)):
         return None
     if not math.isfinite(created):
         return None
-    return OwnerRecord(
-        pid=pid, host=host, boot_id=boot, pid_ns=ns, start_time=start, token=token,  # type: ignore[arg-type]
-        created=float(created),
-    )
+    return OwnerRecord(pid, host, boot, ns, start, token, float(created))
 
 
 def same_locality(rec: OwnerRecord) -> bool:

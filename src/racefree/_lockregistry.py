@@ -11,11 +11,7 @@ closing some other descriptor of the file never drops it (plain POSIX
 ``fcntl`` locks are dropped by any ``close()``, L2), and the kernel releases it
 when the holder dies (kill -9 included).
 
-Waiting for another process is done by a blocking ``flock`` in the kernel,
-never by polling (L4). Where the wait must be bounded (a timeout) or must not
-block the caller (asyncio), the blocking ``flock`` runs in a worker thread on a
-fresh open file description of the same inode; if its caller gave up by the
-time the kernel grants the lock, the worker hands it straight back (L9).
+How owners wait (never by polling) is in ``_lockwait``.
 """
 
 from __future__ import annotations
@@ -23,14 +19,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Callable
 from fcntl import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN
-from typing import Any
 
 from . import _fs
 
@@ -40,20 +33,15 @@ __all__ = [
     "LOCK_SH",
     "LOCK_UN",
     "Entry",
-    "Request",
     "bind",
     "current_owner",
     "forget_inherited",
-    "start_kernel_wait",
+    "open_lock_file",
 ]
 
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _get_ident = threading.get_ident
-
-# Reopening /proc/self/fd/N gives a new open file description of the very
-# inode the entry locks, even if the name was replaced since (see reopen()).
-_PROC_FD = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
 
 
 def current_owner() -> object:
@@ -162,7 +150,7 @@ _dead: collections.deque[Entry] = collections.deque()
 _inherited: dict[tuple[tuple[int, int], object], int] = {}
 
 
-def _open_lock_file(path: str) -> int:
+def open_lock_file(path: str) -> int:
     # O_RDONLY is enough for flock and works on a lock file another user
     # created read-only for us. Created 0o666 & ~umask; never unlinked (L1).
     return _fs.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
@@ -176,7 +164,7 @@ def bind(owner_obj: object, path: str) -> Entry:
     """
     with _registry_lock:
         _reap()
-        fd = _open_lock_file(path)
+        fd = open_lock_file(path)
         try:
             st = _fs.fstat(fd)
         except BaseException:
@@ -234,10 +222,6 @@ def forget_inherited(key: tuple[int, int], owner: object) -> bool:
         return True
 
 
-# Descriptors of workers still waiting in the kernel (closed in a forked child).
-_worker_fds: set[int] = set()
-
-
 def _before_fork() -> None:
     _registry_lock.acquire()
 
@@ -260,8 +244,7 @@ def _after_fork_child() -> None:
     old = list(_registry.values())
     _registry.clear()
     _dead.clear()
-    fds = set(_worker_fds)
-    _worker_fds.clear()
+    fds: set[int] = set()
     for entry in old:
         entry.retired = True
         for owner, n in entry.holders.items():
@@ -282,118 +265,3 @@ os.register_at_fork(
     after_in_parent=_after_fork_parent,
     after_in_child=_after_fork_child,
 )
-
-
-# -- waiting in the kernel in a worker thread ---------------------------------
-
-PENDING, GRANTED, FAILED, ABANDONED = range(4)
-
-
-class Request:
-    """One blocking ``flock`` running in a worker thread for a caller that may give up."""
-
-    __slots__ = ("error", "fd", "lock", "notify", "state")
-
-    def __init__(self, fd: int, notify: Callable[[], None]) -> None:
-        self.lock = threading.Lock()
-        self.fd = fd
-        self.state = PENDING
-        self.error: BaseException | None = None
-        self.notify = notify
-
-    def settle(self) -> int | None:
-        """The caller's side, once it stops waiting: the descriptor now locked, or None.
-
-        None means the caller gave up in time: the worker will hand the lock
-        back if the kernel grants it later. An error of the worker is raised.
-        """
-        with self.lock:
-            if self.state == PENDING:
-                self.state = ABANDONED
-                return None
-            if self.state == GRANTED:
-                return self.fd
-        if self.error is None:  # pragma: no cover - FAILED always carries its error
-            raise RuntimeError("lock worker failed without an error")
-        raise self.error
-
-    def give_back(self) -> None:
-        """Release a lock the caller was granted but no longer wants (cancelled)."""
-        try:
-            _fs.flock(self.fd, LOCK_UN)
-        finally:
-            _fs.close(self.fd)
-
-
-def reopen(entry: Entry) -> int:
-    """A new open file description of the entry's inode.
-
-    The worker must not lock ``entry.fd`` itself: if its caller gave up and it
-    got the lock anyway, unlocking ``entry.fd`` could take the lock from the
-    next owner of this process, who locked through the same description.
-    """
-    if _PROC_FD:
-        try:
-            return _fs.open(f"/proc/self/fd/{entry.fd}", os.O_RDONLY)
-        except OSError:  # pragma: no cover - /proc not mounted: fall back to the name
-            pass
-    fd = _open_lock_file(entry.path)
-    st = _fs.fstat(fd)
-    if (st.st_dev, st.st_ino) != entry.key:
-        _fs.close(fd)
-        raise OSError(errno.ESTALE, "the lock file was replaced while in use", entry.path)
-    return fd
-
-
-def _wait_in_kernel(req: Request, op: int) -> None:
-    try:
-        _fs.flock(req.fd, op)
-        err: BaseException | None = None
-    except BaseException as exc:  # handed to the caller by settle()
-        err = exc
-    with req.lock:
-        _worker_fds.discard(req.fd)
-        if req.state == ABANDONED:
-            # The caller timed out or was cancelled: hand the lock straight
-            # back, so a caller that gave up never holds anything (L9).
-            try:
-                if err is None:
-                    _fs.flock(req.fd, LOCK_UN)
-            finally:
-                _fs.close(req.fd)
-            return
-        if err is None:
-            req.state = GRANTED
-        else:
-            req.state = FAILED
-            req.error = err
-            _fs.close(req.fd)
-    req.notify()
-
-
-def start_kernel_wait(entry: Entry, op: int, notify: Callable[[], None]) -> Request:
-    """Start a worker thread that blocks in ``flock(op)``; ``notify`` is called when it ends."""
-    fd = reopen(entry)
-    req = Request(fd, notify)
-    _worker_fds.add(fd)
-    try:
-        threading.Thread(
-            target=_wait_in_kernel, args=(req, op), name="racefree-lock-wait", daemon=True
-        ).start()
-    except BaseException:
-        _worker_fds.discard(fd)
-        _fs.close(fd)
-        raise
-    return req
-
-
-def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> None:
-    """Resolve ``fut`` from any thread; a closed loop means its waiter is gone."""
-    # RuntimeError: the loop is closed, so nobody awaits the future any more.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_resolve, fut)
-
-
-def _resolve(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_result(None)

@@ -14,7 +14,6 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import _frame, _fs
@@ -25,7 +24,7 @@ from ._logscan import (
     FORMAT,
     MARK_EVERY,
     UNSYNCED,
-    Changed,
+    LogCheck,
     Segment,
     View,
     count,
@@ -44,20 +43,6 @@ T = TypeVar("T")
 
 def _keep(state: Any, record: Any) -> Any:  # check(): decode every record, fold nothing
     return state
-
-
-@dataclass(frozen=True)
-class LogCheck:
-    """What :meth:`AppendLog.check` found. Every count is of records, not lines."""
-
-    path: str
-    segment: int  #: the generation of the active segment file (0 before any compaction)
-    first: int  #: the sequence number of the first record the segment stores
-    snapshot_upto: int | None  #: records before this are in the snapshot; None: no snapshot
-    records: int  #: records after the snapshot: what iterating the log yields
-    next: int  #: ``len(log)``: the sequence number the next record will get
-    size: int  #: bytes of the segment file
-    torn: int  #: bytes of an incomplete last record (0: none); the next append removes them
 
 
 class AppendLog:
@@ -225,7 +210,8 @@ class AppendLog:
             nxt = view.base
             limit = None if tail is not None else _fs.fstat(view.fd).st_size
             tail = [] if tail is None else tail
-            for offset, body, seq in self._frames(view.fd, view.start, view.base, tail, limit):
+            for offset, body, seq, _ in self._frames(view.fd, view.start, view.base, tail,
+                                                     limit):
                 records = decode(self.path, offset, body)
                 for i, record in enumerate(records, seq):
                     if i >= view.upto:
@@ -279,8 +265,8 @@ class AppendLog:
                     if seg is not None and seg.ident == view.ident:
                         first, at = seg.locate(start)
             size = _fs.fstat(view.fd).st_size
-            for offset, body, seq in self._frames(view.fd, at, first, None, size):
-                if seq + count(self.path, offset, body) > start:  # decode only what is yielded
+            for offset, body, seq, n in self._frames(view.fd, at, first, None, size):
+                if seq + n > start:  # decode only what is yielded
                     for i, record in enumerate(decode(self.path, offset, body), seq):
                         if i >= start:
                             yield i, record
@@ -409,8 +395,8 @@ class AppendLog:
         return seg
 
     def _frames(self, fd: int, offset: int, seq: int, tail: list[_frame.Reader] | None = None,
-                limit: int | None = None) -> Iterator[tuple[int, bytes, int]]:
-        """``(offset, body, sequence number of its first record)`` of each valid frame.
+                limit: int | None = None) -> Iterator[tuple[int, bytes, int, int]]:
+        """``(offset, body, sequence number of its first record, records)`` of each valid frame.
 
         Reads without the lock; damage seen that way is looked at again under
         the lock (a writer may have been rewriting a torn tail), where it
@@ -422,33 +408,20 @@ class AppendLog:
         try:
             for frames in reader:
                 for offset, body in frames:
-                    yield offset, body, seq
-                    seq += count(self.path, offset, body)
+                    n = count(self.path, offset, body)
+                    yield offset, body, seq, n
+                    seq += n
         except _frame.Suspect:
             with self._lock:  # collect the rest under the lock; yield it after releasing
                 reader = _frame.Reader(self.path, fd, reader.end, confirmed=True, limit=limit,
                                        proves=synced)
                 rest = [frame for frames in reader for frame in frames]
             for offset, body in rest:
-                yield offset, body, seq
-                seq += count(self.path, offset, body)
+                n = count(self.path, offset, body)
+                yield offset, body, seq, n
+                seq += n
         if tail is not None:
             tail.append(reader)
 
     def _open_view(self, *, state: bool) -> View | None:
-        """Open the active segment for one read, with its snapshot; None if there is no log.
-
-        Lock-free: the snapshot is written before the segment it goes with is
-        renamed into place, so if the file opened is still the active one after
-        the snapshot was read, the two belong together. After three switches
-        in a row (compactions back to back) it takes the lock.
-        """
-        for attempt in range(4):
-            try:
-                if attempt < 3:
-                    return open_view(self.path, self._snapshot_path, state=state)
-                with self._lock:
-                    return open_view(self.path, self._snapshot_path, state=state)
-            except Changed:
-                continue
-        raise CorruptFileError(self.path, "the log file is being replaced by something else")
+        return open_view(self.path, self._snapshot_path, self._lock, state=state)

@@ -32,13 +32,14 @@ import os
 import struct
 import threading
 import weakref
-import zlib
 from collections.abc import Callable, Iterable
 from mmap import mmap
 from typing import Any, Literal
 
 from racefree import _fs
+from racefree import _loghandler_gzip as _gzip
 from racefree._errors import DurabilityError
+from racefree._loghandler_finish import _NULL, RotationFinisher, _Finish
 
 __all__ = ["Durable", "SharedFileHandler"]
 
@@ -58,9 +59,13 @@ _CONTROL_SIZE = 64
 
 # Read access too: the torn-tail repair and the compression read through it.
 _DONE = struct.Struct("<QQ")  # dirty and size, cleared and advanced together
+_unpack_hot = _HOT.unpack_from
+_pack_u64 = _U64.pack_into
+_pack_done = _DONE.pack_into
+_LOCK_EX = fcntl.LOCK_EX
+_LOCK_UN = fcntl.LOCK_UN
 
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT
-_COPY_CHUNK = 1 << 20
 
 # Live handlers, so that a forked child can drop the descriptors it inherited.
 _LIVE: weakref.WeakSet[SharedFileHandler] = weakref.WeakSet()
@@ -83,17 +88,7 @@ def _exists(path: str) -> bool:
     return True
 
 
-class _Finish:
-    """Work left after a rotation, done by the rotating process outside the write lock."""
-
-    __slots__ = ("fd", "path")
-
-    def __init__(self, fd: int, path: str) -> None:
-        self.fd = fd  # the rotated file, still open
-        self.path = path  # the name it was rotated to
-
-
-class SharedFileHandler(_stdlib_logging.Handler):
+class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
     """Base of the racefree handlers: appends whole records under the shared write lock.
 
     Subclasses decide when to rotate (:meth:`_should_rotate_locked`) and how
@@ -137,7 +132,10 @@ class SharedFileHandler(_stdlib_logging.Handler):
         self._fd = -1
         self._gen = -1
         self._failed: DurabilityError | None = None
-        self._finish: list[_Finish] = []
+        # A file smaller than this, plus the record, is never rotated: lets the
+        # hot path skip the subclass's decision (0: always ask it).
+        self._rotate_floor: float = 0
+        self._finish: list[_Finish | _gzip.Claim] = []
         self._finish_mutex = threading.Lock()
         _LIVE.add(self)
         if not delay:
@@ -157,6 +155,7 @@ class SharedFileHandler(_stdlib_logging.Handler):
             _fs.close(fd)
             raise
         self._lock_fd = fd
+        _LIVE.add(self)  # again after a close(): a record reopens, fork must still be safe
         if not self.delay:
             # Shared is enough: only a rotation (exclusive) changes what the path names.
             _fs.flock(fd, fcntl.LOCK_SH)
@@ -176,6 +175,10 @@ class SharedFileHandler(_stdlib_logging.Handler):
             _fs.close(fd)
         self._fd = _fs.open(self.baseFilename, _OPEN_FLAGS, 0o666)
         self._gen = gen
+        if self.durable == "record":
+            # The file may be new (a rotation, or the first record): its name
+            # must be durable before a record in it is called durable (W2).
+            self._sync(_fs.fsync_dir, self._dir, self._dir)
 
     def _sync_size_locked(self) -> int:
         """Store the file's real size in the control block (after a reopen, repair, rotation).
@@ -223,6 +226,12 @@ class SharedFileHandler(_stdlib_logging.Handler):
         self._gen = -1
         self._control = None
         # The parent finishes its own rotations; the child must not compress them twice.
+        for job in self._finish:
+            with contextlib.suppress(OSError):
+                if isinstance(job, _gzip.Claim):
+                    job.release()  # the parent's claim: its flock stays with the parent
+                else:
+                    _fs.close(job.fd)
         self._finish = []
         self._finish_mutex = threading.Lock()
 
@@ -243,7 +252,8 @@ class SharedFileHandler(_stdlib_logging.Handler):
         fsync every later record fails with the same :class:`DurabilityError`.
         """
         try:
-            self._append(self.format_bytes(record), record)
+            text = self.format(record) + self.terminator
+            self._append(text.encode(self.encoding, self.errors or "strict"), record)
         except RecursionError:  # the stdlib handlers let this one through too
             raise
         except Exception:
@@ -257,35 +267,43 @@ class SharedFileHandler(_stdlib_logging.Handler):
         """
         rv = super().handle(record)
         if self._finish:
-            self._run_finish()
+            try:
+                self._run_finish()
+            except Exception:
+                self.handleError(record)  # as for emit: a handler never raises into the caller
         return rv
 
     def _append(self, data: bytes, record: _stdlib_logging.LogRecord | None) -> None:
         if self._failed is not None:
             raise self._failed
-        if self._lock_fd < 0:
-            self._open_shared()
-        lock_fd = self._lock_fd
         control = self._control
-        assert control is not None
+        if control is None:
+            self._open_shared()
+            control = self._control
+            assert control is not None
+        lock_fd = self._lock_fd
         n = len(data)
-        _fs.flock(lock_fd, fcntl.LOCK_EX)
+        _fs.flock(lock_fd, _LOCK_EX)
         try:
-            size = self._enter_locked()
-            if self._should_rotate_locked(size, n, record):
+            # Three fields in one read of shared memory, instead of a stat() of
+            # the path and an fstat() of the descriptor per record.
+            gen, dirty, size = _unpack_hot(control, 0)
+            if gen != self._gen or dirty or self._fd < 0:
+                size = self._enter_locked()
+            if size + n >= self._rotate_floor and self._should_rotate_locked(size, n, record):
                 self._rotate_locked()
                 size = self._sync_size_locked()
             # A SIGKILL can stop a large write(2) between pages; the next holder
             # sees this mark and ends the torn record with a newline, so that
             # the records after it still start on a line of their own.
-            _U64.pack_into(control, _OFF_DIRTY, size + n)
+            _pack_u64(control, _OFF_DIRTY, size + n)
             fd = self._fd
             written = _fs.write(fd, data)
             if written != n:  # a short write (W6): finish it, still under the lock
                 _fs.write_all(fd, memoryview(data)[written:])
-            _DONE.pack_into(control, _OFF_DIRTY, 0, size + n)
+            _pack_done(control, _OFF_DIRTY, 0, size + n)
         finally:
-            _fs.flock(lock_fd, fcntl.LOCK_UN)
+            _fs.flock(lock_fd, _LOCK_UN)
         if self.durable == "record":
             # Outside the lock: if another process rotates meanwhile, ``fd``
             # still names the inode this record went to.
@@ -355,80 +373,6 @@ class SharedFileHandler(_stdlib_logging.Handler):
         """Where a file rotated to ``path`` may be now (later rotations shift backups)."""
         return (path,)
 
-    # -- after a rotation, outside the lock -------------------------------
-    def _run_finish(self) -> None:
-        with self._finish_mutex:
-            jobs, self._finish = self._finish, []
-        for job in jobs:
-            try:
-                self._finish_one(job)
-            finally:
-                _fs.close(job.fd)
-
-    def _finish_one(self, job: _Finish) -> None:
-        if self.durable:
-            # The rotated file's last records, then the renames (pitfall W2).
-            self._sync(_fs.fsync, job.fd, job.path)
-            self._sync(_fs.fsync_dir, self._dir, self._dir)
-        if self.compress:
-            self._compress(job)
-
-    def _compress(self, job: _Finish) -> None:
-        """Gzip a rotated file into ``<backup>.gz`` without holding the write lock.
-
-        Only the process that rotated knows the file and does this, once. It
-        reads through the descriptor it still holds (the name may shift
-        meanwhile), writes a private temp file, then, under the lock for two
-        renames, puts the ``.gz`` where the backup is now and removes the plain
-        backup. A crash leaves either the plain backup or the ``.gz``; never
-        neither. A custom ``rotator`` is not combined with this.
-        """
-        ino = _fs.fstat(job.fd).st_ino
-        tmp = os.path.join(self._dir, f".{os.path.basename(job.path)}.{ino}.gz.tmp")
-        out = _fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _fs.O_NOFOLLOW, 0o666)
-        try:
-            packer = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip container
-            offset = 0
-            while True:
-                block = _fs.pread(job.fd, _COPY_CHUNK, offset)
-                if not block:
-                    break
-                offset += len(block)
-                _fs.write_all(out, packer.compress(block))
-            _fs.write_all(out, packer.flush())
-            if self.durable:
-                self._sync(_fs.fsync, out, tmp)
-        except BaseException:
-            _fs.close(out)
-            _fs.unlink(tmp)
-            raise
-        _fs.close(out)
-        placed = False
-        # The handler's thread lock first: flock cannot exclude another thread
-        # of this process (one open file description), and its unlock here
-        # would release the lock under a thread in the middle of a record.
-        with self.lock if self.lock is not None else _NULL:
-            if self._lock_fd < 0:  # pragma: no cover - closed meanwhile
-                self._open_shared()
-            _fs.flock(self._lock_fd, fcntl.LOCK_EX)
-            try:
-                for path in self._rotated_candidates(job.path):
-                    try:
-                        if _fs.stat(path).st_ino != ino:
-                            continue
-                    except FileNotFoundError:
-                        continue
-                    _fs.replace(tmp, path + ".gz")
-                    _fs.unlink(path)
-                    placed = True
-                    break
-                if not placed:  # the backup was deleted (backup_count) meanwhile
-                    _fs.unlink(tmp)
-            finally:
-                _fs.flock(self._lock_fd, fcntl.LOCK_UN)
-        if placed and self.durable:
-            self._sync(_fs.fsync_dir, self._dir, self._dir)
-
     # -- the rest of the Handler API --------------------------------------
     def doRollover(self) -> None:
         """Rotate now (under the write lock; a no-op for an empty file)."""
@@ -467,14 +411,3 @@ class SharedFileHandler(_stdlib_logging.Handler):
     def __repr__(self) -> str:
         level = _stdlib_logging.getLevelName(self.level)
         return f"<{type(self).__name__} {self.baseFilename} ({level})>"
-
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NULL = _NullContext()

@@ -68,19 +68,40 @@ class RotatingFileHandler(SharedFileHandler):
         durable: Durable = False,
         compress: bool = False,
     ) -> None:
-        self.maxBytes = _pick("max_bytes", maxBytes, max_bytes)
-        self.backupCount = _pick("backup_count", backupCount, backup_count)
+        limit = _pick("max_bytes", maxBytes, max_bytes)  # checked before opening anything
+        count = _pick("backup_count", backupCount, backup_count)
         super().__init__(
             filename, mode, encoding, delay, errors, durable=durable, compress=compress
         )
+        self._max_bytes = limit
+        self._backup_count = count
+        self._set_floor()
+
+    def _set_floor(self) -> None:
+        rotates = self._max_bytes > 0 and self._backup_count > 0
+        self._rotate_floor = self._max_bytes if rotates else float("inf")
+
+    # The stdlib's attribute names, settable after construction as there.
+    @property
+    def maxBytes(self) -> int:
+        return self._max_bytes
+
+    @maxBytes.setter
+    def maxBytes(self, value: int) -> None:
+        self._max_bytes = _pick("max_bytes", value, _UNSET)
+        self._set_floor()
 
     @property
-    def max_bytes(self) -> int:
-        return self.maxBytes
+    def backupCount(self) -> int:
+        return self._backup_count
 
-    @property
-    def backup_count(self) -> int:
-        return self.backupCount
+    @backupCount.setter
+    def backupCount(self, value: int) -> None:
+        self._backup_count = _pick("backup_count", value, _UNSET)
+        self._set_floor()
+
+    max_bytes = maxBytes
+    backup_count = backupCount
 
     def shouldRollover(self, record: _stdlib_logging.LogRecord) -> bool:
         """Whether ``record`` would make the current file reach ``maxBytes`` (a hint only:
@@ -137,8 +158,12 @@ class RotatingFileHandler(SharedFileHandler):
                 present.discard(src + e)
                 present.add(dst + e)
         dest = self._backup_name(1)
-        if self.compress and self._present(dest + ".gz", present):
-            _fs.unlink(dest + ".gz")
+        if self.compress:
+            if self._present(dest + ".gz", present):
+                _fs.unlink(dest + ".gz")
+            # Before app.log becomes a backup: it is ours to compress, not the sweep's.
+            plain = [p for p in self._rotated_candidates(dest) if self._present(p, present)]
+            self._sweep_locked((os.path.basename(p) for p in present), plain)
         try:
             self.rotate(self.baseFilename, dest)
         except FileNotFoundError:
@@ -153,10 +178,13 @@ class RotatingFileHandler(SharedFileHandler):
 
     def _rotated_candidates(self, path: str) -> Iterator[str]:
         # Backups fill slots 1, 2, ... without gaps (a shift stops at the first
-        # free slot), so the search ends at the first empty slot.
+        # free slot), so the search ends at the first empty slot; slot 1 is
+        # empty for a moment in the middle of a rotation (the sweep runs then).
         present = {os.path.join(self._dir, n) for n in _fs.listdir(self._dir)}
         for i in range(1, self.backupCount + 1):
             name = self._backup_name(i)
             if not (self._present(name, present) or self._present(name + ".gz", present)):
+                if i == 1:
+                    continue
                 return
             yield name

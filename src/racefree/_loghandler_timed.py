@@ -8,6 +8,7 @@ import logging.handlers as _stdlib_handlers
 import os
 import re
 import time
+from collections.abc import Iterable
 from typing import Any, cast
 
 from racefree import _fs
@@ -157,6 +158,11 @@ class TimedRotatingFileHandler(SharedFileHandler):
         while any(os.path.basename(dest) + e in present for e in ("", ".gz")):
             n += 1  # never overwrite an older backup
             dest = self.rotation_filename(f"{base}.{n}")
+        if self.compress:
+            # Before app.log becomes a backup: it is ours to compress, not the sweep's.
+            plain = [os.path.join(self._dir, e) for e in self._backups(present) if
+                     not e.endswith(".gz")]
+            self._sweep_locked(present, plain)
         try:
             self.rotate(self.baseFilename, dest)
         except FileNotFoundError:
@@ -168,12 +174,11 @@ class TimedRotatingFileHandler(SharedFileHandler):
             for path in self.getFilesToDelete():
                 _fs.unlink(path)
 
-    def getFilesToDelete(self) -> list[str]:
-        """The oldest backups beyond ``backupCount`` (plain or ``.gz``), by name order."""
-        name = os.path.basename(self.baseFilename)
-        prefix = name + "."
+    def _backups(self, listing: Iterable[str]) -> list[str]:
+        """The names in ``listing`` that are backups of this log (plain or ``.gz``)."""
+        prefix = os.path.basename(self.baseFilename) + "."
         found = []
-        for entry in _fs.listdir(self._dir):
+        for entry in listing:
             if not entry.startswith(prefix):
                 continue
             rest = entry[len(prefix):]
@@ -181,6 +186,11 @@ class TimedRotatingFileHandler(SharedFileHandler):
                 rest = rest[:-3]
             if self.extMatch.match(rest):
                 found.append(entry)
+        return found
+
+    def getFilesToDelete(self) -> list[str]:
+        """The oldest backups beyond ``backupCount`` (plain or ``.gz``), by name order."""
+        found = self._backups(_fs.listdir(self._dir))
         # A backup and its ".gz" twin (mid-compression) count once.
         stems = sorted({e[:-3] if e.endswith(".gz") else e for e in found})
         doomed = set(stems[: max(0, len(stems) - self.backupCount)])

@@ -25,13 +25,15 @@ from __future__ import annotations
 import json
 import os
 from bisect import bisect_right
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import _frame, _fs
 from ._errors import CorruptFileError, FormatError
 
 __all__ = [
-    "FORMAT", "MARK_EVERY", "UNSYNCED", "Changed", "Segment", "Snapshot", "View", "count",
+    "FORMAT", "MARK_EVERY", "UNSYNCED", "LogCheck", "Segment", "Snapshot", "View", "count",
     "decode", "dumps", "header", "open_view", "read_header", "read_snapshot", "synced",
 ]
 
@@ -128,6 +130,20 @@ def read_header(head: bytes, path: str = "log") -> tuple[int, int, int] | None:
     return meta[0], meta[1], got[1]
 
 
+@dataclass(frozen=True)
+class LogCheck:
+    """What :meth:`AppendLog.check` found. Every count is of records, not lines."""
+
+    path: str
+    segment: int  #: the generation of the active segment file (0 before any compaction)
+    first: int  #: the sequence number of the first record the segment stores
+    snapshot_upto: int | None  #: records before this are in the snapshot; None: no snapshot
+    records: int  #: records after the snapshot: what iterating the log yields
+    next: int  #: ``len(log)``: the sequence number the next record will get
+    size: int  #: bytes of the segment file
+    torn: int  #: bytes of an incomplete last record (0: none); the next append removes them
+
+
 class Snapshot(NamedTuple):
     gen: int
     upto: int  # the records before this one are folded into `state`
@@ -176,18 +192,32 @@ class View(NamedTuple):
     snapshot: Snapshot | None
 
 
-class Changed(Exception):
+class _Changed(Exception):
     """The segment was switched while a view was being opened: try again."""
 
 
-def open_view(path: str, snapshot_path: str, *, state: bool) -> View | None:
+def open_view(path: str, snapshot_path: str, lock: AbstractContextManager[object], *,
+              state: bool) -> View | None:
     """Open the active segment and read its snapshot; None if there is no log.
 
     Lock-free and consistent: compaction writes the snapshot before it renames
     the new segment into place, so if the file opened here is still the active
-    one after the snapshot was read, the two belong together. Raises
-    :class:`Changed` if it is not (the caller tries again).
+    one after the snapshot was read, the two belong together; if not, it tries
+    again. After three switches in a row (compactions back to back) it takes
+    ``lock``, the writers' lock.
     """
+    for attempt in range(4):
+        try:
+            if attempt < 3:
+                return _try_view(path, snapshot_path, state)
+            with lock:
+                return _try_view(path, snapshot_path, state)
+        except _Changed:
+            continue
+    raise CorruptFileError(path, "the log file is being replaced by something else")
+
+
+def _try_view(path: str, snapshot_path: str, state: bool) -> View | None:
     try:
         fd = _fs.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -202,9 +232,9 @@ def open_view(path: str, snapshot_path: str, *, state: bool) -> View | None:
         try:
             now = _fs.stat(path)
         except FileNotFoundError:
-            raise Changed from None
+            raise _Changed from None
         if (now.st_dev, now.st_ino) != ident:
-            raise Changed
+            raise _Changed
         upto = 0 if snap is None else snap.upto
         if upto < base:
             raise CorruptFileError(path, f"records {upto} to {base - 1} are neither in the log "

@@ -85,7 +85,7 @@ class _Writer:
         size = max(self.seg_size, need + SEG_HEADER.size)
         seg = self.next
         self.next += 1
-        fd = create_segment(self.core.dir, seg, size, zero_fill=self.core.durable)
+        fd = create_segment(self.core.dir, seg, size, zero_fill=True)
         self.st.fds[seg] = fd
         self.st.maps[seg] = _fs.mmap(fd, size)
         self.st.segs.append(seg)

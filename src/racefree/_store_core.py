@@ -144,33 +144,46 @@ class Core:
 
     # -- opening -----------------------------------------------------------------
     def _open(self) -> None:
+        """Open the files; rebuild the shared header if no other process has the store open.
+
+        Every open handle holds a shared flock on ``store.shm``. An exclusive try
+        that succeeds means nobody else has the store open: the header may be stale
+        (power loss) or half-written (a crash), so it is rebuilt from the segments
+        under the write lock. Otherwise the header is live and the index is read
+        without the write lock, so opening (and a forked child's reopen) never
+        waits for a writer, nor for a parent that holds the lock.
+        """
         with contextlib.suppress(FileExistsError):
             _fs.mkdir(self.dir)
         flags = os.O_RDWR | os.O_CREAT | _fs.O_NOFOLLOW
         self.lock_fd = _fs.open(os.path.join(self.dir, LOCK), flags, 0o666)
         try:
             self.sync_fd = _fs.open(os.path.join(self.dir, SYNC_LOCK), flags, 0o666)
+            self.shm_fd, self.shm = open_shm(self.dir)
+            self.words = memoryview(self.shm).cast("Q")
+            try:
+                _fs.flock(self.shm_fd, _EX | _NB)
+                first = True
+            except BlockingIOError:
+                first = False
+            if not first:
+                _fs.flock(self.shm_fd, _SH)  # waits while a first opener rebuilds
+                if self.words[W_MAGIC] == SHM_MAGIC:
+                    self.state = self.load()
+                    return
             _fs.flock(self.lock_fd, _EX)
             try:
-                self.shm_fd, self.shm = open_shm(self.dir)
-                self.words = memoryview(self.shm).cast("Q")
                 self._create_if_new()
-                try:
-                    _fs.flock(self.shm_fd, _EX | _NB)
-                    first = True
-                except BlockingIOError:
-                    first = False
                 if first:
-                    # Nobody else has the store open: the shared header may be
-                    # stale (power loss) or half-written (a crash): rebuild it.
-                    self.words[W_MAGIC] = 0
                     self.words[W_POISON] = 0
-                    state = self.rebuild_locked()
-                    self.words[W_MAGIC] = SHM_MAGIC
-                _fs.flock(self.shm_fd, _SH)
+                self.words[W_MAGIC] = 0
+                state = self.rebuild_locked()
+                self.words[W_MAGIC] = SHM_MAGIC
+                if first:
+                    _fs.flock(self.shm_fd, _SH)
             finally:
                 _fs.flock(self.lock_fd, _UN)
-            self.state = state if first else self.load()
+            self.state = state
         except BaseException:
             self._close_fds()
             raise
@@ -185,7 +198,7 @@ class Core:
             from ._errors import FormatError
 
             raise FormatError(self.dir, "not a racefree store (no MANIFEST), and not empty")
-        fd = create_segment(self.dir, 1, self.first_size(0), zero_fill=self.durable)
+        fd = create_segment(self.dir, 1, self.first_size(0), zero_fill=True)
         _fs.close(fd)
         write_manifest(self.dir, 0, [1])
 
@@ -451,7 +464,7 @@ class Core:
         # small on disk and a large one rolls rarely.
         grown = min(self.segment_size, 2 * len(st.maps[st.segs[-1]]))
         size = max(grown, need + SEG_HEADER.size)
-        fd = create_segment(self.dir, new, size, zero_fill=self.durable)
+        fd = create_segment(self.dir, new, size, zero_fill=True)
         try:
             mm = _fs.mmap(fd, size)
             # The manifest names the segment before any process is told to use it.
@@ -475,6 +488,21 @@ class Core:
         w[W_END] = endw
         st.end = endw
 
+    def _sync_segment(self, fd: int, seg: int) -> None:
+        if fd >= 0:
+            fdatasync(fd, self._path(seg))
+            return
+        # Not in this handle's state (closed meanwhile, or rolled by another
+        # process after our write): sync the file by name.
+        try:
+            fd = _fs.open(self._path(seg), os.O_RDWR | _fs.O_NOFOLLOW)
+        except FileNotFoundError:
+            return  # an orphan number: never named by the manifest, nothing to sync
+        try:
+            fdatasync(fd, self._path(seg))
+        finally:
+            _fs.close(fd)
+
     def sync(self, endw: int) -> None:
         """Group commit: return once every byte before ``endw`` is fdatasynced.
 
@@ -492,20 +520,23 @@ class Core:
                     return
                 if self.poisoned or w[W_POISON]:
                     raise DurabilityError(self.dir, errno.EIO, "an earlier fdatasync failed")
-                target = w[W_END]
+                # Everything published before this load was written before it: one
+                # fdatasync covers every writer that published so far (group commit).
+                target = max(w[W_END], endw)
                 st = self.state
-                if (target >> 40) not in st.fds:
-                    target = endw
-                first = w[W_SYNCED] >> 40
-                for seg in st.segs:
-                    if first <= seg <= target >> 40:
-                        try:
-                            fdatasync(st.fds[seg], self._path(seg))
-                        except DurabilityError:
-                            # W7: never retried; no process writes to this store again.
-                            self.poisoned = True
-                            w[W_POISON] = 1
-                            raise
+                # W_SYNCED < endw: no compaction ran since our write (it would have
+                # set W_SYNCED past it), so these segments all still exist.
+                for seg in range(w[W_SYNCED] >> 40, (target >> 40) + 1):
+                    fd = st.fds.get(seg, -1)
+                    if fd < 0 and seg != target >> 40 and seg not in st.segs:
+                        continue  # a number no segment of this generation has
+                    try:
+                        self._sync_segment(fd, seg)
+                    except DurabilityError:
+                        # W7: never retried; no process writes to this store again.
+                        self.poisoned = True
+                        w[W_POISON] = 1
+                        raise
                 if target > w[W_SYNCED]:
                     w[W_SYNCED] = target
             finally:

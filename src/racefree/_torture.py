@@ -43,6 +43,7 @@ class Options:
     seed: int | None = None
     kinds: tuple[str, ...] = KINDS
     keep: bool = False
+    url: str | None = None  # postgresql://: the store and lock kinds run against it
 
 
 @dataclasses.dataclass
@@ -108,7 +109,7 @@ class _AckCounter:
         return self.acked
 
 
-def _start(proc: _Proc, root: str, deadline: float, seed: int, kinds: str) -> None:
+def _start(proc: _Proc, root: str, deadline: float, seed: int, kinds: str, url: str) -> None:
     proc.incarnation += 1
     err_path = os.path.join(root, "acks", f"w{proc.wid}.{proc.incarnation:05d}.err")
     err = _fs.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -117,7 +118,7 @@ def _start(proc: _Proc, root: str, deadline: float, seed: int, kinds: str) -> No
     try:
         proc.popen = subprocess.Popen(
             [sys.executable, "-m", "racefree._torture_worker", root, str(proc.wid),
-             str(proc.incarnation), repr(deadline), str(seed), kinds],
+             str(proc.incarnation), repr(deadline), str(seed), kinds, url],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
         )
     finally:
@@ -149,6 +150,12 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
     shutil.rmtree(probe_dir)
 
     kinds = ",".join(opts.kinds)
+    url = opts.url or ""
+    if url:
+        from ._pg import is_pg_url
+
+        if not is_pg_url(url):
+            raise ValueError(f"--url must be a postgresql:// URL, not {url!r}")
     start = time.monotonic()
     deadline_wall = time.time() + opts.seconds
     procs = [_Proc(w) for w in range(opts.processes)]
@@ -156,16 +163,17 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
     kills = restarts = 0
     try:
         for p in procs:
-            _start(p, root, deadline_wall, seed, kinds)
+            _start(p, root, deadline_wall, seed, kinds, url)
         next_kill = _next(rng, opts.kill_interval)
         while True:
             elapsed = time.monotonic() - start
             if elapsed >= opts.seconds:
                 break
             for p in procs:  # a worker that died on its own (an exception) is restarted
-                if p.popen is not None and p.popen.poll() is not None and time.time() < deadline_wall:
+                died = p.popen is not None and p.popen.poll() is not None
+                if died and time.time() < deadline_wall:
                     restarts += 1
-                    _start(p, root, deadline_wall, seed, kinds)
+                    _start(p, root, deadline_wall, seed, kinds, url)
             if elapsed >= next_kill:
                 victim = rng.choice(procs)
                 assert victim.popen is not None
@@ -173,7 +181,7 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
                     victim.popen.send_signal(signal.SIGKILL)
                     victim.popen.wait()
                     kills += 1
-                _start(victim, root, deadline_wall, seed, kinds)
+                _start(victim, root, deadline_wall, seed, kinds, url)
                 next_kill = elapsed + _next(rng, opts.kill_interval)
             if show is not None:
                 show(Progress(elapsed, opts.seconds, counter.poll(), kills, restarts))
@@ -195,7 +203,7 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
                 p.popen.wait()
     if show is not None:
         show(Progress(opts.seconds, opts.seconds, counter.poll(), kills, restarts))
-    rows = verify(root, list(opts.kinds), opts.processes)
+    rows = verify(root, list(opts.kinds), opts.processes, url)
     rows.insert(0, _check_files(root))
     if restarts:
         rows[-1].problems.append(f"{restarts} workers exited on their own (see acks/*.err)")

@@ -134,6 +134,7 @@ def probe_flock(root: str) -> list[Probe]:
         free = _child(_TRY_FLOCK, path)
     finally:
         _fs.close(fd)
+        _fs.unlink(path)
     ok = held == "refused" and free == "acquired"
     detail = "excludes other processes" if ok else (
         f"while held another process got: {held!r}; once free: {free!r}")

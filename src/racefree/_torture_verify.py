@@ -19,6 +19,7 @@ one operation of an incarnation in flight. The checks are exact bounds:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections import defaultdict
 from typing import Any
@@ -61,7 +62,7 @@ def read_acks(ack_dir: str) -> Acks:
         if not name.startswith("w") or name.endswith(".err"):
             continue
         wid = int(name[1:].split(".")[0])
-        ops[wid]  # noqa: B018 - a worker with no operation still exists
+        ops[wid]
         raw = _fs.read_file(os.path.join(ack_dir, name)).decode(errors="replace")
         for line in raw.split("\n")[:-1]:  # a line without its newline was never written
             tag, _, rest = line.partition(" ")
@@ -100,20 +101,20 @@ def _last_write(row: Row, what: str, actual: Any, ops: list[Op], result: Any) ->
         row.problems.append(f"{what} is {actual!r}, allowed {allowed[:6]!r}")
 
 
-def verify(root: str, kinds: list[str], workers: int) -> list[Row]:
-    """Check the final state in ``root``; one row per kind of check."""
+def verify(root: str, kinds: list[str], workers: int, url: str = "") -> list[Row]:
+    """Check the final state in ``root`` (and at ``url``); one row per kind of check."""
     acks = read_acks(os.path.join(root, "acks"))
     wids = range(workers)
     rows: list[Row] = []
     if "json" in kinds:
         rows.append(_json(root, acks, wids))
     if any(k.startswith("store.") for k in kinds):
-        rows += _store(root, acks, wids, kinds)
+        rows += _store(root, acks, wids, kinds, url)
     if "log" in kinds:
         rows.append(_log(root, acks, wids))
     for kind in ("flock", "lockfile"):
         if kind in kinds:
-            rows.append(_lock(root, acks, wids, kind))
+            rows.append(_lock(root, acks, wids, kind, url))
     notes = Row("workers: no exception, nothing seen inside")
     for wid, lines in sorted(acks.notes.items()):
         notes.problems += [f"worker {wid}: {line}" for line in lines]
@@ -140,11 +141,17 @@ def _json(root: str, acks: Acks, wids: range) -> Row:
     return row
 
 
-def _store(root: str, acks: Acks, wids: range, kinds: list[str]) -> list[Row]:
-    from ._store import Store
+def _store(root: str, acks: Acks, wids: range, kinds: list[str], url: str) -> list[Row]:
+    if url:
+        from ._torture_worker import pg_object
 
-    opened = Row("Store opens and check() passes")
-    store = _guard(opened, Store, os.path.join(root, "store"))
+        opened = Row("PgStore opens and check() passes")
+        store = _guard(opened, pg_object, url, "store", root)
+    else:
+        from ._store import Store
+
+        opened = Row("Store opens and check() passes")
+        store = _guard(opened, Store, os.path.join(root, "store"))
     if store is None:
         return [opened]
     try:
@@ -209,8 +216,8 @@ def _log(root: str, acks: Acks, wids: range) -> Row:
     return row
 
 
-def _lock(root: str, acks: Acks, wids: range, kind: str) -> Row:
-    label = "FileLock" if kind == "flock" else "LockFile"
+def _lock(root: str, acks: Acks, wids: range, kind: str, url: str = "") -> Row:
+    label = "LockFile" if kind == "lockfile" else ("PgLock" if url else "FileLock")
     row = Row(f"{label}: one holder at a time")
     holds: list[tuple[int, int, int, Op]] = []  # (enter, exit or -1, worker, op)
     ops_all: list[Op] = []
@@ -230,7 +237,7 @@ def _lock(root: str, acks: Acks, wids: range, kind: str) -> Row:
             last_end, last_who = leave, wid
     if kind == "lockfile":
         tokens = [int(h[3].begin[1]) for h in holds if len(h[3].begin) > 1]
-        if any(b <= a for a, b in zip(tokens, tokens[1:])):
+        if any(b <= a for a, b in itertools.pairwise(tokens)):
             row.problems.append("fencing tokens did not grow with every hold")
     raw = _guard(row, _fs.read_file, os.path.join(root, f"{kind}.count"))
     if raw is not None or not ops_all:

@@ -37,7 +37,7 @@ KINDS = (
     "log", "flock", "lockfile",
 )
 #: Relative frequencies: compaction is rare, everything else is equally likely.
-WEIGHTS = {"store.compact": 0.15}
+WEIGHTS = {"store.compact": 0.05}
 LOCK_TIMEOUT = 60.0
 
 
@@ -81,8 +81,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Worker:
-    def __init__(self, root: str, wid: int, incarnation: int, seed: int, kinds: list[str]) -> None:
+    def __init__(
+        self, root: str, wid: int, incarnation: int, seed: int, kinds: list[str], url: str = ""
+    ) -> None:
         self.root = root
+        self.url = url  # a postgresql:// URL: the store and FileLock kinds run there
         self.wid = wid
         self.rng = random.Random(seed * 1_000_003 + wid * 1009 + incarnation)
         self.kinds = kinds
@@ -101,7 +104,9 @@ class Worker:
         import racefree
 
         p = os.path.join
-        if name == "json":
+        if self.url and name in ("store", "flock"):
+            found = pg_object(self.url, name, self.root)
+        elif name == "json":
             found = racefree.JsonFile(p(self.root, "counter.json"), default={})
         elif name == "store":
             found = racefree.Store(p(self.root, "store"))
@@ -201,9 +206,23 @@ class Worker:
         self.acks.line(f"A {kind} {seq} {time.monotonic_ns()}")
 
 
+def run_name(root: str) -> str:
+    """The name of a run's PostgreSQL store and lock: its directory's name."""
+    return os.path.basename(os.path.normpath(root))
+
+
+def pg_object(url: str, name: str, root: str) -> Any:
+    """The PostgreSQL store, or the lock that stands in for FileLock, of the run in ``root``."""
+    from ._open import open_lock, open_store
+
+    if name == "store":
+        return open_store(url, name=run_name(root))
+    return open_lock(url, run_name(root), timeout=LOCK_TIMEOUT)
+
+
 def main(argv: list[str]) -> int:
-    root, wid, incarnation, deadline, seed, kinds = argv
-    worker = Worker(root, int(wid), int(incarnation), int(seed), kinds.split(","))
+    root, wid, incarnation, deadline, seed, kinds, url = argv
+    worker = Worker(root, int(wid), int(incarnation), int(seed), kinds.split(","), url)
     try:
         worker.run(float(deadline))
     except BaseException as exc:

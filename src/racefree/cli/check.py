@@ -1,4 +1,5 @@
-"""``racefree check PATH [--repair]``: verify a JSON file, a log, a store, or a directory of them."""
+"""``racefree check PATH [--repair]``: verify a JSON file, a log, a store, or a directory of them.
+"""
 
 from __future__ import annotations
 

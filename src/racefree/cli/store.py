@@ -44,23 +44,24 @@ def _copy(words: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.location == "copy" and args.action is not None and not os.path.isdir("copy"):
-        return _copy([args.action, *args.args])
-    action = args.action or "ls"
+    words = list(args.rest)
+    if args.location == "copy" and words and not os.path.isdir("copy"):
+        return _copy(words)
+    action = words.pop(0) if words else "ls"
     if action not in _ACTIONS:
         raise ValueError(f"unknown action {action!r}: use one of {', '.join(_ACTIONS)}, or copy")
-    if len(args.args) != _ARGS[action]:
-        raise ValueError(f"'{action}' takes {_ARGS[action]} argument(s), got {len(args.args)}")
+    if len(words) != _ARGS[action]:
+        raise ValueError(f"'{action}' takes {_ARGS[action]} argument(s), got {len(words)}")
     store = _open(args.location, create=action == "put")
     try:
-        return _ACTION_FUNCS[action](store, *args.args)
+        return int(_ACTION_FUNCS[action](store, *words))
     finally:
         store.close()
 
 
 def _ls(store: Any) -> int:
-    for key in store.keys():
-        print(f"{json.dumps(key)}\tv{store.version(key)}")
+    for key, version, doc in store.items_with_versions():
+        print(f"{json.dumps(key)}\tv{version}\t{len(json.dumps(doc))} bytes")
     return 0
 
 
@@ -126,8 +127,10 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("location", metavar="DIR", help="the store (or 'copy')")
-    parser.add_argument("action", nargs="?", help=f"one of {', '.join(_ACTIONS)} (default ls)")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="ID, or ID JSON for put")
+    parser.add_argument(
+        "rest", nargs=argparse.REMAINDER, metavar="ACTION ...",
+        help=f"one of {', '.join(_ACTIONS)} (default ls), then ID, or ID JSON for put",
+    )
     parser.set_defaults(func=_run_or_keyerror)
 
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from .._torture import Options, Progress, Result, run as run_torture
+from .._torture import Options, Progress, Result
+from .._torture import run as run_torture
 from .._torture_worker import KINDS
 
 __all__ = ["add_parser", "run"]
@@ -39,6 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"comma-separated operation kinds to run (default all: {','.join(KINDS)})",
     )
     p.add_argument("--keep", action="store_true", help="keep the run's directory on success")
+    p.add_argument(
+        "--url", default=None, metavar="POSTGRES_URL",
+        help="run the store and lock kinds against PostgreSQL (open_store/open_lock) "
+        "instead of files in DIR; the JSON file, log and LockFile kinds stay in DIR",
+    )
     p.add_argument("--plain", action="store_true", help="plain progress lines, even with rich")
     p.set_defaults(func=run)
 
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     opts = Options(
         directory=args.directory, processes=args.processes, seconds=args.seconds,
         kill_interval=args.kill_interval, seed=args.seed, kinds=kinds, keep=args.keep,
+        url=args.url,
     )
     display = _display(plain=args.plain)
     try:

@@ -749,3 +749,98 @@ def test_unlink_race_waiter_and_newcomer_never_both_hold(tmp_path: Path) -> None
 def test_public_name() -> None:
     """FileLock is re-exported from racefree."""
     assert racefree.FileLock is FileLock
+
+
+# -- timeouts and cancellations racing grants ------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_chaos_timeouts_and_cancellations_never_break_exclusion(tmp_path: Path) -> None:
+    """Threads with tiny timeouts and tasks cancelled at random, against another process.
+
+    Every success is checked with the O_EXCL inside flag and counted; abandoned
+    kernel waits race real grants. At the end the counter is exact and the lock
+    is free for a new process (no late grant was kept).
+    """
+    import json
+    import random
+
+    import lock_contract
+
+    lock_path = str(tmp_path / "the.lock")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    wl = lock_contract.Workload(spec="filelock", threads=1, iterations=150)
+    child = subprocess.Popen(
+        [sys.executable, lock_contract.__file__, json.dumps(vars(wl)), lock_path,
+         str(workdir), "p0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    body = lock_contract._Body(workdir)
+    lock = FileLock(lock_path)
+    done = {"ok": 0}
+    count_lock = threading.Lock()
+
+    def critical(me: str) -> None:
+        body.enter(True, me)
+        body.bump()
+        body.leave(True, None)
+        with count_lock:
+            done["ok"] += 1
+
+    def thread_worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(150):
+            try:
+                lock.acquire(timeout=rnd.choice([0, 0.0002, 0.001, 0.005, None]))
+            except LockTimeout:
+                continue
+            try:
+                critical(f"t{seed}")
+            finally:
+                lock.release()
+
+    async def task_worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(100):
+            try:
+                if rnd.random() < 0.5:
+                    await asyncio.wait_for(lock.acquire_async(), rnd.choice([0.0001, 0.001]))
+                else:
+                    await lock.acquire_async(timeout=rnd.choice([0, 0.001, None]))
+            except (LockTimeout, asyncio.TimeoutError):
+                continue
+            try:
+                critical(f"a{seed}")
+                await asyncio.sleep(0)
+            finally:
+                lock.release()
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task_worker(100 + i) for i in range(3)))
+
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        child.stdin.write("go\n")
+        child.stdin.close()
+        child.stdin = None
+        threads = [threading.Thread(target=thread_worker, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        asyncio.run(tasks())
+        for t in threads:
+            t.join(120)
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    result = json.loads(out)
+    assert result["violations"] == [] and body.violations == []
+    assert int((workdir / "counter").read_text()) == done["ok"] + 150
+    assert not lock.locked
+    entry = lock._get_entry()
+    assert (entry.busy, entry.writers_waiting, entry.waiters) == (False, 0, [])
+    assert try_in_child(lock_path, 30) == "acquired"

@@ -602,6 +602,30 @@ def test_lost_lock_is_reported_and_new_owner_kept(tmp_path: Path) -> None:
         assert not lock.lost
 
 
+def test_refresher_refreshes_and_stops_at_release(tmp_path: Path) -> None:
+    """The holder's file gets new times while held; after release nothing is touched any more.
+
+    The refresher works through the holder's descriptor; once released, that
+    descriptor number is free and the next open may get it: it must never be
+    touched by a late refresh.
+    """
+    path, other = tmp_path / "l", tmp_path / "other"
+    lock = LockFile(path, stale_after=0.15)  # refreshed every 0.05 s
+    with lock:
+        os.utime(path, ns=(0, 0))
+        deadline = time.monotonic() + WAIT
+        while path.stat().st_mtime_ns == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert path.stat().st_mtime_ns != 0
+    fd = os.open(other, os.O_CREAT | os.O_WRONLY)  # likely the holder's old number
+    try:
+        os.utime(other, ns=(0, 0))
+        time.sleep(0.3)  # six refresh periods
+        assert other.stat().st_mtime_ns == 0
+    finally:
+        os.close(fd)
+
+
 LEASE_CHILD = """
 import socket, sys
 socket.gethostname = lambda: "elsewhere.example"  # a holder on another host

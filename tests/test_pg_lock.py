@@ -352,3 +352,63 @@ def test_fork_child_never_releases_parent_lock(url: str, name: str, admin: Any) 
         assert _holders(admin, name) == []
     finally:
         lock.close()
+
+
+def test_tasks_and_threads_sharing_one_instance_exclude(url: str, name: str) -> None:
+    """4 asyncio tasks and 2 threads x 30 read-modify-writes with a switch inside: exact count."""
+    from racefree import PgLock
+
+    lock = PgLock(url, name, timeout=WAIT)
+    box = {"n": 0, "inside": 0, "overlap": 0}
+
+    def enter() -> int:
+        box["inside"] += 1
+        if box["inside"] != 1:
+            box["overlap"] += 1
+        return box["n"]
+
+    def leave(n: int) -> None:
+        box["n"] = n + 1
+        box["inside"] -= 1
+
+    async def task() -> None:
+        for _ in range(30):
+            async with lock:
+                n = enter()
+                await asyncio.sleep(0)  # every other task gets a chance to barge in
+                leave(n)
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task() for _ in range(4)))
+
+    def thread() -> None:
+        for _ in range(30):
+            with lock:
+                n = enter()
+                time.sleep(0)
+                leave(n)
+
+    threads = [threading.Thread(target=thread) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        asyncio.run(tasks())
+        for t in threads:
+            t.join(WAIT * 2)
+        assert box == {"n": 180, "inside": 0, "overlap": 0}
+    finally:
+        lock.close()
+
+
+def test_unreachable_server_raises_connection_lost_and_holds_nothing() -> None:
+    """acquire() against a closed port: ConnectionLost (no password shown), nothing held."""
+    from racefree import ConnectionLost, PgLock
+
+    lock = PgLock("postgresql://u:secret@127.0.0.1:1/db", "n", connect_timeout=2)
+    with pytest.raises(ConnectionLost) as info:
+        lock.acquire(timeout=5)
+    assert "secret" not in str(info.value) and "127.0.0.1:1" in str(info.value)
+    assert not lock.locked and lock.token is None
+    with pytest.raises(ConnectionLost):
+        lock.acquire_nowait()
+    lock.close()

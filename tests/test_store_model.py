@@ -155,8 +155,8 @@ def test_store_matches_dict_model(store_factory: Callable[..., Any]) -> None:
                 self.versions[key] = version + 1
 
     Fresh.TestCase.settings = settings(
-        max_examples=40,
-        stateful_step_count=25,
+        max_examples=50,
+        stateful_step_count=30,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )

@@ -244,7 +244,7 @@ class LockFile:
         constructor's, whose None waits forever; 0 tries once. On timeout it
         raises :class:`LockTimeout` and nothing is held; so does any error or
         interrupt while waiting. When it returns, the lock file holds this
-        process's record (fsynced) and :attr:`token` is published (fsynced). In
+        process's record and :attr:`token` is published (fsynced). In
         a coroutine use ``async with`` or :meth:`acquire_async`.
         """
         state = self._get_state()
@@ -309,8 +309,9 @@ class LockFile:
         The same guarantees as :meth:`acquire`. Waiting is ``await``-ing (a
         future woken by a release in this process, or a poll delay), so the
         loop runs meanwhile; each try at the file is a few short system calls
-        run in the loop (plus two fsyncs when it wins). Cancelling the waiting
-        task, or a timeout (:class:`LockTimeout`), leaves nothing held (L9).
+        run in the loop (plus the two fsyncs of the token when it wins).
+        Cancelling the waiting task, or a timeout (:class:`LockTimeout`),
+        leaves nothing held (L9).
         """
         state = self._get_state()
         owner = current_owner()
@@ -383,21 +384,24 @@ class LockFile:
             raise RuntimeError(
                 f"release of {self._path}: the lock is not held by this thread or task"
             )
-        removed = False
+        lost = False
         try:
             if refresher is not None:
                 refresher.stop()
-            if not hold.lost:
-                removed = _disk.release(hold, self._stale_after)
-            else:
+            if hold.lost:
                 _fs.close(hold.fd)
+                lost = True
+            else:
+                lost = not _disk.release(hold, self._stale_after)
         finally:
+            # Also on an I/O error: the hold is dropped, and a lock file left
+            # behind names this process, so it is reclaimed once it exits.
             with state.cond:
                 mark_held(state, False)
-                state.last_lost = not removed
+                state.last_lost = lost
                 state.owner = None
                 state.wake()
-        if not removed:
+        if lost:
             raise LockLost(self._path, "the lock file was reclaimed or replaced by another owner")
 
     def __enter__(self) -> LockFile:

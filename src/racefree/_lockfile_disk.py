@@ -8,10 +8,11 @@ Names, all in the lock file's directory (``P`` is the lock file)::
     .P.<ino>.claim<g>          a claim on the lock file whose inode number is <ino>
     .P.<rand>.del, .tok        a lock file being removed; a token file being written
 
-Create: the record is written to a fresh ``.rec`` file, fsynced, then
-``link()``ed to ``P``. ``link`` fails with EEXIST if ``P`` exists, so it is
-an atomic create *with content*: a reader never sees an empty or half-written
-``P`` (with ``O_EXCL`` then ``write`` it could, and would have to guess, L6).
+Create: the record is written to a fresh ``.rec`` file (and written back to
+the server on NFS by a ``close``), then ``link()``ed to ``P``. ``link`` fails
+with EEXIST if ``P`` exists, so it is an atomic create *with content*: a
+reader never sees an empty or half-written ``P`` (with ``O_EXCL`` then
+``write`` it could, and would have to guess, L6).
 On NFS, where a retransmitted ``LINK`` can report EEXIST although it worked,
 the link count of the ``.rec`` file tells (``open(2)``'s O_EXCL note).
 
@@ -220,14 +221,28 @@ def write_token(path: str, token: int) -> None:
 # -- create ---------------------------------------------------------------------------
 
 def prepare(path: str, token: int) -> Pending:
-    """Write and fsync the owner record for a hold with ``token`` to a fresh file."""
+    """Write the owner record for a hold with ``token`` to a fresh file, ready to publish.
+
+    The record is not fsynced: on a local disk every reader sees it from the
+    page cache, and after a power loss the lock file is judged by age whatever
+    it holds (a new boot). On NFS, closing the writing descriptor (before the
+    ``link`` that publishes it) writes the data back to the server, so a
+    reader on another client never sees a short record (close-to-open).
+    """
     name = _unique(path, "rec")
-    fd = _fs.open(name, _NEW, 0o666)
+    wfd = _fs.open(name, _NEW, 0o666)
+    fd = -1
     try:
-        _fs.write_all(fd, _owner.encode(_owner.own_record(token)))
-        _fs.fsync(fd)  # so a reader on another NFS client never sees a short record
+        try:
+            _fs.write_all(wfd, _owner.encode(_owner.own_record(token)))
+            # Kept open while held: refreshes go through it, and it pins the
+            # inode (its number cannot be reused while we hold the lock).
+            fd = _fs.open(name, _RDONLY)
+        finally:
+            _fs.close(wfd)
     except BaseException:
-        _fs.close(fd)
+        if fd >= 0:
+            _fs.close(fd)
         _unlink_quiet(name)
         raise
     return Pending(name, fd, token)

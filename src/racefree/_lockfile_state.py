@@ -77,41 +77,83 @@ class Backoff:
 
 
 class Refresher:
-    """A daemon thread that keeps a hold fresh and notices when it is lost (L8).
+    """Keeps one hold fresh and notices when it is lost (L8), from a shared thread.
 
-    Every ``stale_after / 3`` seconds it touches the lock file through the
-    holder's descriptor (a waiter on another host judges the lock by whether
-    it is refreshed) and checks that the lock file is still ours. It stops at
-    release; a forked child has no copy of it (threads do not survive fork).
+    Every ``stale_after / 3`` seconds the process's refresher thread touches
+    the lock file through the holder's descriptor (a waiter on another host
+    judges the lock by whether it is refreshed) and checks that the lock file
+    is still ours. One daemon thread serves every hold of the process, so an
+    acquisition does not pay for starting and joining a thread.
     """
 
-    def __init__(self, hold: _disk.Hold, stale_after: float) -> None:
-        self._hold = hold
-        self._interval = stale_after / 3
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"racefree-lockfile-refresh {hold.path}", daemon=True
-        )
-        self._thread.start()
+    __slots__ = ("due", "hold", "interval")
 
-    def _run(self) -> None:
-        hold = self._hold
-        while not self._stop.wait(self._interval):
-            try:
-                _disk.refresh(hold)
-                if not _disk.still_held(hold):
-                    hold.lost = True
-                    return
-            except OSError:
-                # A transient error (an NFS server restarting): keep trying. If
-                # it lasts, waiters elsewhere reclaim the lock after stale_after
-                # and the next check, or the release, reports it lost.
-                continue
+    def __init__(self, hold: _disk.Hold, stale_after: float) -> None:
+        self.hold = hold
+        self.interval = stale_after / 3
+        self.due = time.monotonic() + self.interval
+        with _ticker.cond:
+            _ticker.entries.add(self)
+            _ticker.start()
+            _ticker.cond.notify()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        """Stop refreshing. When it returns no refresh of this hold is running.
+
+        Refreshes run under the ticker's lock, so the holder may close the
+        descriptor right after: the refresher can never touch a reused one.
+        """
+        with _ticker.cond:
+            _ticker.entries.discard(self)
+
+    def tick(self, now: float) -> bool:
+        """Refresh once (ticker lock held); False once the hold is found lost."""
+        hold = self.hold
+        try:
+            _disk.refresh(hold)
+            if not _disk.still_held(hold):
+                hold.lost = True
+                return False
+        except OSError:
+            # A transient error (an NFS server restarting): keep trying. If it
+            # lasts, waiters elsewhere reclaim the lock after stale_after and
+            # the next check, or the release, reports it lost.
+            pass
+        self.due = now + self.interval
+        return True
+
+
+class _Ticker:
+    """The one refresher thread of a process, started on first use."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.entries: set[Refresher] = set()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(
+                target=self._run, name="racefree-lockfile-refresh", daemon=True
+            )
+            self.thread.start()
+
+    def _run(self) -> None:
+        with self.cond:
+            while True:
+                if not self.entries:
+                    self.cond.wait()
+                    continue
+                first = min(self.entries, key=lambda e: e.due)
+                now = time.monotonic()
+                if first.due > now:
+                    self.cond.wait(first.due - now)
+                    continue
+                if not first.tick(now):
+                    self.entries.discard(first)
+
+
+_ticker = _Ticker()
 
 
 class State:
@@ -154,8 +196,9 @@ def _after_fork_child() -> None:
     pid, and the child never removes it. A ``with`` block the parent entered
     before ``fork()`` may exit in the child: that release only forgets the hold.
     """
-    global _registry_lock
+    global _registry_lock, _ticker
     _registry_lock = threading.Lock()
+    _ticker = _Ticker()  # the parent's thread does not exist here, its lock may be held
     for key, state in _registry.items():
         if state.depth:
             k = (key, state.owner)

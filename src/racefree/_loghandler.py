@@ -32,7 +32,7 @@ import os
 import struct
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from mmap import mmap
 from typing import Any, Literal
 
@@ -135,6 +135,7 @@ class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
         # A file smaller than this, plus the record, is never rotated: lets the
         # hot path skip the subclass's decision (0: always ask it).
         self._rotate_floor: float = 0
+        self._writing = False  # inside the locked section (see _append)
         self._finish: list[_Finish | _gzip.Claim] = []
         self._finish_mutex = threading.Lock()
         _LIVE.add(self)
@@ -225,6 +226,7 @@ class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
         self._fd = self._lock_fd = -1
         self._gen = -1
         self._control = None
+        self._writing = False  # another thread of the parent may have been mid-record
         # The parent finishes its own rotations; the child must not compress them twice.
         for job in self._finish:
             with contextlib.suppress(OSError):
@@ -281,9 +283,16 @@ class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
             self._open_shared()
             control = self._control
             assert control is not None
+        if self._writing:
+            # This thread is already inside the locked section below, and was
+            # interrupted by a signal handler that logs: flock would "succeed"
+            # (same open file description) and its unlock would release the
+            # lock under the interrupted write. Refuse instead (handleError).
+            raise RuntimeError("reentrant log record from a signal handler: dropped")
         lock_fd = self._lock_fd
         n = len(data)
         _fs.flock(lock_fd, _LOCK_EX)
+        self._writing = True
         try:
             # Three fields in one read of shared memory, instead of a stat() of
             # the path and an fstat() of the descriptor per record.
@@ -303,11 +312,25 @@ class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
                 _fs.write_all(fd, memoryview(data)[written:])
             _pack_done(control, _OFF_DIRTY, 0, size + n)
         finally:
+            self._writing = False
             _fs.flock(lock_fd, _LOCK_UN)
         if self.durable == "record":
             # Outside the lock: if another process rotates meanwhile, ``fd``
             # still names the inode this record went to.
             self._sync(_fs.fdatasync, fd, self.baseFilename)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The write lock, outside the record path (rotation, placing a .gz); hold self.lock."""
+        if self._writing:
+            raise RuntimeError("reentrant use of the log's write lock from a signal handler")
+        _fs.flock(self._lock_fd, _LOCK_EX)
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+            _fs.flock(self._lock_fd, _LOCK_UN)
 
     def _repair_torn_tail(self, expected_end: int) -> int:
         """The previous holder died (or failed) mid-write: end its partial record with a newline.
@@ -379,14 +402,10 @@ class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
         with self.lock if self.lock is not None else _NULL:
             if self._lock_fd < 0:
                 self._open_shared()
-            assert self._control is not None
-            _fs.flock(self._lock_fd, fcntl.LOCK_EX)
-            try:
+            with self._exclusive():
                 if self._enter_locked() > 0:
                     self._rotate_locked()
                     self._sync_size_locked()
-            finally:
-                _fs.flock(self._lock_fd, fcntl.LOCK_UN)
         self._run_finish()
 
     def flush(self) -> None:

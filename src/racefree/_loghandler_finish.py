@@ -9,10 +9,10 @@ for gzip.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from racefree import _fs
@@ -50,6 +50,9 @@ class RotationFinisher:
         raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
     def _rotated_candidates(self, path: str) -> Iterable[str]:
+        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+
+    def _exclusive(self) -> AbstractContextManager[None]:
         raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
     # -- after a rotation, outside the lock -------------------------------
@@ -126,11 +129,8 @@ class RotationFinisher:
             with self.lock if self.lock is not None else _NULL:
                 if self._lock_fd < 0:  # pragma: no cover - closed meanwhile
                     self._open_shared()
-                _fs.flock(self._lock_fd, fcntl.LOCK_EX)
-                try:
+                with self._exclusive():
                     placed = _gzip.place_locked(job, self._rotated_candidates(job.path))
-                finally:
-                    _fs.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
             job.release()
         if placed and self.durable:

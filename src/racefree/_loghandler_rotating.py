@@ -114,10 +114,12 @@ class RotatingFileHandler(SharedFileHandler):
     def _should_rotate_locked(
         self, size: int, length: int, record: _stdlib_logging.LogRecord | None
     ) -> bool:
-        # ``size`` is the current file's, read under the exclusive lock: a
-        # process that was about to rotate but waited for the lock sees the
-        # fresh file another process just opened, and does not rotate again
-        # (the stdlib race that renames app.log.1 over itself, leaving 11 KB backups).
+        # ``size`` is the current file's (kept in the control block), read
+        # under the exclusive lock: a process that was about to rotate but
+        # waited for the lock sees the fresh file another process just opened,
+        # and does not rotate again. With the stdlib each process rotates from
+        # its own stream's size, so a second process renames the fresh file
+        # into app.log.1 too: backups of a few KB with a 5 MB limit (issue 6).
         return (
             self.maxBytes > 0
             and self.backupCount > 0

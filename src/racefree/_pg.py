@@ -53,7 +53,7 @@ _SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"racefree schema").digest()[:8], "
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS racefree_docs (
-    store   text   NOT NULL,
+    store   text   COLLATE "C" NOT NULL,
     id      bytea  NOT NULL,
     version bigint NOT NULL,
     doc     json,

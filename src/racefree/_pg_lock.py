@@ -32,7 +32,7 @@ from typing import Any
 
 from . import _pg
 from ._errors import LockLost, LockTimeout, WouldBlock
-from ._lockregistry import call_soon_threadsafe, current_owner
+from ._lockregistry import current_owner
 from ._pg_session import Attempt, Session, cancel_statement
 
 __all__ = ["FenceToken", "PgLock"]
@@ -452,8 +452,15 @@ class PgLock:
 
 
 def _waker(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> Any:
+    """A callable that resolves ``fut`` from any thread (a closed loop: nobody waits)."""
+
+    def resolve() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
     def wake() -> None:
-        call_soon_threadsafe(loop, fut)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: its waiter is gone
+            loop.call_soon_threadsafe(resolve)
 
     return wake
 

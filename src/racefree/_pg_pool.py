@@ -92,8 +92,8 @@ class Pool:
         )
         self._pool.open(wait=True, timeout=self._timeout)
 
-    def connection(self) -> AbstractContextManager[Any]:
-        """Borrow a connection (``with pool.connection() as conn``).
+    def _live(self) -> Any:
+        """The psycopg pool of this process.
 
         In a forked child the parent's pool is left alone (closing its
         connections would end the parent's sessions) and a new one is opened.
@@ -104,13 +104,29 @@ class Pool:
             _inherited.append(self._pool)
             self._pid = os.getpid()
             self._open()
-        cm: AbstractContextManager[Any] = self._pool.connection(timeout=self._timeout + 20.0)
+        return self._pool
+
+    def connection(self) -> AbstractContextManager[Any]:
+        """Borrow a connection (``with pool.connection() as conn``)."""
+        cm: AbstractContextManager[Any] = self._live().connection(timeout=self._timeout + 20.0)
         return cm
 
     def read(self, fn: Callable[[Any], T]) -> T:
-        """``fn(conn)`` on a borrowed connection; a lost connection raises ConnectionLost."""
-        with self.connection() as conn, _pg.translate(self.display, maybe_committed=False):
+        """``fn(conn)`` on a borrowed connection; a lost connection raises ConnectionLost.
+
+        The hot path of every ``get``: getconn/putconn directly, without the
+        pool's context manager.
+        """
+        pool = self._live()
+        conn = pool.getconn(timeout=self._timeout + 20.0)
+        try:
             return fn(conn)
+        except Exception as exc:
+            if _pg.is_connection_error(exc):
+                raise _pg.lost(self.display, exc, maybe_committed=False) from exc
+            raise
+        finally:
+            pool.putconn(conn)
 
     def transaction(self, body: Callable[[Any], T], *, one_statement: bool) -> T:
         """``body(conn)`` in one transaction; a lost connection raises ConnectionLost.

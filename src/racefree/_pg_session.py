@@ -69,6 +69,7 @@ class Session:
         self.sql_try = f"SELECT pg_try_advisory_lock{suffix}({key})"
         self.sql_unlock = f"SELECT pg_advisory_unlock{suffix}({key})"
         self.conn: Any = None
+        self.lock_timeout_ms: int | None = None  # the session's lock_timeout, if known
         self.pid = os.getpid()
 
     def connection(self) -> Any:
@@ -105,6 +106,7 @@ class Session:
     def discard(self) -> None:
         """Close the session: the server drops every advisory lock it held."""
         conn, self.conn = self.conn, None
+        self.lock_timeout_ms = None
         if conn is not None and os.getpid() == self.pid:
             with contextlib.suppress(Exception):  # closing a dead connection may fail; it is gone
                 conn.close()
@@ -141,7 +143,11 @@ class Session:
             # Literal integers only, so the three statements go as one simple
             # query: one round trip. The token is drawn after the grant, so
             # tokens grow in the order holders got the lock.
-            sql = f"SET lock_timeout = {ms}; {self.sql_lock}; SELECT nextval('racefree_fence_seq')"
+            if ms == self.lock_timeout_ms:  # already set: two statements, one round trip
+                sql = f"{self.sql_lock}; SELECT nextval('racefree_fence_seq')"
+            else:
+                sql = f"SET lock_timeout = {ms}; {self.sql_lock};"
+                sql += " SELECT nextval('racefree_fence_seq')"
         if attempt is not None:
             with attempt.mutex:
                 if attempt.abandoned:
@@ -154,9 +160,10 @@ class Session:
                 if trying:
                     row = cur.fetchone()
                     granted = bool(row and row[0])
-                else:  # the first result is SET's, the second the (void) lock's
+                else:  # results: SET's (if sent), the (void) lock's, nextval's
                     granted = True
-                    cur.nextset()
+                    if sql.startswith("SET"):
+                        cur.nextset()
                 cur.nextset()
                 token_row = cur.fetchone()
             finally:
@@ -165,6 +172,8 @@ class Session:
                         attempt.waiting = False
         except psycopg.Error as exc:
             state = getattr(exc, "sqlstate", None)
+            # A failed statement rolls back its implicit transaction, SET included.
+            self.lock_timeout_ms = None
             if state == _LOCK_NOT_AVAILABLE:
                 # lock_timeout ran out while waiting: nothing was granted, and
                 # the session stays usable.
@@ -178,6 +187,8 @@ class Session:
         except BaseException:
             self.discard()
             raise
+        if not trying:
+            self.lock_timeout_ms = ms
         if not granted:
             return 0
         if token_row is None:  # pragma: no cover - nextval always returns a row

@@ -5,16 +5,30 @@ frames, then zeros up to the file's preallocated size::
 
     file header  b"RFSTSEG\\x01" + u64 segment number
     frame        u32 magic 0x31524652 ("RFR1") | u32 payload length | u32 crc32(payload)
-                 payload = one or more entries
+    payload      u64 synced | one or more entries
     entry        u8 op (1 put, 2 delete) | u32 id length | u64 version | u32 doc length
                  id (UTF-8, surrogates kept) | doc (compact ASCII JSON)
 
-A batch is one frame with several entries, so a crash leaves all of it or
-none of it (the crc covers the whole payload). The end of the data is the first
+A batch is one frame with several entries, so a crash leaves all of it or none
+of it (the crc covers the whole payload). The end of the data is the first
 position whose 4 bytes are zero (segments are zero-filled ahead of use).
-A frame that does not check out is a *torn tail* when no valid frame follows it
-in the segment (a crash in the middle of a write: ignored, then zeroed by the
-next writer) and *corruption* when one does (pitfall S6): ``CorruptFileError``.
+
+``synced`` is the store position (``seg << 40 | offset``) up to which every byte
+was known to be fdatasynced when the frame was written. It is what tells a
+power loss from damage (pitfall S6): a frame that does not check, with a valid
+frame after it, is
+
+- *corruption* (``CorruptFileError``, nothing changed) when a later frame claims
+  it was synced, or when it does not look torn;
+- a *torn write that was in flight* when nothing claims it was synced and it
+  looks torn the way a power loss tears a write: its first bytes are zeros (the
+  head never reached the disk), or it ends in a zero byte right where the next
+  frame begins (the tail never did). Un-synced writes may reach the disk in any
+  order, so the frames after it were in flight too: everything from it on is a
+  torn tail, dropped (and zeroed by the next writer). None was acknowledged as
+  durable: their fdatasync would have covered the torn one.
+
+A damaged frame with nothing valid after it is always a torn tail.
 
 The in-memory index packs a document's place into one int (``pack``): the
 version, the segment number, the doc's length and its offset in the segment.
@@ -33,17 +47,19 @@ SEG_MAGIC = b"RFSTSEG\x01"
 SEG_HEADER = struct.Struct("<8sQ")
 FRAME_MAGIC = 0x31524652
 FRAME = struct.Struct("<III")
+SYNCED = struct.Struct("<Q")
 ENTRY = struct.Struct("<BIQI")
+#: Bytes from a frame's start to its first entry.
+PREFIX = FRAME.size + SYNCED.size
 OP_PUT = 1
 OP_DELETE = 2
 ZERO4 = b"\0\0\0\0"
+_MAGIC_BYTES = FRAME.pack(FRAME_MAGIC, 0, 0)[:4]
 
 # The packed index value: version | seg (24 bits) | doc length (36) | doc offset (40).
 M24 = (1 << 24) - 1
 M36 = (1 << 36) - 1
 M40 = (1 << 40) - 1
-MAX_DOC = M36
-MAX_SEGMENT_SIZE = M40
 
 
 def pack(version: int, seg: int, length: int, offset: int) -> int:
@@ -55,70 +71,76 @@ def unpack(value: int) -> tuple[int, int, int, int]:
     return value >> 100, (value >> 76) & M24, (value >> 40) & M36, value & M40
 
 
-def end_word(seg: int, offset: int) -> int:
-    """A position in the store as one comparable u64: later positions are larger."""
-    return seg << 40 | offset
-
-
-def encode_entry(op: int, idb: bytes, version: int, doc: bytes) -> bytes:
-    return ENTRY.pack(op, len(idb), version, len(doc)) + idb + doc
-
-
-def encode_frame(payload: bytes) -> bytes:
+def frame(synced: int, entries: bytes) -> bytes:
+    """A frame whose payload is ``synced`` followed by the encoded ``entries``."""
+    payload = SYNCED.pack(synced) + entries
     return FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-# One parsed entry: (op, id, version, doc offset within the segment, doc length).
-Entry = tuple[int, str, int, int, int]
-
-
-def parse_entries(payload: bytes | memoryview, base: int) -> list[Entry]:
-    """The entries of a checked payload whose first byte is at segment offset ``base``.
-
-    Raises ``ValueError`` when the payload's structure is inconsistent.
-    """
-    out: list[Entry] = []
-    pos = 0
-    n = len(payload)
-    unpack_entry = ENTRY.unpack_from
-    size = ENTRY.size
-    while pos < n:
-        op, idlen, version, doclen = unpack_entry(payload, pos)
-        start = pos + size
-        doc_at = start + idlen
-        pos = doc_at + doclen
-        if pos > n or op not in (OP_PUT, OP_DELETE):
-            raise ValueError("entry overruns its frame")
-        ident = bytes(payload[start:doc_at]).decode("utf-8", "surrogatepass")
-        out.append((op, ident, version, base + doc_at, doclen))
-    return out
-
-
-def frame_at(buf: bytes | memoryview, pos: int) -> int:
-    """The length of the valid frame at ``pos``; 0 at the end of the data; -1 if it is damaged."""
+def frame_at(buf: Any, pos: int) -> int:
+    """The length of the valid frame at ``pos``; 0 at the end of the data; -1 if damaged."""
     if pos + 4 > len(buf) or buf[pos:pos + 4] == ZERO4:
         return 0
     if pos + FRAME.size > len(buf):
         return -1
     magic, plen, crc = FRAME.unpack_from(buf, pos)
     end: int = pos + FRAME.size + plen
-    if magic != FRAME_MAGIC or plen == 0 or end > len(buf):
+    if magic != FRAME_MAGIC or plen < SYNCED.size + ENTRY.size or end > len(buf):
         return -1
     if zlib.crc32(buf[pos + FRAME.size:end]) != crc:
         return -1
     return end - pos
 
 
-def valid_frame_after(buf: bytes | memoryview, pos: int) -> int:
-    """The offset of the first valid frame that starts after ``pos``, or -1."""
-    data = bytes(buf) if isinstance(buf, memoryview) else buf
-    needle = FRAME.pack(FRAME_MAGIC, 0, 0)[:4]
-    at = data.find(needle, pos + 1)
+def iter_frames(buf: Any, start: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` of each valid frame from ``start`` to the end of the chain."""
+    pos = start
+    while True:
+        n = frame_at(buf, pos)
+        if n <= 0:
+            return
+        yield pos, n
+        pos += n
+
+
+def _valid_after(data: bytes, pos: int) -> int:
+    at = data.find(_MAGIC_BYTES, pos + 1)
     while at != -1:
         if frame_at(data, at) > 0:
             return at
-        at = data.find(needle, at + 1)
+        at = data.find(_MAGIC_BYTES, at + 1)
     return -1
+
+
+def _classify(buf: Any, pos: int, limit: int, seg: int, path: str, base: int) -> bool:
+    """A frame at ``pos`` does not check: True if it is a torn tail, else raise (see above)."""
+    data = bytes(buf[:limit])
+    after = _valid_after(data, pos)
+    if after == -1:
+        return any(data[pos:])  # damaged or half-written, and nothing valid after it
+    claimed = 0
+    at = after
+    while at != -1:  # the newest claim is the largest: claims only grow
+        for fpos, n in iter_frames(data, at):
+            claimed = max(claimed, SYNCED.unpack_from(data, fpos + FRAME.size)[0])
+            at = fpos + n
+        at = _valid_after(data, at)
+    if claimed > (seg << 40 | (base + pos)):
+        raise CorruptFileError(
+            path, f"damaged record that was synced (a valid record follows at {base + after})",
+            offset=base + pos,
+        )
+    head_missing = data[pos:pos + 4] == ZERO4
+    tail_missing = False
+    if not head_missing and pos + FRAME.size <= limit:
+        magic, plen, _ = FRAME.unpack_from(data, pos)
+        end = pos + FRAME.size + plen
+        tail_missing = magic == FRAME_MAGIC and end == after and data[end - 1] == 0
+    if head_missing or tail_missing:
+        return True
+    raise CorruptFileError(
+        path, f"damaged record (a valid record follows at {base + after})", offset=base + pos
+    )
 
 
 def index_frames(
@@ -137,20 +159,18 @@ def index_frames(
 
     ``tomb`` maps each deleted id to its tombstone's version, so that a later put
     of that id continues its versions (an old ``expect_version`` never matches a
-    re-created document).
-
-    ``buf`` is a segment's bytes from segment offset ``base`` (an mmap with
-    ``base=0``, or bytes read with pread). Returns ``(end, torn, dead, total)``:
-    the offset in ``buf`` after the last valid frame; whether bytes that are not
-    zero follow it (a torn tail: the caller decides whether to repair it); and
-    the bytes that became garbage and the bytes of the frames read (hints for
-    auto-compaction). A damaged frame followed by a valid one raises
-    :class:`CorruptFileError` (pitfall S6): nothing is skipped silently. The
-    loop is inlined (no call per record): it is what opening a store costs.
+    re-created document). ``buf`` is a segment's bytes from segment offset
+    ``base`` (an mmap with ``base=0``, or bytes read with pread). Returns
+    ``(end, torn, dead, total)``: the offset in ``buf`` after the last valid
+    frame; whether what follows is a torn tail to repair (see the module
+    docstring; damage raises :class:`CorruptFileError`); and the bytes that
+    became garbage and the bytes of the frames read (hints for auto-compaction).
+    The loop is inlined (no call per record): it is what opening a store costs.
     """
     pos = start
     hsize = FRAME.size
     esize = ENTRY.size
+    first = PREFIX
     unpack_frame = FRAME.unpack_from
     unpack_entry = ENTRY.unpack_from
     crc32 = zlib.crc32
@@ -167,21 +187,14 @@ def index_frames(
             end = pos + hsize + plen
             if (
                 magic != FRAME_MAGIC
-                or plen < esize
+                or plen < esize + 8
                 or end > limit
                 or (verify and crc32(view[pos + hsize:end]) != crc)
             ):
-                if buf[pos:pos + 4] == ZERO4:
-                    return pos, _nonzero_after(view, pos, limit), dead, total
-                after = valid_frame_after(view[:limit], pos)
-                if after != -1:
-                    raise CorruptFileError(
-                        path,
-                        f"damaged record (a valid record follows at {base + after})",
-                        offset=base + pos,
-                    )
-                return pos, True, dead, total
-            p = pos + hsize
+                if magic == 0 and plen == 0 and crc == 0 and not _nonzero_after(view, pos, limit):
+                    return pos, False, dead, total  # the end of the data
+                return pos, _classify(buf, pos, limit, seg, path, base), dead, total
+            p = pos + first
             while p < end:
                 op, idlen, version, doclen = unpack_entry(buf, p)
                 ida = p + esize
@@ -234,14 +247,3 @@ def last_nonzero(view: memoryview, pos: int, limit: int) -> int:
             return start + stripped
         end = start
     return pos
-
-
-def iter_frames(buf: bytes | memoryview, start: int) -> Iterator[tuple[int, int]]:
-    """``(offset, length)`` of each valid frame from ``start`` to the end of the chain."""
-    pos = start
-    while True:
-        n = frame_at(buf, pos)
-        if n <= 0:
-            return
-        yield pos, n
-        pos += n

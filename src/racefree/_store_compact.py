@@ -202,7 +202,7 @@ def check_state(core: Core, st: State) -> StoreReport:
             ) from None
         if not isinstance(doc, dict):
             raise CorruptFileError(path, f"document {ident!r} is not an object", offset=off)
-    if index.keys() != st.index.keys():
+    if index != st.index or tomb != st.tomb:
         raise CorruptFileError(core.dir, "the index does not match the segments")
     return StoreReport(
         documents=len(index),

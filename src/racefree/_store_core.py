@@ -216,6 +216,13 @@ class Core:
                     _fs.close(fd)
         self.lock_fd = self.sync_fd = self.shm_fd = -1
 
+    def __del__(self) -> None:
+        # A Store that was never closed: release its descriptors (and so its flocks).
+        with contextlib.suppress(Exception):
+            if self.state is not _CLOSED:
+                self.state.close()
+                self._close_fds()
+
     def close(self) -> None:
         with self.mu:
             if self.state is _CLOSED:
@@ -359,10 +366,14 @@ class Core:
                 new = self.load()
                 self.state = new
                 return new
-            self._catch_up(st, endw)
-            return st
+            if self._catch_up(st, endw):
+                return st
+            new = self.load()  # a compaction committed while we were catching up
+            self.state = new
+            return new
 
-    def _catch_up(self, st: State, endw: int) -> None:
+    def _catch_up(self, st: State, endw: int) -> bool:
+        """Apply the records between ``st.end`` and ``endw``; False if the generation moved."""
         seg, off = st.end >> 40, st.end & M40
         tseg, toff = endw >> 40, endw & M40
         while seg != tseg:
@@ -373,7 +384,7 @@ class Core:
             if not later:
                 gen, segs = read_manifest(self.dir)
                 if gen != st.gen:
-                    raise CorruptFileError(self.dir, "manifest generation changed unannounced")
+                    return False
                 for s in segs:
                     if s > seg and s not in st.maps:
                         self._map(st, s)
@@ -392,6 +403,7 @@ class Core:
                     self._path(seg), "a published record does not check", offset=off + end
                 )
         st.end = endw
+        return True
 
     # -- writing -------------------------------------------------------------------
     def acquire(self) -> None:

@@ -1,0 +1,464 @@
+"""How a :class:`racefree.FileLock` owner waits: never by polling (pitfall L4).
+
+Two stages, in this order:
+
+1. **In this process.** An owner that cannot be admitted (another owner of this
+   process holds the lock, or is taking the kernel lock) queues a wake-up
+   callable on the entry and blocks on it: a private locked ``threading.Lock``
+   for a thread, a future resolved with ``call_soon_threadsafe`` for a task.
+   Every change that may admit someone wakes all the queued owners, which
+   re-check under the entry's mutex.
+2. **In the kernel.** The one admitted owner marks the entry busy and takes
+   ``flock``. A thread without a timeout blocks in ``flock`` itself. With a
+   timeout, or in a task, a worker thread blocks in ``flock`` on a fresh open
+   file description of the same inode and the owner waits for it with its
+   timeout; if the owner gives up, the worker hands a late grant straight back
+   (L9). Workers are pooled: an idle one is reused, and it exits after a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _fs
+from ._errors import LockTimeout
+from ._lockregistry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry, open_lock_file
+
+__all__ = ["admit_or_take", "try_take", "wait_async", "wait_sync"]
+
+_get_running_loop = asyncio._get_running_loop
+
+# What admit_or_take() decided for an owner that does not hold the lock yet.
+HELD, KERNEL, WAIT = 0, 1, 2
+
+# Reopening /proc/self/fd/N gives a new open file description of the very
+# inode the entry locks, even if the name was replaced since (see _reopen()).
+_PROC_FD = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
+
+
+# -- admission (entry.mutex held) ---------------------------------------------
+
+def try_take(entry: Entry, owner: object, op: int, path: str) -> bool:
+    """Take the lock if that needs no waiting: reentry, joining readers, or a free kernel lock."""
+    n = entry.holders.get(owner)
+    if n is not None:
+        if op == LOCK_EX and entry.mode == LOCK_SH:
+            raise RuntimeError(
+                f"cannot upgrade a shared hold of {path} to exclusive: it would deadlock"
+            )
+        entry.holders[owner] = n + 1
+        return True
+    if not entry.admissible(op):
+        return False
+    if entry.holders:  # a reader joins the readers of this process
+        entry.holders[owner] = 1
+        return True
+    try:
+        _fs.flock(entry.fd, op | LOCK_NB)
+    except BlockingIOError:
+        return False
+    entry.holders[owner] = 1
+    entry.mode = op
+    return True
+
+
+def admit_or_take(entry: Entry, owner: object, op: int, path: str) -> int:
+    """``HELD`` if taken, ``KERNEL`` if this owner must wait for another process, else ``WAIT``.
+
+    On ``KERNEL`` the entry is marked busy: this owner waits in the kernel and
+    the other owners of this process wait for it.
+    """
+    if try_take(entry, owner, op, path):
+        return HELD
+    if not entry.admissible(op):
+        return WAIT
+    entry.busy = True
+    return KERNEL
+
+
+def _refuse_self_deadlock(entry: Entry, path: str) -> None:
+    """A blocking acquire() in a task, behind another task of the same loop, would hang.
+
+    The holder can only run once this call returns, so waiting is a certain
+    deadlock: raise instead.
+    """
+    loop = _get_running_loop()
+    if loop is None:
+        return
+    for holder in entry.holders:
+        if isinstance(holder, asyncio.Task) and holder.get_loop() is loop:
+            raise RuntimeError(
+                f"acquire() of {path} would deadlock: another task of this event loop holds it;"
+                " use 'async with' or acquire_async()"
+            )
+
+
+def _leave_queue(entry: Entry, wake: Callable[[], None] | None, counted: bool) -> None:
+    """An owner stops waiting in this process without the lock (timeout, cancellation)."""
+    with entry.mutex:
+        if wake is not None and wake in entry.waiters:
+            entry.waiters.remove(wake)
+        if counted:
+            entry.writers_waiting -= 1
+            entry.wake_all()  # readers held back by this writer may go now
+
+
+def _kernel_failed(entry: Entry) -> None:
+    """The busy owner got no kernel lock (error, timeout, cancellation): let the others try."""
+    with entry.mutex:
+        entry.busy = False
+        try:
+            # No one in this process holds the lock through entry.fd while we
+            # are busy, so this cannot take it from anyone; it undoes a grant
+            # that a signal (KeyboardInterrupt) interrupted before it was recorded.
+            _fs.flock(entry.fd, LOCK_UN)
+        finally:
+            entry.wake_all()
+
+
+def _record(entry: Entry, owner: object, op: int, kfd: int) -> None:
+    with entry.mutex:
+        entry.busy = False
+        entry.holders[owner] = 1
+        entry.mode = op
+        entry.kfd = kfd
+        if entry.waiters and op == LOCK_SH:
+            entry.wake_all()  # readers of this process waiting on us join now
+
+
+# -- threads ------------------------------------------------------------------
+
+def _new_gate() -> threading.Lock:
+    """A locked lock: the waiter blocks on acquire(), the waker calls release()."""
+    gate = threading.Lock()
+    gate.acquire()
+    return gate
+
+
+def wait_sync(entry: Entry, owner: object, op: int, path: str, timeout: float | None) -> None:
+    """Block the calling thread until ``owner`` holds the lock, or raise LockTimeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    counted = False  # this writer is counted in entry.writers_waiting
+    wake = None
+    try:
+        while True:
+            with entry.mutex:
+                verdict = admit_or_take(entry, owner, op, path)
+                if verdict != WAIT:
+                    if counted:
+                        entry.writers_waiting -= 1
+                        counted = False
+                    if verdict == HELD:
+                        return
+                    break  # entry.busy is ours: we take the kernel lock
+                _refuse_self_deadlock(entry, path)
+                if op == LOCK_EX and not counted:
+                    entry.writers_waiting += 1
+                    counted = True
+                gate = _new_gate()
+                wake = gate.release
+                entry.waiters.append(wake)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise LockTimeout(path, timeout)
+            if not gate.acquire(timeout=-1 if remaining is None else remaining):
+                raise LockTimeout(path, timeout)
+            wake = None
+    except BaseException:
+        _leave_queue(entry, wake, counted)
+        raise
+    try:
+        kfd = _kernel_lock_sync(entry, op, deadline)
+    except BaseException:
+        _kernel_failed(entry)
+        raise
+    if kfd is None:
+        _kernel_failed(entry)
+        raise LockTimeout(path, timeout)
+    _record(entry, owner, op, kfd)
+
+
+def _kernel_lock_sync(entry: Entry, op: int, deadline: float | None) -> int | None:
+    """Lock the file in the kernel: the descriptor locked, or None on timeout."""
+    if deadline is None:
+        # Nobody else in this process touches entry.fd's lock while we are
+        # busy, so the plain blocking flock is safe, and wakes at once (L4).
+        _fs.flock(entry.fd, op)
+        return entry.fd
+    try:
+        _fs.flock(entry.fd, op | LOCK_NB)
+        return entry.fd
+    except BlockingIOError:
+        pass
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    gate = _new_gate()
+    req = _start_kernel_wait(entry, op, gate.release)
+    try:
+        gate.acquire(timeout=remaining)
+    except BaseException:
+        # Interrupted (KeyboardInterrupt): a grant that raced in is given back.
+        if req.settle() is not None:
+            req.give_back()
+        raise
+    return req.settle()
+
+
+# -- asyncio ---------------------------------------------------------------------
+
+def _async_waker(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> Callable[[], None]:
+    def wake() -> None:
+        # RuntimeError: the loop is closed, so nobody awaits the future any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, fut)
+
+    return wake
+
+
+def _resolve(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _await_until(fut: asyncio.Future[None], deadline: float | None, loop: Any) -> bool:
+    """Await ``fut`` until the loop-time ``deadline``; False if the deadline came first."""
+    if deadline is None:
+        await fut
+        return True
+    remaining = deadline - loop.time()
+    if remaining <= 0:
+        return False
+    try:
+        await asyncio.wait_for(fut, remaining)
+    except (asyncio.TimeoutError, TimeoutError):
+        return False
+    return True
+
+
+async def wait_async(
+    entry: Entry, owner: object, op: int, path: str, timeout: float | None
+) -> None:
+    """Wait, without blocking the event loop, until the task ``owner`` holds the lock.
+
+    Cancellation or a timeout leaves nothing held (L9).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    counted = False
+    wake = None
+    try:
+        while True:
+            with entry.mutex:
+                verdict = admit_or_take(entry, owner, op, path)
+                if verdict != WAIT:
+                    if counted:
+                        entry.writers_waiting -= 1
+                        counted = False
+                    if verdict == HELD:
+                        return
+                    break  # entry.busy is ours: we take the kernel lock
+                if op == LOCK_EX and not counted:
+                    entry.writers_waiting += 1
+                    counted = True
+                fut: asyncio.Future[None] = loop.create_future()
+                wake = _async_waker(loop, fut)
+                entry.waiters.append(wake)
+            if not await _await_until(fut, deadline, loop):
+                raise LockTimeout(path, timeout)
+            wake = None
+    except BaseException:
+        _leave_queue(entry, wake, counted)
+        raise
+    try:
+        kfd = await _kernel_lock_async(entry, op, deadline, loop)
+    except BaseException:
+        _kernel_failed(entry)
+        raise
+    if kfd is None:
+        _kernel_failed(entry)
+        raise LockTimeout(path, timeout)
+    _record(entry, owner, op, kfd)
+
+
+async def _kernel_lock_async(
+    entry: Entry, op: int, deadline: float | None, loop: asyncio.AbstractEventLoop
+) -> int | None:
+    try:
+        _fs.flock(entry.fd, op | LOCK_NB)
+        return entry.fd
+    except BlockingIOError:
+        pass
+    fut: asyncio.Future[None] = loop.create_future()
+    req = _start_kernel_wait(entry, op, _async_waker(loop, fut))
+    try:
+        await _await_until(fut, deadline, loop)
+    except BaseException:
+        # Cancelled: if the kernel granted the lock meanwhile, give it back (L9).
+        if req.settle() is not None:
+            req.give_back()
+        raise
+    return req.settle()
+
+
+# -- the kernel wait in a worker thread ----------------------------------------------
+
+PENDING, GRANTED, FAILED, ABANDONED = range(4)
+
+
+class Request:
+    """One blocking ``flock`` run by a worker thread for an owner that may give up."""
+
+    __slots__ = ("error", "fd", "lock", "notify", "op", "state")
+
+    def __init__(self, fd: int, op: int, notify: Callable[[], None]) -> None:
+        self.lock = threading.Lock()
+        self.fd = fd
+        self.op = op
+        self.state = PENDING
+        self.error: BaseException | None = None
+        self.notify = notify
+
+    def settle(self) -> int | None:
+        """The owner's side, once it stops waiting: the descriptor now locked, or None.
+
+        None means the owner gave up in time: the worker will hand the lock back
+        if the kernel grants it later. An error of the worker is raised here.
+        """
+        with self.lock:
+            if self.state == PENDING:
+                self.state = ABANDONED
+                return None
+            if self.state == GRANTED:
+                return self.fd
+        if self.error is None:  # pragma: no cover - FAILED always carries its error
+            raise RuntimeError("lock worker failed without an error")
+        raise self.error
+
+    def give_back(self) -> None:
+        """Release a lock the owner was granted but no longer wants (cancelled)."""
+        try:
+            _fs.flock(self.fd, LOCK_UN)
+        finally:
+            _fs.close(self.fd)
+
+    def run(self) -> None:
+        """The worker's side: block in flock, then hand the result over (or back)."""
+        try:
+            _fs.flock(self.fd, self.op)
+            err: BaseException | None = None
+        except BaseException as exc:  # handed to the owner by settle()
+            err = exc
+        with self.lock:
+            _worker_fds.discard(self.fd)
+            if self.state == ABANDONED:
+                # The owner timed out or was cancelled: hand the lock straight
+                # back, so an owner that gave up never holds anything (L9).
+                try:
+                    if err is None:
+                        _fs.flock(self.fd, LOCK_UN)
+                finally:
+                    _fs.close(self.fd)
+                return
+            if err is None:
+                self.state = GRANTED
+            else:
+                self.state = FAILED
+                self.error = err
+                _fs.close(self.fd)
+        self.notify()
+
+
+def _reopen(entry: Entry) -> int:
+    """A new open file description of the entry's inode.
+
+    The worker must not lock ``entry.fd`` itself: if its owner gave up and it
+    got the lock anyway, unlocking ``entry.fd`` could take the lock from the
+    next owner of this process, who locked through the same description.
+    """
+    if _PROC_FD:
+        try:
+            return _fs.open(f"/proc/self/fd/{entry.fd}", os.O_RDONLY)
+        except OSError:  # pragma: no cover - /proc not mounted: fall back to the name
+            pass
+    fd = open_lock_file(entry.path)
+    st = _fs.fstat(fd)
+    if (st.st_dev, st.st_ino) != entry.key:
+        _fs.close(fd)
+        raise OSError(errno.ESTALE, "the lock file was replaced while in use", entry.path)
+    return fd
+
+
+# Descriptors of workers still waiting in the kernel (closed in a forked child).
+_worker_fds: set[int] = set()
+# The pool: idle workers block on _jobs; _idle counts them (under _pool_lock).
+_IDLE_SECONDS = 30.0
+_pool_lock = threading.Lock()
+_jobs: queue.SimpleQueue[Request] = queue.SimpleQueue()
+_idle = 0
+
+
+def _start_kernel_wait(entry: Entry, op: int, notify: Callable[[], None]) -> Request:
+    """Hand a blocking ``flock(op)`` to a worker; ``notify`` is called when it ends."""
+    global _idle
+    fd = _reopen(entry)
+    req = Request(fd, op, notify)
+    _worker_fds.add(fd)
+    try:
+        with _pool_lock:
+            if _idle:
+                _idle -= 1
+                _jobs.put(req)
+                return req
+        threading.Thread(
+            target=_worker, args=(req,), name="racefree-lock-wait", daemon=True
+        ).start()
+    except BaseException:
+        _worker_fds.discard(fd)
+        _fs.close(fd)
+        raise
+    return req
+
+
+def _worker(req: Request) -> None:
+    global _idle
+    while True:
+        req.run()
+        with _pool_lock:
+            _idle += 1
+        try:
+            req = _jobs.get(timeout=_IDLE_SECONDS)
+        except queue.Empty:
+            with _pool_lock:
+                # A job handed to "an idle worker" just now may be ours to run.
+                try:
+                    req = _jobs.get_nowait()
+                except queue.Empty:
+                    _idle -= 1
+                    return
+
+
+def _after_fork_child() -> None:
+    """The child has none of the parent's workers; it closes their descriptors' copies."""
+    global _pool_lock, _jobs, _idle
+    _pool_lock = threading.Lock()
+    _jobs = queue.SimpleQueue()
+    _idle = 0
+    fds = list(_worker_fds)
+    _worker_fds.clear()
+    for fd in fds:
+        # EBADF: the child's copy is gone already, so there is nothing to release.
+        with contextlib.suppress(OSError):
+            _fs.close(fd)
+
+
+os.register_at_fork(after_in_child=_after_fork_child)

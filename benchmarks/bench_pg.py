@@ -3,7 +3,7 @@
 Prints one markdown table. Every row is measured in the same run, interleaved
 round by round (a busy moment of the machine hits every row alike), and
 reported as the median over the rounds of the mean time per operation; within a
-round, racefree and its floor alternate every 25 operations.
+round, racefree and its floor alternate operation by operation.
 
 The floor is what an application would write by hand with psycopg 3 on one
 connection (autocommit, statements prepared by psycopg after a few uses), on
@@ -30,6 +30,7 @@ The URL defaults to ``RACEFREE_TEST_POSTGRES``, else postgresql://postgres@127.0
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -48,7 +49,7 @@ DOC: dict[str, Any] = {"user": "alice", "n": 0, "tags": ["a", "b"], "text": ""}
 DOC["text"] = "x" * (1024 - len(json.dumps(DOC, separators=(",", ":"))))
 assert len(json.dumps(DOC, separators=(",", ":"))) == 1024
 KEYS = 1000
-SLICE = 25
+SLICE = 1
 
 
 class Raw:
@@ -114,9 +115,11 @@ def main() -> int:
         raw_fast.put(k, DOC)
 
     def loop(fn: Callable[[str], Any]) -> Callable[[int], None]:
+        ids = itertools.cycle([keys[(i * 7919) % KEYS] for i in range(KEYS)])
+
         def run(n: int) -> None:
-            for i in range(n):
-                fn(keys[(i * 7919) % KEYS])
+            for _ in range(n):
+                fn(next(ids))
 
         return run
 
@@ -143,7 +146,7 @@ def main() -> int:
     for r in range(rounds):
         n = per if r else per // 5  # the first round warms up (prepared statements)
         for i, (_, _, ours, floor) in enumerate(rows):
-            # racefree and its floor alternate in slices of SLICE operations, so
+            # racefree and its floor alternate every SLICE operations, so
             # that a burst of load on this shared machine hits both alike.
             spent = [0.0, 0.0]
             for _ in range(max(1, n // SLICE)):

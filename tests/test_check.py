@@ -38,7 +38,7 @@ def test_a_directory_of_everything(tmp_path: Path) -> None:
         ("json", "conf.json", True), ("store", "docs", True), ("log", "events.log", True),
     ]
     proc = cli(str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "3 checked, 0 damaged"
 
 

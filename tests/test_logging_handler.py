@@ -694,6 +694,38 @@ def test_fsync_failure_is_reported_and_never_retried(tmp_path: Path) -> None:
     assert (tmp_path / "app.log").read_bytes() == b"first\n"
 
 
+def test_a_signal_handler_logging_mid_write_is_refused_not_interleaved(tmp_path: Path) -> None:
+    """A record logged from a signal handler while the same thread is inside the write lock
+    (same handler, same open file description: flock cannot tell them apart) is refused
+    through handleError; the interrupted record is written whole and the lock stays held."""
+    errors: list[BaseException | None] = []
+
+    class Recording(RotatingFileHandler):
+        def handleError(self, record: logging.LogRecord) -> None:
+            errors.append(sys.exc_info()[1])
+
+    h = Recording(tmp_path / "app.log")
+    other = RotatingFileHandler(tmp_path / "app.log")  # as another process
+
+    class SignalMidWrite(_fs.FileSystem):
+        def write(self, fd: int, data: bytes | memoryview) -> int:
+            if bytes(data) == b"outer\n":
+                h.emit(_rec("from the signal handler"))
+                with pytest.raises(BlockingIOError):  # the lock is still ours
+                    fcntl.flock(other._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return os.write(fd, data)
+
+    try:
+        with _fs.use(SignalMidWrite()):
+            h.emit(_rec("outer"))
+        other.emit(_rec("next"))
+    finally:
+        h.close()
+        other.close()
+    assert [type(e) for e in errors] == [RuntimeError]
+    assert (tmp_path / "app.log").read_bytes() == b"outer\nnext\n"
+
+
 # -- timed rotation ----------------------------------------------------------
 
 class FakeClock:

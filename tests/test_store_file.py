@@ -37,7 +37,8 @@ def _wait_for(cond: Any, what: str, timeout: float = 30.0) -> None:
 
 
 def test_on_disk_format(tmp_path: Path) -> None:
-    """A put is one frame: magic, length, crc32, then op/idlen/version/doclen, id, JSON."""
+    """A put is one frame: magic, length, crc32, then the synced position, then
+    op/idlen/version/doclen, id, JSON."""
     with Store(tmp_path / "s", durable=False) as s:
         s.put("k/1", {"a": [1, 2.5, None], "é": "\ud800"})
     seg = _segments(tmp_path / "s")[0]
@@ -46,7 +47,8 @@ def test_on_disk_format(tmp_path: Path) -> None:
     [(off, n)] = _frames(seg)
     assert off == 16
     doc = b'{"a":[1,2.5,null],"\\u00e9":"\\ud800"}'
-    payload = bytes([1]) + (3).to_bytes(4, "little") + (1).to_bytes(8, "little")
+    synced = (1 << 40 | 16).to_bytes(8, "little")  # segment 1, its header: synced at open
+    payload = synced + bytes([1]) + (3).to_bytes(4, "little") + (1).to_bytes(8, "little")
     payload += len(doc).to_bytes(4, "little") + b"k/1" + doc
     assert data[off + FRAME.size:off + n] == payload
     assert data[off + n:off + n + 64] == bytes(64)

@@ -169,32 +169,32 @@ _current: FileSystem = _REAL
 # The module-level functions that racefree calls. Where the real method is a
 # plain forward to an ``os`` function with the same signature, the ``os``
 # function itself is bound, so the default seam adds no Python frame.
-open: Callable[..., int]
-close: Callable[[int], None]
-read: Callable[[int, int], bytes]
-pread: Callable[[int, int, int], bytes]
-write: Callable[[int, bytes | memoryview], int]
-pwrite: Callable[[int, bytes | memoryview, int], int]
-lseek: Callable[[int, int, int], int]
-fsync: Callable[[int], None]
-fdatasync: Callable[[int], None]
-ftruncate: Callable[[int, int], None]
-fallocate: Callable[[int, int, int], None]
-fstat: Callable[[int], os.stat_result]
-fchmod: Callable[[int, int], None]
-fchown: Callable[[int, int, int], None]
-flock: Callable[[int, int], None]
-mmap: Callable[..., _mmap.mmap]
-stat: Callable[..., os.stat_result]
-replace: Callable[[str, str], None]
-link: Callable[[str, str], None]
-unlink: Callable[[str], None]
-mkdir: Callable[..., None]
-rmdir: Callable[[str], None]
-listdir: Callable[[str], list[str]]
-realpath: Callable[[str], str]
-fsync_dir: Callable[[str], None]
-utime: Callable[..., None]
+open: Callable[..., int] = _REAL.open
+close: Callable[[int], None] = _REAL.close
+read: Callable[[int, int], bytes] = _REAL.read
+pread: Callable[[int, int, int], bytes] = _REAL.pread
+write: Callable[[int, bytes | memoryview], int] = _REAL.write
+pwrite: Callable[[int, bytes | memoryview, int], int] = _REAL.pwrite
+lseek: Callable[[int, int, int], int] = _REAL.lseek
+fsync: Callable[[int], None] = _REAL.fsync
+fdatasync: Callable[[int], None] = _REAL.fdatasync
+ftruncate: Callable[[int, int], None] = _REAL.ftruncate
+fallocate: Callable[[int, int, int], None] = _REAL.fallocate
+fstat: Callable[[int], os.stat_result] = _REAL.fstat
+fchmod: Callable[[int, int], None] = _REAL.fchmod
+fchown: Callable[[int, int, int], None] = _REAL.fchown
+flock: Callable[[int, int], None] = _REAL.flock
+mmap: Callable[..., _mmap.mmap] = _REAL.mmap
+stat: Callable[..., os.stat_result] = _REAL.stat
+replace: Callable[[str, str], None] = _REAL.replace
+link: Callable[[str, str], None] = _REAL.link
+unlink: Callable[[str], None] = _REAL.unlink
+mkdir: Callable[..., None] = _REAL.mkdir
+rmdir: Callable[[str], None] = _REAL.rmdir
+listdir: Callable[[str], list[str]] = _REAL.listdir
+realpath: Callable[[str], str] = _REAL.realpath
+fsync_dir: Callable[[str], None] = _REAL.fsync_dir
+utime: Callable[..., None] = _REAL.utime
 
 _FAST: dict[str, Any] = {
     "close": os.close,

@@ -79,11 +79,16 @@ __all__ = [
     "Pending",
     "Seen",
     "create",
+    "drop_name",
     "inspect",
+    "is_stale",
+    "prepare",
     "read_token",
+    "refresh",
     "release",
     "remove_stale",
     "still_held",
+    "token_path",
     "write_token",
 ]
 
@@ -284,6 +289,15 @@ def inspect(path: str) -> Seen | None:
     return Seen(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, data, _owner.decode(data))
 
 
+def _stat_seen(path: str) -> Seen | None:
+    """Like :func:`inspect` without reading the record (for the holder's own file)."""
+    try:
+        st = _fs.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return Seen(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, None, None)
+
+
 def is_stale(seen: Seen, stale_after: float, observer: Observer, now: float) -> bool:
     """Whether the lock file ``seen`` may be reclaimed now.
 
@@ -325,7 +339,7 @@ def _claim(path: str, seen: Seen, stale_after: float, observer: Observer) -> str
                 return _BUSY
             generation += 1
             continue
-        now = inspect(name)
+        now = inspect(name) if seen.data is not None else _stat_seen(name)
         if now is None:
             # A claimer of a later generation finished and removed the
             # claims of the earlier ones: the inode is gone from P.

@@ -11,7 +11,8 @@ serves twice:
   when its holder dies;
 - its first bytes, mapped shared into every process, are the *control block*:
   a rotation generation (bumped by the process that rotates, under the lock), a
-  "write in progress" mark, and, for timed rotation, the next rollover time.
+  "write in progress" mark, the current file's size (kept by every writer, so
+  a record needs no ``fstat``), and, for timed rotation, the next rollover time.
 
 A writer compares the generation with the one it opened its descriptor at: a
 plain memory read, instead of a ``stat`` of the path per record; a different
@@ -45,8 +46,8 @@ __all__ = ["Durable", "SharedFileHandler"]
 
 Durable = Literal["record", "rotate", False]
 
-#: The control block, at the start of the lock file (little-endian). Every field
-#: is read and written only while holding the write lock exclusively.
+#: The control block, at the start of the lock file (little-endian). Fields are
+#: written only while holding the write lock exclusively, and read under the lock.
 _U64 = struct.Struct("<Q")
 _HOT = struct.Struct("<QQQ")  # gen, dirty, size: what every record reads, in one unpack
 _OFF_GEN = 0  # u64: rotation generation, bumped by each rotation
@@ -57,7 +58,6 @@ _ROLLOVER = struct.Struct("<d")
 _OFF_ROLLOVER = 32  # f64: next timed rollover (epoch seconds), 0.0 when not set yet
 _CONTROL_SIZE = 64
 
-# Read access too: the torn-tail repair and the compression read through it.
 _DONE = struct.Struct("<QQ")  # dirty and size, cleared and advanced together
 _unpack_hot = _HOT.unpack_from
 _pack_u64 = _U64.pack_into
@@ -65,6 +65,7 @@ _pack_done = _DONE.pack_into
 _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 
+# Read access too: the torn-tail repair reads the last byte through it.
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT
 
 # Live handlers, so that a forked child can drop the descriptors it inherited.

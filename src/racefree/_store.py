@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 from ._errors import ConflictError, CorruptFileError
-from ._segment import ENTRY, FRAME, FRAME_MAGIC, M24, M36, M40, OP_DELETE, OP_PUT
+from ._segment import ENTRY, FRAME, M24, M36, M40, OP_DELETE, OP_PUT, PREFIX, frame
 from ._store_compact import StoreReport, check_state, compact_locked
 from ._store_core import Core, State
-from ._store_files import W_DEAD, W_END, W_TOTAL
+from ._store_files import W_DEAD, W_END, W_SYNCED, W_TOTAL
 
 __all__ = ["AsyncStore", "Store", "StoreBatch", "StoreReport"]
 
@@ -248,13 +247,15 @@ class Store:
             plan.append((op, key, version, len(idb), len(doc)))
         if not plan:
             return results, -1
-        payload = b"".join(parts)
-        if len(payload) > 0xFFFFFFFF:
+        entries = b"".join(parts)
+        if len(entries) > 0xFFFFFF00:
             raise ValueError("a batch of more than 4 GiB cannot be one record")
-        frame = FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
-        seg, off = core.append(st, frame)
+        # The frame carries how far the store is known to be synced: what lets
+        # recovery tell a torn in-flight write from damage (see _segment).
+        record = frame(core.words[W_SYNCED], entries)
+        seg, off = core.append(st, record)
         dead = 0
-        at = off + FRAME.size
+        at = off + PREFIX
         for op, key, version, idlen, doclen in plan:
             old = index.get(key)
             if old is not None:
@@ -269,7 +270,7 @@ class Store:
                 index.pop(key, None)
                 tomb[key] = version
             at += ENTRY.size + idlen + doclen
-        core.publish(st, seg << 40 | (off + len(frame)), dead, len(frame))
+        core.publish(st, seg << 40 | (off + len(record)), dead, len(record))
         end = st.end
         w = core.words
         if w[W_DEAD] >= self._compact_min and 2 * w[W_DEAD] >= w[W_TOTAL]:

@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import zlib
 from dataclasses import dataclass
 
 from . import _fs
@@ -27,11 +26,12 @@ from ._errors import CorruptFileError
 from ._segment import (
     ENTRY,
     FRAME,
-    FRAME_MAGIC,
     M40,
     OP_DELETE,
     OP_PUT,
+    PREFIX,
     SEG_HEADER,
+    frame,
     index_frames,
     pack,
     unpack,
@@ -94,13 +94,13 @@ class _Writer:
 
     def add(self, op: int, idb: bytes, version: int, doc: bytes) -> tuple[int, int]:
         """Buffer one single-entry frame; returns ``(seg, doc offset)``."""
-        payload = ENTRY.pack(op, len(idb), version, len(doc)) + idb + doc
-        n = FRAME.size + len(payload)
+        entry = ENTRY.pack(op, len(idb), version, len(doc)) + idb + doc
+        n = PREFIX + len(entry)
         if self.seg < 0 or self.pos + n > self.size:
             self._new_segment(n)
-        self.buf += FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload))
-        self.buf += payload
-        at = self.pos + FRAME.size + ENTRY.size + len(idb)
+        # Each copy claims itself synced: it is, before the MANIFEST makes it live.
+        self.buf += frame(self.seg << 40 | (self.pos + n), entry)
+        at = self.pos + PREFIX + ENTRY.size + len(idb)
         self.pos += n
         self.total += n
         if len(self.buf) >= _FLUSH:

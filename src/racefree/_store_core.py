@@ -283,6 +283,10 @@ class Core:
                 total += t
                 if torn:
                     self._zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+            # Make what survived durable, so that the next records can claim it
+            # (their ``synced`` field: how recovery tells damage from a torn write).
+            for seg in segs:
+                fdatasync(st.fds[seg], self._path(seg))
         except BaseException:
             st.close()
             raise
@@ -290,7 +294,7 @@ class Core:
         st.end = seg << 40 | end
         w[W_GEN] = gen
         w[W_END] = st.end
-        w[W_SYNCED] = 0
+        w[W_SYNCED] = st.end
         w[W_DEAD] = dead
         w[W_TOTAL] = total
         w[W_INPROG] = 0
@@ -471,10 +475,28 @@ class Core:
 
     def _roll(self, st: State, need: int) -> int:
         """Seal the active segment and start the next one (under the write lock)."""
-        new = st.segs[-1] + 1
+        old = st.segs[-1]
+        new = old + 1
+        # The sealed segment is synced before the next one is used (durable or not):
+        # then a damaged record in a sealed segment is always corruption, never a
+        # write that was in flight at a power loss.
+        try:
+            fdatasync(st.fds[old], self._path(old))
+        except DurabilityError:
+            self.poisoned = True  # W7: never retried; no process writes any more
+            self.words[W_POISON] = 1
+            raise
+        sealed = st.end
+        with self.sync_mu:
+            _fs.flock(self.sync_fd, _EX)
+            try:
+                if sealed > self.words[W_SYNCED]:
+                    self.words[W_SYNCED] = sealed
+            finally:
+                _fs.flock(self.sync_fd, _UN)
         # Segments grow by doubling up to segment_size, so that a small store stays
         # small on disk and a large one rolls rarely.
-        grown = min(self.segment_size, 2 * len(st.maps[st.segs[-1]]))
+        grown = min(self.segment_size, 2 * len(st.maps[old]))
         size = max(grown, need + SEG_HEADER.size)
         fd = create_segment(self.dir, new, size, zero_fill=True)
         try:

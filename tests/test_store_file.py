@@ -415,3 +415,48 @@ def test_fence_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             s.put("a", {}, fence=7)  # type: ignore[arg-type]
         assert "a" not in s
+
+
+def _damage(seg: Path, at: int, data: bytes) -> None:
+    fd = os.open(seg, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, at)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("missing", ["tail", "head"])
+def test_power_loss_tear_before_a_valid_record_opens(tmp_path: Path, missing: str) -> None:
+    """Un-synced records may reach the disk out of order: a torn one followed by a valid
+    one, neither claimed synced, is a torn tail: both are dropped, the rest opens."""
+    with Store(tmp_path / "s", durable=False) as s:
+        for i in range(4):
+            s.put(f"k{i}", {"i": i, "text": "t" * 100})
+    seg = _segments(tmp_path / "s")[0]
+    frames = _frames(seg)
+    off, n = frames[2]
+    if missing == "tail":
+        _damage(seg, off + n - 40, bytes(40))  # the last 40 bytes never landed
+    else:
+        _damage(seg, off, bytes(32))  # the first 32 bytes never landed
+    with Store(tmp_path / "s", durable=False) as s:
+        assert s.keys() == ["k0", "k1"]
+        s.put("k9", {"after": True})
+    with Store(tmp_path / "s", durable=False) as s:
+        assert s.keys() == ["k0", "k1", "k9"]
+        assert s.check().documents == 3
+
+
+def test_torn_shaped_damage_to_a_synced_record_is_corruption(tmp_path: Path) -> None:
+    """A later record claims the damaged one was synced: its loss is damage, not a power
+    loss, and opening raises CorruptFileError instead of dropping acknowledged writes."""
+    with Store(tmp_path / "s", durable=True) as s:
+        for i in range(3):
+            s.put(f"k{i}", {"i": i, "text": "t" * 100})
+    seg = _segments(tmp_path / "s")[0]
+    off, n = _frames(seg)[1]
+    _damage(seg, off + n - 40, bytes(40))
+    with pytest.raises(CorruptFileError) as info:
+        Store(tmp_path / "s", durable=False)
+    assert info.value.offset == off
+    assert "synced" in info.value.detail

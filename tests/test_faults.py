@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,14 @@ def matrix(sc: Scenario, tmp_path: Path) -> dict[str, int]:
                         continue
                     outcomes[out] = outcomes.get(out, 0) + 1
     print(sc.name, counts, outcomes)
-    shown = [f.replace(str(tmp_path), "") for f in failures[:12]]
-    assert failures == [], f"{len(failures)} failures, the first {len(shown)}:\n" + "\n".join(shown)
+    # One example of each kind of failure, with how often it happened.
+    kinds: dict[str, list[str]] = {}
+    for f in failures:
+        found = re.search(r"\((?:once|from then on)\): ([^(]*)", f)
+        what = found.group(1) if found else f  # e.g. "wrote again after DurabilityError"
+        kinds.setdefault(what, []).append(f.replace(str(tmp_path), ""))
+    shown = [f"{len(v)} x {v[0]}" for v in kinds.values()]
+    assert failures == [], f"{len(failures)} failures:\n" + "\n".join(shown)
     return outcomes
 
 

@@ -7,6 +7,7 @@ test_lock_contract.py; this file checks everything else FileLock promises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -36,7 +37,7 @@ def _in_thread(fn: Any, *args: Any) -> Any:
         except BaseException as exc:
             out.append(("err", exc))
 
-    t = threading.Thread(target=run)
+    t = threading.Thread(target=run, daemon=True)
     t.start()
     t.join(timeout=60)
     assert not t.is_alive()
@@ -261,7 +262,7 @@ def test_one_instance_shared_by_five_threads(tmp_path: Path) -> None:
                 total += 1
                 inside -= 1
 
-    threads = [threading.Thread(target=worker) for _ in range(5)]
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
@@ -452,8 +453,8 @@ def test_thread_and_task_waiters_wake_each_other(tmp_path: Path) -> None:
         got.append(lock.held_by_me)
         lock.release()
 
-    t1 = threading.Thread(target=thread_holder)
-    t2 = threading.Thread(target=thread_waiter)
+    t1 = threading.Thread(target=thread_holder, daemon=True)
+    t2 = threading.Thread(target=thread_waiter, daemon=True)
 
     async def task() -> None:
         await lock.acquire_async(timeout=60)  # woken by t1's release
@@ -496,7 +497,7 @@ def test_readers_share_writers_exclude(tmp_path: Path) -> None:
             second_holds.set()
             done.wait(60)
 
-    t = threading.Thread(target=second_reader)
+    t = threading.Thread(target=second_reader, daemon=True)
     try:
         with reader:
             t.start()
@@ -551,7 +552,7 @@ def test_waiting_writer_is_not_starved_by_new_readers(tmp_path: Path) -> None:
             order.append("writer")
 
     with reader:
-        t = threading.Thread(target=write)
+        t = threading.Thread(target=write, daemon=True)
         t.start()
         waiting.wait(60)
         entry = reader._get_entry()
@@ -656,7 +657,7 @@ def test_kill_9_holder_frees_the_lock(tmp_path: Path) -> None:
             lock.acquire(timeout=30)
             got.append(time.monotonic())
 
-        t = threading.Thread(target=wait)
+        t = threading.Thread(target=wait, daemon=True)
         t.start()
         killed = time.monotonic()
         holder.proc.kill()
@@ -800,21 +801,28 @@ def test_chaos_timeouts_and_cancellations_never_break_exclusion(tmp_path: Path) 
             finally:
                 lock.release()
 
+    async def one_round(me: str, timeout: float | None) -> None:
+        try:
+            await lock.acquire_async(timeout=timeout)
+        except LockTimeout:
+            return
+        try:
+            critical(me)
+            await asyncio.sleep(0)
+        finally:
+            lock.release()
+
     async def task_worker(seed: int) -> None:
         rnd = random.Random(seed)
+        loop = asyncio.get_running_loop()
         for _ in range(100):
-            try:
-                if rnd.random() < 0.5:
-                    await asyncio.wait_for(lock.acquire_async(), rnd.choice([0.0001, 0.001]))
-                else:
-                    await lock.acquire_async(timeout=rnd.choice([0, 0.001, None]))
-            except (LockTimeout, asyncio.TimeoutError):
-                continue
-            try:
-                critical(f"a{seed}")
-                await asyncio.sleep(0)
-            finally:
-                lock.release()
+            task = asyncio.create_task(
+                one_round(f"a{seed}", rnd.choice([0, 0.001, None]))
+            )
+            if rnd.random() < 0.5:  # cancel it at a random point: waiting, or inside
+                loop.call_later(rnd.choice([0, 0.0001, 0.001]), task.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def tasks() -> None:
         await asyncio.gather(*(task_worker(100 + i) for i in range(3)))
@@ -825,7 +833,9 @@ def test_chaos_timeouts_and_cancellations_never_break_exclusion(tmp_path: Path) 
         child.stdin.write("go\n")
         child.stdin.close()
         child.stdin = None
-        threads = [threading.Thread(target=thread_worker, args=(i,)) for i in range(3)]
+        threads = [
+            threading.Thread(target=thread_worker, args=(i,), daemon=True) for i in range(3)
+        ]
         for t in threads:
             t.start()
         asyncio.run(tasks())

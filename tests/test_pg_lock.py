@@ -412,3 +412,30 @@ def test_unreachable_server_raises_connection_lost_and_holds_nothing() -> None:
     with pytest.raises(ConnectionLost):
         lock.acquire_nowait()
     lock.close()
+
+
+def test_tokens_follow_grant_order(url: str, name: str, admin: Any) -> None:
+    """A waiter's token is drawn when it is granted: larger than one drawn while it waited."""
+    from racefree import PgLock
+
+    a, b, other = PgLock(url, name), PgLock(url, name), PgLock(url, name + "-other")
+    got: dict[str, int] = {}
+    try:
+        a.acquire()
+
+        def wait_for_it() -> None:
+            b.acquire(timeout=WAIT)
+            got["b"] = int(b.token or 0)
+            b.release()
+
+        t = threading.Thread(target=wait_for_it)
+        t.start()
+        _wait_until(lambda: len(_holders(admin, name)) == 2, "b to queue in the server")
+        with other:
+            got["other"] = int(other.token or 0)
+        a.release()
+        t.join(WAIT)
+        assert got["b"] > got["other"] > 0
+    finally:
+        for lock in (a, b, other):
+            lock.close()

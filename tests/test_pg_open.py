@@ -193,3 +193,20 @@ def test_both_stores_satisfy_the_protocol() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_connection_lost_and_fence_token_pickle() -> None:
+    """ConnectionLost and FenceToken survive pickling with every field (they cross processes)."""
+    import pickle
+
+    from racefree import ConnectionLost, FenceToken, RacefreeError
+
+    lost = ConnectionLost("postgresql://h/db", "gone", maybe_committed=True)
+    err = pickle.loads(pickle.dumps(lost))
+    assert isinstance(err, RacefreeError) and isinstance(err, ConnectionError)
+    assert (err.url, err.detail, err.maybe_committed) == ("postgresql://h/db", "gone", True)
+    assert str(err) == (
+        "connection to postgresql://h/db lost: gone (the write may or may not have been committed)"
+    )
+    token = pickle.loads(pickle.dumps(FenceToken(42, "jobs")))
+    assert type(token) is FenceToken and token == 42 and token.name == "jobs"

@@ -292,7 +292,20 @@ def test_versions_and_conflicts(store: Any) -> None:
         b.put("x", {"v": 1})
         b.put("k", {"v": 3}, expect_version=7)
     assert "x" not in store and store.get("k") == {"v": 2}
-    assert store.delete("k", expect_version=2) is True
+    # The error names the version before the batch, not one a later op of the batch wrote.
+    with pytest.raises(ConflictError) as info, store.batch() as b:
+        b.put("y", {"v": 1})
+        b.put("k", {"v": 3}, expect_version=1)
+        b.put("k", {"v": 4})
+    assert (info.value.key, info.value.expected, info.value.actual) == ("k", 1, 2)
+    assert "y" not in store and store.version("k") == 2
+    with store.batch() as b:  # a clean batch goes through in one round trip
+        b.put("k", {"v": 3}, expect_version=2)
+        b.delete("k", expect_version=3)
+        b.put("k", {"v": 5}, expect_version=0)
+        b.delete("never", expect_version=0)
+    assert b.versions == {"k": 5, "never": None} and store.get("k") == {"v": 5}
+    assert store.delete("k", expect_version=5) is True
     assert store.delete("k") is False and store.version("k") is None
 
 

@@ -293,3 +293,24 @@ def test_fence_none_accepted(store_factory: Make) -> None:
     assert s.put("a", {}, fence=None) == 1
     assert s.update("a", lambda d: {"u": 1}, fence=None) == {"u": 1}
     assert s.delete("a", fence=None) is True
+
+
+def test_document_containing_itself_is_type_error(store_factory: Make) -> None:
+    """A document that contains itself is not JSON: TypeError, nothing written."""
+    s = store_factory(durable=False)
+    doc: dict[str, Any] = {"a": 1}
+    doc["self"] = doc
+    with pytest.raises(TypeError):
+        s.put("a", doc)
+    assert "a" not in s
+
+
+def test_stored_json_round_trips_exactly(store_factory: Make) -> None:
+    """What get returns equals what was put: unicode, lone surrogates, big ints, floats."""
+    s = store_factory(durable=False)
+    doc = {"é": "\ud800x\U0001f600", "big": 2**70, "f": 0.1, "neg": -1.5e-300, "n": None,
+           "nested": [{"k": [True, False]}], "": "empty key"}
+    s.put("a", doc)
+    assert s.get("a") == doc
+    s2 = store_factory(durable=False)
+    assert s2.get("a") == doc

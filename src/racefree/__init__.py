@@ -7,7 +7,9 @@ Layers that each work alone:
 - :class:`LockFile`: an ``O_EXCL`` lock file with safe stale-lock recovery, for network mounts;
 - :class:`JsonFile`: locked read-modify-write of a JSON file with an atomic, durable publish;
 - :class:`AppendLog`: an append-only log of JSON records with compaction that loses nothing;
-- :class:`Store`, :class:`AsyncStore`: a JSON document store that many processes share.
+- :class:`Store`, :class:`AsyncStore`: a JSON document store that many processes share;
+- :func:`open_store`, :func:`open_lock`: the same store and lock API on files or, for several
+  machines, on PostgreSQL (:class:`PgStore`, :class:`PgLock`; ``pip install 'racefree[postgres]'``).
 """
 
 from __future__ import annotations

@@ -281,4 +281,14 @@ class FileLock:
             return
         if _reg.forget_inherited(entry.key, owner):
             return
-        raise RuntimeError(f"release of {self._path}: the lock is not held by this thread or task")
+        hint = ""
+        if any(isinstance(h, asyncio.Task) and h.done() for h in entry.holders):
+            # Python < 3.12: asyncio.wait_for(lock.acquire_async(), t) acquires in
+            # a task of its own, which then owns the lock.
+            hint = (
+                "; it is held by a finished task (asyncio.wait_for() runs its argument in a"
+                " task of its own before Python 3.12: use acquire_async(timeout=...))"
+            )
+        raise RuntimeError(
+            f"release of {self._path}: the lock is not held by this thread or task{hint}"
+        )

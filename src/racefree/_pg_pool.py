@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from . import _pg
@@ -56,13 +55,16 @@ class Pool:
         self._open()
 
     def _configure(self, conn: Any) -> None:
-        # Once per session: the store's durability, and READ COMMITTED, which
-        # the conditional writes and FOR UPDATE are written for (a server
-        # default of SERIALIZABLE would add spurious serialisation failures).
+        # Once per session: the store's durability; READ COMMITTED, which the
+        # conditional writes and FOR UPDATE are written for (a server default
+        # of SERIALIZABLE would add spurious serialisation failures); and no
+        # lock_timeout, so that a writer waiting for a row lock waits instead
+        # of failing spuriously (pitfall S8).
         commit = "on" if self._durable else "off"
         conn.execute(
             f"SET synchronous_commit = {commit};"
-            " SET default_transaction_isolation = 'read committed'"
+            " SET default_transaction_isolation = 'read committed';"
+            " SET lock_timeout = 0"
         )
 
     @staticmethod
@@ -106,11 +108,6 @@ class Pool:
             self._open()
         return self._pool
 
-    def connection(self) -> AbstractContextManager[Any]:
-        """Borrow a connection (``with pool.connection() as conn``)."""
-        cm: AbstractContextManager[Any] = self._live().connection(timeout=self._timeout + 20.0)
-        return cm
-
     def read(self, fn: Callable[[Any], T]) -> T:
         """``fn(conn)`` on a borrowed connection; a lost connection raises ConnectionLost.
 
@@ -137,18 +134,22 @@ class Pool:
         Otherwise only a failure during COMMIT leaves the outcome unknown.
         """
         committing = one_statement
-        with self.connection() as conn:
-            try:
-                if one_statement:
-                    return body(conn)
-                with conn.transaction():
-                    result = body(conn)
-                    committing = True
-                return result
-            except Exception as exc:
-                if _pg.is_connection_error(exc):
-                    raise _pg.lost(self.display, exc, maybe_committed=committing) from exc
-                raise
+        pool = self._live()
+        conn = pool.getconn(timeout=self._timeout + 20.0)
+        try:
+            if one_statement:
+                return body(conn)
+            with conn.transaction():
+                result = body(conn)
+                committing = True
+            return result
+        except Exception as exc:
+            if _pg.is_connection_error(exc):
+                raise _pg.lost(self.display, exc, maybe_committed=committing) from exc
+            raise
+        finally:
+            # A session in a failed or unknown state is discarded by the pool.
+            pool.putconn(conn)
 
     def iterate(self, query: str, params: tuple[Any, ...]) -> Iterator[Any]:
         """All rows of ``query``, fetched at once from one snapshot."""

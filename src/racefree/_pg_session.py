@@ -63,11 +63,21 @@ class Session:
         self.url = url
         self.name = name
         self.connect_timeout = connect_timeout
-        key = _pg.advisory_key("lock", name)
+        self.key = _pg.advisory_key("lock", name)
         suffix = "_shared" if shared else ""
-        self.sql_lock = f"SELECT pg_advisory_lock{suffix}({key})"
-        self.sql_try = f"SELECT pg_try_advisory_lock{suffix}({key})"
-        self.sql_unlock = f"SELECT pg_advisory_unlock{suffix}({key})"
+        # The token is drawn after the grant, in the same statement: the
+        # subquery (kept apart by OFFSET 0) must yield its row, which takes
+        # the lock, before the outer nextval runs. So tokens grow in the
+        # order holders got the lock, and one prepared statement does both.
+        self.sql_lock = (
+            "SELECT nextval('racefree_fence_seq')"
+            f" FROM (SELECT pg_advisory_lock{suffix}(%s) OFFSET 0) AS granted"
+        )
+        self.sql_try = (
+            "SELECT g, CASE WHEN g THEN nextval('racefree_fence_seq') END"
+            f" FROM (SELECT pg_try_advisory_lock{suffix}(%s) AS g OFFSET 0) AS t"
+        )
+        self.sql_unlock = f"SELECT pg_advisory_unlock{suffix}(%s)"
         self.conn: Any = None
         self.lock_timeout_ms: int | None = None  # the session's lock_timeout, if known
         self.pid = os.getpid()
@@ -136,18 +146,16 @@ class Session:
         """
         conn = self.connection()
         psycopg = _pg.psycopg_module()
-        if trying:
-            sql = f"{self.sql_try}; SELECT nextval('racefree_fence_seq')"
-        else:
+        if not trying:
             ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
-            # Literal integers only, so the three statements go as one simple
-            # query: one round trip. The token is drawn after the grant, so
-            # tokens grow in the order holders got the lock.
-            if ms == self.lock_timeout_ms:  # already set: two statements, one round trip
-                sql = f"{self.sql_lock}; SELECT nextval('racefree_fence_seq')"
-            else:
-                sql = f"SET lock_timeout = {ms}; {self.sql_lock};"
-                sql += " SELECT nextval('racefree_fence_seq')"
+            if ms != self.lock_timeout_ms:  # a round trip only when the timeout changes
+                try:
+                    with _pg.translate(self.url.display, maybe_committed=False):
+                        conn.execute(f"SET lock_timeout = {ms}")
+                except BaseException:
+                    self.discard()
+                    raise
+                self.lock_timeout_ms = ms
         if attempt is not None:
             with attempt.mutex:
                 if attempt.abandoned:
@@ -156,24 +164,19 @@ class Session:
                 attempt.waiting = True
         try:
             try:
-                cur = conn.execute(sql)
                 if trying:
-                    row = cur.fetchone()
+                    row = conn.execute(self.sql_try, (self.key,)).fetchone()
                     granted = bool(row and row[0])
-                else:  # results: SET's (if sent), the (void) lock's, nextval's
+                    token_row = None if row is None else row[1:]
+                else:
                     granted = True
-                    if sql.startswith("SET"):
-                        cur.nextset()
-                cur.nextset()
-                token_row = cur.fetchone()
+                    token_row = conn.execute(self.sql_lock, (self.key,)).fetchone()
             finally:
                 if attempt is not None:
                     with attempt.mutex:
                         attempt.waiting = False
         except psycopg.Error as exc:
             state = getattr(exc, "sqlstate", None)
-            # A failed statement rolls back its implicit transaction, SET included.
-            self.lock_timeout_ms = None
             if state == _LOCK_NOT_AVAILABLE:
                 # lock_timeout ran out while waiting: nothing was granted, and
                 # the session stays usable.
@@ -187,11 +190,9 @@ class Session:
         except BaseException:
             self.discard()
             raise
-        if not trying:
-            self.lock_timeout_ms = ms
         if not granted:
             return 0
-        if token_row is None:  # pragma: no cover - nextval always returns a row
+        if token_row is None or token_row[0] is None:  # pragma: no cover - one row, always
             self.discard()
             raise RuntimeError("nextval returned no row")
         return int(token_row[0])
@@ -202,7 +203,7 @@ class Session:
         if conn is None:
             return "the connection was closed"
         try:
-            row = conn.execute(self.sql_unlock).fetchone()
+            row = conn.execute(self.sql_unlock, (self.key,)).fetchone()
         except Exception as exc:
             self.discard()
             if _pg.is_connection_error(exc):

@@ -43,7 +43,12 @@ from ._store import encode_doc as _file_encode_doc
 __all__ = ["PgBatch", "PgStore", "PgStoreReport"]
 
 _MISSING: Any = object()
+_CONFLICT: Any = object()
 _PUT, _DELETE = 1, 2
+
+
+class _Conflicted(Exception):
+    """A pipelined batch met a failed condition: roll back and redo it one op at a time."""
 
 # The (store, id) pairs whose update() fn is running in this thread. The
 # update's transaction holds the row lock; a write to that id from inside fn
@@ -230,35 +235,65 @@ class PgStore:
                 f"{None if row is None else int(row[0])}",
             )
 
+    def _statement(self, op: Op) -> tuple[str, tuple[Any, ...]]:
+        """The one conditional statement that performs ``op`` (see ``_pg_sql``)."""
+        kind, _, idb, text, expect = op
+        name = self._name
+        if kind == _PUT:
+            if expect is None:
+                return sql.PUT, (name, idb, text)
+            if expect == 0:
+                return sql.PUT_NEW, (name, idb, text)
+            return sql.PUT_IF, (text, name, idb, expect)
+        if expect is None:
+            return sql.DELETE, (name, idb)
+        if expect == 0:  # "must not exist": deleting nothing is no conflict, so only look
+            return sql.VERSION, (name, idb)
+        return sql.DELETE_IF, (name, idb, expect)
+
+    @staticmethod
+    def _outcome(op: Op, row: Any) -> Any:
+        """The new version (None: a delete of an absent id), or ``_CONFLICT``."""
+        kind, _, _, _, expect = op
+        if kind == _DELETE and expect == 0:
+            return None if row is None else _CONFLICT
+        if kind == _DELETE and expect is None:
+            return None if row is None else int(row[0])
+        return _CONFLICT if row is None else int(row[0])
+
     def _write(self, conn: Any, op: Op) -> int | None:
         """One put or delete (in the caller's transaction or alone); its new version.
 
         None for a delete of an absent id. A failed ``expect_version`` raises
         ConflictError, and the caller's transaction rolls back.
         """
-        kind, key, idb, text, expect = op
-        name = self._name
-        if kind == _PUT:
-            if expect is None:
-                row = conn.execute(sql.PUT, (name, idb, text)).fetchone()
-            elif expect == 0:
-                row = conn.execute(sql.PUT_NEW, (name, idb, text)).fetchone()
-            else:
-                row = conn.execute(sql.PUT_IF, (text, name, idb, expect)).fetchone()
-        elif expect is None:
-            row = conn.execute(sql.DELETE, (name, idb)).fetchone()
-            return None if row is None else int(row[0])
-        elif expect == 0:  # "must not exist": deleting nothing is no conflict
-            row = conn.execute(sql.VERSION, (name, idb)).fetchone()
-            if row is None:
-                return None
-            raise ConflictError(key, 0, int(row[0]))
-        else:
-            row = conn.execute(sql.DELETE_IF, (name, idb, expect)).fetchone()
-        if row is None:
-            actual = conn.execute(sql.VERSION, (name, idb)).fetchone()
-            raise ConflictError(key, expect, None if actual is None else int(actual[0]))
-        return int(row[0])
+        query, params = self._statement(op)
+        result = self._outcome(op, conn.execute(query, params).fetchone())
+        if result is _CONFLICT:
+            row = conn.execute(sql.VERSION, (self._name, op[2])).fetchone()
+            raise ConflictError(op[1], op[4], None if row is None else int(row[0]))
+        version: int | None = result
+        return version
+
+    def _write_pipelined(self, conn: Any, ops: list[Op]) -> dict[str, int | None] | None:
+        """Send every op of a batch at once (one round trip), then read the outcomes.
+
+        None if one of them failed its condition: the caller rolls back and
+        finds which, exactly, one op at a time (the rare path).
+        """
+        with conn.pipeline():
+            cursors = []
+            for op in ops:
+                cur = conn.cursor()
+                cur.execute(*self._statement(op))
+                cursors.append(cur)
+            out: dict[str, int | None] = {}
+            for op, cur in zip(ops, cursors, strict=True):
+                result = self._outcome(op, cur.fetchone())
+                if result is _CONFLICT:
+                    return None
+                out[op[1]] = result
+        return out
 
     def _commit(self, ops: list[Op], fences: list[FenceToken]) -> dict[str, int | None]:
         """Apply ``ops`` in order as one transaction; the new version per id."""
@@ -271,14 +306,27 @@ class PgStore:
                         " for update's own row lock: return the new document from fn instead"
                     )
 
-        def body(conn: Any) -> dict[str, int | None]:
+        def one_by_one(conn: Any) -> dict[str, int | None]:
             for fence in fences:
                 self._fence(conn, fence)
             return {op[1]: self._write(conn, op) for op in ops}
 
-        # A lone unfenced put or unconditional delete is one statement: no BEGIN/COMMIT.
-        alone = len(ops) == 1 and not fences and (ops[0][0] == _PUT or ops[0][4] is None)
-        return self._pool.transaction(body, one_statement=alone)
+        def pipelined(conn: Any) -> dict[str, int | None]:
+            for fence in fences:
+                self._fence(conn, fence)
+            out = self._write_pipelined(conn, ops)
+            if out is None:
+                raise _Conflicted()
+            return out
+
+        if len(ops) > 1:
+            try:
+                return self._pool.transaction(pipelined, one_statement=False)
+            except _Conflicted:  # rolled back: find the exact ConflictError
+                return self._pool.transaction(one_by_one, one_statement=False)
+        # A lone unfenced write is one conditional statement: no BEGIN/COMMIT
+        # (on a conflict, the version read after it is only for the message).
+        return self._pool.transaction(one_by_one, one_statement=not fences)
 
     def put(
         self,

@@ -17,13 +17,16 @@ from typing import Any
 
 from ._errors import ConflictError, CorruptFileError
 from ._segment import ENTRY, FRAME, M24, M36, M40, OP_DELETE, OP_PUT, PREFIX, frame
+from ._store_batch import Op, StoreBatch, check_expect, encode_doc, encode_id, no_fence
 from ._store_compact import StoreReport, check_state, compact_locked
-from ._store_core import Core, State
+from ._store_core import Core
 from ._store_files import W_DEAD, W_END, W_SYNCED, W_TOTAL
+from ._store_index import State
 
-__all__ = ["AsyncStore", "Store", "StoreBatch", "StoreReport"]
+__all__ = ["AsyncStore", "Store", "StoreBatch", "StoreReport", "encode_doc", "encode_id"]
 
 _MISSING: Any = object()
+_check_expect = check_expect  # the name the PostgreSQL store imports (one set of checks)
 
 #: Segments are preallocated this large (a record larger than this gets a segment of its own).
 SEGMENT_SIZE = 32 << 20
@@ -31,45 +34,8 @@ SEGMENT_SIZE = 32 << 20
 #: of all record bytes.
 COMPACT_MIN_DEAD = 16 << 20
 
-# Compact ASCII JSON: ASCII keeps lone surrogates as \u escapes; NaN is not JSON.
-_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 _scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _ENTRY_OVERHEAD = FRAME.size + ENTRY.size
-
-
-def encode_id(key: object) -> bytes:
-    """The stored form of an id: UTF-8 with lone surrogates kept; TypeError for a non-str."""
-    if not isinstance(key, str):
-        raise TypeError(f"store ids are str, not {type(key).__name__}")
-    return key.encode("utf-8", "surrogatepass")
-
-
-def encode_doc(doc: object) -> bytes:
-    """The stored bytes of a document; TypeError (nothing written) unless a JSON object."""
-    if not isinstance(doc, dict):
-        raise TypeError(f"a document must be a dict (a JSON object), not {type(doc).__name__}")
-    try:
-        return _encode(doc).encode("ascii")
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"the document is not JSON-serialisable: {exc}") from None
-
-
-def _check_expect(expect: object) -> int | None:
-    if expect is None:
-        return None
-    if isinstance(expect, bool) or not isinstance(expect, int):
-        raise TypeError(f"expect_version must be an int or None, not {expect!r}")
-    if expect < 0:
-        raise ValueError(f"expect_version must be >= 0, not {expect}")
-    return expect
-
-
-def _no_fence(fence: object) -> None:
-    if fence is not None:
-        raise ValueError(
-            "fencing tokens are for the PostgreSQL store; a file store's writers are"
-            " serialised by a kernel lock that is released only when its holder dies"
-        )
 
 
 class Store:
@@ -172,9 +138,11 @@ class Store:
         return len(self._current().index)
 
     def _snapshot(self) -> tuple[State, list[tuple[str, int]]]:
-        with self._core.mu:
+        with self._core.mu:  # no catch-up may change the index while it is copied
             st = self._core.refresh()
-            return st, sorted(st.index.items())
+            pairs = list(st.index.items())
+        pairs.sort()
+        return st, pairs
 
     def keys(self) -> list[str]:
         """Every id, sorted (code point order = UTF-8 byte order), from one snapshot."""
@@ -197,7 +165,7 @@ class Store:
         return [(key, value >> 100, self._read(st, value)) for key, value in pairs]
 
     # -- writes --------------------------------------------------------------------
-    def _commit(self, ops: list[tuple[int, str, bytes, bytes, int | None, int | None]]) -> Any:
+    def _commit(self, ops: list[Op]) -> Any:
         """Check and write ``ops`` as one frame under the write lock, then group-commit.
 
         Each op is ``(op, id, idb, doc, expect_version, exact_version)``. Returns
@@ -215,7 +183,7 @@ class Store:
         return results
 
     def _commit_locked(
-        self, ops: list[tuple[int, str, bytes, bytes, int | None, int | None]]
+        self, ops: list[Op]
     ) -> tuple[dict[str, int | None], int]:
         core = self._core
         st = core.writable()
@@ -294,9 +262,45 @@ class Store:
         ``id`` not a str. ``fence`` is for the PostgreSQL store; a file store raises
         ``ValueError`` for any other value than None.
         """
-        _no_fence(fence)
-        op = (OP_PUT, id, encode_id(id), encode_doc(doc), _check_expect(expect_version), None)
-        version: int = self._commit([op])[id]
+        # The same steps as _commit for one put, unrolled: this is the hot path.
+        no_fence(fence)
+        idb = encode_id(id)
+        data = encode_doc(doc)
+        expect = check_expect(expect_version)
+        core = self._core
+        core.acquire()
+        try:
+            st = core.writable()
+            index = st.index
+            old = index.get(id)
+            if old is None:
+                if expect:
+                    raise ConflictError(id, expect, None)
+                cur = st.tomb.get(id, 0) if st.tomb else 0
+                dead = 0
+            else:
+                cur = old >> 100
+                if expect is not None and expect != cur:
+                    raise ConflictError(id, expect, cur)
+                dead = ((old >> 40) & M36) + len(idb) + _ENTRY_OVERHEAD
+            version = cur + 1
+            w = core.words
+            entry = ENTRY.pack(OP_PUT, len(idb), version, len(data)) + idb + data
+            record = frame(w[W_SYNCED], entry)
+            seg, off = core.append(st, record)
+            index[id] = (((version << 24 | seg) << 36 | len(data)) << 40) | (
+                off + PREFIX + ENTRY.size + len(idb)
+            )
+            if old is None and st.tomb:
+                st.tomb.pop(id, None)
+            core.publish(st, seg << 40 | (off + len(record)), dead, len(record))
+            end = st.end
+            if w[W_DEAD] >= self._compact_min and 2 * w[W_DEAD] >= w[W_TOTAL]:
+                compact_locked(core, st)
+        finally:
+            core.release()
+        if self._durable:
+            core.sync(end)
         return version
 
     def delete(self, id: str, *, expect_version: int | None = None, fence: None = None) -> bool:
@@ -305,8 +309,8 @@ class Store:
         With ``expect_version``, a missing id or another version raises
         :class:`ConflictError` and nothing is written. Atomic and durable as ``put``.
         """
-        _no_fence(fence)
-        op = (OP_DELETE, id, encode_id(id), b"", _check_expect(expect_version), None)
+        no_fence(fence)
+        op = (OP_DELETE, id, encode_id(id), b"", check_expect(expect_version), None)
         return self._commit([op])[id] is not None
 
     def __setitem__(self, id: str, doc: dict[str, Any]) -> None:
@@ -332,7 +336,7 @@ class Store:
         returns the new one; it runs exactly once, while other writers wait, so keep
         it short. An exception from ``fn`` writes nothing.
         """
-        _no_fence(fence)
+        no_fence(fence)
         idb = encode_id(id)
         core = self._core
         core.acquire()
@@ -361,7 +365,7 @@ class Store:
 
     def put_at_versions(self, rows: list[tuple[str, int, dict[str, Any]]]) -> None:
         """Set documents at exact versions, as one record (``racefree store copy``)."""
-        ops: list[tuple[int, str, bytes, bytes, int | None, int | None]] = []
+        ops: list[Op] = []
         for key, version, doc in rows:
             if isinstance(version, bool) or not isinstance(version, int) or version < 1:
                 raise ValueError(f"a version is an int >= 1, not {version!r}")
@@ -416,47 +420,6 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self._path!r} durable={self._durable}>"
-
-
-class StoreBatch:
-    """Writes collected in a ``with`` block, written as one record at its end.
-
-    Nothing is written before the block ends, nor if it raises. At the end every
-    ``expect_version`` is checked in order (later ops see earlier ones); one
-    mismatch raises :class:`ConflictError` and writes nothing. ``versions`` then
-    maps each id to its new version (None for a delete of an absent id).
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._ops: list[tuple[int, str, bytes, bytes, int | None, int | None]] = []
-        self.versions: dict[str, int | None] = {}
-
-    def put(
-        self, id: str, doc: dict[str, Any], *, expect_version: int | None = None,
-        fence: None = None,
-    ) -> None:
-        """Add a put (checked now: TypeError for a bad id or document)."""
-        _no_fence(fence)
-        self._ops.append(
-            (OP_PUT, id, encode_id(id), encode_doc(doc), _check_expect(expect_version), None)
-        )
-
-    def delete(self, id: str, *, expect_version: int | None = None, fence: None = None) -> None:
-        """Add a delete."""
-        _no_fence(fence)
-        self._ops.append((OP_DELETE, id, encode_id(id), b"", _check_expect(expect_version), None))
-
-    def __enter__(self) -> StoreBatch:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and self._ops:
-            ops, self._ops = self._ops, []
-            self.versions = self._store._commit(ops)
 
 
 from ._store_async import AsyncStore  # noqa: E402  (it builds on Store)

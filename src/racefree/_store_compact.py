@@ -36,7 +36,7 @@ from ._segment import (
     pack,
     unpack,
 )
-from ._store_core import Core, State
+from ._store_core import Core
 from ._store_files import (
     W_DEAD,
     W_END,
@@ -50,6 +50,7 @@ from ._store_files import (
     seg_name,
     write_manifest,
 )
+from ._store_index import State
 
 _FLUSH = 1 << 20
 

@@ -29,7 +29,7 @@ from mmap import mmap
 from typing import Any
 
 from . import _fs
-from ._errors import CorruptFileError, DurabilityError
+from ._errors import DurabilityError, FormatError
 from ._segment import M40, SEG_HEADER, ZERO4, index_frames, last_nonzero
 from ._store_files import (
     LOCK,
@@ -49,11 +49,10 @@ from ._store_files import (
     is_store_dir_empty,
     open_segment,
     open_shm,
-    read_manifest,
     seg_name,
-    seg_number,
     write_manifest,
 )
+from ._store_index import State, catch_up, load, rebuild
 
 #: A new store's first segment; later ones double up to the store's segment_size.
 FIRST_SEGMENT = 1 << 20
@@ -61,32 +60,6 @@ _EX = fcntl.LOCK_EX
 _SH = fcntl.LOCK_SH
 _UN = fcntl.LOCK_UN
 _NB = fcntl.LOCK_NB
-
-
-class State:
-    """One consistent view: the index and the segments it points into."""
-
-    __slots__ = ("end", "fds", "gen", "index", "maps", "segs", "tomb")
-
-    def __init__(self, gen: int, segs: list[int], end: int) -> None:
-        self.gen = gen
-        self.segs = segs
-        self.end = end  # the published position this index covers (seg << 40 | offset)
-        self.index: dict[str, int] = {}
-        self.tomb: dict[str, int] = {}  # deleted id -> its tombstone's version
-        self.maps: dict[int, mmap] = {}
-        self.fds: dict[int, int] = {}
-
-    def close(self) -> None:
-        fds, self.fds = self.fds, {}
-        for fd in fds.values():
-            with contextlib.suppress(OSError):
-                _fs.close(fd)
-
-    def __del__(self) -> None:
-        # A replaced state is closed when the last thread using it lets go (a
-        # group-commit fdatasync may still be running on its descriptors).
-        self.close()
 
 
 # A state that never matches the shared header (end -1 is no u64), so that every
@@ -153,8 +126,16 @@ class Core:
         without the write lock, so opening (and a forked child's reopen) never
         waits for a writer, nor for a parent that holds the lock.
         """
-        with contextlib.suppress(FileExistsError):
-            _fs.mkdir(self.dir)
+        try:
+            names = _fs.listdir(self.dir)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                _fs.mkdir(self.dir)
+        else:
+            # Checked again under the lock; this first look creates nothing in a
+            # directory that is not a store.
+            if MANIFEST not in names and not is_store_dir_empty(self.dir):
+                raise FormatError(self.dir, "not a racefree store (no MANIFEST), and not empty")
         flags = os.O_RDWR | os.O_CREAT | _fs.O_NOFOLLOW
         self.lock_fd = _fs.open(os.path.join(self.dir, LOCK), flags, 0o666)
         try:
@@ -169,7 +150,7 @@ class Core:
             if not first:
                 _fs.flock(self.shm_fd, _SH)  # waits while a first opener rebuilds
                 if self.words[W_MAGIC] == SHM_MAGIC:
-                    self.state = self.load()
+                    self.state = load(self)
                     return
             _fs.flock(self.lock_fd, _EX)
             try:
@@ -177,7 +158,7 @@ class Core:
                 if first:
                     self.words[W_POISON] = 0
                 self.words[W_MAGIC] = 0
-                state = self.rebuild_locked()
+                state = rebuild(self)
                 self.words[W_MAGIC] = SHM_MAGIC
                 if first:
                     _fs.flock(self.shm_fd, _SH)
@@ -195,8 +176,6 @@ class Core:
         except FileNotFoundError:
             pass
         if not is_store_dir_empty(self.dir):
-            from ._errors import FormatError
-
             raise FormatError(self.dir, "not a racefree store (no MANIFEST), and not empty")
         fd = create_segment(self.dir, 1, self.first_size(0), zero_fill=True)
         _fs.close(fd)
@@ -248,107 +227,21 @@ class Core:
         self._open()
 
     # -- loading the index ---------------------------------------------------------
-    def _path(self, seg: int) -> str:
+    def seg_path(self, seg: int) -> str:
         return os.path.join(self.dir, seg_name(seg))
 
-    def _map(self, st: State, seg: int) -> None:
+    def map_segment(self, st: State, seg: int) -> None:
         fd, mm = open_segment(self.dir, seg)
         st.fds[seg] = fd
         st.maps[seg] = mm
 
-    def rebuild_locked(self) -> State:
-        """Scan every live segment, repair a torn tail, and reset the shared header.
-
-        Called with the write lock held: by the first process to open the store,
-        and when a compaction was committed (MANIFEST replaced) by a process that
-        died before publishing it.
-        """
-        gen, segs = read_manifest(self.dir)
-        for name in _fs.listdir(self.dir):
-            n = seg_number(name)
-            if n is not None and n not in segs:
-                # An orphan of an unfinished roll or compaction, or a segment a
-                # finished compaction replaced: never read, safe to remove under the lock.
-                _fs.unlink(os.path.join(self.dir, name))
-        st = State(gen, list(segs), 0)
-        dead = total = 0
-        try:
-            for seg in segs:
-                self._map(st, seg)
-                mm = st.maps[seg]
-                end, torn, d, t = index_frames(
-                    mm, SEG_HEADER.size, len(mm), seg, st.index, st.tomb, self._path(seg)
-                )
-                dead += d
-                total += t
-                if torn:
-                    self._zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
-            # Make what survived durable, so that the next records can claim it
-            # (their ``synced`` field: how recovery tells damage from a torn write).
-            for seg in segs:
-                fdatasync(st.fds[seg], self._path(seg))
-        except BaseException:
-            st.close()
-            raise
-        w = self.words
-        st.end = seg << 40 | end
-        w[W_GEN] = gen
-        w[W_END] = st.end
-        w[W_SYNCED] = st.end
-        w[W_DEAD] = dead
-        w[W_TOTAL] = total
-        w[W_INPROG] = 0
-        return st
-
-    def _zero(self, st: State, seg: int, start: int, stop: int) -> None:
+    def zero(self, st: State, seg: int, start: int, stop: int) -> None:
         """Overwrite a torn tail (bytes of a write that never completed) with zeros."""
         if stop > start:
             _fs.pwrite_all(st.fds[seg], bytes(stop - start), start)
 
-    def load(self) -> State:
-        """A fresh index, built without the write lock (retried if a compaction races it)."""
-        w = self.words
-        for _ in range(20):
-            gen = w[W_GEN]
-            mgen, segs = read_manifest(self.dir)
-            if w[W_INPROG] or mgen != gen:
-                break  # a compaction is in flight or its process died: resolve under the lock
-            endw = w[W_END]
-            tseg, toff = endw >> 40, endw & M40
-            if tseg not in segs:
-                continue  # a segment roll raced the manifest read
-            st = State(gen, [s for s in segs if s <= tseg], endw)
-            try:
-                for seg in st.segs:
-                    self._map(st, seg)
-            except FileNotFoundError:
-                st.close()  # a compaction removed it after we read the manifest
-                continue
-            try:
-                for seg in st.segs:
-                    mm = st.maps[seg]
-                    stop = toff if seg == tseg else len(mm)
-                    end, _, _, _ = index_frames(
-                        mm, SEG_HEADER.size, stop, seg, st.index, st.tomb, self._path(seg)
-                    )
-                    if seg == tseg and end != toff:
-                        raise CorruptFileError(
-                            self._path(seg), "a published record does not check", offset=end
-                        )
-            except BaseException:
-                st.close()
-                raise
-            if w[W_GEN] == gen:
-                return st
-            st.close()
-        self.acquire()
-        try:
-            return self.state if self.state.end == w[W_END] else self._rebuilt()
-        finally:
-            self.release()
-
-    def _rebuilt(self) -> State:
-        st = self.rebuild_locked()
+    def rebuilt(self) -> State:
+        st = rebuild(self)
         self.state = st
         return st
 
@@ -367,49 +260,15 @@ class Core:
             if endw == st.end:
                 return st
             if w[W_GEN] != st.gen or w[W_INPROG]:
-                new = self.load()
+                new = load(self)
                 self.state = new
                 return new
-            if self._catch_up(st, endw):
+            if catch_up(self, st, endw):
                 return st
-            new = self.load()  # a compaction committed while we were catching up
+            new = load(self)  # a compaction committed while we were catching up
             self.state = new
             return new
 
-    def _catch_up(self, st: State, endw: int) -> bool:
-        """Apply the records between ``st.end`` and ``endw``; False if the generation moved."""
-        seg, off = st.end >> 40, st.end & M40
-        tseg, toff = endw >> 40, endw & M40
-        while seg != tseg:
-            # ``seg`` was sealed by a roll: finish it up to the end of its frames.
-            mm = st.maps[seg]
-            index_frames(mm, off, len(mm), seg, st.index, st.tomb, self._path(seg))
-            later = [s for s in st.segs if s > seg]
-            if not later:
-                gen, segs = read_manifest(self.dir)
-                if gen != st.gen:
-                    return False
-                for s in segs:
-                    if s > seg and s not in st.maps:
-                        self._map(st, s)
-                st.segs = list(segs)
-                later = [s for s in segs if s > seg]
-            seg, off = later[0], SEG_HEADER.size
-        if toff > off:
-            # Read through pread, not the mapping: the system call orders this read
-            # after the load of the published end on any memory model.
-            buf = _fs.pread(st.fds[seg], toff - off, off)
-            end, _, _, _ = index_frames(
-                buf, 0, len(buf), seg, st.index, st.tomb, self._path(seg), base=off
-            )
-            if end != toff - off:
-                raise CorruptFileError(
-                    self._path(seg), "a published record does not check", offset=off + end
-                )
-        st.end = endw
-        return True
-
-    # -- writing -------------------------------------------------------------------
     def acquire(self) -> None:
         """Take the write lock: this thread first (RLock), then this process (flock)."""
         self.mu.acquire()
@@ -428,7 +287,7 @@ class Core:
     def release(self) -> None:
         self.depth -= 1
         try:
-            if self.depth == 0:
+            if self.depth == 0 and self.lock_fd >= 0:  # closed inside a write: already free
                 _fs.flock(self.lock_fd, _UN)
         finally:
             self.mu.release()
@@ -441,7 +300,7 @@ class Core:
                 self.dir, errno.EIO, "an earlier fdatasync failed; the store refuses writes"
             )
         if w[W_INPROG]:
-            self._rebuilt()  # a compactor died between its manifest and its publish
+            self.rebuilt()  # a compactor died between its manifest and its publish
         st = self.refresh()
         seg, off = st.end >> 40, st.end & M40
         mm = st.maps[seg]
@@ -467,10 +326,10 @@ class Core:
     def _repair_tail(self, st: State, seg: int, off: int) -> None:
         mm = st.maps[seg]
         end, torn, dead, total = index_frames(
-            mm, off, len(mm), seg, st.index, st.tomb, self._path(seg)
+            mm, off, len(mm), seg, st.index, st.tomb, self.seg_path(seg)
         )
         if torn:
-            self._zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+            self.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
         self.publish(st, seg << 40 | end, dead, total)
 
     def _roll(self, st: State, need: int) -> int:
@@ -481,7 +340,7 @@ class Core:
         # then a damaged record in a sealed segment is always corruption, never a
         # write that was in flight at a power loss.
         try:
-            fdatasync(st.fds[old], self._path(old))
+            fdatasync(st.fds[old], self.seg_path(old))
         except DurabilityError:
             self.poisoned = True  # W7: never retried; no process writes any more
             self.words[W_POISON] = 1
@@ -524,16 +383,16 @@ class Core:
 
     def _sync_segment(self, fd: int, seg: int) -> None:
         if fd >= 0:
-            fdatasync(fd, self._path(seg))
+            fdatasync(fd, self.seg_path(seg))
             return
         # Not in this handle's state (closed meanwhile, or rolled by another
         # process after our write): sync the file by name.
         try:
-            fd = _fs.open(self._path(seg), os.O_RDWR | _fs.O_NOFOLLOW)
+            fd = _fs.open(self.seg_path(seg), os.O_RDWR | _fs.O_NOFOLLOW)
         except FileNotFoundError:
             return  # an orphan number: never named by the manifest, nothing to sync
         try:
-            fdatasync(fd, self._path(seg))
+            fdatasync(fd, self.seg_path(seg))
         finally:
             _fs.close(fd)
 

@@ -1,0 +1,131 @@
+"""Argument checks shared by every Store write, and ``StoreBatch``.
+
+Every check runs before the write lock is taken, so a bad id or document raises
+``TypeError`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._segment import OP_DELETE, OP_PUT
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+# Compact ASCII JSON: ASCII keeps lone surrogates as \u escapes; NaN is not JSON.
+# The C encoder is built once (JSONEncoder.encode builds one per call, a fifth of a
+# put's time); without cycle markers, so one object may be encoded by several
+# threads at once: a cycle ends in RecursionError instead of ValueError.
+_json_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _not_json(obj: object) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+if _c_make_encoder is not None:
+    _c_encoder = _c_make_encoder(
+        None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+    def _encode(doc: dict[str, Any]) -> str:
+        return "".join(_c_encoder(doc, 0))
+
+else:  # pragma: no cover - CPython always has the C encoder
+
+    def _encode(doc: dict[str, Any]) -> str:
+        return _json_encode(doc)
+
+#: The largest id or document (in bytes): a record's lengths are 32-bit.
+MAX_RECORD = 0xFFFF0000
+
+#: One write of a batch: (op, id, id bytes, doc bytes, expect_version, exact version).
+Op = tuple[int, str, bytes, bytes, "int | None", "int | None"]
+
+
+def encode_id(key: object) -> bytes:
+    """The stored form of an id: UTF-8 with lone surrogates kept; TypeError for a non-str."""
+    if not isinstance(key, str):
+        raise TypeError(f"store ids are str, not {type(key).__name__}")
+    data = key.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_RECORD:
+        raise ValueError(f"an id of {len(data)} bytes is larger than a record can be")
+    return data
+
+
+def encode_doc(doc: object) -> bytes:
+    """The stored bytes of a document; TypeError (nothing written) unless a JSON object."""
+    if not isinstance(doc, dict):
+        raise TypeError(f"a document must be a dict (a JSON object), not {type(doc).__name__}")
+    try:
+        data = _encode(doc).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the document is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise TypeError("the document is not JSON-serialisable: it contains itself") from None
+    if len(data) > MAX_RECORD:
+        raise ValueError(f"a document of {len(data)} bytes is larger than a record can be")
+    return data
+
+
+def check_expect(expect: object) -> int | None:
+    if expect is None:
+        return None
+    if isinstance(expect, bool) or not isinstance(expect, int):
+        raise TypeError(f"expect_version must be an int or None, not {expect!r}")
+    if expect < 0:
+        raise ValueError(f"expect_version must be >= 0, not {expect}")
+    return expect
+
+
+def no_fence(fence: object) -> None:
+    if fence is not None:
+        raise ValueError(
+            "fencing tokens are for the PostgreSQL store; a file store's writers are"
+            " serialised by a kernel lock that is released only when its holder dies"
+        )
+
+
+class StoreBatch:
+    """Writes collected in a ``with`` block, written as one record at its end.
+
+    Nothing is written before the block ends, nor if it raises. At the end every
+    ``expect_version`` is checked in order (later ops see earlier ones); one
+    mismatch raises :class:`ConflictError` and writes nothing. ``versions`` then
+    maps each id to its new version (None for a delete of an absent id).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ops: list[Op] = []
+        self.versions: dict[str, int | None] = {}
+
+    def put(
+        self, id: str, doc: dict[str, Any], *, expect_version: int | None = None,
+        fence: None = None,
+    ) -> None:
+        """Add a put (checked now: TypeError for a bad id or document)."""
+        no_fence(fence)
+        self._ops.append(
+            (OP_PUT, id, encode_id(id), encode_doc(doc), check_expect(expect_version), None)
+        )
+
+    def delete(self, id: str, *, expect_version: int | None = None, fence: None = None) -> None:
+        """Add a delete."""
+        no_fence(fence)
+        self._ops.append((OP_DELETE, id, encode_id(id), b"", check_expect(expect_version), None))
+
+    def __enter__(self) -> StoreBatch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._ops:
+            ops, self._ops = self._ops, []
+            self.versions = self._store._commit(ops)

@@ -1,0 +1,184 @@
+"""A store handle's index: building it from the segments, and catching it up.
+
+Each process keeps its own index (``State``). ``rebuild`` scans every live
+segment under the write lock (the first opener, or after a compactor died at its
+commit point) and resets the shared header; ``load`` builds an index without
+any lock, retrying if a compaction races it; ``catch_up`` applies the records
+other processes published since the index was last current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from mmap import mmap
+from typing import TYPE_CHECKING
+
+from . import _fs
+from ._errors import CorruptFileError
+from ._segment import M40, SEG_HEADER, index_frames, last_nonzero
+from ._store_files import (
+    W_DEAD,
+    W_END,
+    W_GEN,
+    W_INPROG,
+    W_SYNCED,
+    W_TOTAL,
+    fdatasync,
+    read_manifest,
+    seg_number,
+)
+
+if TYPE_CHECKING:
+    from ._store_core import Core
+
+
+class State:
+    """One consistent view: the index and the segments it points into."""
+
+    __slots__ = ("end", "fds", "gen", "index", "maps", "segs", "tomb")
+
+    def __init__(self, gen: int, segs: list[int], end: int) -> None:
+        self.gen = gen
+        self.segs = segs
+        self.end = end  # the published position this index covers (seg << 40 | offset)
+        self.index: dict[str, int] = {}
+        self.tomb: dict[str, int] = {}  # deleted id -> its tombstone's version
+        self.maps: dict[int, mmap] = {}
+        self.fds: dict[int, int] = {}
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                _fs.close(fd)
+
+    def __del__(self) -> None:
+        # A replaced state is closed when the last thread using it lets go (a
+        # group-commit fdatasync may still be running on its descriptors).
+        self.close()
+
+
+
+def rebuild(core: Core) -> State:
+    """Scan every live segment, repair a torn tail, and reset the shared header.
+
+    Called with the write lock held: by the first process to open the store,
+    and when a compaction was committed (MANIFEST replaced) by a process that
+    died before publishing it.
+    """
+    gen, segs = read_manifest(core.dir)
+    for name in _fs.listdir(core.dir):
+        n = seg_number(name)
+        if n is not None and n not in segs:
+            # An orphan of an unfinished roll or compaction, or a segment a
+            # finished compaction replaced: never read, safe to remove under the lock.
+            _fs.unlink(os.path.join(core.dir, name))
+    st = State(gen, list(segs), 0)
+    dead = total = 0
+    try:
+        for seg in segs:
+            core.map_segment(st, seg)
+            mm = st.maps[seg]
+            end, torn, d, t = index_frames(
+                mm, SEG_HEADER.size, len(mm), seg, st.index, st.tomb, core.seg_path(seg)
+            )
+            dead += d
+            total += t
+            if torn:
+                core.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+        # Make what survived durable, so that the next records can claim it
+        # (their ``synced`` field: how recovery tells damage from a torn write).
+        for seg in segs:
+            fdatasync(st.fds[seg], core.seg_path(seg))
+    except BaseException:
+        st.close()
+        raise
+    w = core.words
+    st.end = seg << 40 | end
+    w[W_GEN] = gen
+    w[W_END] = st.end
+    w[W_SYNCED] = st.end
+    w[W_DEAD] = dead
+    w[W_TOTAL] = total
+    w[W_INPROG] = 0
+    return st
+
+
+def load(core: Core) -> State:
+    """A fresh index, built without the write lock (retried if a compaction races it)."""
+    w = core.words
+    for _ in range(20):
+        gen = w[W_GEN]
+        mgen, segs = read_manifest(core.dir)
+        if w[W_INPROG] or mgen != gen:
+            break  # a compaction is in flight or its process died: resolve under the lock
+        endw = w[W_END]
+        tseg, toff = endw >> 40, endw & M40
+        if tseg not in segs:
+            continue  # a segment roll raced the manifest read
+        st = State(gen, [s for s in segs if s <= tseg], endw)
+        try:
+            for seg in st.segs:
+                core.map_segment(st, seg)
+        except FileNotFoundError:
+            st.close()  # a compaction removed it after we read the manifest
+            continue
+        try:
+            for seg in st.segs:
+                mm = st.maps[seg]
+                stop = toff if seg == tseg else len(mm)
+                end, _, _, _ = index_frames(
+                    mm, SEG_HEADER.size, stop, seg, st.index, st.tomb, core.seg_path(seg)
+                )
+                if seg == tseg and end != toff:
+                    raise CorruptFileError(
+                        core.seg_path(seg), "a published record does not check", offset=end
+                    )
+        except BaseException:
+            st.close()
+            raise
+        if w[W_GEN] == gen:
+            return st
+        st.close()
+    core.acquire()
+    try:
+        return core.state if core.state.end == w[W_END] else core.rebuilt()
+    finally:
+        core.release()
+
+
+def catch_up(core: Core, st: State, endw: int) -> bool:
+    """Apply the records between ``st.end`` and ``endw``; False if the generation moved."""
+    seg, off = st.end >> 40, st.end & M40
+    tseg, toff = endw >> 40, endw & M40
+    while seg != tseg:
+        # ``seg`` was sealed by a roll: finish it up to the end of its frames.
+        mm = st.maps[seg]
+        index_frames(mm, off, len(mm), seg, st.index, st.tomb, core.seg_path(seg))
+        later = [s for s in st.segs if s > seg]
+        if not later:
+            gen, segs = read_manifest(core.dir)
+            if gen != st.gen:
+                return False
+            for s in segs:
+                if s > seg and s not in st.maps:
+                    core.map_segment(st, s)
+            st.segs = list(segs)
+            later = [s for s in segs if s > seg]
+        seg, off = later[0], SEG_HEADER.size
+    if toff > off:
+        # Read through pread, not the mapping: the system call orders this read
+        # after the load of the published end on any memory model.
+        buf = _fs.pread(st.fds[seg], toff - off, off)
+        end, _, _, _ = index_frames(
+            buf, 0, len(buf), seg, st.index, st.tomb, core.seg_path(seg), base=off
+        )
+        if end != toff - off:
+            raise CorruptFileError(
+                core.seg_path(seg), "a published record does not check", offset=off + end
+            )
+    st.end = endw
+    return True
+
+# -- writing -------------------------------------------------------------------

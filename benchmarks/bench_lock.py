@@ -86,12 +86,15 @@ def make(kind: str, path: str) -> tuple[Callable[[], object], Callable[[], objec
 
 # -- uncontended ---------------------------------------------------------------
 
-def uncontended(kind: str, path: str, n: int, repeats: int) -> float:
-    """Best of ``repeats`` runs: microseconds per acquire+release."""
+def uncontended(kind: str, path: str, slice_s: float, repeats: int) -> float:
+    """Best of ``repeats`` runs of about ``slice_s`` seconds each: us per acquire+release."""
     acquire, release = make(kind, path)
-    for _ in range(min(n, 1000)):  # warm up (and create the file)
+    t0 = time.perf_counter()
+    for _ in range(200):  # warm up (and create the file), and calibrate
         acquire()
         release()
+    per_op = (time.perf_counter() - t0) / 200
+    n = max(200, int(slice_s / per_op))
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -145,8 +148,13 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     return proc
 
 
-def contended(kind: str, workdir: str, seconds: float) -> tuple[float, int]:
-    """2 processes incrementing one counter under the lock: (ops/s, lost updates)."""
+def contended(kind: str, workdir: str, seconds: float) -> tuple[float, int, float]:
+    """2 processes incrementing one counter under the lock.
+
+    Returns (ops/s, lost updates, the smaller process's share of the ops): a
+    lock that lets one process run alone for long stretches scores ops but
+    starves the other.
+    """
     path = os.path.join(workdir, f"{kind}.counter.lock")
     counter = os.path.join(workdir, f"{kind}.counter")
     with open(counter, "wb") as f:
@@ -170,18 +178,24 @@ def contended(kind: str, workdir: str, seconds: float) -> tuple[float, int]:
                 p.wait()
     with open(counter, "rb") as f:
         final = int.from_bytes(f.read(8), "little")
-    return sum(counts) / elapsed, sum(counts) - final
+    share = min(counts) / sum(counts) if sum(counts) else 0.0
+    return sum(counts) / elapsed, sum(counts) - final, share
 
 
-def handoff(kind: str, workdir: str, rounds: int) -> float:
-    """Median microseconds from the holder's release to the waiting process's acquire."""
+def handoff(kind: str, workdir: str, rounds: int, budget_s: float) -> tuple[float, int]:
+    """Median microseconds from the holder's release to the waiting process's acquire.
+
+    At most ``rounds`` samples, and no new sample after ``budget_s`` seconds
+    (a polling peer takes up to its poll interval per sample). Returns (median, samples).
+    """
     path = os.path.join(workdir, f"{kind}.handoff.lock")
     acquire, release = make(kind, path)
     child = _spawn("handoff", kind, path)
     assert child.stdin is not None and child.stdout is not None
-    samples = []
+    samples: list[float] = []
+    start = time.monotonic()
     try:
-        for _ in range(rounds):
+        while len(samples) < rounds and (len(samples) < 5 or time.monotonic() - start < budget_s):
             acquire()
             child.stdin.write("go\n")
             child.stdin.flush()
@@ -197,7 +211,7 @@ def handoff(kind: str, workdir: str, rounds: int) -> float:
         if child.poll() is None:
             child.kill()
             child.wait()
-    return statistics.median(samples) * 1e6
+    return statistics.median(samples) * 1e6, len(samples)
 
 
 # -- the table -------------------------------------------------------------------
@@ -216,27 +230,32 @@ def main(argv: list[str] | None = None) -> int:
             _handoff_worker(rest[0], rest[1])
         return 0
 
-    n, repeats, seconds, rounds = (2000, 2, 0.5, 10) if args.quick else (50000, 5, 4.0, 100)
+    # (seconds per uncontended run, runs, contended seconds, handoff samples, handoff budget)
+    slice_s, repeats, seconds, rounds, budget = (
+        (0.05, 2, 0.5, 10, 1.0) if args.quick else (0.3, 5, 4.0, 200, 8.0)
+    )
     kinds = [k for k in args.kinds.split(",") if k]
-    rows: dict[str, tuple[float, float, int, float]] = {}
+    rows: dict[str, tuple[float, float, int, float, float]] = {}
+    samples: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench_lock.") as workdir:
         for kind in kinds:
-            un = uncontended(kind, os.path.join(workdir, f"{kind}.lock"), n, repeats)
-            ops, lost = contended(kind, workdir, seconds)
-            lat = handoff(kind, workdir, rounds)
-            rows[kind] = (un, ops, lost, lat)
+            un = uncontended(kind, os.path.join(workdir, f"{kind}.lock"), slice_s, repeats)
+            ops, lost, share = contended(kind, workdir, seconds)
+            lat, samples[kind] = handoff(kind, workdir, rounds, budget)
+            rows[kind] = (un, ops, lost, share, lat)
             print(f"  measured {kind}", file=sys.stderr, flush=True)
 
     print(f"Python {sys.version.split()[0]}, {sys.platform}, {os.cpu_count()} CPUs"
           f"{' (--quick smoke run)' if args.quick else ''}; contended: 2 processes x {seconds}s;"
-          f" handoff: median of {rounds}\n")
+          f" handoff: median of up to {rounds} samples in {budget}s per row\n")
     print("| lock | uncontended acquire+release (us) | 2-process counter (ops/s) "
-          "| lost updates | handoff latency (us, median) |")
-    print("|---|---:|---:|---:|---:|")
-    for kind, (un, ops, lost, lat) in rows.items():
-        print(f"| {LABELS[kind]} | {un:.2f} | {ops:,.0f} | {lost} | {lat:,.0f} |")
+          "| lost updates | smaller process's share | handoff latency (us, median) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind, (un, ops, lost, share, lat) in rows.items():
+        print(f"| {LABELS[kind]} | {un:.2f} | {ops:,.0f} | {lost} | {100 * share:.0f}% "
+              f"| {lat:,.0f} (n={samples[kind]}) |")
     if "racefree" in rows:
-        un, ops, _, lat = rows["racefree"]
+        un, ops, _, _, lat = rows["racefree"]
         print()
         if "bare" in rows:
             print(f"- uncontended vs raw flock pair: {un / rows['bare'][0]:.2f}x (target <= 2.5x)")
@@ -249,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         if peers:
             best = max(peers, key=lambda k: rows[k][1])
             print(f"- contended vs best peer ({best}): {ops / rows[best][1]:.2f}x (target >= 3x)")
-            fastest = min(peers, key=lambda k: rows[k][3])
-            print(f"- handoff vs best peer ({fastest}): {rows[fastest][3] / lat:.1f}x faster")
+            fastest = min(peers, key=lambda k: rows[k][4])
+            print(f"- handoff vs best peer ({fastest}): {rows[fastest][4] / lat:.1f}x faster")
     return 0
 
 

@@ -189,6 +189,27 @@ def test_timeout_against_a_process_leaves_nothing_held(tmp_path: Path) -> None:
     lock.release()
 
 
+def test_retry_loop_with_short_timeouts_reuses_one_worker(tmp_path: Path) -> None:
+    """20 timed-out attempts against another process leave at most one waiting worker."""
+    path = tmp_path / "x.lock"
+    lock = FileLock(path)
+
+    def workers() -> int:
+        return sum(t.name == "racefree-lock-wait" for t in threading.enumerate())
+
+    before = workers()
+    with Holder(path) as holder:
+        for _ in range(20):
+            with pytest.raises(LockTimeout):
+                lock.acquire(timeout=0.001)
+        assert workers() <= before + 1
+        holder.release()
+        lock.acquire(timeout=30)  # the adopted wait (or a new one) gets it
+        assert lock.held_by_me
+        lock.release()
+    assert try_in_child(path, 30) == "acquired"
+
+
 def test_acquire_nowait_against_a_process(tmp_path: Path) -> None:
     """acquire_nowait raises WouldBlock while another process holds the lock."""
     path = tmp_path / "x.lock"
@@ -745,6 +766,74 @@ def test_unlink_race_waiter_and_newcomer_never_both_hold(tmp_path: Path) -> None
             waiter.wait()
     assert path.stat().st_ino == ino
     assert try_in_child(path, 10) == "acquired"
+
+
+def test_relative_path_is_fixed_at_construction(tmp_path: Path, monkeypatch: Any) -> None:
+    """A relative path is resolved when the lock is made, not after a later chdir."""
+    monkeypatch.chdir(tmp_path)
+    lock = FileLock("rel.lock")
+    assert lock.path == str(tmp_path / "rel.lock")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with lock:
+        pass
+    assert (tmp_path / "rel.lock").exists()
+    assert not (tmp_path / "elsewhere" / "rel.lock").exists()
+
+
+def test_pickles_as_its_arguments(tmp_path: Path) -> None:
+    """A pickled lock (multiprocessing) keeps path, mode and timeout; the copy holds nothing."""
+    import pickle
+
+    lock = FileLock(tmp_path / "x.lock", shared=True, timeout=2.5)
+    with lock:
+        copy = pickle.loads(pickle.dumps(lock))
+        assert (copy.path, copy.shared, copy.timeout) == (lock.path, True, 2.5)
+        assert copy.locked  # same file, same process: the same state
+        assert not _in_thread(lambda: copy.held_by_me)
+
+
+def test_idle_lock_files_are_closed(tmp_path: Path) -> None:
+    """Descriptors of lock files no instance refers to are closed (no fd leak per file)."""
+    import gc
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    warm = FileLock(tmp_path / "warm.lock")
+    gc.collect()
+    with warm:  # binding reaps what earlier tests left; warm's entry stays open
+        pass
+    before = open_fds()
+    for i in range(50):
+        with FileLock(tmp_path / f"{i}.lock"):
+            pass
+    gc.collect()
+    again = FileLock(tmp_path / "warm.lock")
+    with again:  # binding reaps the 50 collected entries; "again" shares warm's entry
+        assert open_fds() == before
+    del warm
+
+
+def test_kernel_errors_propagate_and_leave_nothing_held(tmp_path: Path) -> None:
+    """An flock error (ENOLCK, as on some NFS mounts) is raised; the lock stays usable."""
+    import errno
+
+    class NoLocks(_fs.FileSystem):
+        def flock(self, fd: int, op: int) -> None:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    lock = FileLock(tmp_path / "x.lock")
+    with _fs.use(NoLocks()), pytest.raises(OSError) as info:
+        lock.acquire()
+    assert info.value.errno == errno.ENOLCK
+    assert not lock.locked
+    entry = lock._get_entry()
+    assert (entry.busy, entry.holders, entry.waiters) == (False, {}, [])
+    with lock:
+        assert lock.held_by_me
 
 
 def test_public_name() -> None:

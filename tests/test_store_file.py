@@ -459,3 +459,20 @@ def test_torn_shaped_damage_to_a_synced_record_is_corruption(tmp_path: Path) -> 
         Store(tmp_path / "s", durable=False)
     assert info.value.offset == off
     assert "synced" in info.value.detail
+
+
+def test_damage_in_a_sealed_segment_is_corruption(tmp_path: Path) -> None:
+    """A sealed segment was synced before the next was used: even torn-looking damage at
+    its end is corruption, never silently cut off."""
+    with Store(tmp_path / "s", durable=False, _segment_size=SMALL) as s:
+        i = 0
+        while len(_segments(tmp_path / "s")) < 2:
+            s.put(f"k{i}", {"pad": "p" * 3000})
+            i += 1
+    first = _segments(tmp_path / "s")[0]
+    off, n = _frames(first)[-1]
+    _damage(first, off + n - 50, bytes(50))  # looks like a tail that never landed
+    with pytest.raises(CorruptFileError) as info:
+        Store(tmp_path / "s", durable=False)
+    assert info.value.path == str(first)
+    assert info.value.offset == off

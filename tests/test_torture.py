@@ -161,3 +161,47 @@ def test_torture_against_postgres(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "PgStore opens and check() passes" in proc.stdout
     assert "PgLock: one holder at a time" in proc.stdout and "PASS: " in proc.stdout
+
+
+_OPEN_NEW_STORE = """
+import os, sys
+import racefree
+directory, go = sys.argv[1], sys.argv[2]
+while not os.path.exists(go):
+    pass
+try:
+    with racefree.Store(directory) as s:
+        s.put(str(os.getpid()), {"n": 1})
+    print("ok")
+except Exception as exc:
+    print(type(exc).__name__, sorted(os.listdir(directory)))
+"""
+
+
+def test_concurrent_first_opens_of_a_new_store(tmp_path: Path) -> None:
+    """Six processes open one new, empty store directory at once: every one succeeds.
+
+    Found by ``racefree torture``: while the first opener is between creating
+    seg-00000001.rfs and publishing the MANIFEST, the others saw "no MANIFEST,
+    and not empty" and raised FormatError.
+    """
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    failures = []
+    for trial in range(5):
+        d, go = tmp_path / f"s{trial}", tmp_path / f"go{trial}"
+        d.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_NEW_STORE, str(d), str(go)],
+                                  stdout=subprocess.PIPE, text=True, env=env) for _ in range(6)]
+        try:
+            go.touch()  # the start barrier: they spin on it
+            outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        failures += [o for o in outs if o != "ok"]
+        with Store(d) as s:
+            assert len(s) == 6 - sum(o != "ok" for o in outs)
+    assert failures == []

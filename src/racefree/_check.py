@@ -101,6 +101,14 @@ def _is_store(directory: str) -> bool:
     return b'"racefree"' in head and b'"store"' in head
 
 
+def _exists(path: str) -> bool:
+    try:
+        _fs.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _head(path: str, n: int = 64) -> bytes:
     fd = _fs.open(path, os.O_RDONLY)
     try:
@@ -125,7 +133,7 @@ def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
                      "removes it once its writer is dead)")
     if name.endswith(_SKIP_SUFFIXES) and not explicit:
         return None
-    if name.endswith(".snapshot") and os.path.exists(path[: -len(".snapshot")]):
+    if name.endswith(".snapshot") and _exists(path[: -len(".snapshot")]):
         return None  # checked with its log
     head = _head(path)
     if _is_log(path, head):

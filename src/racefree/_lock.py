@@ -36,6 +36,10 @@ def _check_timeout(timeout: float | None) -> float | None:
     return None if math.isinf(timeout) else float(timeout)
 
 
+def _rebuild(path: str, shared: bool, timeout: float | None) -> FileLock:
+    return FileLock(path, shared=shared, timeout=timeout)
+
+
 class FileLock:
     """A lock on a lock file that excludes other processes, threads and asyncio tasks.
 
@@ -56,6 +60,10 @@ class FileLock:
     ``timeout`` is the default for :meth:`acquire` and :meth:`acquire_async`:
     None waits forever; 0 tries once.
 
+    Nothing happens at construction: the lock file is opened (and created) on
+    first use and stays open while any instance on it exists in this process.
+    An instance pickles as its arguments, for ``multiprocessing``.
+
     Across processes the lock is ``flock(2)`` on a descriptor kept open, which
     the kernel drops when the holder dies, kill -9 included. After ``fork()``
     the child holds nothing: it never releases its parent's lock, and acquiring
@@ -67,9 +75,11 @@ class FileLock:
     def __init__(
         self, path: str | os.PathLike[str], *, shared: bool = False, timeout: float | None = None
     ) -> None:
-        self._path = os.fspath(path)
-        if not isinstance(self._path, str):
+        fspath = os.fspath(path)
+        if not isinstance(fspath, str):
             raise TypeError("path must be a str or os.PathLike[str]")
+        # Absolute now, so that a later chdir() cannot point the lock elsewhere.
+        self._path = os.path.abspath(fspath)
         self._shared = bool(shared)
         self._op = LOCK_SH if shared else LOCK_EX
         self._op_nb = self._op | LOCK_NB
@@ -112,6 +122,10 @@ class FileLock:
         if entry is None or entry.retired:
             entry = self._entry = _reg.bind(self, self._path)
         return entry
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickles as its arguments (for multiprocessing): the copy holds nothing."""
+        return (_rebuild, (self._path, self._shared, self._timeout))
 
     def __repr__(self) -> str:
         kind = "shared" if self._shared else "exclusive"

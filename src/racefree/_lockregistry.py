@@ -24,8 +24,12 @@ import threading
 import weakref
 from collections.abc import Callable
 from fcntl import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN
+from typing import TYPE_CHECKING
 
 from . import _fs
+
+if TYPE_CHECKING:
+    from ._lockwait import Request
 
 __all__ = [
     "LOCK_EX",
@@ -67,6 +71,7 @@ class Entry:
         "mutex",
         "path",
         "refs",
+        "request",
         "retired",
         "waiters",
         "writers_waiting",
@@ -84,6 +89,7 @@ class Entry:
         self.waiters: list[Callable[[], None]] = []
         self.writers_waiting = 0
         self.refs = 0  # FileLock instances bound to this entry
+        self.request: Request | None = None  # the last kernel wait handed to a worker
         self.retired = False  # closed, or inherited through fork: instances rebind
 
     def admissible(self, op: int) -> bool:

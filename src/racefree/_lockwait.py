@@ -312,7 +312,9 @@ async def _kernel_lock_async(
 
 # -- the kernel wait in a worker thread ----------------------------------------------
 
-PENDING, GRANTED, FAILED, ABANDONED = range(4)
+# ABANDONED: the owner gave up while the worker still waits in the kernel;
+# DONE: the worker has finished with it (handed the lock back, or failed).
+PENDING, GRANTED, FAILED, ABANDONED, DONE = range(5)
 
 
 class Request:
@@ -351,6 +353,19 @@ class Request:
         finally:
             _fs.close(self.fd)
 
+    def adopt(self, op: int, notify: Callable[[], None]) -> bool:
+        """Take over this wait if its owner gave up and the worker still waits for ``op``.
+
+        A retry loop with short timeouts then reuses one blocked worker instead
+        of leaving one behind per attempt.
+        """
+        with self.lock:
+            if self.state != ABANDONED or self.op != op:
+                return False
+            self.state = PENDING
+            self.notify = notify
+            return True
+
     def run(self) -> None:
         """The worker's side: block in flock, then hand the result over (or back)."""
         try:
@@ -363,6 +378,7 @@ class Request:
             if self.state == ABANDONED:
                 # The owner timed out or was cancelled: hand the lock straight
                 # back, so an owner that gave up never holds anything (L9).
+                self.state = DONE
                 try:
                     if err is None:
                         _fs.flock(self.fd, LOCK_UN)
@@ -410,8 +426,12 @@ _idle = 0
 def _start_kernel_wait(entry: Entry, op: int, notify: Callable[[], None]) -> Request:
     """Hand a blocking ``flock(op)`` to a worker; ``notify`` is called when it ends."""
     global _idle
+    # Only the busy owner gets here, so at most one owner is attached at a time.
+    previous = entry.request
+    if previous is not None and previous.adopt(op, notify):
+        return previous
     fd = _reopen(entry)
-    req = Request(fd, op, notify)
+    req = entry.request = Request(fd, op, notify)
     _worker_fds.add(fd)
     try:
         with _pool_lock:

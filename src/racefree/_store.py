@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
-from ._errors import ConflictError, CorruptFileError
+from ._errors import ConflictError, CorruptFileError, DurabilityError
 from ._segment import ENTRY, FRAME, M24, M36, M40, OP_DELETE, OP_PUT, PREFIX, frame
 from ._store_batch import Op, StoreBatch, check_expect, encode_doc, encode_id, no_fence
 from ._store_compact import StoreReport, check_state, compact_locked
@@ -176,6 +176,9 @@ class Store:
         core.acquire()
         try:
             results, end = self._commit_locked(ops)
+        except DurabilityError:
+            core.poison()  # W7: whatever failed to sync, nothing is written after it
+            raise
         finally:
             core.release()
         if self._durable and end >= 0:
@@ -297,6 +300,9 @@ class Store:
             end = st.end
             if w[W_DEAD] >= self._compact_min and 2 * w[W_DEAD] >= w[W_TOTAL]:
                 compact_locked(core, st)
+        except DurabilityError:
+            core.poison()  # W7: whatever failed to sync, nothing is written after it
+            raise
         finally:
             core.release()
         if self._durable:
@@ -352,6 +358,9 @@ class Store:
             data = encode_doc(fn(doc))
             # Still under the lock (reentrant): fn's own writes, if any, came first.
             _, end = self._commit_locked([(OP_PUT, id, idb, data, None, None)])
+        except DurabilityError:
+            core.poison()  # W7: whatever failed to sync, nothing is written after it
+            raise
         finally:
             core.release()
         if self._durable:
@@ -384,6 +393,9 @@ class Store:
         core.acquire()
         try:
             compact_locked(core, core.writable())
+        except DurabilityError:
+            core.poison()  # W7: whatever failed to sync, nothing is written after it
+            raise
         finally:
             core.release()
 

@@ -154,6 +154,11 @@ def compact_locked(core: Core, st: State) -> State:
             finally:
                 _fs.flock(core.sync_fd, fcntl.LOCK_UN)
     except BaseException:
+        if not committed and _manifest_gen(core.dir) == gen:
+            # The rename happened and only its directory fsync failed: the new
+            # segments are named (maybe durably, maybe not), so neither set may be
+            # removed. W_INPROG stays set: the next call rebuilds from the MANIFEST.
+            committed = True
         if not committed:
             w[W_INPROG] = 0
             new.close()
@@ -169,6 +174,13 @@ def compact_locked(core: Core, st: State) -> State:
     return new
 
 
+def _manifest_gen(directory: str) -> int | None:
+    try:
+        return read_manifest(directory)[0]
+    except (OSError, ValueError):
+        return None
+
+
 def check_state(core: Core, st: State) -> StoreReport:
     """Re-read every frame up to ``st.end``, check every crc, parse every document."""
     gen, segs = read_manifest(core.dir)
@@ -179,10 +191,14 @@ def check_state(core: Core, st: State) -> StoreReport:
     records = dead = total = 0
     tseg, toff = st.end >> 40, st.end & M40
     for seg in st.segs:
+        if seg > tseg:
+            break  # rolled to after this state's end: being written, not ours to check
         mm = st.maps[seg]
         path = os.path.join(core.dir, seg_name(seg))
         stop = toff if seg == tseg else len(mm)
-        end, _, d, t = index_frames(mm, SEG_HEADER.size, stop, seg, index, tomb, path)
+        end, torn, d, t = index_frames(mm, SEG_HEADER.size, stop, seg, index, tomb, path)
+        if torn and seg != tseg:
+            raise CorruptFileError(path, "damaged record in a sealed segment", offset=end)
         if seg == tseg and end != toff:
             raise CorruptFileError(path, "a published record does not check", offset=end)
         dead += d

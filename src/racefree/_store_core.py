@@ -371,6 +371,12 @@ class Core:
         self.publish(st, new << 40 | SEG_HEADER.size, 0, 0)
         return new
 
+    def poison(self) -> None:
+        """After any DurabilityError: no process writes to this store again (W7, fsyncgate)."""
+        self.poisoned = True
+        if isinstance(self.words, memoryview):
+            self.words[W_POISON] = 1
+
     def publish(self, st: State, endw: int, dead: int, total: int) -> None:
         """Make everything before ``endw`` visible to every process (after the pwrite)."""
         w = self.words

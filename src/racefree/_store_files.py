@@ -27,7 +27,7 @@ import os
 from typing import Any
 
 from . import _fs
-from ._atomic import atomic_write
+from ._atomic import TEMP_SUFFIX, atomic_write
 from ._errors import CorruptFileError, DurabilityError, FormatError
 from ._segment import SEG_HEADER, SEG_MAGIC
 
@@ -178,6 +178,15 @@ def open_shm(directory: str) -> tuple[int, mmap.mmap]:
 
 
 def is_store_dir_empty(directory: str) -> bool:
-    """True when ``directory`` has nothing but the lock and shm files a store creates first."""
+    """True when ``directory`` holds nothing but files a store creates before its MANIFEST.
+
+    Those are the lock and shm files, the first segment and the MANIFEST's temp file:
+    another process may be creating the store right now (or died doing it).
+    """
     ours = {LOCK, SYNC_LOCK, SHM}
-    return all(name in ours for name in _fs.listdir(directory))
+    return all(
+        name in ours
+        or seg_number(name) is not None
+        or (name.startswith(f".{MANIFEST}.") and name.endswith(TEMP_SUFFIX))
+        for name in _fs.listdir(directory)
+    )

@@ -33,6 +33,12 @@ if TYPE_CHECKING:
     from ._store_core import Core
 
 
+def _sealed_damage(core: Core, seg: int, offset: int) -> CorruptFileError:
+    # A sealed segment was fdatasynced before the next one was used (and the first
+    # opener syncs what it recovers): damage there is never a write in flight.
+    return CorruptFileError(core.seg_path(seg), "damaged record in a sealed segment", offset=offset)
+
+
 class State:
     """One consistent view: the index and the segments it points into."""
 
@@ -68,12 +74,22 @@ def rebuild(core: Core) -> State:
     died before publishing it.
     """
     gen, segs = read_manifest(core.dir)
-    for name in _fs.listdir(core.dir):
-        n = seg_number(name)
-        if n is not None and n not in segs:
-            # An orphan of an unfinished roll or compaction, or a segment a
-            # finished compaction replaced: never read, safe to remove under the lock.
-            _fs.unlink(os.path.join(core.dir, name))
+    orphans = [
+        name for name in _fs.listdir(core.dir)
+        if (n := seg_number(name)) is not None and n not in segs
+    ]
+    if orphans:
+        # An unfinished roll or compaction's segments, or the ones a finished
+        # compaction replaced: never read. They are removed only once the MANIFEST
+        # that does not name them is durable (a compaction whose directory fsync
+        # failed may have a rename that a power loss would undo); else kept.
+        try:
+            _fs.fsync_dir(core.dir)
+        except OSError:
+            orphans = []
+        for name in orphans:
+            with contextlib.suppress(FileNotFoundError):
+                _fs.unlink(os.path.join(core.dir, name))
     st = State(gen, list(segs), 0)
     dead = total = 0
     try:
@@ -85,6 +101,8 @@ def rebuild(core: Core) -> State:
             )
             dead += d
             total += t
+            if torn and seg != segs[-1]:
+                raise _sealed_damage(core, seg, end)
             if torn:
                 core.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
         # Make what survived durable, so that the next records can claim it
@@ -128,9 +146,11 @@ def load(core: Core) -> State:
             for seg in st.segs:
                 mm = st.maps[seg]
                 stop = toff if seg == tseg else len(mm)
-                end, _, _, _ = index_frames(
+                end, torn, _, _ = index_frames(
                     mm, SEG_HEADER.size, stop, seg, st.index, st.tomb, core.seg_path(seg)
                 )
+                if torn and seg != tseg:
+                    raise _sealed_damage(core, seg, end)
                 if seg == tseg and end != toff:
                     raise CorruptFileError(
                         core.seg_path(seg), "a published record does not check", offset=end
@@ -155,7 +175,9 @@ def catch_up(core: Core, st: State, endw: int) -> bool:
     while seg != tseg:
         # ``seg`` was sealed by a roll: finish it up to the end of its frames.
         mm = st.maps[seg]
-        index_frames(mm, off, len(mm), seg, st.index, st.tomb, core.seg_path(seg))
+        end, torn, _, _ = index_frames(mm, off, len(mm), seg, st.index, st.tomb, core.seg_path(seg))
+        if torn:
+            raise _sealed_damage(core, seg, end)
         later = [s for s in st.segs if s > seg]
         if not later:
             gen, segs = read_manifest(core.dir)

@@ -276,9 +276,13 @@ def _child_main(argv: list[str]) -> int:
 
 # -- helpers for the process tests -------------------------------------------
 
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
 HOLDER = r"""
-import sys, racefree
-lock = racefree.FileLock(sys.argv[1], shared=sys.argv[2] == "shared")
+import sys
+sys.path.insert(0, sys.argv[1])
+from lock_contract import make_lock
+lock = make_lock(sys.argv[2], sys.argv[3], sys.argv[4] == "writer")
 lock.acquire()
 print("held", flush=True)
 sys.stdin.readline()
@@ -289,22 +293,36 @@ sys.stdin.readline()
 
 TRY = r"""
 import sys, racefree
-lock = racefree.FileLock(sys.argv[1], shared=sys.argv[2] == "shared")
+sys.path.insert(0, sys.argv[1])
+from lock_contract import make_lock
+lock = make_lock(sys.argv[2], sys.argv[3], sys.argv[4] == "writer")
 try:
-    lock.acquire(timeout=float(sys.argv[3]))
+    lock.acquire(timeout=float(sys.argv[5]))
 except racefree.LockTimeout:
     print("timeout", flush=True)
 else:
     print("acquired", flush=True)
+    lock.release()
 """
 
 
-class Holder:
-    """A child process holding a FileLock until told to release it."""
+def _spec_of(spec: str | None, shared: bool) -> tuple[str, bool]:
+    """(spec, writer) from the keyword forms Holder and try_in_child accept."""
+    if spec is None:
+        return ("filelock-shared", False) if shared else ("filelock", True)
+    return spec, not shared
 
-    def __init__(self, path: str | os.PathLike[str], shared: bool = False) -> None:
+
+class Holder:
+    """A child process holding a lock of kind ``spec`` until told to release it."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], shared: bool = False, spec: str | None = None
+    ) -> None:
+        kind, writer = _spec_of(spec, shared)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, os.fspath(path), "shared" if shared else "excl"],
+            [sys.executable, "-c", HOLDER, _TESTS_DIR, kind, os.fspath(path),
+             "writer" if writer else "reader"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self.proc.stdout is not None
@@ -335,13 +353,207 @@ class Holder:
         self.close()
 
 
-def try_in_child(path: str | os.PathLike[str], timeout: float, shared: bool = False) -> str:
+def try_in_child(
+    path: str | os.PathLike[str], timeout: float, shared: bool = False, spec: str | None = None
+) -> str:
     """"acquired" or "timeout": what a fresh process gets within ``timeout`` seconds."""
+    kind, writer = _spec_of(spec, shared)
     out = subprocess.run(
-        [sys.executable, "-c", TRY, os.fspath(path), "shared" if shared else "excl", str(timeout)],
+        [sys.executable, "-c", TRY, _TESTS_DIR, kind, os.fspath(path),
+         "writer" if writer else "reader", str(timeout)],
         capture_output=True, text=True, timeout=timeout + 60, check=True,
     )
     return out.stdout.strip()
+
+
+# -- the API contract: what every lock kind promises besides exclusion ----------
+
+def in_thread(fn: Any, *args: Any) -> Any:
+    """Run ``fn`` in another thread (another owner); return its result or raise its error."""
+    out: list[tuple[str, Any]] = []
+
+    def run() -> None:
+        try:
+            out.append(("ok", fn(*args)))
+        except BaseException as exc:
+            out.append(("err", exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive()
+    kind, value = out[0]
+    if kind == "err":
+        raise value
+    return value
+
+
+def check_reentrancy(spec: str, path: str) -> None:
+    """Three acquires need three releases; another thread is kept out until the last."""
+    from racefree import WouldBlock
+
+    lock = make_lock(spec, path, True)
+    for _ in range(3):
+        lock.acquire()
+    for _ in range(2):
+        lock.release()
+        assert lock.held_by_me
+        try:
+            in_thread(make_lock(spec, path, True).acquire_nowait)
+        except WouldBlock:
+            pass
+        else:
+            raise AssertionError("another thread got a reentrantly held lock")
+    lock.release()
+    assert not lock.locked
+    try:
+        lock.release()
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("release of an unheld lock did not raise")
+
+
+def check_timeout_nowait_between_threads(spec: str, path: str) -> None:
+    """Another thread gets WouldBlock / LockTimeout, and holds nothing afterwards."""
+    from racefree import LockTimeout, WouldBlock
+
+    lock = make_lock(spec, path, True)
+    other = make_lock(spec, path, True)
+    with lock:
+        for call, exc in ((other.acquire_nowait, WouldBlock), (lambda: other.acquire(0.05),
+                                                              LockTimeout)):
+            try:
+                in_thread(call)
+            except exc:
+                pass
+            else:
+                raise AssertionError(f"{exc.__name__} not raised")
+    assert not lock.locked
+    in_thread(lambda: (other.acquire_nowait(), other.release()))
+
+
+def check_cancel_while_waiting(spec: str, path: str) -> None:
+    """A task cancelled while waiting behind another task holds nothing afterwards (L9)."""
+    lock = make_lock(spec, path, True)
+
+    async def main() -> None:
+        await lock.acquire_async()
+        waiter = asyncio.create_task(lock.acquire_async())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        waiter.cancel()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            pass
+        else:
+            raise AssertionError("the cancelled waiter got the lock")
+        lock.release()
+        assert not lock.locked
+        async with lock:
+            assert lock.held_by_me
+
+    asyncio.run(main())
+    assert not lock.locked
+
+
+def check_async_timeout(spec: str, path: str) -> None:
+    """acquire_async(timeout) behind another task raises LockTimeout, holding nothing."""
+    from racefree import LockTimeout
+
+    lock = make_lock(spec, path, True)
+
+    async def main() -> None:
+        async with lock:
+            try:
+                await asyncio.create_task(lock.acquire_async(timeout=0.05))
+            except LockTimeout:
+                pass
+            else:
+                raise AssertionError("LockTimeout not raised")
+        assert not lock.locked
+
+    asyncio.run(main())
+
+
+def check_two_instances(spec: str, path: str) -> None:
+    """Two instances on one path exclude each other; one thread holding both nests (L2)."""
+    from racefree import WouldBlock
+
+    a, b = make_lock(spec, path, True), make_lock(spec, path, True)
+    with a:
+        try:
+            in_thread(b.acquire_nowait)
+        except WouldBlock:
+            pass
+        else:
+            raise AssertionError("a second instance got the lock in another thread")
+    a.acquire()
+    b.acquire()
+    b.release()
+    assert try_in_child(path, 0, spec=spec) == "timeout"  # a's hold is intact
+    a.release()
+    assert try_in_child(path, 30, spec=spec) == "acquired"
+
+
+def check_kill_9(spec: str, path: str, within: float) -> float:
+    """SIGKILL of a holder process: a waiter here gets the lock; returns the seconds it took."""
+    from racefree import WouldBlock
+
+    lock = make_lock(spec, path, True)
+    got: list[float] = []
+    with Holder(path, spec=spec) as holder:
+        try:
+            lock.acquire_nowait()
+        except WouldBlock:
+            pass
+        else:
+            raise AssertionError("the holder process did not hold the lock")
+
+        def wait() -> None:
+            lock.acquire(timeout=within)
+            got.append(time.monotonic())
+
+        t = threading.Thread(target=wait, daemon=True)
+        t.start()
+        killed = time.monotonic()
+        holder.proc.kill()
+        # Reap it at once: an unreaped child is a zombie whose pid and start
+        # time still exist, which a lock file cannot tell from a live owner.
+        holder.proc.wait(30)
+        t.join(within + 60)
+    assert len(got) == 1, "the waiter did not get the lock of a killed holder"
+    assert lock.held_by_me is False  # the owner is the waiter thread, not this one
+    assert lock.locked
+    return got[0] - killed
+
+
+def check_cross_process_timeout(spec: str, path: str) -> None:
+    """A timed-out wait on another process holds nothing, even after that process releases."""
+    from racefree import LockTimeout
+
+    lock = make_lock(spec, path, True)
+    with Holder(path, spec=spec) as holder:
+        try:
+            lock.acquire(timeout=0.1)
+        except LockTimeout:
+            pass
+        else:
+            raise AssertionError("LockTimeout not raised")
+        assert not lock.locked
+        holder.release()
+        assert try_in_child(path, 30, spec=spec) == "acquired"
+
+
+API_CHECKS = {
+    "reentrancy": check_reentrancy,
+    "timeout-nowait-threads": check_timeout_nowait_between_threads,
+    "cancel-while-waiting": check_cancel_while_waiting,
+    "async-timeout": check_async_timeout,
+    "two-instances": check_two_instances,
+    "cross-process-timeout": check_cross_process_timeout,
+}
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ def run(
     rec.verify_against_disk()
     result = explore(name, rec, check, tmp_path / "states", **kwargs)
     print(result.summary())
-    COUNTS[name] = COUNTS.get(name, 0) + result.states
     assert result.violations == [], "\n".join(result.violations)
+    COUNTS[name] = COUNTS.get(name, 0) + result.states
     assert result.states >= minimum, result.summary()
     return result
 
@@ -548,6 +548,39 @@ def test_store_auto_compaction(tmp_path: Path) -> None:
     steps = [_put(k, _doc(i, 300)) for i, k in enumerate("abcabcabc", 1)]
     _store_steps(tmp_path, "Store auto-compaction", initial, steps, block=64, minimum=200,
                  _segment_size=4096, _compact_min=1024)
+
+
+def test_store_creation(tmp_path: Path) -> None:
+    """Creating a store (first open) and its first put: every crash state opens.
+
+    A crash before the first MANIFEST is durable leaves a segment and the lock
+    files but no MANIFEST; nothing was acknowledged, so the next open must
+    finish the creation (an empty store), not refuse the directory. And once a
+    put was acknowledged as durable, the store's directory itself must survive:
+    the store created it with mkdir, so it must fsync the parent directory (W2).
+    """
+    from racefree import Store
+
+    base = tmp_path / "base"
+    base.mkdir()
+    rec = Recorder(base, ignore=SHM)
+    with _fs.use(rec):
+        rec.checkpoint()
+        with Store(base / "s", **SMALL) as store:
+            rec.mark("created")
+            store.put("a", {"n": 1})
+            rec.mark("put")
+
+    def check(root: Path, state: CrashState) -> None:
+        if not (root / "s").exists():
+            assert not state.acked, "the store directory itself was lost (parent not fsynced)"
+            return
+        with Store(root / "s", **SMALL) as s:
+            got = dict(s.items())
+        allowed = [{}, {"a": {"n": 1}}] if len(state.acked) < 2 else [{"a": {"n": 1}}]
+        assert got in allowed, got
+
+    run("Store creation", rec, check, tmp_path, minimum=10, block=512)
 
 
 # ------------------------------------------------------------------ several records in flight

@@ -13,7 +13,14 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from lock_contract import SPECS, Workload, check_intervals, run_contract
+from lock_contract import (
+    API_CHECKS,
+    SPECS,
+    Workload,
+    check_intervals,
+    check_kill_9,
+    run_contract,
+)
 
 MODES = {
     # name: (workload fields, child processes, run holders in the test process too)
@@ -49,6 +56,25 @@ def test_contract(spec: str, mode: str, tmp_path: Path) -> None:
     wl = Workload(spec=spec, **fields)  # type: ignore[arg-type]
     result = run_contract(wl, tmp_path, processes=processes, in_parent=in_parent)
     assert result["writes"] > 0
+
+
+@pytest.mark.parametrize("check", list(API_CHECKS))
+@pytest.mark.parametrize("spec", ["filelock", "lockfile"])
+@pytest.mark.timeout(120)
+def test_api_contract(spec: str, check: str, tmp_path: Path) -> None:
+    """Reentrancy, timeouts, nowait, cancellation, two instances: the same for every lock."""
+    _needs(spec)
+    API_CHECKS[check](spec, str(tmp_path / "the.lock"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["filelock", "lockfile"])
+@pytest.mark.timeout(120)
+def test_kill_9_holder(spec: str, tmp_path: Path) -> None:
+    """SIGKILL of the holder process: the next waiter gets the lock (kernel / proof of death)."""
+    _needs(spec)
+    took = check_kill_9(spec, str(tmp_path / "the.lock"), within=30.0)
+    print(f"{spec}: waiter got the lock {1000 * took:.1f} ms after SIGKILL")
 
 
 @pytest.mark.slow

@@ -63,6 +63,7 @@ class Entry:
 
     __slots__ = (
         "busy",
+        "busy_owner",
         "fd",
         "holders",
         "key",
@@ -86,6 +87,7 @@ class Entry:
         self.mode = 0  # the kernel lock this process holds: 0, LOCK_SH or LOCK_EX
         self.kfd = fd  # the descriptor the kernel lock is held through
         self.busy = False  # one owner is taking the kernel lock; the others wait
+        self.busy_owner: object = None  # that owner
         self.waiters: list[Callable[[], None]] = []
         self.writers_waiting = 0
         self.refs = 0  # FileLock instances bound to this entry
@@ -168,21 +170,24 @@ def bind(owner_obj: object, path: str) -> Entry:
     When ``owner_obj`` (a FileLock) is garbage-collected its count is dropped;
     an entry no instance refers to and no one holds is closed.
     """
+    # Opened outside the registry lock: a slow open (a network mount) must not
+    # stall every other lock of the process.
+    fd = open_lock_file(path)
+    try:
+        st = _fs.fstat(fd)
+    except BaseException:
+        _fs.close(fd)
+        raise
+    key = (st.st_dev, st.st_ino)
     with _registry_lock:
         _reap()
-        fd = open_lock_file(path)
-        try:
-            st = _fs.fstat(fd)
-        except BaseException:
-            _fs.close(fd)
-            raise
-        key = (st.st_dev, st.st_ino)
         entry = _registry.get(key)
         if entry is None:
             entry = _registry[key] = Entry(fd, key, path)
-        else:
-            _fs.close(fd)
+            fd = -1
         entry.refs += 1
+    if fd != -1:  # the file already has an entry (another instance, or another name)
+        _fs.close(fd)
     weakref.finalize(owner_obj, _dead.append, entry)
     return entry
 

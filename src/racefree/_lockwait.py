@@ -82,19 +82,24 @@ def admit_or_take(entry: Entry, owner: object, op: int, path: str) -> int:
     if not entry.admissible(op):
         return WAIT
     entry.busy = True
+    entry.busy_owner = owner
     return KERNEL
 
 
 def _refuse_self_deadlock(entry: Entry, path: str) -> None:
     """A blocking acquire() in a task, behind another task of the same loop, would hang.
 
-    The holder can only run once this call returns, so waiting is a certain
+    That task (holding, or waiting in the kernel for its grant to arrive on
+    the loop) can only run once this call returns, so waiting is a certain
     deadlock: raise instead.
     """
     loop = _get_running_loop()
     if loop is None:
         return
-    for holder in entry.holders:
+    blockers = list(entry.holders)
+    if entry.busy:  # a task waiting in the kernel needs the loop to take its grant
+        blockers.append(entry.busy_owner)
+    for holder in blockers:
         if isinstance(holder, asyncio.Task) and holder.get_loop() is loop:
             raise RuntimeError(
                 f"acquire() of {path} would deadlock: another task of this event loop holds it;"
@@ -417,7 +422,7 @@ def _reopen(entry: Entry) -> int:
 # Descriptors of workers still waiting in the kernel (closed in a forked child).
 _worker_fds: set[int] = set()
 # The pool: idle workers block on _jobs; _idle counts them (under _pool_lock).
-_IDLE_SECONDS = 30.0
+_IDLE_SECONDS = 10.0
 _pool_lock = threading.Lock()
 _jobs: queue.SimpleQueue[Request] = queue.SimpleQueue()
 _idle = 0

@@ -386,3 +386,26 @@ def test_store_compact_directory_fsync_failure_keeps_the_store_openable(tmp_path
     assert fs.log and fs.log[0].startswith("fsync_dir#2")
     with Store(d, **SMALL) as again:  # FileNotFoundError here: a segment the MANIFEST names is gone
         assert dict(again.items()) == {"a": {"n": 2}}
+
+
+def test_short_writes_are_completed_everywhere(tmp_path: Path) -> None:
+    """Every write(2)/pwrite(2) writes only half of what it is given (W6): all data still lands."""
+    from racefree import AppendLog, JsonFile, Store, atomic_write
+
+    fs = FaultFS(None, sync=False, short_writes=True)
+    doc = {"text": "w" * 5000}
+    with _fs.use(fs):
+        fs.arm()
+        atomic_write(tmp_path / "f", b"x" * 10_000)
+        JsonFile(tmp_path / "doc.json").write(doc)
+        with AppendLog(tmp_path / "l.log") as log:
+            log.append(doc)
+        with Store(tmp_path / "s", **SMALL) as s:
+            s.put("a", doc)
+    assert fs.counts["write"] + fs.counts["pwrite"] > 20  # the halving really happened
+    assert (tmp_path / "f").read_bytes() == b"x" * 10_000
+    assert JsonFile(tmp_path / "doc.json").read() == doc
+    with AppendLog(tmp_path / "l.log") as log:
+        assert list(log) == [doc]
+    with Store(tmp_path / "s", **SMALL) as s:
+        assert s.get("a") == doc

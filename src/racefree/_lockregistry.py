@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from . import _fs
 
 if TYPE_CHECKING:
-    from ._lockwait import Request
+    from ._lockworker import Request
 
 __all__ = [
     "LOCK_EX",

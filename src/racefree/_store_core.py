@@ -46,6 +46,7 @@ from ._store_files import (
     W_TOTAL,
     create_segment,
     fdatasync,
+    fsync_dir,
     is_store_dir_empty,
     open_segment,
     open_shm,
@@ -180,6 +181,10 @@ class Core:
         fd = create_segment(self.dir, 1, self.first_size(0), zero_fill=True)
         _fs.close(fd)
         write_manifest(self.dir, 0, [1])
+        # The store's directory may have just been made (by this process or by a
+        # racing first opener): its name in the parent must survive a power loss
+        # too, or an acknowledged durable put could vanish with the whole store (W2).
+        fsync_dir(os.path.dirname(os.path.abspath(self.dir)))
 
     def _close_fds(self) -> None:
         if isinstance(self.words, memoryview):

@@ -121,16 +121,21 @@ def create_segment(directory: str, n: int, size: int, *, zero_fill: bool) -> int
         else:
             _fs.ftruncate(fd, size)
         fdatasync(fd, path)
-        try:
-            _fs.fsync_dir(directory)
-        except OSError as exc:
-            raise DurabilityError(directory, exc.errno or errno.EIO, "directory fsync") from exc
+        fsync_dir(directory)
     except BaseException:
         _fs.close(fd)
         with contextlib.suppress(OSError):
             _fs.unlink(path)
         raise
     return fd
+
+
+def fsync_dir(directory: str) -> None:
+    """fsync a directory's entries, turning a failure into :class:`DurabilityError` (W2, W7)."""
+    try:
+        _fs.fsync_dir(directory)
+    except OSError as exc:
+        raise DurabilityError(directory, exc.errno or errno.EIO, "directory fsync") from exc
 
 
 def fdatasync(fd: int, path: str) -> None:

@@ -274,7 +274,7 @@ def _child_main(argv: list[str]) -> int:
     return 0
 
 
-# -- helpers for the process tests -------------------------------------------
+# -- other processes: a holder, and a one-shot attempt ----------------------------
 
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -20,31 +20,12 @@ from typing import Any
 
 import pytest
 from lock_contract import Holder, try_in_child
+from lock_contract import in_thread as _in_thread
 
 import racefree
 from racefree import FileLock, LockTimeout, WouldBlock, _fs
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _in_thread(fn: Any, *args: Any) -> Any:
-    """Run ``fn`` in another thread (another owner); return its result or raise its error."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(("ok", fn(*args)))
-        except BaseException as exc:
-            out.append(("err", exc))
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout=60)
-    assert not t.is_alive()
-    kind, value = out[0]
-    if kind == "err":
-        raise value
-    return value
 
 
 def _state(lock: FileLock) -> str:

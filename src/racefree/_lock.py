@@ -8,7 +8,6 @@ all the waiting in ``_lockwait``.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import threading
 from types import TracebackType
@@ -17,6 +16,7 @@ from . import _fs
 from . import _lockregistry as _reg
 from ._errors import WouldBlock
 from ._lockregistry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry, current_owner
+from ._lockregistry import check_timeout as _check_timeout
 from ._lockwait import try_take, wait_async, wait_sync
 
 __all__ = ["FileLock"]
@@ -24,16 +24,6 @@ __all__ = ["FileLock"]
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _get_ident = threading.get_ident
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not timeout >= 0:  # also rejects NaN
-        raise ValueError(f"timeout must be >= 0 (or None to wait forever), not {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
 
 
 def _rebuild(path: str, shared: bool, timeout: float | None) -> FileLock:

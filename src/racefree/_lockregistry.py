@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import threading
 import weakref
@@ -38,6 +39,7 @@ __all__ = [
     "LOCK_UN",
     "Entry",
     "bind",
+    "check_timeout",
     "current_owner",
     "forget_inherited",
     "open_lock_file",
@@ -46,6 +48,17 @@ __all__ = [
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _get_ident = threading.get_ident
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """A lock timeout, checked: None or inf waits forever; negative, NaN or not a number raise."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if not timeout >= 0:  # also rejects NaN
+        raise ValueError(f"timeout must be >= 0 (or None to wait forever), not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
 
 
 def current_owner() -> object:

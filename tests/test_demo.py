@@ -90,3 +90,31 @@ def test_run_together_returns_results_by_index_and_reports_failures(tmp_path: Pa
     assert sorted(os.listdir(tmp_path)) == ["f.0", "f.1", "f.2"]
     with pytest.raises(RuntimeError, match="OSError: disk on fire"):
         demo.run_together(setup, _fails, str(tmp_path / "g"))
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_demo_store_section_on_postgres_keeps_every_save_and_cleans_up() -> None:
+    """``racefree demo --url postgresql://...`` runs the store section on PostgreSQL: it keeps
+    all 400 saves, and the named store it made is empty afterwards."""
+    from pgserver import server_url
+
+    url = server_url()
+    proc = subprocess.run(
+        [sys.executable, "-m", "racefree", "demo", "--plain", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[5] == "racefree store: kept 400 of 400 conversation saves (none lost)"
+    # The demo names its store racefree-demo-<pid>-<ns> and empties it at the end.
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM racefree_docs WHERE store LIKE 'racefree-demo-%' "
+            "AND doc IS NOT NULL"
+        ).fetchone()
+    assert rows is not None and rows[0] == 0

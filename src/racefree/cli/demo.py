@@ -37,6 +37,7 @@ class Setup:
     workdir: str
     processes: int
     saves: int  # per process
+    store_url: str | None = None  # a postgresql:// URL for the store section, if given
 
     @property
     def total(self) -> int:
@@ -297,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
         for i, section in enumerate(SECTIONS):
             workdir = os.path.join(root, str(i))
             _fs.mkdir(workdir)
-            outcomes.append(section(Setup(workdir, args.processes, args.saves)))
+            setup = Setup(workdir, args.processes, args.saves, args.url)
+            outcomes.append(section(setup))
     if args.plain or not sys.stdout.isatty() or not _print_rich(outcomes):
         _print_plain(outcomes)
     failed = [o for o in outcomes if o.must_keep_all and o.kept != o.expected]
@@ -325,4 +327,11 @@ def add_parser(subparsers: Any) -> None:
         "--saves", type=int, default=100, help="conversations each process saves (default 100)"
     )
     parser.add_argument("--plain", action="store_true", help="plain text output, no table")
+    parser.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="run the store section on this store location instead of a temp directory, "
+        "e.g. postgresql://user@host/db (a fresh named store, emptied afterwards)",
+    )
     parser.set_defaults(func=run)

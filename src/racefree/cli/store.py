@@ -137,11 +137,11 @@ def add_parser(subparsers: Any) -> None:
 # -- the demo's store section -------------------------------------------------------------
 
 
-def _store_worker(path: str, process: int, saves: int) -> int:
-    from .._store import Store
+def _store_worker(location: str, process: int, saves: int) -> int:
+    from .._open import open_store
     from .demo import conversation
 
-    with Store(path, durable=False) as store:
+    with open_store(location, durable=False) as store:
         for i in range(saves):
             conv = conversation(process, i)
             store.put(conv["id"], conv)
@@ -153,17 +153,26 @@ def store_section(setup: Setup) -> Outcome:
     """racefree's Store: one document per conversation, and a shared counter by update()."""
     import time
 
-    from .._store import Store
+    from .._open import open_store
     from .demo import Outcome, run_together
 
-    path = os.path.join(setup.workdir, "store")
+    location = os.path.join(setup.workdir, "store")
+    if setup.store_url is not None:
+        # A fresh named store for this run, so that a shared database's other
+        # stores are never touched; its documents are deleted afterwards.
+        sep = "&" if "?" in setup.store_url else "?"
+        location = f"{setup.store_url}{sep}store=racefree-demo-{os.getpid()}-{time.time_ns()}"
     start = time.perf_counter()
-    run_together(setup, _store_worker, path)
+    run_together(setup, _store_worker, location)
     seconds = time.perf_counter() - start
-    with Store(path, durable=False) as store:
+    with open_store(location, durable=False) as store:
         kept = len(store) - ("stats" in store)
         counted = store.get("stats", {}).get("saves", 0)
         store.check()
+        if setup.store_url is not None:
+            with store.batch() as b:
+                for key in list(store):
+                    b.delete(key)
     note = "" if counted == setup.total else f"the shared counter says {counted}"
     return Outcome(
         label="racefree store",

@@ -2,6 +2,7 @@
 
 ``store_factory`` runs the Store contract against every backend: the file
 store always, and PostgreSQL when a server is reachable (see ``tests/pgserver.py``).
+``url`` and ``admin`` are that server for the PostgreSQL tests.
 """
 
 from __future__ import annotations
@@ -38,6 +39,23 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
     finally:
         for store in reversed(opened):
             store.close()
+
+
+@pytest.fixture
+def url() -> str:
+    """The PostgreSQL test server's URL (the test skips, or fails in CI, without one)."""
+    from pgserver import server_url
+
+    return server_url()
+
+
+@pytest.fixture
+def admin(url: str) -> Iterator[Any]:
+    """An autocommit connection to the test server, to look behind the library's back."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield conn
 
 
 def pytest_report_header(config: pytest.Config) -> str:

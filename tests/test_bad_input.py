@@ -20,11 +20,11 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import mounted_tmpfs
 
 import racefree
 from racefree import CorruptFileError, FileLock, JsonFile, atomic_write
@@ -45,22 +45,11 @@ def snapshot(directory: Path) -> dict[str, bytes | None]:
     return out
 
 
-@contextlib.contextmanager
-def read_only_dir(path: Path) -> Iterator[Path]:
+def read_only_dir(path: Path) -> contextlib.AbstractContextManager[Path]:
     """``path`` as a tmpfs that can be made read-only (root ignores mode bits, not ro mounts)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a read-only tmpfs (root is what defeats chmod)")
-    path.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)],
-        capture_output=True, timeout=30, check=False,
+    return mounted_tmpfs(
+        path, "4m", "needs root to mount a read-only tmpfs (root is what defeats chmod)"
     )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)
 
 
 def make_read_only(path: Path) -> None:

@@ -293,6 +293,22 @@ def _records(n: int) -> list[Any]:
     return [{"i": i, "pad": "r" * (7 * i * i % 300)} for i in range(n)]
 
 
+def _record_log_writes(
+    base: Path, items: list[Any], write: Callable[[Any, Any], object]
+) -> Recorder:
+    """Record ``write(log, item)`` for each item on ``base/events.log``, marking each ack."""
+    from racefree import AppendLog
+
+    rec = Recorder(base)
+    with _fs.use(rec):
+        rec.checkpoint()
+        with AppendLog(base / "events.log") as log:
+            for i, item in enumerate(items):
+                write(log, item)
+                rec.mark(str(i))
+    return rec
+
+
 @pytest.mark.parametrize("block", [16, 128])
 def test_log_append(tmp_path: Path, block: int) -> None:
     """AppendLog.append x80: a crash shows every acked record in order, maybe the one in flight."""
@@ -306,13 +322,7 @@ def test_log_append(tmp_path: Path, block: int) -> None:
         for r in first:
             log.append(r)
     more = [{"i": 100 + i, "pad": "a" * (37 * i % 200)} for i in range(80)]
-    rec = Recorder(base)
-    with _fs.use(rec):
-        rec.checkpoint()
-        with AppendLog(path) as log:
-            for i, r in enumerate(more):
-                log.append(r)
-                rec.mark(str(i))
+    rec = _record_log_writes(base, more, AppendLog.append)
 
     def check(root: Path, state: CrashState) -> None:
         with AppendLog(root / "events.log") as log:
@@ -330,15 +340,8 @@ def test_log_extend(tmp_path: Path) -> None:
 
     base = tmp_path / "base"
     base.mkdir()
-    path = base / "events.log"
     batches = [_records(5), [{"b": 2}] * 3, _records(9)[4:]]
-    rec = Recorder(base)
-    with _fs.use(rec):
-        rec.checkpoint()
-        with AppendLog(path) as log:
-            for i, b in enumerate(batches):
-                log.extend(b)
-                rec.mark(str(i))
+    rec = _record_log_writes(base, batches, AppendLog.extend)
 
     def check(root: Path, state: CrashState) -> None:
         with AppendLog(root / "events.log") as log:

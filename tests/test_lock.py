@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from lock_contract import Holder, try_in_child
 from lock_contract import in_thread as _in_thread
+from testkit import check_bad_timeouts
 
 import racefree
 from racefree import FileLock, LockTimeout, WouldBlock, _fs
@@ -106,15 +108,8 @@ def test_release_by_another_thread_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [-1, -0.001, math.nan])
 def test_bad_timeouts_rejected(tmp_path: Path, bad: float) -> None:
-    """A negative or NaN timeout is a ValueError, in the constructor and in acquire."""
-    with pytest.raises(ValueError):
-        FileLock(tmp_path / "x.lock", timeout=bad)
-    lock = FileLock(tmp_path / "x.lock")
-    with pytest.raises(ValueError):
-        lock.acquire(timeout=bad)
-    with pytest.raises(TypeError):
-        lock.acquire(timeout="1")  # type: ignore[arg-type]
-    assert not lock.locked
+    """A negative or NaN timeout is a ValueError, in the constructor and in acquire(_async)."""
+    check_bad_timeouts(functools.partial(FileLock, tmp_path / "x.lock"), bad)
 
 
 def test_infinite_timeout_means_wait_forever(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import functools
 import itertools
 import json
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import check_bad_timeouts
 
 import racefree
 from racefree import LockFile, LockLost, LockTimeout, WouldBlock, _fs
@@ -175,13 +177,7 @@ def test_reentrant_and_release_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", [-1, -0.001, float("nan")])
 def test_bad_timeouts(tmp_path: Path, bad: float) -> None:
     """Negative or NaN timeouts are a ValueError, in the constructor and in acquire."""
-    with pytest.raises(ValueError):
-        LockFile(tmp_path / "l", timeout=bad)
-    lock = LockFile(tmp_path / "l")
-    with pytest.raises(ValueError):
-        lock.acquire(timeout=bad)
-    with pytest.raises(ValueError):
-        asyncio.run(lock.acquire_async(timeout=bad))
+    lock = check_bad_timeouts(functools.partial(LockFile, tmp_path / "l"), bad)
     assert not lock.locked and not (tmp_path / "l").exists()
 
 
@@ -450,6 +446,75 @@ def test_dead_pid_and_pid_reuse(tmp_path: Path) -> None:
     with pytest.raises(LockTimeout):
         LockFile(path, stale_after=0.001).acquire(timeout=0.05)
     assert path.read_bytes() == data
+
+
+@pytest.mark.skipif(not LINUX or not hasattr(os, "WNOWAIT"), reason="/proc and waitid: Linux")
+def test_zombie_holder_is_dead(tmp_path: Path) -> None:
+    """A holder that exited but is not reaped yet (a zombie) keeps its pid and start time: dead."""
+    path = tmp_path / "l"
+    code = "import sys, os, racefree; racefree.LockFile(sys.argv[1]).acquire(); os._exit(0)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    try:
+        # Wait for the exit without reaping (WNOWAIT): the child stays a zombie.
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        assert info is not None and info.si_pid == proc.pid and info.si_status == 0
+        rec = owner.decode(path.read_bytes())
+        assert rec is not None and rec.pid == proc.pid and rec.token == 1
+        assert owner.pid_alive(proc.pid)  # kill(pid, 0) still finds the zombie
+        assert owner.start_time(proc.pid) == rec.start_time
+        assert owner.judge(rec) is owner.Verdict.DEAD
+        lock = LockFile(path, stale_after=3600)
+        lock.acquire_nowait()  # proof of death: reclaimed at once, not after stale_after
+        assert lock.token == 2
+        lock.release()
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+    assert leftovers(tmp_path, path) == []
+    assert not path.exists()
+
+
+class ProcState(_fs.FileSystem):
+    """Shows ``/proc/<pid>/stat`` of one pid with another process state (field 3)."""
+
+    def __init__(self, pid: int, state: bytes, scratch: Path) -> None:
+        super().__init__()
+        real = _fs.read_file(f"/proc/{pid}/stat")
+        cut = real.rfind(b")") + 2
+        self.proc_path = f"/proc/{pid}/stat"
+        self.fake = scratch / "stat"
+        self.fake.write_bytes(real[:cut] + state + real[cut + 1 :])
+
+    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
+        if path == self.proc_path:
+            path = str(self.fake)
+        return super().open(path, flags, mode)
+
+
+@pytest.mark.skipif(not LINUX, reason="start times and states are read on Linux only")
+@pytest.mark.parametrize(("state", "verdict"), [
+    (b"Z", owner.Verdict.DEAD), (b"X", owner.Verdict.DEAD), (b"S", owner.Verdict.ALIVE),
+])
+def test_exited_states_are_dead(tmp_path: Path, state: bytes, verdict: owner.Verdict) -> None:
+    """Through the ``_fs`` seam: the record's own pid and start time in state Z or X is dead."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    path = tmp_path / "l"
+    data = write_lock(path, record())  # this very process, so pid and start time match
+    rec = owner.decode(data)
+    assert rec is not None
+    with _fs.use(ProcState(os.getpid(), state, scratch)):
+        assert owner.start_time(os.getpid()) == rec.start_time
+        assert owner.judge(rec) is verdict
+        lock = LockFile(path, stale_after=3600)
+        if verdict is owner.Verdict.DEAD:
+            lock.acquire_nowait()
+            assert lock.token == 1  # the first token handed out through the token file
+            lock.release()
+        else:
+            with pytest.raises(WouldBlock):
+                lock.acquire_nowait()
+    assert path.exists() is (verdict is owner.Verdict.ALIVE)
 
 
 @pytest.mark.parametrize(

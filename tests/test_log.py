@@ -19,6 +19,7 @@ import pytest
 from faultfs import FaultFS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from testkit import reap
 
 from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _fs
 
@@ -56,10 +57,7 @@ def run_children(code: str, args: list[list[str]], go: Path, timeout: float = 60
             outs.append(out)
         return outs
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(procs)
 
 
 # -- basics -----------------------------------------------------------------------------
@@ -731,10 +729,7 @@ def test_compaction_while_processes_append(tmp_path: Path) -> None:
             assert p.returncode == 0, err
             outs.append(out)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(procs)
     assert compactions >= 1
     assert int(outs.pop()) >= 1  # the reader's consistent replays
     snap = log.snapshot()

@@ -8,12 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import server_url, unique_name
+from pgserver import unique_name
 
 from racefree import LockLost, LockTimeout, WouldBlock
 from racefree._pg import advisory_key
@@ -22,19 +21,6 @@ pytestmark = pytest.mark.postgres
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 WAIT = 30.0  # generous bound for anything that must happen "soon" on a busy machine
-
-
-@pytest.fixture
-def url() -> str:
-    return server_url()
-
-
-@pytest.fixture
-def admin(url: str) -> Iterator[Any]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture

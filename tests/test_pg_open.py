@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import drop_store, server_url, unique_name
+from pgserver import drop_store, unique_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
-
-
-@pytest.fixture
-def url() -> str:
-    return server_url()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import drop_store, server_url, unique_name
+from pgserver import drop_store, unique_name
 
 from racefree import ConflictError, ConnectionLost, LockLost
 
@@ -26,19 +26,6 @@ pytestmark = pytest.mark.postgres
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 WAIT = 30.0
-
-
-@pytest.fixture
-def url() -> str:
-    return server_url()
-
-
-@pytest.fixture
-def admin(url: str) -> Iterator[Any]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture

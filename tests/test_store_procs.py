@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import reap
 
 from racefree import Store
 
@@ -142,10 +143,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_write(tmp_path: Path) ->
         procs.append(_spawn(path, 0, victim_start, count, True, acks[0], "small"))
         _finish(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(procs)
     acked = {w: _acks(acks[w]) for w in range(4)}
     for w in range(1, 4):
         assert acked[w] == list(range(count))
@@ -196,10 +194,7 @@ def test_compaction_racing_writers_loses_nothing(tmp_path: Path) -> None:
     try:
         _finish([*procs, compactor])
     finally:
-        for p in [*procs, compactor]:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap([*procs, compactor])
     model: dict[str, Any] = {}
     for w in range(3):
         assert _acks(acks[w]) == list(range(count))
@@ -326,10 +321,7 @@ def test_many_processes_create_one_store_at_once(tmp_path: Path) -> None:
     try:
         _finish(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(procs)
     with Store(path, durable=False) as s:
         assert s.keys() == ["n", "p0", "p1", "p2", "p3", "p4", "p5"]
         assert s.get("n") == {"n": 6}

@@ -23,12 +23,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import mounted_tmpfs
 
 TIMEOUT = 120
 
@@ -112,16 +112,19 @@ def _expect_error(result: dict[str, Any] | None, errno_name: str, type_name: str
 
 
 # --------------------------------------------------------------------------- atomic_write
-@needs_strace
-def test_atomic_write_fsync_eio(tmp_path: Path) -> None:
-    """fsync fails with EIO in a real process: DurabilityError, old file byte-for-byte, no temp."""
+def _replace_in_child(tmp_path: Path, data: str, inject: str) -> tuple[int, dict[str, Any] | None]:
+    """``f`` holds b"old contents"; a child replaces it with ``data`` under strace ``inject``."""
     from racefree import atomic_write
 
     atomic_write(tmp_path / "f", b"old contents")
-    rc, result = run_child(
-        "racefree.atomic_write('f', b'new contents' * 100)",
-        [f"inject={FSYNC}:error=EIO:when=1"],
-        tmp_path,
+    return run_child(f"racefree.atomic_write('f', {data})", [inject], tmp_path)
+
+
+@needs_strace
+def test_atomic_write_fsync_eio(tmp_path: Path) -> None:
+    """fsync fails with EIO in a real process: DurabilityError, old file byte-for-byte, no temp."""
+    rc, result = _replace_in_child(
+        tmp_path, "b'new contents' * 100", f"inject={FSYNC}:error=EIO:when=1"
     )
     assert rc == 0
     _expect_error(result, "EIO", "DurabilityError")
@@ -132,13 +135,8 @@ def test_atomic_write_fsync_eio(tmp_path: Path) -> None:
 @needs_strace
 def test_atomic_write_rename_enospc(tmp_path: Path) -> None:
     """rename fails with ENOSPC: the OSError reaches the caller, old file kept, temp removed."""
-    from racefree import atomic_write
-
-    atomic_write(tmp_path / "f", b"old contents")
-    rc, result = run_child(
-        "racefree.atomic_write('f', b'new contents')",
-        [f"inject={RENAME}:error=ENOSPC:when=1"],
-        tmp_path,
+    rc, result = _replace_in_child(
+        tmp_path, "b'new contents'", f"inject={RENAME}:error=ENOSPC:when=1"
     )
     assert rc == 0
     _expect_error(result, "ENOSPC", "OSError")
@@ -149,13 +147,10 @@ def test_atomic_write_rename_enospc(tmp_path: Path) -> None:
 @needs_strace
 def test_atomic_write_sigkill_at_rename(tmp_path: Path) -> None:
     """SIGKILL at the rename: the old file stays; the dead writer's temp is removed by sweep."""
-    from racefree import atomic_write, sweep
+    from racefree import sweep
 
-    atomic_write(tmp_path / "f", b"old contents")
-    rc, result = run_child(
-        "racefree.atomic_write('f', b'new contents')",
-        [f"inject={RENAME}:signal=SIGKILL:when=1"],
-        tmp_path,
+    rc, result = _replace_in_child(
+        tmp_path, "b'new contents'", f"inject={RENAME}:signal=SIGKILL:when=1"
     )
     assert rc in (-signal.SIGKILL, 128 + signal.SIGKILL) and result is None, (rc, result)
     assert (tmp_path / "f").read_bytes() == b"old contents"
@@ -166,22 +161,9 @@ def test_atomic_write_sigkill_at_rename(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- a tmpfs that fills up
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "64k") -> Iterator[Path]:
+def small_tmpfs(path: Path, size: str = "64k") -> contextlib.AbstractContextManager[Path]:
     """A real tmpfs of ``size`` mounted at ``path`` (root only); unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    path.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True, timeout=30, check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)
+    return mounted_tmpfs(path, size, "mounting a tmpfs needs root (CI runs as root)")
 
 
 def test_atomic_write_on_full_tmpfs(tmp_path: Path) -> None:

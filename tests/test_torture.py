@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import reap
 
 from racefree import AppendLog, JsonFile, Store
 from racefree._torture_probe import probe
@@ -197,10 +198,7 @@ def test_concurrent_first_opens_of_a_new_store(tmp_path: Path) -> None:
             go.touch()  # the start barrier: they spin on it
             outs = [p.communicate(timeout=120)[0].strip() for p in procs]
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            reap(procs)
         failures += [o for o in outs if o != "ok"]
         with Store(d) as s:
             assert len(s) == 6 - sum(o != "ok" for o in outs)

@@ -15,6 +15,7 @@ from types import TracebackType
 from . import _fs
 from . import _lockregistry as _reg
 from ._errors import WouldBlock
+from ._lockapi import LockAPI
 from ._lockregistry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry, current_owner
 from ._lockregistry import check_timeout as _check_timeout
 from ._lockwait import try_take, wait_async, wait_sync
@@ -30,7 +31,7 @@ def _rebuild(path: str, shared: bool, timeout: float | None) -> FileLock:
     return FileLock(path, shared=shared, timeout=timeout)
 
 
-class FileLock:
+class FileLock(LockAPI):
     """A lock on a lock file that excludes other processes, threads and asyncio tasks.
 
     ``path`` is the lock file itself, a sidecar such as ``config.json.lock``,
@@ -76,21 +77,11 @@ class FileLock:
         self._timeout = _check_timeout(timeout)
         self._entry: Entry | None = None
 
-    # -- properties ---------------------------------------------------------
-    @property
-    def path(self) -> str:
-        """The lock file."""
-        return self._path
-
+    # -- properties (``path`` and ``timeout``: LockAPI) ------------------------
     @property
     def shared(self) -> bool:
         """True for a reader (shared) lock."""
         return self._shared
-
-    @property
-    def timeout(self) -> float | None:
-        """The default timeout in seconds; None waits forever."""
-        return self._timeout
 
     @property
     def locked(self) -> bool:
@@ -125,7 +116,8 @@ class FileLock:
     #
     # acquire() / release() and __enter__() / __exit__() repeat the same short
     # fast path on purpose: one Python call less per `with` block is a third
-    # of the uncontended cost. Anything that may wait is in _lockwait.
+    # of the uncontended cost (so FileLock overrides LockAPI's __enter__ and
+    # __exit__). Anything that may wait is in _lockwait.
 
     def acquire(self, timeout: float | None = None) -> None:
         """Wait until the current owner holds the lock.
@@ -213,18 +205,6 @@ class FileLock:
             if try_take(entry, owner, self._op, self._path):
                 return
         await wait_async(entry, owner, self._op, self._path, t)
-
-    async def __aenter__(self) -> FileLock:
-        await self.acquire_async()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     def release(self) -> None:
         """Drop one hold of the current owner; the last one unlocks the file.

@@ -14,27 +14,19 @@ import asyncio
 import math
 import os
 import time
-from types import TracebackType
 
 from . import _fs
 from . import _lockfile_disk as _disk
 from . import _lockfile_owner as _owner
 from ._errors import FormatError, LockLost, LockTimeout, WouldBlock
-from ._lockfile_state import (
-    Backoff,
-    Refresher,
-    State,
-    check_timeout,
-    forget_inherited,
-    mark_held,
-    state_for,
-)
-from ._lockregistry import current_owner
+from ._lockapi import LockAPI
+from ._lockfile_state import Backoff, Refresher, State, forget_inherited, mark_held, state_for
+from ._lockregistry import check_timeout, current_owner
 
 __all__ = ["LockFile"]
 
 
-class LockFile:
+class LockFile(LockAPI):
     """A lock file created atomically with an owner record, safe to reclaim when stale.
 
     ``path`` is the lock file itself (``app.pid``, ``data.json.lock``); it
@@ -86,21 +78,11 @@ class LockFile:
         self._key: str | None = None
         self._state: tuple[int, State] | None = None
 
-    # -- properties ---------------------------------------------------------
-    @property
-    def path(self) -> str:
-        """The lock file."""
-        return self._path
-
+    # -- properties (``path`` and ``timeout``: LockAPI) ------------------------
     @property
     def stale_after(self) -> float:
         """Seconds without a refresh after which a lock of unknown liveness is stale."""
         return self._stale_after
-
-    @property
-    def timeout(self) -> float | None:
-        """The default timeout in seconds; None waits forever."""
-        return self._timeout
 
     @property
     def locked(self) -> bool:
@@ -403,27 +385,3 @@ class LockFile:
                 state.wake()
         if lost:
             raise LockLost(self._path, "the lock file was reclaimed or replaced by another owner")
-
-    def __enter__(self) -> LockFile:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-    async def __aenter__(self) -> LockFile:
-        await self.acquire_async()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()

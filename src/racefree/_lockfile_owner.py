@@ -89,11 +89,15 @@ def pid_namespace() -> int | None:
         return None
 
 
-def start_time(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux).
+#: Process states (field 3 of ``/proc/<pid>/stat``) of a process that has exited:
+#: a zombie (``Z``, not yet reaped by its parent) or one being reaped (``X``).
+_EXITED_STATES = (b"Z", b"X")
 
-    None where it cannot be read (not Linux, no ``/proc``, or the process is
-    gone: a caller that must tell those apart checks :func:`pid_alive` after).
+
+def _proc_stat(pid: int) -> tuple[bytes, int] | None:
+    """The state and start time of process ``pid`` from ``/proc/<pid>/stat`` (Linux).
+
+    None where it cannot be read (not Linux, no ``/proc``, or the process is gone).
     """
     if not _LINUX:
         return None  # macOS: sysctl(KERN_PROC) would need ctypes; judged by age instead
@@ -103,9 +107,19 @@ def start_time(pid: int) -> int | None:
     # The command name (field 2) may contain spaces and ')': split after the last ')'.
     fields = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return int(fields[19])  # field 22 overall; fields here start at field 3
+        return fields[0], int(fields[19])  # fields 3 and 22 overall (here from field 3)
     except (IndexError, ValueError):
         return None
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux).
+
+    None where it cannot be read (not Linux, no ``/proc``, or the process is
+    gone: a caller that must tell those apart checks :func:`pid_alive` after).
+    """
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
 
 
 def pid_alive(pid: int) -> bool:
@@ -204,7 +218,10 @@ def judge(rec: OwnerRecord | None) -> Verdict:
 
     DEAD only on proof: same locality and the pid is not running, or it is
     running but started at another time than the record says (a recycled pid,
-    L6). ALIVE only on proof too. Everything else is UNKNOWN.
+    L6), or it is the owner itself but has exited and not been reaped yet (a
+    zombie keeps its pid and start time until its parent waits for it, and can
+    never refresh or release the lock). ALIVE only on proof too. Everything
+    else is UNKNOWN.
     """
     if rec is None or not same_locality(rec):
         return Verdict.UNKNOWN
@@ -212,8 +229,11 @@ def judge(rec: OwnerRecord | None) -> Verdict:
         return Verdict.DEAD
     if rec.start_time is None:
         return Verdict.UNKNOWN
-    now = start_time(rec.pid)
+    now = _proc_stat(rec.pid)
     if now is None:
         # /proc/<pid>/stat vanished between kill(0) and the read: the process exited.
         return Verdict.DEAD if not pid_alive(rec.pid) else Verdict.UNKNOWN
-    return Verdict.ALIVE if now == rec.start_time else Verdict.DEAD
+    state, started = now
+    if started != rec.start_time or state in _EXITED_STATES:
+        return Verdict.DEAD
+    return Verdict.ALIVE

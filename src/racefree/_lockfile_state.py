@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import random
 import threading
@@ -20,38 +19,16 @@ import weakref
 
 from . import _fs
 from . import _lockfile_disk as _disk
+from ._lockapi import async_waker, drop_one
 
 __all__ = [
     "Backoff",
     "Refresher",
     "State",
-    "check_timeout",
     "forget_inherited",
     "mark_held",
     "state_for",
 ]
-
-
-def _wake_future(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
-    """Resolve ``fut`` from any thread; a closed loop means its waiter is gone."""
-
-    def resolve() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    # RuntimeError: the loop is closed, so nobody awaits the future any more.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(resolve)
-
-
-def check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not timeout >= 0:  # also rejects NaN
-        raise ValueError(f"timeout must be >= 0 (or None to wait forever), not {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
 
 
 class Backoff:
@@ -177,7 +154,7 @@ class State:
         self.cond.notify_all()
         waiters, self.async_waiters = self.async_waiters, []
         for loop, fut in waiters:
-            _wake_future(loop, fut)
+            async_waker(loop, fut)()
 
 
 # States live as long as an instance refers to them, or a hold does (_held):
@@ -226,14 +203,7 @@ def state_for(key: str) -> State:
 def forget_inherited(key: str, owner: object) -> bool:
     """In a forked child: drop one hold the parent had at fork time; False if there is none."""
     with _registry_lock:
-        n = _inherited.get((key, owner), 0)
-        if n == 0:
-            return False
-        if n == 1:
-            del _inherited[(key, owner)]
-        else:
-            _inherited[(key, owner)] = n - 1
-        return True
+        return drop_one(_inherited, (key, owner))
 
 
 def mark_held(state: State, held: bool) -> None:

@@ -28,6 +28,7 @@ from fcntl import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN
 from typing import TYPE_CHECKING
 
 from . import _fs
+from ._lockapi import drop_one
 
 if TYPE_CHECKING:
     from ._lockworker import Request
@@ -236,14 +237,7 @@ def forget_inherited(key: tuple[int, int], owner: object) -> bool:
     parent entered before ``fork()`` can exit in the child.
     """
     with _registry_lock:
-        n = _inherited.get((key, owner), 0)
-        if n == 0:
-            return False
-        if n == 1:
-            del _inherited[(key, owner)]
-        else:
-            _inherited[(key, owner)] = n - 1
-        return True
+        return drop_one(_inherited, (key, owner))
 
 
 def _before_fork() -> None:

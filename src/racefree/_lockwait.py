@@ -19,7 +19,6 @@ Two stages, in this order:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any
 
 from . import _fs
 from ._errors import LockTimeout
+from ._lockapi import async_waker
 from ._lockregistry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry
 from ._lockworker import start_kernel_wait
 
@@ -132,6 +132,29 @@ def _record(entry: Entry, owner: object, op: int, kfd: int) -> None:
             entry.wake_all()  # readers of this process waiting on us join now
 
 
+def _admit_or_queue(
+    entry: Entry, owner: object, op: int, path: str, counted: bool, refuse_self: bool
+) -> tuple[int, bool]:
+    """One admission check of a waiter (``entry.mutex`` held): the verdict, and ``counted``.
+
+    ``counted``: this writer is counted in ``entry.writers_waiting`` (so new
+    readers queue behind it); it stops being counted once admitted.
+    ``refuse_self``: a thread waiting for a task of its own running loop
+    raises instead (a certain deadlock).
+    """
+    verdict = admit_or_take(entry, owner, op, path)
+    if verdict != WAIT:
+        if counted:
+            entry.writers_waiting -= 1
+        return verdict, False
+    if refuse_self:
+        _refuse_self_deadlock(entry, path)
+    if op == LOCK_EX and not counted:
+        entry.writers_waiting += 1
+        counted = True
+    return verdict, counted
+
+
 # -- threads ------------------------------------------------------------------
 
 def _new_gate() -> threading.Lock:
@@ -149,18 +172,11 @@ def wait_sync(entry: Entry, owner: object, op: int, path: str, timeout: float | 
     try:
         while True:
             with entry.mutex:
-                verdict = admit_or_take(entry, owner, op, path)
+                verdict, counted = _admit_or_queue(entry, owner, op, path, counted, True)
+                if verdict == HELD:
+                    return
                 if verdict != WAIT:
-                    if counted:
-                        entry.writers_waiting -= 1
-                        counted = False
-                    if verdict == HELD:
-                        return
                     break  # entry.busy is ours: we take the kernel lock
-                _refuse_self_deadlock(entry, path)
-                if op == LOCK_EX and not counted:
-                    entry.writers_waiting += 1
-                    counted = True
                 gate = _new_gate()
                 wake = gate.release
                 entry.waiters.append(wake)
@@ -213,20 +229,6 @@ def _kernel_lock_sync(entry: Entry, op: int, deadline: float | None) -> int | No
 
 # -- asyncio ---------------------------------------------------------------------
 
-def _async_waker(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> Callable[[], None]:
-    def wake() -> None:
-        # RuntimeError: the loop is closed, so nobody awaits the future any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, fut)
-
-    return wake
-
-
-def _resolve(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 async def _await_until(fut: asyncio.Future[None], deadline: float | None, loop: Any) -> bool:
     """Await ``fut`` until the loop-time ``deadline``; False if the deadline came first."""
     if deadline is None:
@@ -256,19 +258,13 @@ async def wait_async(
     try:
         while True:
             with entry.mutex:
-                verdict = admit_or_take(entry, owner, op, path)
+                verdict, counted = _admit_or_queue(entry, owner, op, path, counted, False)
+                if verdict == HELD:
+                    return
                 if verdict != WAIT:
-                    if counted:
-                        entry.writers_waiting -= 1
-                        counted = False
-                    if verdict == HELD:
-                        return
                     break  # entry.busy is ours: we take the kernel lock
-                if op == LOCK_EX and not counted:
-                    entry.writers_waiting += 1
-                    counted = True
                 fut: asyncio.Future[None] = loop.create_future()
-                wake = _async_waker(loop, fut)
+                wake = async_waker(loop, fut)
                 entry.waiters.append(wake)
             if not await _await_until(fut, deadline, loop):
                 raise LockTimeout(path, timeout)
@@ -296,7 +292,7 @@ async def _kernel_lock_async(
     except BlockingIOError:
         pass
     fut: asyncio.Future[None] = loop.create_future()
-    req = start_kernel_wait(entry, op, _async_waker(loop, fut))
+    req = start_kernel_wait(entry, op, async_waker(loop, fut))
     try:
         await _await_until(fut, deadline, loop)
     except BaseException:

@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import threading
 import time
 import weakref
-from types import TracebackType
 from typing import Any
 
 from . import _pg
 from ._errors import LockLost, LockTimeout, WouldBlock
-from ._lockregistry import current_owner
+from ._lockapi import LockAPI, async_waker, drop_one
+from ._lockregistry import check_timeout, current_owner
 from ._pg_session import Attempt, Session, cancel_statement
 
 __all__ = ["FenceToken", "PgLock"]
@@ -60,17 +59,7 @@ class FenceToken(int):
         return f"FenceToken({int(self)}, {self.name!r})"
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not timeout >= 0:  # also rejects NaN
-        raise ValueError(f"timeout must be >= 0 (or None to wait forever), not {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
-
-
-class PgLock:
+class PgLock(LockAPI):
     """A lock on a PostgreSQL session advisory lock, with the ``FileLock`` API.
 
     ``url`` is a ``postgresql://`` URL; ``name`` any string (it is hashed to
@@ -97,7 +86,7 @@ class PgLock:
         self._url = _pg.parse_url(url)
         self._name = name
         self._shared = bool(shared)
-        self._timeout = _check_timeout(timeout)
+        self._timeout = check_timeout(timeout)
         self._connect_timeout = connect_timeout
         self._path = f"{self._url.display}#{name}"
         self._mutex = threading.Lock()
@@ -110,26 +99,16 @@ class PgLock:
         self._lost = False
         _instances.add(self)
 
-    # -- properties ---------------------------------------------------------
+    # -- properties (``path`` and ``timeout``: LockAPI) ------------------------
     @property
     def name(self) -> str:
         """The lock's name."""
         return self._name
 
     @property
-    def path(self) -> str:
-        """The URL (without password) and the lock name, as errors show them."""
-        return self._path
-
-    @property
     def shared(self) -> bool:
         """True for a reader (shared) lock."""
         return self._shared
-
-    @property
-    def timeout(self) -> float | None:
-        """The default timeout in seconds; None waits forever."""
-        return self._timeout
 
     @property
     def locked(self) -> bool:
@@ -212,6 +191,12 @@ class PgLock:
             self._lost = False
             self._wake_all()  # readers of this instance join; writers re-check
 
+    def _leave_queue(self, wake: Any) -> None:
+        """A waiter gave up (timeout, error, cancellation): its wake-up leaves the queue."""
+        with self._mutex:
+            if wake is not None and wake in self._waiters:
+                self._waiters.remove(wake)
+
     def _unbusy(self) -> None:
         with self._mutex:
             self._busy = False
@@ -228,7 +213,7 @@ class PgLock:
         drops a session's locks with it). In a coroutine use ``async with`` or
         :meth:`acquire_async`.
         """
-        t = self._timeout if timeout is None else _check_timeout(timeout)
+        t = self._timeout if timeout is None else check_timeout(timeout)
         self._acquire(t, blocking=True)
 
     def acquire_nowait(self) -> None:
@@ -260,9 +245,7 @@ class PgLock:
                     raise LockTimeout(self._path, timeout)
                 wake = None
         except BaseException:
-            with self._mutex:
-                if wake is not None and wake in self._waiters:
-                    self._waiters.remove(wake)
+            self._leave_queue(wake)
             raise
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -289,8 +272,7 @@ class PgLock:
         with self._mutex:
             n = self._holders.get(owner)
             if n is None:
-                if self._inherited.get(owner):
-                    self._inherited[owner] -= 1
+                if drop_one(self._inherited, owner):
                     return
                 raise RuntimeError(
                     f"release of {self._path}: the lock is not held by this thread or task"
@@ -315,18 +297,6 @@ class PgLock:
         if reason:
             raise LockLost(self._path, reason)
 
-    def __enter__(self) -> PgLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
     # -- asyncio ------------------------------------------------------------
     async def acquire_async(self, timeout: float | None = None) -> None:
         """Wait until the current task holds the lock, without blocking the event loop.
@@ -336,7 +306,7 @@ class PgLock:
         server (a cancel request) and, if the grant raced the cancel, the worker
         closes the session: a cancelled or timed-out waiter holds nothing (L9).
         """
-        t = self._timeout if timeout is None else _check_timeout(timeout)
+        t = self._timeout if timeout is None else check_timeout(timeout)
         owner = current_owner()
         loop = asyncio.get_running_loop()
         deadline = None if t is None else loop.time() + t
@@ -350,7 +320,7 @@ class PgLock:
                     if verdict is None:
                         break
                     fut: asyncio.Future[None] = loop.create_future()
-                    wake = _waker(loop, fut)
+                    wake = async_waker(loop, fut)
                     self._waiters.append(wake)
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
@@ -361,14 +331,12 @@ class PgLock:
                     raise LockTimeout(self._path, t) from None
                 wake = None
         except BaseException:
-            with self._mutex:
-                if wake is not None and wake in self._waiters:
-                    self._waiters.remove(wake)
+            self._leave_queue(wake)
             raise
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
         attempt = Attempt()
         done: asyncio.Future[None] = loop.create_future()
-        attempt.notify = _waker(loop, done)
+        attempt.notify = async_waker(loop, done)
         try:
             threading.Thread(
                 target=self._server_lock_worker,
@@ -438,31 +406,6 @@ class PgLock:
                 daemon=True,
             ).start()
 
-    async def __aenter__(self) -> PgLock:
-        await self.acquire_async()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-
-def _waker(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> Any:
-    """A callable that resolves ``fut`` from any thread (a closed loop: nobody waits)."""
-
-    def resolve() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    def wake() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: its waiter is gone
-            loop.call_soon_threadsafe(resolve)
-
-    return wake
 
 
 _instances: weakref.WeakSet[PgLock] = weakref.WeakSet()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -37,8 +37,9 @@ from . import _pg_sql as sql
 from ._errors import ConflictError, CorruptFileError, LockLost
 from ._pg_lock import FenceToken
 from ._pg_pool import Pool
-from ._store import _check_expect, encode_id
+from ._protocol import StoreMixin
 from ._store import encode_doc as _file_encode_doc
+from ._store_batch import check_expect, check_version, encode_id
 
 __all__ = ["PgBatch", "PgStore", "PgStoreReport"]
 
@@ -95,7 +96,7 @@ class PgStoreReport:
 Op = tuple[int, str, bytes, "str | None", "int | None"]
 
 
-class PgStore:
+class PgStore(StoreMixin):
     """A JSON document store in a PostgreSQL database, shared by any number of machines.
 
     ``url`` is a ``postgresql://`` URL; ``name`` picks one of the database's
@@ -124,7 +125,7 @@ class PgStore:
         low = int(min_connections or params.get("min_connections") or 1)
         high = max(low, int(max_connections or params.get("max_connections") or 8))
         self._display = parsed.display
-        self._where = f"{parsed.display}#{self._name}"
+        self._path = f"{parsed.display}#{self._name}"  # StoreMixin.path
         self._pool = Pool(
             parsed,
             f"racefree:{self._name}",
@@ -144,27 +145,9 @@ class PgStore:
         """The server's URL, without its password."""
         return self._display
 
-    @property
-    def path(self) -> str:
-        """The URL and the store name (``url#name``), as errors show them."""
-        return self._where
-
-    @property
-    def durable(self) -> bool:
-        return self._durable
-
     def close(self) -> None:
         """Close the pool's connections. Idempotent; later calls raise ``ValueError``."""
         self._pool.close()
-
-    def __enter__(self) -> PgStore:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<PgStore {self._display!r} store={self._name!r} durable={self._durable}>"
@@ -204,15 +187,9 @@ class PgStore:
         """Every id, sorted (code point order = UTF-8 byte order), from one snapshot."""
         return [decode_id(row[0]) for row in self._pool.iterate(sql.KEYS, (self._name,))]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
     def items(self) -> list[tuple[str, dict[str, Any]]]:
         """Every ``(id, document)`` pair, sorted by id, from one consistent snapshot."""
         return [(decode_id(r[0]), r[1]) for r in self._pool.iterate(sql.ITEMS, (self._name,))]
-
-    def values(self) -> list[dict[str, Any]]:
-        return [doc for _, doc in self.items()]
 
     def items_with_versions(self) -> list[tuple[str, int, dict[str, Any]]]:
         """Every ``(id, version, document)``, sorted, from one snapshot (``store copy``)."""
@@ -346,7 +323,7 @@ class PgStore:
         written. ``TypeError`` before anything is written if ``doc`` is not a
         JSON-serialisable dict or ``id`` not a str.
         """
-        op = (_PUT, id, encode_id(id), encode_doc(doc), _check_expect(expect_version))
+        op = (_PUT, id, encode_id(id), encode_doc(doc), check_expect(expect_version))
         return int(self._commit([op], [fence] if fence is not None else [])[id] or 0)
 
     def delete(
@@ -357,15 +334,8 @@ class PgStore:
         With ``expect_version``, another version (or a missing id, unless 0)
         raises :class:`ConflictError`. Atomic, durable and fenced as :meth:`put`.
         """
-        op = (_DELETE, id, encode_id(id), None, _check_expect(expect_version))
+        op = (_DELETE, id, encode_id(id), None, check_expect(expect_version))
         return self._commit([op], [fence] if fence is not None else [])[id] is not None
-
-    def __setitem__(self, id: str, doc: dict[str, Any]) -> None:
-        self.put(id, doc)
-
-    def __delitem__(self, id: str) -> None:
-        if not self.delete(id):
-            raise KeyError(id)
 
     def update(
         self,
@@ -429,8 +399,7 @@ class PgStore:
         """Set documents at exact versions in one transaction (``racefree store copy``)."""
         encoded = []
         for key, version, doc in rows:
-            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-                raise ValueError(f"a version is an int >= 1, not {version!r}")
+            version = check_version(version)  # first: a bad version is a ValueError
             encoded.append((self._name, encode_id(key), version, encode_doc(doc)))
         if encoded:
             self._pool.transaction(
@@ -448,7 +417,7 @@ class PgStore:
         store. Settings that void durability (``fsync`` or ``full_page_writes``
         off) are listed in ``warnings``. Changes nothing.
         """
-        where = self._where
+        where = self._path
 
         def body(conn: Any) -> PgStoreReport:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -495,7 +464,7 @@ class PgBatch:
         fence: FenceToken | None = None,
     ) -> None:
         """Add a put (checked now: TypeError for a bad id or document)."""
-        self._ops.append((_PUT, id, encode_id(id), encode_doc(doc), _check_expect(expect_version)))
+        self._ops.append((_PUT, id, encode_id(id), encode_doc(doc), check_expect(expect_version)))
         if fence is not None:
             self._fences.append(fence)
 
@@ -503,7 +472,7 @@ class PgBatch:
         self, id: str, *, expect_version: int | None = None, fence: FenceToken | None = None
     ) -> None:
         """Add a delete."""
-        self._ops.append((_DELETE, id, encode_id(id), None, _check_expect(expect_version)))
+        self._ops.append((_DELETE, id, encode_id(id), None, check_expect(expect_version)))
         if fence is not None:
             self._fences.append(fence)
 

@@ -41,10 +41,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 __all__ = ["AsyncBatchProtocol", "AsyncStoreProtocol", "BatchProtocol", "ReportProtocol",
-           "StoreProtocol"]
+           "StoreMixin", "StoreProtocol"]
+
+_S = TypeVar("_S", bound="StoreMixin")
 
 
 class ReportProtocol(Protocol):
@@ -204,3 +206,62 @@ class AsyncStoreProtocol(Protocol):
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class StoreMixin:
+    """The calls of :class:`StoreProtocol` that every backend derives the same way.
+
+    A backend sets ``_path`` and ``_durable`` and defines the rest; ``values``,
+    iteration, ``store[id] = doc``, ``del store[id]`` and ``with store:`` (which
+    closes it) follow from its ``items``, ``keys``, ``put``, ``delete`` and
+    ``close``, with their guarantees.
+    """
+
+    _path: str
+    _durable: bool
+
+    if TYPE_CHECKING:
+
+        def keys(self) -> list[str]: ...
+
+        def items(self) -> list[tuple[str, dict[str, Any]]]: ...
+
+        def put(
+            self, id: str, doc: dict[str, Any], *, expect_version: int | None = None
+        ) -> int: ...
+
+        def delete(self, id: str, *, expect_version: int | None = None) -> bool: ...
+
+        def close(self) -> None: ...
+
+    @property
+    def path(self) -> str:
+        """Where the store lives, as errors show it (PostgreSQL: ``url#name``)."""
+        return self._path
+
+    @property
+    def durable(self) -> bool:
+        """Whether a write survives power loss once it returns."""
+        return self._durable
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def values(self) -> list[dict[str, Any]]:
+        return [doc for _, doc in self.items()]
+
+    def __setitem__(self, id: str, doc: dict[str, Any]) -> None:
+        self.put(id, doc)
+
+    def __delitem__(self, id: str) -> None:
+        if not self.delete(id):
+            raise KeyError(id)
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from types import TracebackType
+from collections.abc import Callable
 from typing import Any
 
 from ._errors import ConflictError, CorruptFileError, DurabilityError
+from ._protocol import StoreMixin
 from ._segment import ENTRY, FRAME, M24, M36, M40, OP_DELETE, OP_PUT, PREFIX, frame
-from ._store_batch import Op, StoreBatch, check_expect, encode_doc, encode_id, no_fence
+from ._store_batch import (
+    Op,
+    StoreBatch,
+    check_expect,
+    check_version,
+    encode_doc,
+    encode_id,
+    no_fence,
+)
 from ._store_compact import StoreReport, check_state, compact_locked
 from ._store_core import Core
 from ._store_files import W_DEAD, W_END, W_SYNCED, W_TOTAL
@@ -26,7 +34,6 @@ from ._store_index import State
 __all__ = ["AsyncStore", "Store", "StoreBatch", "StoreReport", "encode_doc", "encode_id"]
 
 _MISSING: Any = object()
-_check_expect = check_expect  # the name the PostgreSQL store imports (one set of checks)
 
 #: Segments are preallocated this large (a record larger than this gets a segment of its own).
 SEGMENT_SIZE = 32 << 20
@@ -38,7 +45,7 @@ _scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once
 _ENTRY_OVERHEAD = FRAME.size + ENTRY.size
 
 
-class Store:
+class Store(StoreMixin):
     """A JSON document store in ``directory``: string ids, JSON-object documents.
 
     Guarantees (each write is one record, appended under an flock):
@@ -148,16 +155,10 @@ class Store:
         """Every id, sorted (code point order = UTF-8 byte order), from one snapshot."""
         return [key for key, _ in self._snapshot()[1]]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
     def items(self) -> list[tuple[str, dict[str, Any]]]:
         """Every ``(id, document)`` pair, sorted by id, from one consistent snapshot."""
         st, pairs = self._snapshot()
         return [(key, self._read(st, value)) for key, value in pairs]
-
-    def values(self) -> list[dict[str, Any]]:
-        return [doc for _, doc in self.items()]
 
     def items_with_versions(self) -> list[tuple[str, int, dict[str, Any]]]:
         """Every ``(id, version, document)``, from one snapshot (``racefree store copy``)."""
@@ -319,13 +320,6 @@ class Store:
         op = (OP_DELETE, id, encode_id(id), b"", check_expect(expect_version), None)
         return self._commit([op])[id] is not None
 
-    def __setitem__(self, id: str, doc: dict[str, Any]) -> None:
-        self.put(id, doc)
-
-    def __delitem__(self, id: str) -> None:
-        if not self.delete(id):
-            raise KeyError(id)
-
     def update(
         self,
         id: str,
@@ -376,8 +370,7 @@ class Store:
         """Set documents at exact versions, as one record (``racefree store copy``)."""
         ops: list[Op] = []
         for key, version, doc in rows:
-            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-                raise ValueError(f"a version is an int >= 1, not {version!r}")
+            version = check_version(version)  # first: a bad version is a ValueError
             ops.append((OP_PUT, key, encode_id(key), encode_doc(doc), None, version))
         if ops:
             self._commit(ops)
@@ -408,27 +401,10 @@ class Store:
         with self._core.mu:
             return check_state(self._core, self._core.refresh())
 
-    # -- life cycle ------------------------------------------------------------------
-    @property
-    def path(self) -> str:
-        return self._path
-
-    @property
-    def durable(self) -> bool:
-        return self._durable
-
+    # -- life cycle (``path``, ``durable``, ``with``: StoreMixin) -------------------
     def close(self) -> None:
         """Close the store's files. Idempotent; later calls raise ``ValueError``."""
         self._core.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Store {self._path!r} durable={self._durable}>"

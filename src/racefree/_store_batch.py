@@ -1,7 +1,7 @@
-"""Argument checks shared by every Store write, and ``StoreBatch``.
+"""Argument checks shared by every store write (files and PostgreSQL), and ``StoreBatch``.
 
-Every check runs before the write lock is taken, so a bad id or document raises
-``TypeError`` before anything is written.
+Every check runs before the write lock (or transaction) is taken, so a bad id
+or document raises ``TypeError`` before anything is written.
 """
 
 from __future__ import annotations
@@ -80,6 +80,13 @@ def check_expect(expect: object) -> int | None:
     if expect < 0:
         raise ValueError(f"expect_version must be >= 0, not {expect}")
     return expect
+
+
+def check_version(version: object) -> int:
+    """An exact version (``put_at_versions``): an int >= 1, else ``ValueError``."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"a version is an int >= 1, not {version!r}")
+    return version
 
 
 def no_fence(fence: object) -> None:

@@ -109,3 +109,69 @@ def test_leftover_temp_is_noted_not_damage(tmp_path: Path, name: str) -> None:
     (tmp_path / f".{name}").write_bytes(b"{")
     found = check_path(tmp_path)
     assert [(f.kind, f.ok) for f in found] == [("temp", True)]
+
+
+def test_store_without_manifest_is_damage(tmp_path: Path) -> None:
+    """Segments but no MANIFEST (a store that lost it): DAMAGED, exit 1, nothing changed,
+    found directly and inside a directory."""
+    d = tmp_path / "top" / "s"
+    d.parent.mkdir()
+    with Store(d, durable=False) as s:
+        s.put("a", {"n": 1})
+    (d / "MANIFEST").unlink()
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    for target in (d, tmp_path / "top"):
+        found = check_path(target)
+        assert [(f.path, f.kind, f.ok) for f in found] == [(str(d), "store", False)]
+        assert "segments but no MANIFEST" in found[0].detail
+    proc = cli(str(tmp_path / "top"))
+    assert proc.returncode == 1, proc.stdout
+    assert "DAMAGED  store" in proc.stdout
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def _torn_store(d: Path) -> tuple[Path, int, int]:
+    """A store whose last record lost its second half (a crash mid-write): returns its
+    segment, the record's offset and the torn bytes left."""
+    with Store(d, durable=False) as s:
+        s.put("a", {"n": 1})
+        s.put("b", {"text": "z" * 100})
+    seg = next(d.glob("seg-*.rfs"))
+    data = bytearray(seg.read_bytes())
+    end = len(data.rstrip(b"\0"))
+    start = data.index(b"RFR1", data.index(b"RFR1") + 1)  # the second frame's magic
+    keep = (end - start) // 2
+    data[start + keep:end] = bytes(end - start - keep)
+    seg.write_bytes(bytes(data))
+    return seg, start, keep
+
+
+def test_check_is_read_only_and_repair_removes_a_torn_tail(tmp_path: Path) -> None:
+    """check reports a torn last record without touching the segment; --repair zeroes it."""
+    d = tmp_path / "s"
+    seg, start, keep = _torn_store(d)
+    before = seg.read_bytes()
+    [found] = check_path(d)
+    assert (found.kind, found.ok, found.repaired) == ("store", True, False)
+    assert f"an incomplete last record of {keep} bytes" in found.detail
+    assert "documents=1" in found.detail
+    assert seg.read_bytes() == before
+    [found] = check_path(d, repair=True)
+    assert (found.kind, found.ok, found.repaired) == ("store", True, True)
+    assert seg.read_bytes()[start:] == bytes(len(before) - start)
+
+
+def test_check_does_not_change_a_damaged_last_record(tmp_path: Path) -> None:
+    """A bit flip in the last (synced) record: DAMAGED, exit 1, and the segment unchanged."""
+    d = tmp_path / "s"
+    with Store(d) as s:
+        for i in range(5):
+            s.put(f"k{i}", {"i": i})
+    seg = next(d.glob("seg-*.rfs"))
+    data = bytearray(seg.read_bytes())
+    data[len(data.rstrip(b"\0")) - 3] ^= 1
+    seg.write_bytes(bytes(data))
+    proc = cli(str(d))
+    assert proc.returncode == 1, proc.stdout
+    assert "DAMAGED  store" in proc.stdout and "does not look torn" in proc.stdout
+    assert seg.read_bytes() == bytes(data)

@@ -82,7 +82,7 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     """A missing file or a file that is not a log: exit 1, one line, nothing created."""
     missing = tmp_path / "missing.log"
     assert main(["log", str(missing), "tail"]) == 1
-    assert capsys.readouterr().err.startswith("racefree log: error: [Errno 2] No such file")
+    assert capsys.readouterr().err == f"racefree log: error: no log at {missing}\n"
     assert not missing.exists()
     other = tmp_path / "other.txt"
     other.write_text("hello\n")
@@ -93,6 +93,53 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     make_log(tmp_path / "x.log", ["a"])
     assert main(["log", str(tmp_path / "x.log"), "tail", "-n", "-1"]) == 1
     assert capsys.readouterr().err == "racefree log: error: -n must be 0 or more, not -1\n"
+
+
+@pytest.mark.parametrize("action", ["tail", "check"])
+def test_a_directory_or_an_empty_file_is_no_log(tmp_path: Path, action: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory, or an empty file (say a .lock file), is refused with one line naming it,
+    exit 1, nothing printed and nothing written: racefree never wrote a log without a header."""
+    assert main(["log", str(tmp_path), action]) == 1
+    assert capsys.readouterr() == ("", f"racefree log: error: {tmp_path} is a directory, "
+                                       f"not a log\n")
+    empty = tmp_path / "x.log.lock"
+    empty.write_bytes(b"")
+    assert main(["log", str(empty), action]) == 1
+    assert capsys.readouterr() == ("", f"racefree log: error: {empty} is empty: not a "
+                                       f"racefree log\n")
+    assert empty.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.log.lock"]
+
+
+def test_check_reports_a_damaged_last_record_and_a_hole(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """check exits 1 with one line on a whole last record that fails its checksum, and on a
+    hole before valid durable=False records; the file is left as it was."""
+    path = tmp_path / "x.log"
+    make_log(path, ["aaaa", "bbbb"])
+    good = path.read_bytes()
+    last = len(good) - len(good.splitlines(keepends=True)[-1])
+    path.write_bytes(good[:-3] + b"c" + good[-2:])  # "bbbb" -> "bbbc"
+    assert main(["log", str(path), "check"]) == 1
+    assert capsys.readouterr() == ("", f"racefree log: error: {path} at byte offset {last}, "
+                                       f"line 3: the last record is damaged: it is whole but "
+                                       f"fails its checksum\n")
+    path.write_bytes(good)
+    with AppendLog(path, durable=False) as log:
+        log.extend(["c1", "c2"])
+        log.append("d")
+    data = bytearray(path.read_bytes())
+    data[len(good) + 12] = 0  # a page of the batch never reached the disk
+    path.write_bytes(bytes(data))
+    assert main(["log", str(path), "tail", "--seq"]) == 0
+    assert capsys.readouterr() == ('0\t"aaaa"\n1\t"bbbb"\n', "")
+    assert main(["log", str(path), "check"]) == 1
+    out, err = capsys.readouterr()
+    assert (out, err.count("\n")) == ("", 1)
+    assert err.startswith(f"racefree log: error: {path} at byte offset {len(good)}, line 4: "
+                          f"a damaged record is followed by valid records that were never synced")
+    assert path.read_bytes() == bytes(data)
 
 
 @pytest.mark.timeout(60)

@@ -548,8 +548,10 @@ def test_store_compact(tmp_path: Path) -> None:
 def test_store_auto_compaction(tmp_path: Path) -> None:
     """Overwrites past the garbage threshold compact automatically inside put; every state whole."""
     initial = [_put(k, _doc(0, 300)) for k in "abc"]
-    steps = [_put(k, _doc(i, 300)) for i, k in enumerate("abcabcabc", 1)]
-    _store_steps(tmp_path, "Store auto-compaction", initial, steps, block=64, minimum=200,
+    # 13 puts: three compactions (steps 5, 9, 13), each run by the put that finds the
+    # garbage past the threshold, before it appends (the last one in the final step).
+    steps = [_put(k, _doc(i, 300)) for i, k in enumerate("abcabcabcabca", 1)]
+    _store_steps(tmp_path, "Store auto-compaction", initial, steps, block=16, minimum=200,
                  _segment_size=4096, _compact_min=1024)
 
 
@@ -698,7 +700,7 @@ EXPECTED_OPERATIONS = {
     "atomic_write", "atomic_write (new file)", "atomic_open", "JsonFile.update",
     "AppendLog.append", "AppendLog.extend", "AppendLog.compact", "Store.put",
     "Store.put (awkward ids)", "Store.update", "Store.delete", "Store.batch", "Store.compact",
-    "Store auto-compaction",
+    "Store auto-compaction", "Store creation",
 }
 
 

@@ -58,6 +58,9 @@ class Scenario:
     close: Callable[[Any], None] = lambda obj: None
     stateful: bool = True  # does the object remember a failed fsync?
     reopen: Callable[[Path], Any] | None = None  # open the existing data (recovery)
+    # After an fsync failure: what clears a poison that outlives the object (the store's
+    # POISONED marker: ``racefree check --repair``), before a new object may write.
+    unpoison: Callable[[Path], None] | None = None
 
     def open_existing(self, d: Path) -> Any:
         return self.reopen(d) if self.reopen is not None else self.setup(d)
@@ -142,6 +145,8 @@ def run_fault(sc: Scenario, tmp_path: Path, op: str, nth: int, err: int, persist
             else:
                 raise AssertionError(f"{where}: wrote again after {raised!r} (fsyncgate)")
             sc.close(obj)
+            if sc.unpoison is not None:
+                sc.unpoison(d)
             obj = sc.open_existing(d)
         sc.again(obj)
         assert sc.state(d) == sc.after_again(after), f"{where}: the object stopped working"
@@ -327,7 +332,17 @@ def _store_scenario(name: str, op: Callable[[Any], Any], new: dict[str, Any],
         after_again=after_again,
         close=lambda s: s.close(),
         reopen=lambda d: Store(d / "store", **opts),
+        unpoison=_store_unpoison,
     )
+
+
+def _store_unpoison(d: Path) -> None:
+    """``racefree check --repair``: the poison outlives every handle until it is cleared."""
+    from racefree._check import check_path
+
+    [found] = check_path(d / "store", repair=True)
+    assert found.ok, found.detail
+    assert not (d / "store" / "POISONED").exists()
 
 
 OLD = {"a": {"n": 1}, "b": {"n": 2, "pad": "p" * 900}}

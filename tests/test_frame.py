@@ -148,3 +148,42 @@ def test_line_at(tmp_path: Path) -> None:
         assert [_frame.line_at(fd, off) for off in (0, 2, 5, 9)] == [1, 2, 3, 4]
     finally:
         os.close(fd)
+
+
+def test_damaged_in_place() -> None:
+    """A whole line without NUL whose length or checksum field agrees is a frame damaged in
+    place; a prefix, NUL bytes or garbage are not."""
+    good = frame(b'{"a":"bcd"}')
+    flipped = good.replace(b"bcd", b"bed")
+    assert _frame.damaged_in_place(flipped)  # the length agrees, the checksum does not
+    assert _frame.damaged_in_place(b"3" + good[2:])  # "11" -> "3": the checksum agrees
+    assert not _frame.damaged_in_place(good[:-1])  # no newline: a prefix
+    assert not _frame.damaged_in_place(good[:14] + b"\0" * 5 + good[19:])  # a hole
+    assert not _frame.damaged_in_place(b"garbage without a header\n")
+    assert not _frame.damaged_in_place(b"11 0000000 {}\n")
+
+
+def test_reader_hole_before_unproven_frames_is_held(tmp_path: Path) -> None:
+    """NUL bytes in a frame with valid frames after it that prove nothing: a possible power
+    loss's hole. Read up to it; `held` counts the bytes from there on (never torn); a lock-free
+    reader gets Suspect first. Without NUL bytes the same damage is corruption."""
+    a, b, c = frame(b'"a"'), frame(b'~"bbbbbbbbbbbb"'), frame(b'~"c"')
+    holed = a + b[:5] + b"\0" * 8 + b[13:] + c
+    reader, bodies = reader_over(tmp_path / "f", holed, confirmed=True,
+                                 proves=lambda body: body[:1] != b"~")
+    assert bodies == [b'"a"']
+    assert (reader.end, reader.torn, reader.held) == (len(a), 0, len(b) + len(c))
+    with pytest.raises(_frame.Suspect):
+        reader_over(tmp_path / "f", holed, confirmed=False, proves=lambda body: body[:1] != b"~")
+    garbled = a + b[:5] + b"x" * 8 + b[13:] + c
+    with pytest.raises(CorruptFileError, match="followed by valid records"):
+        reader_over(tmp_path / "f", garbled, confirmed=True, proves=lambda body: body[:1] != b"~")
+
+
+def test_reader_last_frame_damaged_in_place_is_corruption(tmp_path: Path) -> None:
+    """A whole last frame that fails its checksum is corruption, not a torn tail."""
+    a, b = frame(b'"a"'), frame(b'"bb"')
+    data = a + b.replace(b"bb", b"bc")
+    with pytest.raises(CorruptFileError, match="the last record is damaged") as info:
+        reader_over(tmp_path / "f", data, confirmed=True)
+    assert (info.value.offset, info.value.line) == (len(a), 2)

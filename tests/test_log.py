@@ -6,6 +6,8 @@ import errno
 import json
 import math
 import os
+import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crashsim import CrashState, Recorder, explore
 from faultfs import FaultFS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from testkit import reap
 
-from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _fs
+from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _frame, _fs
 
 RECORDS: list[Any] = [{"a": 1}, "é", [1, 2.5, None], True, {"nested": {"k": ["v"]}}, 0]
 
@@ -270,12 +273,15 @@ def test_nul_filled_tail_is_invisible_and_repaired(tmp_path: Path) -> None:
     assert path.read_bytes() == full + frame(b'"next"')
 
 
+@pytest.mark.parametrize("durable", [True, False])
 @pytest.mark.parametrize("index", [0, 2, 4])
-def test_flipped_byte_in_the_middle_is_corruption(tmp_path: Path, index: int) -> None:
+def test_flipped_byte_in_the_middle_is_corruption(tmp_path: Path, index: int,
+                                                  durable: bool) -> None:
     """A damaged record with records after it raises CorruptFileError with the file, offset
-    and line, for readers and writers alike, and nothing is changed or thrown away."""
+    and line, for readers and writers alike, and nothing is changed or thrown away; also
+    when every record is a durable=False one (a flipped bit is no power loss's hole)."""
     path = tmp_path / "x.log"
-    fill(path)
+    fill(path, durable=durable)
     data = bytearray(path.read_bytes())
     lines = bytes(data).splitlines(keepends=True)
     offset = sum(len(line) for line in lines[: index + 1])  # +1: the header line
@@ -293,10 +299,11 @@ def test_flipped_byte_in_the_middle_is_corruption(tmp_path: Path, index: int) ->
     assert not (tmp_path / "x.log.snapshot").exists()
 
 
-def test_unsynced_damage_is_a_torn_tail(tmp_path: Path) -> None:
+def test_unsynced_hole_is_read_around_but_never_cut(tmp_path: Path) -> None:
     """durable=False records promise nothing about the disk: after a power loss one of them
-    may come back damaged with later ones intact. That is a torn tail, not corruption: the
-    log opens, shows the records before the hole, and the next append cuts the rest."""
+    may come back with NUL bytes and later ones intact. Readers show the records before the
+    hole; check() and the next append raise CorruptFileError at the hole and cut nothing
+    (the records after it are valid, and cutting them would hand out their numbers again)."""
     path = tmp_path / "x.log"
     fill(path, ["synced"])
     fill(path, ["u1", "u2", "u3"], durable=False)
@@ -305,10 +312,59 @@ def test_unsynced_damage_is_a_torn_tail(tmp_path: Path) -> None:
     data[hole + 13] = 0  # a NUL where the page of "u1" never reached the disk
     path.write_bytes(bytes(data))
     with AppendLog(path) as log:
-        assert (list(log), len(log)) == (["synced"], 1)
-        assert log.check().torn == len(data) - hole
-        assert log.append("next") == 1
-    assert path.read_bytes() == header() + frame(b'"synced"') + frame(b'"next"')
+        assert (list(log), len(log), list(log.read(0))) == (["synced"], 1, ["synced"])
+        for call in (lambda: log.check(), lambda: log.append("next"),
+                     lambda: log.compact(concat, [])):
+            with pytest.raises(CorruptFileError, match="never synced") as info:
+                call()
+            assert (info.value.offset, info.value.line) == (hole, 3)
+        assert len(log) == 1
+    assert path.read_bytes() == bytes(data)
+    assert not (tmp_path / "x.log.snapshot").exists()
+
+
+@pytest.mark.parametrize("durable", [True, False])
+@pytest.mark.parametrize("where", ["body", "checksum", "length"])
+def test_flipped_bit_in_the_last_record_is_corruption(tmp_path: Path, durable: bool,
+                                                      where: str) -> None:
+    """A whole last record that fails its checksum is no torn write (a crash leaves a prefix,
+    or NUL bytes): CorruptFileError for readers and writers, its number not handed out
+    again, not a byte cut; wherever the bit is (body, checksum or length field)."""
+    path = tmp_path / "x.log"
+    fill(path, durable=durable)
+    good = path.read_bytes()
+    last = good.splitlines(keepends=True)[-1]
+    assert last == frame(b"0" if durable else b"~0")
+    at = len(good) - len(last) + {"body": len(last) - 2, "checksum": 2, "length": 0}[where]
+    data = bytearray(good)
+    data[at] ^= 0x02  # body "0" -> "2", checksum digit or length "1" -> "3" (or "2" -> "0")
+    path.write_bytes(bytes(data))
+    log = AppendLog(path, durable=durable)
+    for call in (len, list, lambda lg: lg.append(1), lambda lg: lg.check()):
+        with pytest.raises(CorruptFileError, match="the last record is damaged") as info:
+            call(log)
+        assert (info.value.offset, info.value.line) == (len(good) - len(last),
+                                                        len(RECORDS) + 1)
+    log.close()
+    assert path.read_bytes() == bytes(data)
+
+
+def test_whole_last_record_with_nul_bytes_is_a_torn_tail(tmp_path: Path) -> None:
+    """A last durable=False record whose length and newline landed but a block in between
+    did not (NUL bytes: a power loss) is a torn tail: invisible, then cut by the next append."""
+    path = tmp_path / "x.log"
+    fill(path, ["a"])
+    fill(path, ["b" * 40], durable=False)
+    good = path.read_bytes()
+    keep = len(header()) + len(frame(b'"a"'))
+    data = bytearray(good)
+    data[keep + 20 : keep + 36] = b"\0" * 16
+    path.write_bytes(bytes(data))
+    with AppendLog(path) as log:
+        assert (list(log), len(log)) == (["a"], 1)
+        assert log.check().torn == len(good) - keep
+        assert log.append("c") == 1
+    assert path.read_bytes() == header() + frame(b'"a"') + frame(b'"c"')
 
 
 def test_synced_record_after_damage_proves_corruption(tmp_path: Path) -> None:
@@ -330,6 +386,102 @@ def test_synced_record_after_damage_proves_corruption(tmp_path: Path) -> None:
     with pytest.raises(CorruptFileError) as info:
         list(AppendLog(path))
     assert info.value.offset == len(header())
+
+
+def _valid_bodies(data: bytes) -> list[bytes]:
+    """The body of every valid frame that starts a line of ``data``, damaged lines skipped."""
+    bodies, pos = [], 0
+    while pos < len(data):
+        got = _frame.decode_at(data, pos)
+        if got is not None:
+            bodies.append(got[0])
+            pos = got[1]
+        elif (nl := data.find(b"\n", pos)) >= 0:
+            pos = nl + 1
+        else:
+            break
+    return bodies
+
+
+@pytest.mark.parametrize("block", [64, 512])
+def test_power_loss_in_unsynced_appends_then_append(tmp_path: Path, block: int) -> None:
+    """Every state a power loss can leave of four durable=False appends (each write dropped,
+    torn at a block, zero-filled, or landed out of order): readers never raise and show a
+    prefix of the records; the next append either cuts a torn tail and lands right after
+    them, or meets a hole before valid records and raises CorruptFileError changing nothing.
+    A valid record is never cut."""
+    base = tmp_path / "base"
+    base.mkdir()
+    path = base / "events.log"
+    fill(path, ["synced"])
+    unsynced = [{"u": i, "pad": "p" * (90 * i)} for i in range(4)]
+    rec = Recorder(base)
+    with _fs.use(rec):
+        rec.checkpoint()
+        with AppendLog(path, durable=False) as log:
+            for i, record in enumerate(unsynced):
+                log.append(record)
+                rec.mark(str(i))
+    everything: list[Any] = ["synced", *unsynced]
+    outcomes = {"appended": 0, "refused": 0}
+
+    def check(root: Path, state: CrashState) -> None:
+        p = root / "events.log"
+        with AppendLog(p, durable=False) as log:
+            got = list(log.read(0))
+            assert got == everything[: len(got)] and len(log) == len(got) >= 1, got
+            before = p.read_bytes()
+            try:
+                seq = log.append("next")
+            except CorruptFileError as exc:
+                assert "never synced" in str(exc) and p.read_bytes() == before, exc
+                with pytest.raises(CorruptFileError, match="never synced"):
+                    log.check()
+                outcomes["refused"] += 1
+                return
+            assert seq == len(got) and list(log.read(0)) == [*got, "next"]
+        assert _valid_bodies(p.read_bytes()) == [*_valid_bodies(before), b'~"next"']
+        outcomes["appended"] += 1
+
+    result = explore("log durable=False, then append", rec, check, tmp_path / "states",
+                     block=block, max_violations=5)
+    assert result.violations == [], "\n".join(result.violations)
+    assert result.states >= (300 if block == 64 else 60), result.summary()
+    assert outcomes["appended"] >= 10 and outcomes["refused"] >= 5, outcomes
+    print(result.summary(), outcomes)
+
+
+def test_power_loss_while_an_append_cuts_a_torn_tail(tmp_path: Path) -> None:
+    """A crash left a torn record; the next append cuts it and writes a record of the same
+    length at the same offset, and the power fails before its sync. The cut is synced first,
+    so no state mixes the old torn bytes with the new record into a whole line that fails
+    its checksum (which would be taken for corruption): every state reads, and checks clean."""
+    base = tmp_path / "base"
+    base.mkdir()
+    path = base / "events.log"
+    fill(path, ["a", "b"])
+    new = {"i": 1, "pad": "n" * 200}
+    old = frame(json.dumps({"i": 2, "pad": "o" * 200}, separators=(",", ":")).encode())
+    assert len(old) == len(frame(json.dumps(new, separators=(",", ":")).encode()))
+    with path.open("ab") as f:
+        f.write(old[:150])  # the torn tail a killed appender left
+    rec = Recorder(base)
+    with _fs.use(rec):
+        rec.checkpoint()
+        with AppendLog(path) as log:
+            log.append(new)
+            rec.mark("0")
+
+    def check(root: Path, state: CrashState) -> None:
+        with AppendLog(root / "events.log") as log:
+            got = list(log.read(0))
+            log.check()
+        assert got == ["a", "b", new] if state.acked else got in (["a", "b"], ["a", "b", new])
+
+    result = explore("log append after a torn tail", rec, check, tmp_path / "states",
+                     block=16, max_violations=5)
+    assert result.violations == [], "\n".join(result.violations)
+    assert result.states >= 30, result.summary()
 
 
 class TornOnce(_fs.FileSystem):
@@ -624,6 +776,53 @@ def test_fork_child_uses_inherited_handle(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert log.append("parent again") == 2
     assert list(log) == ["parent", "child", "parent again"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.timeout(120)
+def test_fork_child_closes_while_a_parent_thread_held_the_mutex(tmp_path: Path) -> None:
+    """close() in a forked child does not wait for the handle's mutex that a parent thread
+    held at the fork (that thread does not exist in the child): it closes and returns."""
+    log = AppendLog(tmp_path / "x.log")
+    log.append("parent")
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with log._mutex:
+            held.set()
+            done.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    read_end, write_end = os.pipe()
+    pid = -1
+    try:
+        assert held.wait(60)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                log.close()
+                os.write(write_end, b"closed")
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        write_end = -1
+        ready, _, _ = select.select([read_end], [], [], 30)
+        assert ready == [read_end], "the child's close() hung on the parent's mutex"
+        assert os.read(read_end, 16) == b"closed"
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        pid = -1
+    finally:
+        done.set()
+        holder.join(60)
+        if pid > 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    assert log.append("after") == 1  # the parent's handle is untouched
+    log.close()
 
 
 # -- processes ----------------------------------------------------------------------------

@@ -78,10 +78,87 @@ def test_errors_are_one_line(
 
 def test_missing_store_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Reading commands on a path without a store fail and create nothing."""
-    code, _, err = _run(capsys, str(tmp_path / "none"), "ls")
-    assert code == 1
-    assert "no store at" in err
-    assert not (tmp_path / "none").exists()
+    none = tmp_path / "none"
+    for argv in (["ls"], ["get", "k"], ["rm", "k"], ["check"]):
+        assert _run(capsys, str(none), *argv) == (
+            1, "", f"racefree store: error: no store at {str(none)!r} (no MANIFEST there; "
+                   f"'racefree store DIR put ID JSON' creates one)\n")
+    assert not none.exists()
+
+
+def test_put_with_a_missing_parent_or_onto_a_file(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """put creates a store directory, not its parents: a missing parent is named in one line
+    (not a bare errno); a path that is a file is refused; nothing is created."""
+    deep = tmp_path / "a" / "b" / "c"
+    assert _run(capsys, str(deep), "put", "k", "{}") == (
+        1, "", f"racefree store: error: cannot create a store at {str(deep)!r}: its parent "
+               f"directory {str(tmp_path / 'a' / 'b')!r} does not exist\n")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "f").write_bytes(b"")
+    assert _run(capsys, str(tmp_path / "f"), "put", "k", "{}") == (
+        1, "", f"racefree store: error: {str(tmp_path / 'f')!r} is a file, not a store "
+               f"directory\n")
+    assert (tmp_path / "f").read_bytes() == b""
+
+
+def test_non_ascii_ids_print_as_they_are(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Ids are JSON strings with non-ASCII letters kept, control characters escaped."""
+    d = str(tmp_path / "s")
+    assert _run(capsys, d, "put", "café/ü", '{"é": 1}') == (0, '"café/ü" is now version 1\n', "")
+    with Store(d) as s:
+        s.put("日本\t語", {})
+    assert _run(capsys, d, "ls") == (0, '"café/ü"\tv1\t13 bytes\n"日本\\t語"\tv1\t2 bytes\n', "")
+    assert _run(capsys, d, "rm", "café/ü") == (0, '"café/ü" deleted\n', "")
+
+
+def test_expect_is_compare_and_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """put/rm --expect VERSION write only at that version (0: must not exist); the option may
+    come before or after the other words, as --expect N or --expect=N; a conflict is one
+    line, exit 1, nothing written; -- ends the options."""
+    d = str(tmp_path / "s")
+    assert _run(capsys, d, "put", "k", '{"v": 1}', "--expect", "0") == (
+        0, '"k" is now version 1\n', "")
+    assert _run(capsys, d, "put", "k", '{"v": 2}', "--expect", "0") == (
+        1, "", 'racefree store: error: "k" already exists at version 1 (--expect 0): '
+               'nothing was written\n')
+    assert _run(capsys, d, "--expect", "1", "put", "k", '{"v": 2}') == (
+        0, '"k" is now version 2\n', "")
+    assert _run(capsys, d, "put", "k", '{"v": 3}', "--expect=1") == (
+        1, "", 'racefree store: error: "k" is at version 2, not 1 (--expect 1): '
+               'nothing was written\n')
+    assert _run(capsys, d, "rm", "k", "--expect", "5") == (
+        1, "", 'racefree store: error: "k" is at version 2, not 5 (--expect 5): '
+               'nothing was written\n')
+    assert _run(capsys, d, "rm", "gone", "--expect", "1") == (
+        1, "", 'racefree store: error: "gone" does not exist (--expect 1): '
+               'nothing was written\n')
+    with Store(d) as s:
+        assert (s.get("k"), s.version("k"), "gone" in s) == ({"v": 2}, 2, False)
+    assert _run(capsys, d, "rm", "--expect", "2", "k") == (0, '"k" deleted\n', "")
+    assert _run(capsys, d, "put", "--", "--expect", "{}") == (
+        0, '"--expect" is now version 1\n', "")
+    with Store(d) as s:
+        assert s.items() == [("--expect", {})]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["put", "k", "{}", "--expect"], "--expect needs a VERSION"),
+        (["put", "k", "{}", "--expect", "-1"], "--expect takes a version number"),
+        (["put", "k", "{}", "--expect", "1", "--expect=1"], "--expect is given twice"),
+        (["get", "k", "--expect", "1"], "--expect is for put and rm, not 'get'"),
+    ],
+)
+def test_bad_expect_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                argv: list[str], message: str) -> None:
+    """A malformed or misplaced --expect: one line, exit 1, no store created."""
+    code, out, err = _run(capsys, str(tmp_path / "s"), *argv)
+    assert (code, out, err.count("\n")) == (1, "", 1)
+    assert err.startswith("racefree store: error: " + message)
+    assert not (tmp_path / "s").exists()
 
 
 def test_corrupt_store_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

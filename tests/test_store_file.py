@@ -3,6 +3,7 @@ fdatasync failure, compaction crashes, segment rolls and the on-disk format."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -476,3 +477,345 @@ def test_damage_in_a_sealed_segment_is_corruption(tmp_path: Path) -> None:
         Store(tmp_path / "s", durable=False)
     assert info.value.path == str(first)
     assert info.value.offset == off
+
+
+def test_segments_without_manifest_are_refused_and_left_alone(tmp_path: Path) -> None:
+    """A store that lost its MANIFEST is CorruptFileError, never re-created over (data loss)."""
+    d = tmp_path / "s"
+    with Store(d, durable=False, _segment_size=SMALL) as s:
+        for i in range(200):
+            s.put(f"id{i}", {"pad": "x" * 500})
+    (d / "MANIFEST").unlink()
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    assert [p.name for p in _segments(d)][:2] == ["seg-00000001.rfs", "seg-00000002.rfs"]
+    with pytest.raises(CorruptFileError) as info:
+        Store(d)
+    assert "segments but no MANIFEST; refusing to create a store over them" in str(info.value)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    # Only the first segment, but holding a record: refused too.
+    one = tmp_path / "one"
+    with Store(one, durable=False) as s:
+        s.put("a", {"n": 1})
+    (one / "MANIFEST").unlink()
+    with pytest.raises(CorruptFileError):
+        Store(one)
+    assert sorted(p.name for p in one.iterdir()) == [
+        "seg-00000001.rfs", "store.lock", "store.shm", "sync.lock"]
+
+
+def test_unfinished_creation_is_finished(tmp_path: Path) -> None:
+    """seg-00000001.rfs with nothing after its (whole or zero) header, no MANIFEST: created."""
+    for header in (SEG_HEADER.pack(b"RFSTSEG\x01", 1), bytes(16)):
+        d = tmp_path / f"s{header[0]}"
+        d.mkdir()
+        (d / "seg-00000001.rfs").write_bytes(header + bytes(4096))
+        (d / "store.lock").write_bytes(b"")
+        with Store(d) as s:
+            assert len(s) == 0
+            assert s.put("a", {"n": 1}) == 1
+        assert json.loads((d / "MANIFEST").read_text())["segments"] == [1]
+
+
+def _flip_in_last_record(d: Path) -> tuple[Path, int]:
+    with Store(d) as s:
+        for i in range(5):
+            s.put(f"k{i}", {"i": i})
+    seg = _segments(d)[0]
+    off, n = _frames(seg)[-1]
+    data = bytearray(seg.read_bytes())
+    data[off + n - 3] ^= 0x01  # inside the last, acknowledged and synced document
+    seg.write_bytes(bytes(data))
+    return seg, off
+
+
+def test_bit_flip_in_the_last_record_is_corruption_not_a_torn_tail(tmp_path: Path) -> None:
+    """A whole last frame that only fails its crc is damage: CorruptFileError, nothing changed."""
+    seg, off = _flip_in_last_record(tmp_path / "s")
+    before = seg.read_bytes()
+    with pytest.raises(CorruptFileError) as info:
+        Store(tmp_path / "s")
+    assert info.value.offset == off
+    assert seg.read_bytes() == before
+
+
+class _FullDisk(_fs.FileSystem):
+    """Creating a segment file fails with ENOSPC (the compaction's new segment)."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+
+    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
+        if path.endswith(".rfs") and flags & os.O_CREAT:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return super().open(path, flags, mode)
+
+
+def test_failed_automatic_compaction_writes_nothing(tmp_path: Path) -> None:
+    """Auto-compaction runs before the append: if it fails, the put/batch wrote nothing."""
+    s = Store(tmp_path / "s", durable=True, _compact_min=10**9)
+    try:
+        for _ in range(3):
+            s.put("a", {"v": 1})
+        assert s.version("a") == 3
+        s._compact_min = 1  # garbage is now past the threshold: the next write compacts
+        full = _FullDisk()
+        with _fs.use(full):
+            with pytest.raises(OSError) as info:
+                s.put("a", {"v": 2}, expect_version=3)
+            assert info.value.errno == errno.ENOSPC
+            with pytest.raises(OSError), s.batch() as b:
+                b.put("a", {"v": 2}, expect_version=3)
+                b.put("new", {"v": 0})
+        assert full.refused == 2
+        assert s.version("a") == 3 and s.get("a") == {"v": 1} and "new" not in s
+        assert s.put("a", {"v": 2}, expect_version=3) == 4  # the natural retry succeeds
+        assert len(_segments(tmp_path / "s")) == 1  # it compacted first
+    finally:
+        s.close()
+    with Store(tmp_path / "s") as s:
+        assert s.items() == [("a", {"v": 2})]
+
+
+def test_fdatasync_failure_poisons_across_reopen_until_repaired(tmp_path: Path) -> None:
+    """The poison outlives every handle (POISONED); check --repair rewrites the data, clears it."""
+    from racefree._check import check_path
+
+    d = tmp_path / "s"
+    s = Store(d)
+    s.put("a", {"v": 1})
+    with _fs.use(_FailSync()), pytest.raises(DurabilityError):
+        s.put("b", {"v": 2})
+    s.close()
+    assert (d / "POISONED").exists()
+    with Store(d) as s:
+        assert s.get("a") == {"v": 1}  # reads work
+        with pytest.raises(DurabilityError) as info:
+            s.put("c", {"v": 3})
+        assert f"racefree check --repair {d}" in str(info.value)
+    [found] = check_path(d)
+    assert (found.kind, found.ok, found.repaired) == ("store", False, False)
+    assert "POISONED" in found.detail
+    [found] = check_path(d, repair=True)
+    assert (found.kind, found.ok, found.repaired) == ("store", True, True)
+    assert not (d / "POISONED").exists()
+    assert [p.name for p in _segments(d)] == ["seg-00000002.rfs"]  # rewritten, synced
+    with Store(d) as s:
+        assert s.put("c", {"v": 3}) == 1
+        assert s.items() == [("a", {"v": 1}), ("b", {"v": 2}), ("c", {"v": 3})]
+
+
+class _DirSyncFails(_fs.FileSystem):
+    def fsync_dir(self, path: str) -> None:
+        raise OSError(errno.EIO, "injected EIO")
+
+
+def test_failed_directory_fsync_at_open_poisons(tmp_path: Path) -> None:
+    """The first opener's directory fsync (before removing orphans) fails: orphans kept, the
+    store refuses writes (DurabilityError), reads work."""
+    d = tmp_path / "s"
+    with Store(d) as s:
+        s.put("a", {"v": 1})
+    (d / "seg-00000009.rfs").write_bytes(b"x")
+    with _fs.use(_DirSyncFails()), Store(d) as s:
+        assert s.get("a") == {"v": 1}
+        with pytest.raises(DurabilityError):
+            s.put("b", {"v": 2})
+    assert (d / "seg-00000009.rfs").read_bytes() == b"x"
+    with Store(d) as s:
+        assert "b" not in s
+
+
+def test_batch_is_all_or_nothing_for_reader_threads(tmp_path: Path) -> None:
+    """A thread reading while another writes batches never sees part of a batch."""
+    n = 20000
+    s = Store(tmp_path / "s", durable=False)
+    try:
+        with s.batch() as b:
+            for k in range(n):
+                b.put(f"k{k:05d}", {"v": 0})
+        stop = threading.Event()
+        torn: list[tuple[int, int]] = []
+        reads = [0]
+
+        def reader() -> None:
+            while not stop.is_set():
+                first = s.get("k00000")["v"]
+                last = s.get(f"k{n - 1:05d}")["v"]
+                reads[0] += 1
+                if last < first:
+                    torn.append((first, last))
+
+        t = threading.Thread(target=reader)
+        t.start()
+        try:
+            for i in range(1, 8):
+                with s.batch() as b:
+                    for k in range(n):
+                        b.put(f"k{k:05d}", {"v": i})
+                    b.delete("gone")
+        finally:
+            stop.set()
+            t.join(timeout=60)
+        assert torn == []
+        assert reads[0] > 0
+        assert s.get(f"k{n - 1:05d}") == {"v": 7}
+    finally:
+        s.close()
+
+
+class _SyncWaitsForClose(_fs.FileSystem):
+    """The first fdatasync waits (bounded) until the store's close has begun closing files."""
+
+    def __init__(self) -> None:
+        self.in_sync = threading.Event()
+        self.closing = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if not self.in_sync.is_set():
+            self.in_sync.set()
+            self.closing.wait(timeout=2)  # the fixed close never closes before this returns
+        super().fdatasync(fd)
+
+    def close(self, fd: int) -> None:
+        self.closing.set()
+        super().close(fd)
+
+
+def test_close_waits_for_a_group_commit_in_another_thread(tmp_path: Path) -> None:
+    """close() while another thread is in sync(): the sync completes on its own descriptors
+    (no EBADF, no poison); a later call raises ValueError("the store is closed")."""
+    d = tmp_path / "s"
+    other = Store(d)
+    s = Store(d)
+    fake = _SyncWaitsForClose()
+    results: list[object] = []
+    try:
+        with _fs.use(fake):
+            t = threading.Thread(target=lambda: results.append(s.put("k", {"n": 1})))
+            t.start()
+            assert fake.in_sync.wait(timeout=30)
+            s.close()
+            t.join(timeout=30)
+        assert results == [1]
+        with pytest.raises(ValueError, match="the store is closed"):
+            s.put("k", {"n": 2})
+        assert other.put("x", {"ok": 1}) == 1  # not poisoned
+        assert other.get("k") == {"n": 1}
+    finally:
+        s.close()
+        other.close()
+
+
+_IDLE_CHILD_HOLDER = r'''
+import os, sys
+import racefree
+d, ready, inside = sys.argv[1:4]
+s = racefree.Store(d)
+s.put("a", {"n": 0})
+pid = os.fork()
+if pid == 0:  # an idle prefork worker: never touches the store, lives until stdin closes
+    with open(ready, "w") as f:
+        f.write(str(os.getpid()))
+    sys.stdin.read()
+    os._exit(0)
+def fn(doc):
+    open(inside, "w").close()
+    sys.stdin.read()  # holds the write lock until killed
+    return doc
+s.update("a", fn)
+'''
+
+
+@pytest.mark.slow
+def test_idle_forked_child_does_not_keep_a_dead_parents_write_lock(tmp_path: Path) -> None:
+    """A child forked from a store's process closes the inherited descriptors at once (L5):
+    once the parent is SIGKILLed holding the write lock, the lock is free although the
+    child lives on."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+
+    d = tmp_path / "s"
+    ready, inside = tmp_path / "ready", tmp_path / "inside"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _IDLE_CHILD_HOLDER, str(d), str(ready), str(inside)],
+        stdin=subprocess.PIPE,
+    )
+    child_pid = 0
+    try:
+        _wait_for(lambda: inside.exists() and ready.exists() and ready.read_text() != "",
+                  "the parent inside update() and the child forked")
+        child_pid = int(ready.read_text())
+        parent.kill()
+        assert parent.wait(timeout=60) == -signal.SIGKILL
+        os.kill(child_pid, 0)  # the child is still alive
+        fd = os.open(d / "store.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        with Store(d) as s:
+            assert s.put("a", {"n": 1}) == 2
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=60)
+        if parent.stdin is not None:
+            parent.stdin.close()  # the child's stdin: it exits
+        if child_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child_pid, signal.SIGKILL)
+
+
+class _HoldCompaction(_fs.FileSystem):
+    """Creating a new segment (a compaction starting) waits until released (bounded)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.resumed = threading.Event()
+
+    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
+        if path.endswith(".rfs") and flags & os.O_EXCL and not self.started.is_set():
+            self.started.set()
+            self.release.wait(timeout=30)
+            self.resumed.set()
+        return super().open(path, flags, mode)
+
+
+def test_reader_catches_up_without_waiting_for_a_compaction(tmp_path: Path) -> None:
+    """A handle one write behind, while another compacts (holding the write lock): its get
+    catches up in the old generation at once, and rebuilds nothing."""
+    from racefree import _store_core
+
+    a = Store(tmp_path / "s", durable=False)
+    r = Store(tmp_path / "s", durable=False)  # stands for another process
+    rebuilds: list[int] = []
+    original = _store_core.rebuild
+    hold = _HoldCompaction()
+    try:
+        for i in range(50):
+            a.put(f"k{i}", {"v": i})
+        assert r.get("k1") == {"v": 1}
+        a.put("k1", {"v": -1})  # r is now one write behind
+        _store_core.rebuild = lambda core: rebuilds.append(1) or original(core)  # type: ignore[assignment, func-returns-value]
+        with _fs.use(hold):
+            t = threading.Thread(target=a.compact)
+            t.start()
+            try:
+                assert hold.started.wait(timeout=30)
+                got = r.get("k1")
+                waited = hold.resumed.is_set()  # did the compaction go on before get returned?
+            finally:
+                hold.release.set()
+                t.join(timeout=60)
+        assert (got, waited, rebuilds) == ({"v": -1}, False, [])
+        assert r.get("k2") == {"v": 2} and r.keys() == a.keys()
+        assert rebuilds == []
+    finally:
+        _store_core.rebuild = original
+        a.close()
+        r.close()

@@ -4,8 +4,9 @@ What PATH may be, and how each kind is recognised (by content, never by name
 alone):
 
 - a **store**: a directory with a ``MANIFEST`` that says ``"racefree": "store"``;
-  verified by :meth:`racefree.Store.check` (segments, frames, checksums, the
-  manifest against the segments);
+  its segments are mapped read-only and every frame, checksum and document is
+  verified (without opening it as a store: nothing is written). A directory
+  with segments but no ``MANIFEST`` is a store that lost it: damage;
 - a **log**: a file whose first line is an :class:`~racefree.AppendLog` header;
   verified by :meth:`racefree.AppendLog.check` (framing, checksums, JSON,
   the snapshot against the segment). Its ``.snapshot`` is checked with it;
@@ -17,14 +18,14 @@ alone):
 Lock files, lock sidecars and the store's shared header are recognised and
 skipped; a leftover temp file (``*.rftmp``) is reported, not damage.
 
-Checking writes nothing, with one exception that is the store's own: opening
-a store, as any process that opens it does, zeroes an incomplete last record
-left by a crash (the store's recovery, see ``docs/store.md``).
+Checking writes nothing.
 
 ``repair=True`` truncates a log's incomplete last record (a crash in the middle
-of an append) and nothing else: a damaged record with good records after it
-is never touched, and neither is anything in a JSON file or a store (their
-writers repair their own torn tails; what is left is reported).
+of an append); for a store, it opens it (which zeroes an incomplete last
+record, the store's own recovery) and, if an fsync had failed (the store is
+poisoned: ``POISONED``), rewrites its live data durably and clears the marker
+(see ``docs/store.md``). A damaged record with good records after it is never
+touched, and nothing in a JSON file is.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ def check_path(path: str | os.PathLike[str], *, repair: bool = False) -> list[Fo
     st = _fs.stat(p)  # FileNotFoundError for a missing path: the caller's mistake
     if stat.S_ISDIR(st.st_mode):
         if _is_store(p):
-            return [_check_store(p)]
+            return [_check_store(p, repair)]
+        lost = _lost_manifest(p)
+        if lost is not None:
+            return [lost]
         return list(_walk(p, repair))
     found = _check_file(p, repair, explicit=True)
     return [found] if found is not None else []
@@ -83,8 +87,11 @@ def _walk(directory: str, repair: bool) -> Iterator[Found]:
         if stat.S_ISLNK(st.st_mode):
             continue
         if stat.S_ISDIR(st.st_mode):
+            lost = None if _is_store(full) else _lost_manifest(full)
             if _is_store(full):
-                yield _check_store(full)
+                yield _check_store(full, repair)
+            elif lost is not None:
+                yield lost
             else:
                 yield from _walk(full, repair)
         elif stat.S_ISREG(st.st_mode):
@@ -99,6 +106,20 @@ def _is_store(directory: str) -> bool:
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return False
     return b'"racefree"' in head and b'"store"' in head
+
+
+def _lost_manifest(directory: str) -> Found | None:
+    """A directory with store segments but no MANIFEST: a store that lost it (damage)."""
+    from ._store_files import is_store_dir_empty, seg_number
+
+    names = _fs.listdir(directory)
+    if not any(seg_number(name) is not None for name in names):
+        return None
+    try:
+        is_store_dir_empty(directory)
+    except CorruptFileError as exc:
+        return Found(directory, "store", False, str(exc))
+    return Found(directory, "store", True, "an unfinished store creation (no MANIFEST, no data)")
 
 
 def _exists(path: str) -> bool:
@@ -204,8 +225,31 @@ def _truncate_torn_tail(log: AppendLog, keep: int, size: int) -> None:
             _fs.close(fd)
 
 
-def _check_store(directory: str) -> Found:
+def _check_store(directory: str, repair: bool) -> Found:
+    from ._store_compact import check_files
+
+    # Read-only: opening a Store could run its recovery (zero a torn tail, remove
+    # orphan segments); only --repair may change a store.
+    try:
+        found = check_files(directory)
+    except (CorruptFileError, FormatError) as exc:
+        return Found(directory, "store", False, str(exc))
+    if repair and (found.torn_bytes or found.poisoned):
+        return _repair_store(directory)
+    detail = _describe(found.report)
+    if found.torn_bytes:
+        detail += (f"; an incomplete last record of {found.torn_bytes} bytes (invisible; the "
+                   "next open or writer, or --repair, removes it)")
+    if found.poisoned:
+        return Found(directory, "store", False, detail + "; POISONED: an fsync failed, so "
+                     "writes are refused; after checking the data, --repair rewrites it "
+                     "durably and clears the marker")
+    return Found(directory, "store", True, detail)
+
+
+def _repair_store(directory: str) -> Found:
     from ._store import Store
+    from ._store_compact import repair
 
     try:
         store = Store(directory)
@@ -213,10 +257,13 @@ def _check_store(directory: str) -> Found:
         return Found(directory, "store", False, str(exc))
     try:
         try:
+            cleared = repair(store._core)
             report = store.check()
         except (CorruptFileError, FormatError) as exc:
             return Found(directory, "store", False, str(exc))
-        return Found(directory, "store", True, _describe(report))
+        done = "rewrote the data durably and cleared POISONED" if cleared else (
+            "removed an incomplete last record")
+        return Found(directory, "store", True, f"{_describe(report)}; {done}", repaired=True)
     finally:
         store.close()
 

@@ -26,7 +26,8 @@ from . import _fs
 from ._errors import CorruptFileError
 
 __all__ = [
-    "MAX_HEADER", "Reader", "Suspect", "decode_at", "encode", "find_next", "line_at", "scan",
+    "MAX_HEADER", "Reader", "Suspect", "damaged_in_place", "decode_at", "encode", "find_next",
+    "line_at", "scan",
 ]
 
 _crc32 = zlib.crc32
@@ -120,6 +121,28 @@ def find_next(buf: bytes, pos: int, proves: Callable[[bytes], bool] | None = Non
     return -1
 
 
+def damaged_in_place(line: bytes) -> bool:
+    """Whether ``line`` (one whole line, through its newline) is a frame damaged after it was whole.
+
+    True if the line holds no NUL byte and its length field, or else its
+    checksum field, agrees with the rest of it: a flipped bit, a bad sector or
+    a stray write inside a frame that had been written whole. No crash leaves
+    that (S6): a torn write stops before the frame's newline, and a part that
+    never reached the disk reads back as NUL bytes; a garbage tail almost never
+    puts its first newline exactly where the length field says.
+    """
+    if not line.endswith(b"\n") or b"\0" in line:
+        return False
+    space = line.find(b" ", 0, 13)
+    if space <= 0:
+        return False
+    digits = line[:space]
+    if digits.isdigit() and len(line) == space + 10 + int(digits) + 1:
+        return True  # the length agrees: the body or the checksum changed
+    body = line[space + 10 : -1]
+    return line[space + 1 : space + 9] == b"%08x" % _crc32(body)  # the length changed
+
+
 class Suspect(Exception):
     """Damage with valid frames after it, seen by a reader that holds no lock.
 
@@ -136,16 +159,27 @@ class Reader:
     """The valid frames of an open file from ``offset`` on, read in chunks through the seam.
 
     Iterating yields lists of ``(offset, body)``. Afterwards ``end`` is the
-    offset just after the last valid frame, and ``torn`` the number of bytes
-    after it if they are a torn tail: an incomplete last record, invisible to
-    readers. A damaged frame followed by a valid frame that ``proves`` accepts
-    (any valid frame if it is None) is corruption: :class:`CorruptFileError`
-    if ``confirmed`` (the caller holds the writers' lock, so no write is in
-    flight), else :class:`Suspect`. Otherwise the damage and everything after
-    it are a torn tail: ``proves`` lets a format say which frames prove that
-    the bytes before them had reached the disk (after a power loss, writes
-    that were never synced may come back with holes). ``limit`` stops reading
-    at that offset; a frame it cuts is left for later, not taken for torn.
+    offset just after the last valid frame, and what follows it, if anything,
+    is one of three things (S6):
+
+    - corruption: :class:`CorruptFileError` if ``confirmed`` (the caller holds
+      the writers' lock, so no write is in flight), else :class:`Suspect`. It
+      is corruption when a valid frame that ``proves`` accepts (any valid frame
+      if it is None) comes later; or when the damaged bytes before the next
+      valid frame hold no NUL byte, or the first damaged line is a whole frame
+      damaged in place (:func:`damaged_in_place`): no crash leaves those.
+    - a hole: valid frames come later, none of them proves, and the damage
+      holds NUL bytes, which is what a power loss does to writes that were
+      never synced (the kernel may write a later page before an earlier one).
+      ``held`` is then the number of bytes from ``end`` to the end of the file:
+      they are neither read nor ``torn``, and must not be cut (they hold valid
+      records). Seen without the lock it is :class:`Suspect` first.
+    - a torn tail: anything else (an incomplete last frame, a NUL-filled or
+      garbage tail); ``torn`` is its size, invisible to readers.
+
+    ``proves`` lets a format say which frames prove that the bytes before them
+    had reached the disk. ``limit`` stops reading at that offset; a frame it
+    cuts is left for later, not taken for torn.
     """
 
     def __init__(
@@ -156,6 +190,7 @@ class Reader:
         self.fd = fd
         self.end = offset
         self.torn = 0
+        self.held = 0
         self.confirmed = confirmed
         self.limit = limit
         self.proves = proves
@@ -180,15 +215,29 @@ class Reader:
                     self.torn = len(pending)
                 return
             rest = pending + _read_from(self.fd, self.end + len(pending))
-            if find_next(rest, 0, self.proves) < 0:
-                self.torn = len(rest)
-                return
+            nxt = find_next(rest, 0)
+            in_place = damaged_in_place(rest[: rest.index(b"\n") + 1])  # a flipped bit
+            if nxt < 0:
+                if not in_place:
+                    self.torn = len(rest)
+                    return
+                detail = "the last record is damaged: it is whole but fails its checksum"
+            else:
+                detail = "a damaged record is followed by valid records"
+                if (not in_place and self.proves is not None and b"\0" in rest[:nxt]
+                        and find_next(rest, nxt - 1, self.proves) < 0):
+                    if not self.confirmed:
+                        raise Suspect(self.end)
+                    self.held = len(rest)  # a power loss's hole before unsynced frames
+                    return
             if not self.confirmed:
                 raise Suspect(self.end)
-            raise CorruptFileError(
-                self.path, "a damaged record is followed by valid records",
-                offset=self.end, line=line_at(self.fd, self.end),
-            )
+            raise self.corrupt(detail)
+
+    def corrupt(self, detail: str) -> CorruptFileError:
+        """A :class:`CorruptFileError` at ``end`` (the first byte after the valid frames)."""
+        return CorruptFileError(self.path, detail, offset=self.end,
+                                line=line_at(self.fd, self.end))
 
 
 def _read_from(fd: int, offset: int) -> bytes:

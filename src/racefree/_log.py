@@ -3,8 +3,8 @@
 Files (see ``docs/log.md``): ``path`` is the active segment, one framed line
 per record (:mod:`racefree._frame`) after a header line; ``path.snapshot``
 holds the fold of the records compaction removed; ``path.lock`` is the
-:class:`FileLock` every writer holds. Readers take no lock: they read up to
-the last whole, valid frame.
+:class:`FileLock` every writer holds. Readers take no lock (except to look
+again at damage they saw): they read up to the last whole, valid frame.
 """
 
 from __future__ import annotations
@@ -45,11 +45,22 @@ def _keep(state: Any, record: Any) -> Any:  # check(): decode every record, fold
     return state
 
 
+# Why a hole is kept (S6): the records after it are valid and were acknowledged; a power
+# loss can explain the hole, a flipped bit could not, and cutting them would give their
+# sequence numbers to new records. A person decides (docs/log.md, "Torn tails and damage").
+_HOLE = ("a damaged record is followed by valid records that were never synced (durable=False): "
+         "a power loss can leave that, and so can damage; readers stop before it and appends "
+         "refuse, so that the records after it are not thrown away")
+
+
 class AppendLog:
     """An append-only log of JSON records in one file, shared by threads and processes.
 
     Every record gets a sequence number: its 0-based position in the log,
-    never reused and unchanged by compaction; ``len(log)`` is the next one.
+    unchanged by compaction; ``len(log)`` is the next one. A number is given
+    again only if its record is gone: never acknowledged (a crash tore it), or
+    lost to a power loss before it was synced (``durable=False``, or a failed
+    sync); nothing racefree does removes a record that is there.
 
     - :meth:`append` and :meth:`extend` are atomic (a record, or a whole batch,
       is there entirely or not at all, also after a crash) and, with
@@ -61,13 +72,20 @@ class AppendLog:
     - Readers never block writers and see every record acknowledged before
       their read began. An incomplete last record (a crash mid-append) is
       invisible, and the next append removes it. A damaged record with valid
-      records after it raises :class:`CorruptFileError` (file, offset, line);
-      nothing is ever thrown away.
+      records after it, or a whole record that fails its checksum, raises
+      :class:`CorruptFileError` (file, offset, line) for readers and writers;
+      nothing is ever thrown away. A hole that a power loss can leave in
+      ``durable=False`` records (NUL bytes, then valid unsynced records) is
+      the one damage readers read up to rather than raise on; appends and
+      :meth:`check` raise ``CorruptFileError`` there and keep every byte
+      (see ``docs/log.md``).
     - :meth:`compact` folds records into a snapshot without losing appends
       that land while it runs (pitfall S4).
 
-    A handle may be shared by threads; after ``fork`` the child reopens the
-    file on first use. Close it with :meth:`close` (or ``with``).
+    A missing file, or an existing empty one, is a new, empty log: the first
+    append writes its header line. A handle may be shared by threads; after
+    ``fork`` the child reopens the file on first use (``close`` included).
+    Close it with :meth:`close` (or ``with``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
@@ -291,9 +309,12 @@ class AppendLog:
     def check(self) -> LogCheck:
         """Verify the segment and the snapshot: framing, checksums, JSON, sequence numbers.
 
-        Raises :class:`CorruptFileError` (or :class:`FormatError`) on damage;
-        an incomplete last record is not damage: it is reported as ``torn``.
-        Takes no lock and changes nothing.
+        Raises :class:`CorruptFileError` (or :class:`FormatError`) on damage,
+        and on a hole before valid ``durable=False`` records (which appends
+        refuse to cut); an incomplete last record is not damage: it is reported
+        as ``torn``, and only that is what the next append (or ``racefree check
+        --repair``) cuts. Changes nothing. Takes the writers' lock only to look
+        again at damage a lock-free read saw (a writer may have been mid-way).
         """
         self._check()
         view = self._open_view(state=True)
@@ -307,7 +328,8 @@ class AppendLog:
                         nxt, end + torn, torn)
 
     def close(self) -> None:
-        """Close the file. Other calls then raise ``ValueError``. Idempotent."""
+        """Close the file. Other calls then raise ``ValueError``. Idempotent; fork-safe."""
+        self._after_fork()
         with self._mutex:
             self._closed = True
             self._drop()
@@ -328,8 +350,12 @@ class AppendLog:
         if write and self._failed is not None:
             raise DurabilityError(self.path, self._failed.errno or errno.EIO,
                                   "an earlier sync failed; this handle refuses further writes")
+        self._after_fork()
+
+    def _after_fork(self) -> None:
         if self._pid != os.getpid():
-            # A forked child: the parent's descriptor and mutex state are not ours.
+            # A forked child: the parent's descriptor and mutex state are not ours (the
+            # mutex may have been held by a parent thread that does not exist here).
             self._pid = os.getpid()
             self._mutex = threading.RLock()
             self._drop()
@@ -354,8 +380,9 @@ class AppendLog:
 
         The caller holds ``_mutex``, and ``_lock`` if ``locked``. A switched
         file (a compaction replaced it) is reopened. With ``write`` (the lock
-        held) an incomplete last record is cut off (S6), so that the next frame
-        starts at a clean line.
+        held) a torn tail is cut off (S6), so that the next frame starts at a
+        clean line; a hole before valid unsynced frames is never cut: it raises
+        :class:`CorruptFileError` (a reader stops before it).
         """
         try:
             st = _fs.stat(self.path)
@@ -376,8 +403,14 @@ class AppendLog:
                 for offset, body in frames:
                     seg.note(offset, count(self.path, offset, body), synced(body))
                 seg.end = reader.end
+            if write and reader.held:
+                raise reader.corrupt(_HOLE)
             if write and reader.torn:
-                _fs.ftruncate(seg.fd, seg.end)
+                _fs.ftruncate(seg.fd, seg.end)  # nothing valid follows (the Reader looked)
+                # Sync the cut before anything is written in its place: otherwise a power
+                # loss could keep the old torn bytes under part of the new frame, a whole
+                # line failing its checksum, which a reader must take for corruption.
+                self._sync(seg, "a torn tail was cut")
         except BaseException:
             self._drop()  # the next call rescans from the start, never counts twice
             raise
@@ -400,8 +433,9 @@ class AppendLog:
 
         Reads without the lock; damage seen that way is looked at again under
         the lock (a writer may have been rewriting a torn tail), where it
-        raises :class:`CorruptFileError` if it is real. ``tail`` receives the
-        reader, to learn where the valid frames ended and how much is torn.
+        raises :class:`CorruptFileError` if it is real. ``tail`` (``check()``)
+        receives the reader, to learn where the valid frames ended and how much
+        is torn, and makes a hole before valid unsynced frames an error too.
         """
         reader = _frame.Reader(self.path, fd, offset, confirmed=False, limit=limit,
                                proves=synced)
@@ -421,6 +455,8 @@ class AppendLog:
                 yield offset, body, seq, n
                 seq += n
         if tail is not None:
+            if reader.held:
+                raise reader.corrupt(_HOLE)
             tail.append(reader)
 
     def _open_view(self, *, state: bool) -> View | None:

@@ -29,23 +29,21 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from . import _pg
 from . import _pg_sql as sql
 from ._errors import ConflictError, CorruptFileError, LockLost
+from ._pg_batch import DELETE, PUT, Op, PgBatch, decode_id, encode_doc
 from ._pg_lock import FenceToken
 from ._pg_pool import Pool
 from ._protocol import StoreMixin
-from ._store import encode_doc as _file_encode_doc
 from ._store_batch import check_expect, check_version, encode_id
 
 __all__ = ["PgBatch", "PgStore", "PgStoreReport"]
 
 _MISSING: Any = object()
 _CONFLICT: Any = object()
-_PUT, _DELETE = 1, 2
 
 
 class _Conflicted(Exception):
@@ -56,19 +54,6 @@ class _Conflicted(Exception):
 # goes through another pooled session and would wait for that lock forever
 # (the file store's lock is reentrant; a row lock is not), so it is refused.
 _updating = threading.local()
-
-
-def decode_id(raw: bytes | memoryview) -> str:
-    return bytes(raw).decode("utf-8", "surrogatepass")
-
-
-def encode_doc(doc: object) -> str:
-    """The stored text of a document, exactly as the file store writes it.
-
-    The file store's own encoder, so both backends accept and refuse the same
-    documents with the same TypeError, before anything is written.
-    """
-    return _file_encode_doc(doc).decode("ascii")
 
 
 def _check_name(name: object) -> str:
@@ -90,10 +75,6 @@ class PgStoreReport:
     document_bytes: int  #: bytes of the live documents' JSON text
     server: tuple[tuple[str, str], ...]  #: the server's durability settings
     warnings: tuple[str, ...]  #: settings under which commits are not durable
-
-
-# One write of a call or batch: (op, id, encoded id, doc text, expect_version).
-Op = tuple[int, str, bytes, "str | None", "int | None"]
 
 
 class PgStore(StoreMixin):
@@ -216,7 +197,7 @@ class PgStore(StoreMixin):
         """The one conditional statement that performs ``op`` (see ``_pg_sql``)."""
         kind, _, idb, text, expect = op
         name = self._name
-        if kind == _PUT:
+        if kind == PUT:
             if expect is None:
                 return sql.PUT, (name, idb, text)
             if expect == 0:
@@ -232,9 +213,9 @@ class PgStore(StoreMixin):
     def _outcome(op: Op, row: Any) -> Any:
         """The new version (None: a delete of an absent id), or ``_CONFLICT``."""
         kind, _, _, _, expect = op
-        if kind == _DELETE and expect == 0:
+        if kind == DELETE and expect == 0:
             return None if row is None else _CONFLICT
-        if kind == _DELETE and expect is None:
+        if kind == DELETE and expect is None:
             return None if row is None else int(row[0])
         return _CONFLICT if row is None else int(row[0])
 
@@ -323,7 +304,7 @@ class PgStore(StoreMixin):
         written. ``TypeError`` before anything is written if ``doc`` is not a
         JSON-serialisable dict or ``id`` not a str.
         """
-        op = (_PUT, id, encode_id(id), encode_doc(doc), check_expect(expect_version))
+        op = (PUT, id, encode_id(id), encode_doc(doc), check_expect(expect_version))
         return int(self._commit([op], [fence] if fence is not None else [])[id] or 0)
 
     def delete(
@@ -334,7 +315,7 @@ class PgStore(StoreMixin):
         With ``expect_version``, another version (or a missing id, unless 0)
         raises :class:`ConflictError`. Atomic, durable and fenced as :meth:`put`.
         """
-        op = (_DELETE, id, encode_id(id), None, check_expect(expect_version))
+        op = (DELETE, id, encode_id(id), None, check_expect(expect_version))
         return self._commit([op], [fence] if fence is not None else [])[id] is not None
 
     def update(
@@ -441,50 +422,3 @@ class PgStore(StoreMixin):
             return PgStoreReport(docs, tombs, nbytes, tuple(sorted(settings.items())), warnings)
 
         return self._pool.transaction(body, one_statement=False)
-
-
-class PgBatch:
-    """Writes collected in a ``with`` block and committed as one transaction at its end.
-
-    Nothing is sent before the block ends, nor if it raises. At the end every
-    ``expect_version`` and ``fence`` is checked in order (later ops see
-    earlier ones); one failure raises :class:`ConflictError` or
-    :class:`LockLost` and writes nothing. ``versions`` then maps each id to its
-    new version (None for a delete of an absent id).
-    """
-
-    def __init__(self, store: PgStore) -> None:
-        self._store = store
-        self._ops: list[Op] = []
-        self._fences: list[FenceToken] = []
-        self.versions: dict[str, int | None] = {}
-
-    def put(
-        self, id: str, doc: dict[str, Any], *, expect_version: int | None = None,
-        fence: FenceToken | None = None,
-    ) -> None:
-        """Add a put (checked now: TypeError for a bad id or document)."""
-        self._ops.append((_PUT, id, encode_id(id), encode_doc(doc), check_expect(expect_version)))
-        if fence is not None:
-            self._fences.append(fence)
-
-    def delete(
-        self, id: str, *, expect_version: int | None = None, fence: FenceToken | None = None
-    ) -> None:
-        """Add a delete."""
-        self._ops.append((_DELETE, id, encode_id(id), None, check_expect(expect_version)))
-        if fence is not None:
-            self._fences.append(fence)
-
-    def __enter__(self) -> PgBatch:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and (self._ops or self._fences):
-            ops, self._ops = self._ops, []
-            fences, self._fences = self._fences, []
-            if ops:
-                self.versions = self._store._commit(ops, fences)

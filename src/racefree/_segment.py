@@ -28,7 +28,9 @@ frame after it, is
   torn tail, dropped (and zeroed by the next writer). None was acknowledged as
   durable: their fdatasync would have covered the torn one.
 
-A damaged frame with nothing valid after it is always a torn tail.
+A damaged frame with nothing valid after it is a torn tail if it looks torn
+(the same test, or its header or declared length runs past the end of the
+data: a file cut short); a whole frame that only fails its crc is corruption.
 
 The in-memory index packs a document's place into one int (``pack``): the
 version, the segment number, the doc's length and its offset in the segment.
@@ -112,12 +114,41 @@ def _valid_after(data: bytes, pos: int) -> int:
     return -1
 
 
+def _looks_torn(data: bytes, pos: int, stop: int, *, last: bool) -> bool:
+    """Whether the damaged frame at ``pos`` looks like a write a crash cut short.
+
+    Segments are zero-filled (and synced) before use, so a torn write leaves
+    zeros where its missing part should be: its head (the first byte is zero),
+    or its tail (the frame ends in a zero byte; or its header does, when the cut
+    went through the header). ``stop`` is where the next valid frame starts, or
+    the end of the data; with ``last`` (nothing valid follows), a header or a
+    declared length that runs past it is a file cut short. A whole frame whose
+    bytes are all there and only fail the crc is damage, not a torn write.
+    """
+    if data[pos] == 0:
+        return True  # the head never reached the disk
+    if pos + FRAME.size > stop:
+        return last  # the file ends inside the header
+    magic, plen, _ = FRAME.unpack_from(data, pos)
+    if magic != FRAME_MAGIC or plen < SYNCED.size + ENTRY.size:
+        return data[pos + FRAME.size - 1] == 0  # cut inside the header: its end is zeros
+    end: int = pos + FRAME.size + plen
+    if end > stop:
+        return last  # runs past the end of the data: the file was cut short
+    return data[end - 1] == 0  # the tail never reached the disk
+
+
 def _classify(buf: Any, pos: int, limit: int, seg: int, path: str, base: int) -> bool:
     """A frame at ``pos`` does not check: True if it is a torn tail, else raise (see above)."""
     data = bytes(buf[:limit])
     after = _valid_after(data, pos)
     if after == -1:
-        return any(data[pos:])  # damaged or half-written, and nothing valid after it
+        if not data[pos:].rstrip(b"\0"):
+            return False  # zeros (shorter than a header) up to the limit: the end of the data
+        # Nothing valid after it: a write cut short by a crash, or damage.
+        if _looks_torn(data, pos, limit, last=True):
+            return True
+        raise CorruptFileError(path, "damaged record (it does not look torn)", offset=base + pos)
     claimed = 0
     at = after
     while at != -1:  # the newest claim is the largest: claims only grow
@@ -130,13 +161,7 @@ def _classify(buf: Any, pos: int, limit: int, seg: int, path: str, base: int) ->
             path, f"damaged record that was synced (a valid record follows at {base + after})",
             offset=base + pos,
         )
-    head_missing = data[pos:pos + 4] == ZERO4
-    tail_missing = False
-    if not head_missing and pos + FRAME.size <= limit:
-        magic, plen, _ = FRAME.unpack_from(data, pos)
-        end = pos + FRAME.size + plen
-        tail_missing = magic == FRAME_MAGIC and end == after and data[end - 1] == 0
-    if head_missing or tail_missing:
+    if _looks_torn(data, pos, after, last=False):
         return True
     raise CorruptFileError(
         path, f"damaged record (a valid record follows at {base + after})", offset=base + pos
@@ -154,6 +179,7 @@ def index_frames(
     *,
     base: int = 0,
     verify: bool = True,
+    unpublished: bool = False,
 ) -> tuple[int, bool, int, int]:
     """Apply the frames of ``buf[start:stop]`` (segment ``seg``) to ``index``.
 
@@ -165,6 +191,9 @@ def index_frames(
     frame; whether what follows is a torn tail to repair (see the module
     docstring; damage raises :class:`CorruptFileError`); and the bytes that
     became garbage and the bytes of the frames read (hints for auto-compaction).
+    With ``unpublished`` (bytes past the published end, in a store that other
+    processes have open), a frame that does not check is always a torn tail: its
+    writer died before publishing it, so nobody was told it was written.
     The loop is inlined (no call per record): it is what opening a store costs.
     """
     pos = start
@@ -193,6 +222,8 @@ def index_frames(
             ):
                 if magic == 0 and plen == 0 and crc == 0 and not _nonzero_after(view, pos, limit):
                     return pos, False, dead, total  # the end of the data
+                if unpublished:
+                    return pos, True, dead, total
                 return pos, _classify(buf, pos, limit, seg, path, base), dead, total
             p = pos + first
             while p < end:

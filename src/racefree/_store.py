@@ -57,8 +57,10 @@ class Store(StoreMixin):
     - Durable: with ``durable=True`` a write has been fdatasynced when it returns
       (survives power loss); concurrent writers share one fdatasync (group commit).
       With ``durable=False`` it survives the process being killed, not power loss.
-      A failed fdatasync raises :class:`DurabilityError`, is never retried, and from
-      then on every process refuses writes to the store (pitfall W7).
+      A failed fsync raises :class:`DurabilityError`, is never retried, and from then
+      on every process refuses writes to the store, across reopens (a ``POISONED``
+      marker file), until ``racefree check --repair`` has rewritten the data
+      durably (pitfall W7, fsyncgate).
     - Isolated: writers are serialised; ``update`` is a locked read-modify-write
       (pitfall S1). A read may see a durable write whose ``put`` has not returned yet.
     - Ids are data, never paths (any ``str``, pitfall S9); documents are compact
@@ -190,7 +192,7 @@ class Store(StoreMixin):
         self, ops: list[Op]
     ) -> tuple[dict[str, int | None], int]:
         core = self._core
-        st = core.writable()
+        st = self._writable()
         index, tomb = st.index, st.tomb
         seen: dict[str, tuple[bool, int]] = {}
         results: dict[str, int | None] = {}
@@ -228,26 +230,37 @@ class Store(StoreMixin):
         seg, off = core.append(st, record)
         dead = 0
         at = off + PREFIX
+        puts: dict[str, int] = {}
+        deletes: dict[str, int] = {}
         for op, key, version, idlen, doclen in plan:
-            old = index.get(key)
+            old = puts.get(key, index.get(key)) if key not in deletes else None
             if old is not None:
                 dead += ((old >> 40) & M36) + idlen + _ENTRY_OVERHEAD
             if op == OP_PUT:
-                index[key] = (((version << 24 | seg) << 36 | doclen) << 40) | (
+                puts[key] = (((version << 24 | seg) << 36 | doclen) << 40) | (
                     at + ENTRY.size + idlen
                 )
-                if tomb:
-                    tomb.pop(key, None)
+                deletes.pop(key, None)
             else:
-                index.pop(key, None)
-                tomb[key] = version
+                puts.pop(key, None)
+                deletes[key] = version
             at += ENTRY.size + idlen + doclen
-        core.publish(st, seg << 40 | (off + len(record)), dead, len(record))
-        end = st.end
+        # All at once for this process's readers (a batch is all or nothing to them too).
+        core.apply(st, seg << 40 | (off + len(record)), dead, len(record), puts, deletes)
+        return results, st.end
+
+    def _writable(self) -> State:
+        """``core.writable()``, after an automatic compaction if garbage passed the threshold.
+
+        The compaction runs before this write appends anything: if it fails, the
+        write raises with nothing written (a retry then sees the same versions).
+        """
+        core = self._core
+        st = core.writable()
         w = core.words
         if w[W_DEAD] >= self._compact_min and 2 * w[W_DEAD] >= w[W_TOTAL]:
-            compact_locked(core, st)
-        return results, end
+            st = compact_locked(core, st)
+        return st
 
     def put(
         self,
@@ -275,6 +288,10 @@ class Store(StoreMixin):
         core.acquire()
         try:
             st = core.writable()
+            w = core.words
+            if w[W_DEAD] >= self._compact_min and 2 * w[W_DEAD] >= w[W_TOTAL]:
+                # Before appending: a failed compaction leaves nothing written (see _writable).
+                st = compact_locked(core, st)
             index = st.index
             old = index.get(id)
             if old is None:
@@ -288,7 +305,6 @@ class Store(StoreMixin):
                     raise ConflictError(id, expect, cur)
                 dead = ((old >> 40) & M36) + len(idb) + _ENTRY_OVERHEAD
             version = cur + 1
-            w = core.words
             entry = ENTRY.pack(OP_PUT, len(idb), version, len(data)) + idb + data
             record = frame(w[W_SYNCED], entry)
             seg, off = core.append(st, record)
@@ -299,8 +315,6 @@ class Store(StoreMixin):
                 st.tomb.pop(id, None)
             core.publish(st, seg << 40 | (off + len(record)), dead, len(record))
             end = st.end
-            if w[W_DEAD] >= self._compact_min and 2 * w[W_DEAD] >= w[W_TOTAL]:
-                compact_locked(core, st)
         except DurabilityError:
             core.poison()  # W7: whatever failed to sync, nothing is written after it
             raise
@@ -313,8 +327,9 @@ class Store(StoreMixin):
     def delete(self, id: str, *, expect_version: int | None = None, fence: None = None) -> bool:
         """Delete ``id``; False (nothing written) if it does not exist.
 
-        With ``expect_version``, a missing id or another version raises
-        :class:`ConflictError` and nothing is written. Atomic and durable as ``put``.
+        With ``expect_version``, another version (or a missing id, unless
+        ``expect_version=0``) raises :class:`ConflictError` and nothing is written;
+        ``expect_version=0`` on a missing id returns False. Atomic and durable as ``put``.
         """
         no_fence(fence)
         op = (OP_DELETE, id, encode_id(id), b"", check_expect(expect_version), None)
@@ -403,7 +418,11 @@ class Store(StoreMixin):
 
     # -- life cycle (``path``, ``durable``, ``with``: StoreMixin) -------------------
     def close(self) -> None:
-        """Close the store's files. Idempotent; later calls raise ``ValueError``."""
+        """Close the store's files. Idempotent; later calls raise ``ValueError``.
+
+        Waits for a group commit running in another thread; a write whose fdatasync
+        had not started raises ``ValueError`` ("the store is closed").
+        """
         self._core.close()
 
     def __repr__(self) -> str:

@@ -20,9 +20,10 @@ import fcntl
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from . import _fs
-from ._errors import CorruptFileError
+from ._errors import CorruptFileError, FormatError
 from ._segment import (
     ENTRY,
     FRAME,
@@ -31,8 +32,10 @@ from ._segment import (
     OP_PUT,
     PREFIX,
     SEG_HEADER,
+    SEG_MAGIC,
     frame,
     index_frames,
+    last_nonzero,
     pack,
     unpack,
 )
@@ -42,10 +45,12 @@ from ._store_files import (
     W_END,
     W_GEN,
     W_INPROG,
+    W_POISON,
     W_SYNCED,
     W_TOTAL,
     create_segment,
     fdatasync,
+    poison_marker,
     read_manifest,
     seg_name,
     write_manifest,
@@ -207,18 +212,7 @@ def check_state(core: Core, st: State) -> StoreReport:
         while pos < end:
             records += 1
             pos += FRAME.size + FRAME.unpack_from(mm, pos)[1]
-    for ident, value in index.items():
-        _, seg, length, off = unpack(value)
-        raw = st.maps[seg][off:off + length]
-        path = os.path.join(core.dir, seg_name(seg))
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise CorruptFileError(
-                path, f"document {ident!r} is not JSON: {exc}", offset=off
-            ) from None
-        if not isinstance(doc, dict):
-            raise CorruptFileError(path, f"document {ident!r} is not an object", offset=off)
+    _parse_all(core.dir, index, st.maps)
     if index != st.index or tomb != st.tomb:
         raise CorruptFileError(core.dir, "the index does not match the segments")
     return StoreReport(
@@ -229,3 +223,134 @@ def check_state(core: Core, st: State) -> StoreReport:
         record_bytes=total,
         dead_bytes=dead,
     )
+
+
+def repair(core: Core) -> bool:
+    """``racefree check --repair``: repair the tail, and clear a poison by rewriting the data.
+
+    Under the write lock: catch up and repair bytes a dead writer left past the
+    end (as any writer does). If an fsync had failed (the store is poisoned),
+    compact: every live document is rewritten into new segments from what this
+    process reads, and fdatasynced, before the MANIFEST switches to them, so no
+    record is left that claims "synced" over a possible hole (fsyncgate); only
+    then is the ``POISONED`` marker removed. Returns whether it was poisoned.
+    """
+    core.acquire()
+    try:
+        st = core.writable(poisoned_ok=True)
+        poisoned = core.poisoned or bool(core.words[W_POISON]) or poison_marker(core.dir)
+        if poisoned:
+            compact_locked(core, st)
+            core.clear_poison()
+        return poisoned
+    finally:
+        core.release()
+
+
+@dataclass(frozen=True)
+class FilesReport:
+    """What :func:`check_files` found: the report, an incomplete last record, the poison."""
+
+    report: StoreReport
+    torn_bytes: int  #: an incomplete last record left by a crash (removed by the next writer)
+    poisoned: bool  #: an fsync failed: writes are refused until ``racefree check --repair``
+
+
+def check_files(directory: str) -> FilesReport:
+    """Verify a store's files without opening it as a store: reads only, changes nothing.
+
+    Maps every segment the MANIFEST names read-only, checks every frame and crc
+    and parses every document. Damage raises :class:`CorruptFileError`; an
+    incomplete last record (a crash in the middle of a write, removed by the next
+    opener or writer) is reported in ``torn_bytes``, a ``POISONED`` marker in
+    ``poisoned``. Retried if a compaction
+    replaces the segments meanwhile.
+    """
+    for _ in range(20):
+        gen, segs = read_manifest(directory)
+        maps: dict[int, Any] = {}
+        try:
+            for seg in segs:
+                maps[seg] = _map_readonly(directory, seg)
+        except FileNotFoundError:
+            for mm in maps.values():
+                mm.close()
+            if read_manifest(directory)[0] != gen:
+                continue  # a compaction retired them meanwhile: look again
+            raise CorruptFileError(directory, "a segment the MANIFEST names is missing") from None
+        try:
+            return _scan(directory, segs, maps)
+        finally:
+            for mm in maps.values():
+                with contextlib.suppress(BufferError):
+                    mm.close()
+    raise CorruptFileError(directory, "the store's segments kept changing while checked")
+
+
+def _map_readonly(directory: str, seg: int) -> Any:
+    path = os.path.join(directory, seg_name(seg))
+    fd = _fs.open(path, os.O_RDONLY | _fs.O_NOFOLLOW)
+    try:
+        size = _fs.fstat(fd).st_size
+        if size < SEG_HEADER.size:
+            raise CorruptFileError(path, f"segment is {size} bytes, shorter than its header")
+        mm = _fs.mmap(fd, size)
+    finally:
+        _fs.close(fd)
+    magic, number = SEG_HEADER.unpack_from(mm, 0)
+    if magic != SEG_MAGIC:
+        mm.close()
+        raise FormatError(path, "not a racefree store segment")
+    if number != seg:
+        mm.close()
+        raise CorruptFileError(path, f"segment header says {number}, expected {seg}", offset=0)
+    return mm
+
+
+def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
+    index: dict[str, int] = {}
+    tomb: dict[str, int] = {}
+    records = dead = total = torn_bytes = 0
+    for seg in segs:
+        mm = maps[seg]
+        path = os.path.join(directory, seg_name(seg))
+        end, torn, d, t = index_frames(mm, SEG_HEADER.size, len(mm), seg, index, tomb, path)
+        if torn and seg != segs[-1]:
+            raise CorruptFileError(path, "damaged record in a sealed segment", offset=end)
+        if torn:
+            view = memoryview(mm)
+            try:
+                torn_bytes = last_nonzero(view, end, len(mm)) - end
+            finally:
+                view.release()
+        dead += d
+        total += t
+        pos = SEG_HEADER.size
+        while pos < end:
+            records += 1
+            pos += FRAME.size + FRAME.unpack_from(mm, pos)[1]
+    _parse_all(directory, index, maps)
+    report = StoreReport(
+        documents=len(index),
+        tombstones=len(tomb),
+        segments=len(segs),
+        records=records,
+        record_bytes=total,
+        dead_bytes=dead,
+    )
+    return FilesReport(report, torn_bytes, poison_marker(directory))
+
+
+def _parse_all(directory: str, index: dict[str, int], maps: dict[int, Any]) -> None:
+    for ident, value in index.items():
+        _, seg, length, off = unpack(value)
+        raw = maps[seg][off:off + length]
+        path = os.path.join(directory, seg_name(seg))
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptFileError(
+                path, f"document {ident!r} is not JSON: {exc}", offset=off
+            ) from None
+        if not isinstance(doc, dict):
+            raise CorruptFileError(path, f"document {ident!r} is not an object", offset=off)

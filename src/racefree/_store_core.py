@@ -30,7 +30,7 @@ from typing import Any
 
 from . import _fs
 from ._errors import DurabilityError, FormatError
-from ._segment import M40, SEG_HEADER, ZERO4, index_frames, last_nonzero
+from ._segment import M36, M40, SEG_HEADER, ZERO4, index_frames, last_nonzero
 from ._store_files import (
     LOCK,
     MANIFEST,
@@ -44,16 +44,25 @@ from ._store_files import (
     W_POISON,
     W_SYNCED,
     W_TOTAL,
+    clear_poison_marker,
     create_segment,
     fdatasync,
     fsync_dir,
     is_store_dir_empty,
     open_segment,
     open_shm,
+    poison_marker,
     seg_name,
     write_manifest,
+    write_poison_marker,
 )
 from ._store_index import State, catch_up, load, rebuild
+
+POISON_MESSAGE = (
+    "an earlier fsync failed, so the store refuses writes: what it holds may differ from"
+    " what is on disk. After checking the data, `racefree check --repair {0}` rewrites it"
+    " durably and clears the marker {0}/POISONED"
+)
 
 #: A new store's first segment; later ones double up to the store's segment_size.
 FIRST_SEGMENT = 1 << 20
@@ -75,17 +84,24 @@ def _after_fork_in_child() -> None:
     # Another thread may have held a Core's RLock or been half-way through
     # updating its index when fork copied the process: the child starts over
     # with fresh locks and reopens lazily (see Core.refresh). Pitfall L5: the
-    # inherited descriptors are only closed, never unlocked, so the parent keeps
-    # whatever flock it holds.
+    # inherited descriptors are closed at once, never unlocked: they share the
+    # parent's open file descriptions, so the parent keeps whatever flock it
+    # holds, and once the parent dies no idle child keeps its write lock alive
+    # (a prefork worker that never touches the store would otherwise block every
+    # writer until it exits). They are set to -1 so that nothing closes a reused
+    # descriptor number later.
     for core in list(_CORES):
         core.mu = threading.RLock()
         core.sync_mu = threading.Lock()
         core.depth = 0
         if core.state is not _CLOSED:
-            core.state = _DEAD_STATE
+            old, core.state = core.state, _DEAD_STATE
+            old.close()
+            core._close_fds()
 
 
 _CLOSED = State(-2, [], -1)
+CLOSED_MESSAGE = "the store is closed"
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -152,6 +168,7 @@ class Core:
                 _fs.flock(self.shm_fd, _SH)  # waits while a first opener rebuilds
                 if self.words[W_MAGIC] == SHM_MAGIC:
                     self.state = load(self)
+                    self._check_poison()
                     return
             _fs.flock(self.lock_fd, _EX)
             try:
@@ -166,9 +183,17 @@ class Core:
             finally:
                 _fs.flock(self.lock_fd, _UN)
             self.state = state
+            self._check_poison()
         except BaseException:
             self._close_fds()
             raise
+
+    def _check_poison(self) -> None:
+        # An fsync failed in some earlier life of the store (the marker survives every
+        # close): writes stay refused until the data is verified (W7, fsyncgate).
+        if poison_marker(self.dir):
+            self.poisoned = True
+            self.words[W_POISON] = 1
 
     def _create_if_new(self) -> None:
         try:
@@ -176,7 +201,7 @@ class Core:
             return
         except FileNotFoundError:
             pass
-        if not is_store_dir_empty(self.dir):
+        if not is_store_dir_empty(self.dir):  # CorruptFileError if it holds segments
             raise FormatError(self.dir, "not a racefree store (no MANIFEST), and not empty")
         fd = create_segment(self.dir, 1, self.first_size(0), zero_fill=True)
         _fs.close(fd)
@@ -187,8 +212,9 @@ class Core:
         fsync_dir(os.path.dirname(os.path.abspath(self.dir)))
 
     def _close_fds(self) -> None:
-        if isinstance(self.words, memoryview):
-            self.words.release()
+        # The view is dropped, not released: a thread that loaded it just before
+        # (a get's fast path, a sync) keeps reading a valid mapping, which is
+        # unmapped once the last such reference is gone.
         self.words = _NO_WORDS
         if self.shm is not None:
             with contextlib.suppress(BufferError, ValueError):
@@ -208,7 +234,10 @@ class Core:
                 self._close_fds()
 
     def close(self) -> None:
-        with self.mu:
+        # The sync mutex too: a group commit running in another thread finishes on
+        # its descriptors before they are closed (an fdatasync on a closed or reused
+        # descriptor would fail as EBADF, and poison the store for every process).
+        with self.mu, self.sync_mu:
             if self.state is _CLOSED:
                 return
             self.state.close()
@@ -216,18 +245,8 @@ class Core:
             self._close_fds()
 
     def _reopen_after_fork(self) -> None:
-        # The descriptors are the parent's open file descriptions: closing the
-        # child's copies leaves the parent's flocks alone (L5); new ones are ours.
-        old = self.state
-        self.state = _DEAD_STATE
-        old.close()
-        if isinstance(self.words, memoryview):
-            self.words.release()
-        self.words = _NO_WORDS
-        self.shm = None
-        for fd in (self.lock_fd, self.sync_fd, self.shm_fd):
-            with contextlib.suppress(OSError):
-                _fs.close(fd)
+        # The inherited descriptors were closed by the fork hook (L5); new ones are ours.
+        self._close_fds()
         self.pid = os.getpid()
         self._open()
 
@@ -255,7 +274,7 @@ class Core:
         with self.mu:
             st = self.state
             if st is _CLOSED:
-                raise ValueError("I/O operation on a closed store")
+                raise ValueError(CLOSED_MESSAGE)
             if st is _DEAD_STATE:
                 if self.pid != os.getpid():
                     self._reopen_after_fork()
@@ -264,7 +283,10 @@ class Core:
             endw = w[W_END]
             if endw == st.end:
                 return st
-            if w[W_GEN] != st.gen or w[W_INPROG]:
+            # A compaction in flight (W_INPROG) with the generation unchanged: its
+            # segments are not live yet and the old ones stay until it publishes,
+            # so catch up in the old generation, without waiting for the compactor.
+            if w[W_GEN] != st.gen:
                 new = load(self)
                 self.state = new
                 return new
@@ -280,7 +302,7 @@ class Core:
         if self.depth == 0:
             try:
                 if self.state is _CLOSED:
-                    raise ValueError("I/O operation on a closed store")
+                    raise ValueError(CLOSED_MESSAGE)
                 if self.state is _DEAD_STATE and self.pid != os.getpid():
                     self._reopen_after_fork()
                 _fs.flock(self.lock_fd, _EX)
@@ -297,13 +319,11 @@ class Core:
         finally:
             self.mu.release()
 
-    def writable(self) -> State:
+    def writable(self, poisoned_ok: bool = False) -> State:
         """The caught-up state, for a writer holding the write lock."""
         w = self.words
-        if self.poisoned or w[W_POISON]:
-            raise DurabilityError(
-                self.dir, errno.EIO, "an earlier fdatasync failed; the store refuses writes"
-            )
+        if (self.poisoned or w[W_POISON]) and not poisoned_ok:
+            raise DurabilityError(self.dir, errno.EIO, POISON_MESSAGE.format(self.dir))
         if w[W_INPROG]:
             self.rebuilt()  # a compactor died between its manifest and its publish
         st = self.refresh()
@@ -330,12 +350,57 @@ class Core:
 
     def _repair_tail(self, st: State, seg: int, off: int) -> None:
         mm = st.maps[seg]
-        end, torn, dead, total = index_frames(
-            mm, off, len(mm), seg, st.index, st.tomb, self.seg_path(seg)
+        path = self.seg_path(seg)
+        index: dict[str, int] = {}
+        tomb: dict[str, int] = {}
+        end, torn, _, total = index_frames(
+            mm, off, len(mm), seg, index, tomb, path, unpublished=True
         )
         if torn:
             self.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
-        self.publish(st, seg << 40 | end, dead, total)
+            # Synced before anything is written over it: a power loss that tore the
+            # next record must find zeros under it, not this garbage (which would
+            # make a torn write look like damage).
+            try:
+                fdatasync(st.fds[seg], path)
+            except DurabilityError:
+                self.poison()
+                raise
+        old = st.index
+        dead = 0
+        for key in (*index, *tomb):
+            value = old.get(key)
+            if value is not None:
+                dead += ((value >> 40) & M36) + len(key) + 29
+        self.apply(st, seg << 40 | end, dead, total, index, tomb)
+
+    def apply(
+        self, st: State, endw: int, dead: int, total: int,
+        puts: dict[str, int], deletes: dict[str, int],
+    ) -> None:
+        """Publish ``endw`` and apply several changes to the index, all at once for readers.
+
+        The shared end moves first and ``st.end`` last: in between, a reader of this
+        process sees them differ and waits in ``refresh`` for the write lock this
+        writer holds, so no thread sees half of a batch (its lock-free ``get``
+        never sees an index that is part old, part new).
+        """
+        w = self.words
+        if dead:
+            w[W_DEAD] += dead
+        if total:
+            w[W_TOTAL] += total
+        w[W_END] = endw
+        index, tomb = st.index, st.tomb
+        for key, version in deletes.items():
+            index.pop(key, None)
+            tomb[key] = version
+        if puts:
+            index.update(puts)
+            if tomb:
+                for key in puts:
+                    tomb.pop(key, None)
+        st.end = endw
 
     def _roll(self, st: State, need: int) -> int:
         """Seal the active segment and start the next one (under the write lock)."""
@@ -347,8 +412,7 @@ class Core:
         try:
             fdatasync(st.fds[old], self.seg_path(old))
         except DurabilityError:
-            self.poisoned = True  # W7: never retried; no process writes any more
-            self.words[W_POISON] = 1
+            self.poison()  # W7: never retried; no process writes any more
             raise
         sealed = st.end
         with self.sync_mu:
@@ -377,10 +441,27 @@ class Core:
         return new
 
     def poison(self) -> None:
-        """After any DurabilityError: no process writes to this store again (W7, fsyncgate)."""
+        """After any DurabilityError: no process writes to this store again (W7, fsyncgate).
+
+        Marked in the shared header (every process that has the store open) and by
+        the ``POISONED`` file (every later open), until ``racefree check --repair``
+        rewrites the data durably and clears it.
+        """
+        first = not self.poisoned
         self.poisoned = True
         if isinstance(self.words, memoryview):
             self.words[W_POISON] = 1
+        if first:
+            # Best effort on a disk that just failed an fsync: the DurabilityError
+            # being raised already stops this process and every open one.
+            with contextlib.suppress(OSError):
+                write_poison_marker(self.dir, "an fsync failed; see docs/store.md")
+
+    def clear_poison(self) -> None:
+        """After the data was rewritten and synced (write lock held): accept writes again."""
+        clear_poison_marker(self.dir)
+        self.words[W_POISON] = 0
+        self.poisoned = False
 
     def publish(self, st: State, endw: int, dead: int, total: int) -> None:
         """Make everything before ``endw`` visible to every process (after the pwrite)."""
@@ -418,12 +499,17 @@ class Core:
         if w[W_SYNCED] >= endw:
             return
         with self.sync_mu:
+            if self.state is _CLOSED:
+                # Closed by another thread after this write was published: it was
+                # written, but its fdatasync did not run.
+                raise ValueError(CLOSED_MESSAGE + " (the write was made, not yet synced)")
+            w = self.words
             _fs.flock(self.sync_fd, _EX)
             try:
                 if w[W_SYNCED] >= endw:
                     return
                 if self.poisoned or w[W_POISON]:
-                    raise DurabilityError(self.dir, errno.EIO, "an earlier fdatasync failed")
+                    raise DurabilityError(self.dir, errno.EIO, POISON_MESSAGE.format(self.dir))
                 # Everything published before this load was written before it: one
                 # fdatasync covers every writer that published so far (group commit).
                 target = max(w[W_END], endw)
@@ -438,8 +524,7 @@ class Core:
                         self._sync_segment(fd, seg)
                     except DurabilityError:
                         # W7: never retried; no process writes to this store again.
-                        self.poisoned = True
-                        w[W_POISON] = 1
+                        self.poison()
                         raise
                 if target > w[W_SYNCED]:
                     w[W_SYNCED] = target

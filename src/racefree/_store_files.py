@@ -35,6 +35,8 @@ MANIFEST = "MANIFEST"
 LOCK = "store.lock"
 SYNC_LOCK = "sync.lock"
 SHM = "store.shm"
+#: Present once an fsync failed: every process refuses writes until it is cleared (W7).
+POISONED = "POISONED"
 FORMAT = 1
 SHM_SIZE = 4096
 SHM_MAGIC = 0x3130304D48535246  # "RFSHM001", little-endian
@@ -169,7 +171,9 @@ def open_segment(directory: str, n: int) -> tuple[int, mmap.mmap]:
 
 
 def open_shm(directory: str) -> tuple[int, mmap.mmap]:
-    """Open (creating if needed) and map the shared header. Call with the write lock held."""
+    """Open (creating if needed) and map the shared header (no lock needed: creating it and
+    growing it to ``SHM_SIZE`` are idempotent, and its contents are only trusted once a
+    first opener has rebuilt it under the write lock)."""
     path = os.path.join(directory, SHM)
     fd = _fs.open(path, os.O_RDWR | os.O_CREAT | _fs.O_NOFOLLOW, 0o666)
     try:
@@ -183,15 +187,70 @@ def open_shm(directory: str) -> tuple[int, mmap.mmap]:
 
 
 def is_store_dir_empty(directory: str) -> bool:
-    """True when ``directory`` holds nothing but files a store creates before its MANIFEST.
+    """True when ``directory`` holds nothing but what a store's creation leaves before its MANIFEST.
 
-    Those are the lock and shm files, the first segment and the MANIFEST's temp file:
-    another process may be creating the store right now (or died doing it).
+    That is: the lock and shm files, the MANIFEST's temp file, and at most
+    ``seg-00000001.rfs`` holding no record (every byte after its header zero; its
+    header whole, torn or zero): another process may be creating the store right
+    now, or died doing it, and nothing was ever acknowledged. Any other segment,
+    or a first segment with data, is a store that lost its MANIFEST:
+    :class:`CorruptFileError`, so that nobody creates a store over it (and wipes
+    its records as orphans). Any other file: False (not a store, not empty).
     """
     ours = {LOCK, SYNC_LOCK, SHM}
+    names = _fs.listdir(directory)
+    segs = [name for name in names if seg_number(name) is not None]
+    if segs and (segs != [seg_name(1)] or not _unused_first_segment(directory)):
+        raise CorruptFileError(
+            directory, "segments but no MANIFEST; refusing to create a store over them"
+        )
     return all(
         name in ours
-        or seg_number(name) is not None
+        or name == seg_name(1)
         or (name.startswith(f".{MANIFEST}.") and name.endswith(TEMP_SUFFIX))
-        for name in _fs.listdir(directory)
+        for name in names
     )
+
+
+def _unused_first_segment(directory: str) -> bool:
+    """Whether segment 1 holds no record: a store creation that never finished."""
+    try:
+        data = _fs.read_file(os.path.join(directory, seg_name(1)))
+    except FileNotFoundError:
+        return True  # a racing creator replaced it (under the write lock): look again there
+    header = SEG_HEADER.pack(SEG_MAGIC, 1)
+    whole_or_torn = all(b in (0, e) for b, e in zip(data[: SEG_HEADER.size], header, strict=False))
+    return whole_or_torn and not data[SEG_HEADER.size:].rstrip(b"\0")
+
+
+def poison_marker(directory: str) -> bool:
+    """Whether an earlier fsync failed (the ``POISONED`` marker exists)."""
+    try:
+        _fs.stat(os.path.join(directory, POISONED))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def write_poison_marker(directory: str, reason: str) -> None:
+    """Record durably that an fsync failed, so that writes stay refused after every reopen.
+
+    fsyncgate (W7): after a failed fdatasync the kernel may have dropped the dirty
+    pages and marked them clean; a later fdatasync then succeeds and later records
+    would claim "synced" past a hole. The marker outlives every handle.
+    """
+    path = os.path.join(directory, POISONED)
+    fd = _fs.open(path, os.O_WRONLY | os.O_CREAT | _fs.O_NOFOLLOW, 0o666)
+    try:
+        _fs.write_all(fd, (reason + "\n").encode("utf-8", "backslashreplace"))
+        _fs.fsync(fd)
+    finally:
+        _fs.close(fd)
+    _fs.fsync_dir(directory)
+
+
+def clear_poison_marker(directory: str) -> None:
+    """Remove the ``POISONED`` marker durably (after the data was rewritten and synced)."""
+    with contextlib.suppress(FileNotFoundError):
+        _fs.unlink(os.path.join(directory, POISONED))
+    fsync_dir(directory)

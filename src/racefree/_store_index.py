@@ -15,7 +15,7 @@ from mmap import mmap
 from typing import TYPE_CHECKING
 
 from . import _fs
-from ._errors import CorruptFileError
+from ._errors import CorruptFileError, DurabilityError
 from ._segment import M40, SEG_HEADER, index_frames, last_nonzero
 from ._store_files import (
     W_DEAD,
@@ -25,6 +25,7 @@ from ._store_files import (
     W_SYNCED,
     W_TOTAL,
     fdatasync,
+    fsync_dir,
     read_manifest,
     seg_number,
 )
@@ -83,9 +84,12 @@ def rebuild(core: Core) -> State:
         # compaction replaced: never read. They are removed only once the MANIFEST
         # that does not name them is durable (a compaction whose directory fsync
         # failed may have a rename that a power loss would undo); else kept.
+        # A failed directory fsync is never retried (W7): the orphans stay, and the
+        # store refuses writes (DurabilityError) until it is verified and cleared.
         try:
-            _fs.fsync_dir(core.dir)
-        except OSError:
+            fsync_dir(core.dir)
+        except DurabilityError:
+            core.poison()
             orphans = []
         for name in orphans:
             with contextlib.suppress(FileNotFoundError):
@@ -124,13 +128,42 @@ def rebuild(core: Core) -> State:
 
 
 def load(core: Core) -> State:
-    """A fresh index, built without the write lock (retried if a compaction races it)."""
+    """A fresh index, built without the write lock (retried if a compaction races it).
+
+    A compaction in flight does not stop it: until the compactor publishes, the
+    old generation (the one the shared header names) is the live one, and its
+    segments stay until then. Only when the MANIFEST and the header disagree
+    for a while (a compactor between its rename and its publish, or one that
+    died there) does it take the write lock: after waiting for a live compactor
+    it loads again without the lock; a dead one's switch it finishes (rebuild).
+    """
+    w = core.words
+    for _ in range(3):
+        st = _load_unlocked(core)
+        if st is not None:
+            return st
+        core.acquire()
+        try:
+            if core.state.end == w[W_END] and core.state.gen == w[W_GEN]:
+                return core.state
+            if w[W_INPROG] or read_manifest(core.dir)[0] != w[W_GEN]:
+                return core.rebuilt()  # the compactor died between its rename and publish
+        finally:
+            core.release()
+    core.acquire()
+    try:
+        return core.state if core.state.end == w[W_END] else core.rebuilt()
+    finally:
+        core.release()
+
+
+def _load_unlocked(core: Core) -> State | None:
     w = core.words
     for _ in range(20):
         gen = w[W_GEN]
         mgen, segs = read_manifest(core.dir)
-        if w[W_INPROG] or mgen != gen:
-            break  # a compaction is in flight or its process died: resolve under the lock
+        if mgen != gen:
+            continue  # a compactor between its rename and its publish (or dead there)
         endw = w[W_END]
         tseg, toff = endw >> 40, endw & M40
         if tseg not in segs:
@@ -161,11 +194,7 @@ def load(core: Core) -> State:
         if w[W_GEN] == gen:
             return st
         st.close()
-    core.acquire()
-    try:
-        return core.state if core.state.end == w[W_END] else core.rebuilt()
-    finally:
-        core.release()
+    return None
 
 
 def catch_up(core: Core, st: State, endw: int) -> bool:

@@ -17,14 +17,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=(
             "Find racefree's files under PATH and verify each one: JSON files parse, logs' "
             "frames and checksums, stores' segments against their manifest. Prints one line "
-            "per file found; exits 1 if anything is damaged. --repair removes only an "
-            "incomplete last record of a log (a crash in the middle of an append), never a "
-            "whole record."
+            "per file found; exits 1 if anything is damaged. Checking only reads. --repair "
+            "removes an incomplete last record of a log or a store (a crash in the middle of "
+            "a write), never a whole record, and clears a store's POISONED marker (a failed "
+            "fsync) after rewriting its data durably."
         ),
     )
     p.add_argument("path", metavar="PATH", help="a file or directory")
     p.add_argument(
-        "--repair", action="store_true", help="truncate a log's incomplete last record"
+        "--repair", action="store_true",
+        help="remove an incomplete last record; rewrite and un-poison a poisoned store"
     )
     p.set_defaults(func=run)
 

@@ -1,13 +1,17 @@
 """``racefree log FILE tail | check``: look into an append-only log (:class:`racefree.AppendLog`).
 
 Both actions only read: they take no lock (unless damage must be confirmed)
-and change nothing, not even an incomplete last record.
+and change nothing, not even an incomplete last record. ``FILE`` must be a log
+racefree wrote: a missing file, a directory or an empty file is an error here
+(an empty file has no header line; only :class:`racefree.AppendLog` itself
+takes an empty file for a new, empty log, as it does a missing one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import stat
 import sys
 import time
 from collections import deque
@@ -46,8 +50,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=run)
 
 
+def _existing_log(path: str) -> None:
+    """Raise ``ValueError`` unless ``path`` is a non-empty file (AppendLog vets the rest)."""
+    try:
+        st = _fs.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"no log at {path}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path} is a directory, not a log")
+    if st.st_size == 0:  # the first append writes a header: this is no log racefree wrote
+        raise ValueError(f"{path} is empty: not a racefree log")
+
+
 def run(args: argparse.Namespace) -> int:
-    _fs.stat(args.file)  # a missing file is an error here, not an empty log
+    _existing_log(args.file)  # a missing or empty file is an error here, not an empty log
     with AppendLog(args.file, durable=False) as log:
         if args.action == "check":
             print(_summary(log))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -425,3 +426,91 @@ def test_tokens_follow_grant_order(url: str, name: str, admin: Any) -> None:
     finally:
         for lock in (a, b, other):
             lock.close()
+
+
+@pytest.mark.parametrize("first", ["join", "release"])
+def test_lost_shared_session_is_not_joined_and_every_reader_is_told(
+    url: str, name: str, admin: Any, first: str
+) -> None:
+    """The server ended the readers' session while two readers of one instance held it.
+
+    A writer may then take the lock, so a third reader must not join the lost hold
+    (it would hold beside the writer), and each reader is told at its release (L8),
+    not only the last one, whichever comes first.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from racefree import PgLock
+
+    readers, writer = PgLock(url, name, shared=True), PgLock(url, name)
+    other, third = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
+    try:
+        readers.acquire()
+        other.submit(readers.acquire_nowait).result(WAIT)  # joins the live hold
+        sock = readers._session.conn.pgconn.socket
+        (pid, _, _), = _holders(admin, name)
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # The barrier: the server's goodbye has reached the readers' socket.
+        _wait_until(lambda: select.select([sock], [], [], 0)[0], "the session's end")
+        writer.acquire(timeout=WAIT)  # free in the server now
+        steps = ["join", "release"] if first == "join" else ["release", "join"]
+        for step in steps:
+            if step == "join":
+                with pytest.raises(WouldBlock):
+                    third.submit(readers.acquire_nowait).result(WAIT)
+            else:
+                with pytest.raises(LockLost):
+                    other.submit(readers.release).result(WAIT)
+        with pytest.raises(LockLost):
+            readers.release()
+        assert not readers.locked and readers.lost is True
+        writer.release()
+        readers.acquire(timeout=WAIT)  # a new session
+        assert readers.lost is False and [m for _, m, _ in _holders(admin, name)] == ["ShareLock"]
+        readers.release()
+    finally:
+        other.shutdown()
+        third.shutdown()
+        readers.close()
+        writer.close()
+
+
+def test_a_timeout_longer_than_the_servers_limit_is_accepted(url: str, name: str) -> None:
+    """acquire(timeout=35 days) takes a free lock: the server's lock_timeout (an int of ms,
+    at most about 24.8 days) is capped instead of failing with InvalidParameterValue."""
+    from racefree import PgLock
+
+    lock = PgLock(url, name)
+    try:
+        lock.acquire(timeout=35 * 86400.0)
+        assert lock.held_by_me and lock.token is not None
+        lock.release()
+        assert not lock.locked
+    finally:
+        lock.close()
+
+
+def test_interrupted_release_leaves_no_lock_in_the_server(url: str, name: str, admin: Any) -> None:
+    """KeyboardInterrupt in the middle of release (before the unlock reached the server): the
+    session is closed, so the server does not keep the lock for a holder that no longer is."""
+    from racefree import PgLock
+
+    a, b = PgLock(url, name), PgLock(url, name)
+    try:
+        a.acquire()
+        conn = a._session.conn
+
+        def interrupted(*args: Any, **kwargs: Any) -> Any:
+            raise KeyboardInterrupt
+
+        conn.execute = interrupted  # the unlock statement is interrupted before it is sent
+        with pytest.raises(KeyboardInterrupt):
+            a.release()
+        assert not a.locked
+        _wait_until(lambda: _holders(admin, name) == [], "the server to drop the lock")
+        b.acquire_nowait()
+        assert b.held_by_me
+        b.release()
+    finally:
+        a.close()
+        b.close()

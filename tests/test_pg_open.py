@@ -205,3 +205,21 @@ def test_connection_lost_and_fence_token_pickle() -> None:
     )
     token = pickle.loads(pickle.dumps(FenceToken(42, "jobs")))
     assert type(token) is FenceToken and token == 42 and token.name == "jobs"
+
+
+def test_password_in_url_parameters_is_never_shown() -> None:
+    """A password given as a URL parameter stays out of ``path``, ``repr`` and messages, like
+    one in the user part (libpq still gets it)."""
+    from racefree import PgLock
+    from racefree._pg import parse_url
+
+    url = "postgresql://app@127.0.0.1:1/db?password=s3cret&sslmode=disable&sslpassword=k3y"
+    parsed = parse_url(url + "&store=s")
+    assert parsed.display == "postgresql://app@127.0.0.1:1/db?sslmode=disable"
+    assert "password=s3cret" in parsed.conninfo and "sslpassword=k3y" in parsed.conninfo
+    lock = PgLock(url, "n")  # connects only at the first acquire
+    try:
+        assert lock.path == "postgresql://app@127.0.0.1:1/db?sslmode=disable#n"
+        assert "s3cret" not in repr(lock) and "k3y" not in repr(lock)
+    finally:
+        lock.close()

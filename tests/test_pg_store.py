@@ -351,3 +351,32 @@ def test_update_fn_writing_its_own_id_is_refused(store: Any) -> None:
     # Other ids may be written from fn (through a second pooled session).
     assert store.update("k", lambda d: (store.put("other", {"o": 1}), {"v": 2})[1]) == {"v": 2}
     assert store.get("other") == {"o": 1}
+
+
+def test_update_fn_updating_its_own_id_is_refused(store: Any, admin: Any, name: str) -> None:
+    """update(id) from inside update(id)'s fn raises RuntimeError instead of waiting for ever on
+    the outer update's own row lock (a new id, whose placeholder row is locked, too)."""
+    store.put("k", {"v": 1})
+    outcome: list[str] = []
+
+    def run() -> None:
+        for key in ("k", "new"):
+            try:
+                store.update(key, lambda d, k=key: (store.update(k, lambda e: {"v": 5}), d)[1],
+                             default={"v": 0})
+                outcome.append("returned")
+            except RuntimeError as exc:
+                outcome.append("RuntimeError: row lock" if "row lock" in str(exc) else repr(exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(WAIT)
+    if t.is_alive():  # end the two waiting sessions, so that the test itself ends
+        from racefree._pg import application_name
+
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE application_name = %s", (application_name(f"racefree:{name}"),))
+        t.join(WAIT)
+        pytest.fail("the nested update waited for its own row lock")
+    assert outcome == ["RuntimeError: row lock", "RuntimeError: row lock"]
+    assert store.get("k") == {"v": 1} and store.version("k") == 1 and "new" not in store

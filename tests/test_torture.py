@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from testkit import reap
@@ -203,3 +204,45 @@ def test_concurrent_first_opens_of_a_new_store(tmp_path: Path) -> None:
         with Store(d) as s:
             assert len(s) == 6 - sum(o != "ok" for o in outs)
     assert failures == []
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_finishes_fails_the_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker still inside an operation long after the end is a hang: the verdict is FAIL.
+
+    The JSON file's lock is held from outside for the whole run (taken before the
+    first worker starts), so the one worker waits in ``JsonFile.update`` for ever.
+    The run kills it once the grace period is over; before, that kill was counted
+    as one more SIGKILL and the run passed.
+    """
+    import racefree._torture as torture_mod
+    from racefree import FileLock
+
+    monkeypatch.setattr(torture_mod, "LOCK_TIMEOUT", 0.0)
+    monkeypatch.setattr(torture_mod, "FINISH_GRACE", 1.0)
+    start = torture_mod._start
+    held: list[FileLock] = []
+
+    def start_with_the_lock_held(proc: Any, root: str, *args: Any) -> None:
+        if not held:
+            lock = FileLock(os.path.join(root, "counter.json.lock"))
+            lock.acquire()
+            held.append(lock)
+        start(proc, root, *args)
+
+    monkeypatch.setattr(torture_mod, "_start", start_with_the_lock_held)
+    opts = torture_mod.Options(str(tmp_path), processes=1, seconds=4.0, kill_interval=0,
+                               kinds=("json",), seed=1)
+    try:
+        result = torture_mod.run(opts)
+    finally:
+        for lock in held:
+            lock.release()
+    rows = {r.check: r for r in result.rows}
+    json_row = rows["JsonFile.update counters"]
+    assert (json_row.problems, json_row.acked, json_row.in_flight) == ([], 0, 1)
+    assert rows["workers: no exception, nothing seen inside"].problems == [
+        "1 workers were still in an operation 1 s after the end: hung, killed"]
+    assert result.ok is False and result.kills == 1

@@ -73,6 +73,8 @@ _SCHEMES = ("postgresql", "postgres")
 
 # Query parameters racefree reads itself; libpq would reject them as unknown.
 _OWN_PARAMS = ("store", "min_connections", "max_connections")
+# Query parameters that are secrets: libpq gets them, messages never show them.
+_SECRET_PARAMS = ("password", "sslpassword")
 
 
 def psycopg_module() -> Any:
@@ -133,8 +135,9 @@ def parse_url(url: str) -> PgUrl:
         userinfo, _, hostport = netloc.rpartition("@")
         user = userinfo.partition(":")[0]
         netloc = f"{user}@{hostport}" if user else hostport
+    shown = [(k, v) for k, v in rest if k not in _SECRET_PARAMS]
     display = urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(rest), "")
+        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown), "")
     )
     return PgUrl(conninfo, display, own)
 

@@ -171,7 +171,13 @@ class PgLock(LockAPI):
         if self._busy:
             return False
         if self._holders:
-            if self._shared:  # a reader joins the readers of this instance
+            # A reader joins the readers of this instance, but only while their
+            # session still holds the lock: once the server ended it, a writer may
+            # hold it, and joining would make two holders (L8). It waits instead,
+            # until the last reader's release (which reports the loss) wakes it.
+            if self._shared and not self._lost:
+                self._lost = self._session.dead()
+            if self._shared and not self._lost:
                 self._holders[owner] = 1
                 return True
             return False
@@ -269,6 +275,7 @@ class PgLock(LockAPI):
         releasing a hold the parent had at fork time only forgets it (L5).
         """
         owner = current_owner()
+        lost_with_others = False
         with self._mutex:
             n = self._holders.get(owner)
             if n is None:
@@ -282,9 +289,18 @@ class PgLock(LockAPI):
                 return
             del self._holders[owner]
             if self._holders:
-                return
-            self._busy = True
-            self._token = None
+                # The other readers keep the session; if the server ended it, this
+                # reader's hold was lost too, and it is told now, not only the last (L8).
+                if not self._lost:
+                    self._lost = self._session.dead()
+                if not self._lost:
+                    return
+                lost_with_others = True
+            else:
+                self._busy = True
+                self._token = None
+        if lost_with_others:
+            raise LockLost(self._path, "the server ended the session that held it")
         reason = ""
         try:
             reason = self._session.unlock()

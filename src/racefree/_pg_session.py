@@ -33,6 +33,9 @@ _SETUP = (
 _SETUP_14 = "SET idle_session_timeout = 0"
 
 _CANCELLED = "57014"
+# lock_timeout is an int of milliseconds in the server: a longer timeout (about
+# 24.8 days) waits that long, instead of failing with a raw InvalidParameterValue.
+_MAX_LOCK_TIMEOUT_MS = 2**31 - 1
 _LOCK_NOT_AVAILABLE = "55P03"
 
 
@@ -147,7 +150,8 @@ class Session:
         conn = self.connection()
         psycopg = _pg.psycopg_module()
         if not trying:
-            ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
+            ms = 0 if timeout is None else min(max(1, math.ceil(timeout * 1000)),
+                                               _MAX_LOCK_TIMEOUT_MS)
             if ms != self.lock_timeout_ms:  # a round trip only when the timeout changes
                 try:
                     with _pg.translate(self.url.display, maybe_committed=False):
@@ -208,6 +212,11 @@ class Session:
             self.discard()
             if _pg.is_connection_error(exc):
                 return f"the session ended: {_pg.first_line(exc)}"
+            raise
+        except BaseException:
+            # An interrupt may land before or after the server unlocked: close the
+            # session, so that the lock cannot stay held with no holder left here.
+            self.discard()
             raise
         if not (row and row[0]):
             self.discard()

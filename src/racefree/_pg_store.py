@@ -341,6 +341,15 @@ class PgStore(StoreMixin):
         """
         idb = encode_id(id)
         name = self._name
+        busy = getattr(_updating, "ids", None)
+        if busy and (name, idb) in busy:
+            # From inside update(id)'s own fn: the row lock (or the placeholder's key)
+            # is held by the outer update's transaction, on another session, so
+            # waiting for it would never end.
+            raise RuntimeError(
+                f"update({id!r}) from inside update({id!r}, fn) would wait for the outer"
+                " update's own row lock: return the new document from fn instead"
+            )
 
         def body(conn: Any) -> dict[str, Any]:
             self._fence(conn, fence)

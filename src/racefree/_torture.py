@@ -33,6 +33,10 @@ from ._torture_probe import ProbeReport, probe
 from ._torture_verify import Row, verify
 from ._torture_worker import KINDS, LOCK_TIMEOUT
 
+#: After the end and a full lock wait (``LOCK_TIMEOUT``), how long a worker may still
+#: take to finish its operation; one still in it then hangs, and the run fails.
+FINISH_GRACE = 30.0
+
 
 @dataclasses.dataclass
 class Options:
@@ -160,7 +164,7 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
     deadline_wall = time.time() + opts.seconds
     procs = [_Proc(w) for w in range(opts.processes)]
     counter = _AckCounter(os.path.join(root, "acks"))
-    kills = restarts = 0
+    kills = restarts = hung = 0
     try:
         for p in procs:
             _start(p, root, deadline_wall, seed, kinds, url)
@@ -187,7 +191,7 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
                 show(Progress(elapsed, opts.seconds, counter.poll(), kills, restarts))
             time.sleep(min(0.25, max(0.0, next_kill - elapsed)))
         # Let every worker finish the operation it is in (a lock wait is bounded).
-        end_by = time.monotonic() + LOCK_TIMEOUT + 30
+        end_by = time.monotonic() + LOCK_TIMEOUT + FINISH_GRACE
         for p in procs:
             assert p.popen is not None
             try:
@@ -196,6 +200,7 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
                 p.popen.kill()
                 p.popen.wait()
                 kills += 1
+                hung += 1  # no operation may hang (a lock wait gives up after LOCK_TIMEOUT)
     finally:
         for p in procs:
             if p.popen is not None and p.popen.poll() is None:
@@ -207,6 +212,9 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
     rows.insert(0, _check_files(root))
     if restarts:
         rows[-1].problems.append(f"{restarts} workers exited on their own (see acks/*.err)")
+    if hung:
+        rows[-1].problems.append(f"{hung} workers were still in an operation "
+                                 f"{LOCK_TIMEOUT + FINISH_GRACE:.0f} s after the end: hung, killed")
     result = Result(root, report, rows, kills, time.monotonic() - start, seed)
     if result.ok and not opts.keep:
         _remove_tree(root)

@@ -819,3 +819,30 @@ def test_reader_catches_up_without_waiting_for_a_compaction(tmp_path: Path) -> N
         _store_core.rebuild = original
         a.close()
         r.close()
+
+
+def test_a_manifest_published_after_the_first_look_is_not_a_lost_manifest(tmp_path: Path) -> None:
+    """An opener that listed the directory just before a racing creator published the
+    MANIFEST (and another process then wrote a record) opens that store: it must not call
+    it a store that lost its MANIFEST. Seen in CI with six concurrent first opens."""
+    d = tmp_path / "store"
+    with Store(d) as s:
+        s.put("a", {"n": 1})
+
+    class ListedTooEarly(_fs.FileSystem):
+        """The first listing of the store is the one taken before the MANIFEST existed."""
+
+        hidden = False
+
+        def listdir(self, path: str) -> list[str]:
+            names = super().listdir(path)
+            if not self.hidden and "MANIFEST" in names:
+                self.hidden = True
+                names.remove("MANIFEST")
+            return names
+
+    fake = ListedTooEarly()
+    with _fs.use(fake), Store(d) as s:
+        assert s["a"] == {"n": 1}
+        assert s.version("a") == 1
+    assert fake.hidden

@@ -189,6 +189,9 @@ def open_shm(directory: str) -> tuple[int, mmap.mmap]:
 def is_store_dir_empty(directory: str) -> bool:
     """True when ``directory`` holds nothing but what a store's creation leaves before its MANIFEST.
 
+    Also True when a MANIFEST appeared since the caller looked (a racing creator
+    finished): the caller then opens that store.
+
     That is: the lock and shm files, the MANIFEST's temp file, and at most
     ``seg-00000001.rfs`` holding no record (every byte after its header zero; its
     header whole, torn or zero): another process may be creating the store right
@@ -199,8 +202,16 @@ def is_store_dir_empty(directory: str) -> bool:
     """
     ours = {LOCK, SYNC_LOCK, SHM}
     names = _fs.listdir(directory)
+    if MANIFEST in names:
+        return True  # a racing creator finished since the caller looked: a store now
     segs = [name for name in names if seg_number(name) is not None]
     if segs and (segs != [seg_name(1)] or not _unused_first_segment(directory)):
+        # A record is written only once the MANIFEST exists, and the MANIFEST is never
+        # removed (compaction replaces it by rename). So if it exists now, the records
+        # just read were written by a store a racing creator finished after our
+        # listing: not a lost MANIFEST.
+        if _manifest_exists(directory):
+            return True
         raise CorruptFileError(
             directory, "segments but no MANIFEST; refusing to create a store over them"
         )
@@ -210,6 +221,14 @@ def is_store_dir_empty(directory: str) -> bool:
         or (name.startswith(f".{MANIFEST}.") and name.endswith(TEMP_SUFFIX))
         for name in names
     )
+
+
+def _manifest_exists(directory: str) -> bool:
+    try:
+        _fs.stat(os.path.join(directory, MANIFEST))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _unused_first_segment(directory: str) -> bool:

@@ -881,3 +881,39 @@ def test_remover_puts_back_a_file_it_did_not_claim(tmp_path: Path) -> None:
         assert not _disk.remove_stale(str(path), seen, 3600, _disk.Observer())
     assert path.read_bytes() == intruder
     assert leftovers(tmp_path, path) == ["l.aside"]
+
+
+def test_refresher_failure_is_reported_and_other_holds_keep_refreshing(tmp_path: Path) -> None:
+    """An unexpected (non-OSError) error while refreshing a hold marks that hold lost and is
+    raised at release as LockLost with the reason; the lock file is removed (it was still
+    ours), and the refresher thread survives to serve other holds."""
+    from racefree import _lockfile_state
+
+    failing = str(tmp_path / "failing.lock")
+
+    class BrokenTouch(_fs.FileSystem):
+        def utime(self, path_or_fd: Any, ns: Any = None) -> None:
+            raise RuntimeError("touch broke")
+
+    lock = LockFile(failing, stale_after=0.3)
+    with _fs.use(BrokenTouch()):
+        lock.acquire()
+        deadline = time.monotonic() + 10
+        while not lock.lost and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # waits for the refresher's first tick (0.1 s)
+        assert lock.lost
+        with pytest.raises(LockLost, match="refreshing it failed: RuntimeError"):
+            lock.release()
+    assert not os.path.exists(failing)
+    ticker = _lockfile_state._ticker.thread
+    assert ticker is not None and ticker.is_alive()
+
+    # The same thread still refreshes another hold: its lock file's mtime moves.
+    other = LockFile(str(tmp_path / "other.lock"), stale_after=0.3)
+    with other:
+        before = os.stat(other.path).st_mtime_ns
+        deadline = time.monotonic() + 10
+        while os.stat(other.path).st_mtime_ns == before and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        assert os.stat(other.path).st_mtime_ns != before
+        assert not other.lost

@@ -370,11 +370,13 @@ class LockFile(LockAPI):
         try:
             if refresher is not None:
                 refresher.stop()
-            if hold.lost:
+            if hold.lost and not hold.failure:
                 _fs.close(hold.fd)
                 lost = True
             else:
-                lost = not _disk.release(hold, self._stale_after)
+                # A hold the refresher gave up on may still be ours: remove the file
+                # if it is (never another owner's), and report the lapse anyway.
+                lost = not _disk.release(hold, self._stale_after) or bool(hold.failure)
         finally:
             # Also on an I/O error: the hold is dropped, and a lock file left
             # behind names this process, so it is reclaimed once it exits.
@@ -384,4 +386,7 @@ class LockFile(LockAPI):
                 state.owner = None
                 state.wake()
         if lost:
-            raise LockLost(self._path, "the lock file was reclaimed or replaced by another owner")
+            raise LockLost(
+                self._path,
+                hold.failure or "the lock file was reclaimed or replaced by another owner",
+            )

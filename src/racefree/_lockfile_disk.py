@@ -124,6 +124,9 @@ class Hold:
     ino: int
     token: int
     lost: bool = False
+    # Why the background refresher gave up on this hold (an unexpected error): the
+    # lease may have lapsed elsewhere, so the hold counts as lost.
+    failure: str = ""
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,13 @@ class Refresher:
             # lasts, waiters elsewhere reclaim the lock after stale_after and
             # the next check, or the release, reports it lost.
             pass
+        except Exception as exc:
+            # Anything else is not transient: this hold is no longer refreshed, so
+            # other hosts will judge it stale. The holder is told (``lost``, and
+            # LockLost at release), and the thread lives on for the other holds.
+            hold.failure = f"refreshing it failed: {exc!r}"
+            hold.lost = True
+            return False
         self.due = now + self.interval
         return True
 

@@ -246,3 +246,31 @@ def test_a_worker_that_never_finishes_fails_the_verdict(
     assert rows["workers: no exception, nothing seen inside"].problems == [
         "1 workers were still in an operation 1 s after the end: hung, killed"]
     assert result.ok is False and result.kills == 1
+
+
+@pytest.mark.slow
+def test_a_worker_that_exits_nonzero_without_a_traceback_fails_the_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose last incarnation exits with a non-zero code at the end (a crash or a
+    signal torture did not send, leaving no traceback) counts as a worker that died on its
+    own: the verdict is FAIL, not a quiet PASS."""
+    import racefree._torture as torture_mod
+
+    def start_a_worker_that_exits_3(
+        proc: Any, root: str, deadline: float, seed: int, kinds: str, url: str
+    ) -> None:
+        proc.incarnation += 1
+        # A real worker, run to its end; then the process exits 3 with nothing on stderr.
+        argv = [root, str(proc.wid), str(proc.incarnation), repr(deadline), str(seed), kinds, url]
+        code = f"import sys\nfrom racefree._torture_worker import main\nmain({argv!r})\nsys.exit(3)"
+        proc.popen = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+
+    monkeypatch.setattr(torture_mod, "_start", start_a_worker_that_exits_3)
+    opts = torture_mod.Options(str(tmp_path), processes=1, seconds=2.0, kill_interval=0,
+                               kinds=("json",), seed=1)
+    result = torture_mod.run(opts)
+    rows = {r.check: r for r in result.rows}
+    assert "1 workers exited on their own (see acks/*.err)" in (
+        rows["workers: no exception, nothing seen inside"].problems)
+    assert result.ok is False and result.kills == 0

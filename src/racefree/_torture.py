@@ -185,6 +185,8 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
                     victim.popen.send_signal(signal.SIGKILL)
                     victim.popen.wait()
                     kills += 1
+                else:
+                    restarts += 1  # it had exited on its own since the loop above looked
                 _start(victim, root, deadline_wall, seed, kinds, url)
                 next_kill = elapsed + _next(rng, opts.kill_interval)
             if show is not None:
@@ -195,12 +197,18 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
         for p in procs:
             assert p.popen is not None
             try:
-                p.popen.wait(timeout=max(0.1, end_by - time.monotonic()))
+                code = p.popen.wait(timeout=max(0.1, end_by - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.popen.kill()
                 p.popen.wait()
                 kills += 1
                 hung += 1  # no operation may hang (a lock wait gives up after LOCK_TIMEOUT)
+                continue
+            if code != 0:
+                # A worker exits 0 at the deadline; anything else (an exception, or a
+                # signal we did not send: a crash, the OOM killer) is a worker that
+                # died on its own, even one that left no traceback.
+                restarts += 1
     finally:
         for p in procs:
             if p.popen is not None and p.popen.poll() is None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _fs
-from ._errors import CorruptFileError, FormatError
+from ._errors import CorruptFileError
 from ._segment import (
     ENTRY,
     FRAME,
@@ -32,7 +32,6 @@ from ._segment import (
     OP_PUT,
     PREFIX,
     SEG_HEADER,
-    SEG_MAGIC,
     frame,
     index_frames,
     last_nonzero,
@@ -50,6 +49,7 @@ from ._store_files import (
     W_TOTAL,
     create_segment,
     fdatasync,
+    open_segment,
     poison_marker,
     read_manifest,
     seg_name,
@@ -288,22 +288,8 @@ def check_files(directory: str) -> FilesReport:
 
 
 def _map_readonly(directory: str, seg: int) -> Any:
-    path = os.path.join(directory, seg_name(seg))
-    fd = _fs.open(path, os.O_RDONLY | _fs.O_NOFOLLOW)
-    try:
-        size = _fs.fstat(fd).st_size
-        if size < SEG_HEADER.size:
-            raise CorruptFileError(path, f"segment is {size} bytes, shorter than its header")
-        mm = _fs.mmap(fd, size)
-    finally:
-        _fs.close(fd)
-    magic, number = SEG_HEADER.unpack_from(mm, 0)
-    if magic != SEG_MAGIC:
-        mm.close()
-        raise FormatError(path, "not a racefree store segment")
-    if number != seg:
-        mm.close()
-        raise CorruptFileError(path, f"segment header says {number}, expected {seg}", offset=0)
+    fd, mm = open_segment(directory, seg, writable=False)
+    _fs.close(fd)  # the map keeps the file's pages; check() holds no descriptor
     return mm
 
 

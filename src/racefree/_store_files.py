@@ -148,10 +148,14 @@ def fdatasync(fd: int, path: str) -> None:
         raise DurabilityError(path, exc.errno or errno.EIO) from exc
 
 
-def open_segment(directory: str, n: int) -> tuple[int, mmap.mmap]:
-    """Open and map segment ``n``; checks its header."""
+def open_segment(directory: str, n: int, *, writable: bool = True) -> tuple[int, mmap.mmap]:
+    """Open and map segment ``n``; checks its header.
+
+    ``writable=False`` opens the file read-only (for checks that must change nothing);
+    the map itself is read-only either way (records are written with ``pwrite``).
+    """
     path = os.path.join(directory, seg_name(n))
-    fd = _fs.open(path, os.O_RDWR | _fs.O_NOFOLLOW)
+    fd = _fs.open(path, (os.O_RDWR if writable else os.O_RDONLY) | _fs.O_NOFOLLOW)
     try:
         size = _fs.fstat(fd).st_size
         if size < SEG_HEADER.size:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from racefree import AppendLog, JsonFile, Store
-from racefree._check import check_path
+from racefree.check.checker import check_path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

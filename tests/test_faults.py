@@ -338,7 +338,7 @@ def _store_scenario(name: str, op: Callable[[Any], Any], new: dict[str, Any],
 
 def _store_unpoison(d: Path) -> None:
     """``racefree check --repair``: the poison outlives every handle until it is cleared."""
-    from racefree._check import check_path
+    from racefree.check.checker import check_path
 
     [found] = check_path(d / "store", repair=True)
     assert found.ok, found.detail

@@ -1,4 +1,4 @@
-"""Record framing (``racefree._frame``): exact bytes, torn tails, damage, chunked reading."""
+"""Record framing (``racefree.log.frame``): exact bytes, torn tails, damage, chunked reading."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from racefree import CorruptFileError, _frame
+from racefree import CorruptFileError
+from racefree.log import frame as _frame
 
 
 def frame(body: bytes) -> bytes:

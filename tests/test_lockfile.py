@@ -34,8 +34,8 @@ from testkit import check_bad_timeouts
 
 import racefree
 from racefree import LockFile, LockLost, LockTimeout, WouldBlock, _fs
-from racefree import _lockfile_disk as _disk
-from racefree import _lockfile_owner as owner
+from racefree.lockfile import disk as _disk
+from racefree.lockfile import owner as owner
 
 LINUX = sys.platform.startswith("linux")
 WAIT = 60.0  # generous bound for anything that must happen (a busy machine)
@@ -887,7 +887,7 @@ def test_refresher_failure_is_reported_and_other_holds_keep_refreshing(tmp_path:
     """An unexpected (non-OSError) error while refreshing a hold marks that hold lost and is
     raised at release as LockLost with the reason; the lock file is removed (it was still
     ours), and the refresher thread survives to serve other holds."""
-    from racefree import _lockfile_state
+    from racefree.lockfile import state as _lockfile_state
 
     failing = str(tmp_path / "failing.lock")
 

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from testkit import reap
 
-from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _frame, _fs
+from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _fs
+from racefree.log import frame as _frame
 
 RECORDS: list[Any] = [{"a": 1}, "é", [1, 2.5, None], True, {"nested": {"k": ["v"]}}, 0]
 

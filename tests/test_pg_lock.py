@@ -16,7 +16,7 @@ import pytest
 from pgserver import unique_name
 
 from racefree import LockLost, LockTimeout, WouldBlock
-from racefree._pg import advisory_key
+from racefree.pg.driver import advisory_key
 
 pytestmark = pytest.mark.postgres
 

@@ -56,7 +56,7 @@ def test_open_store_postgres(url: str, pg_name: str) -> None:
 def test_open_lock_files(tmp_path: Path) -> None:
     """A path with a name is a directory of lock files; without, the lock file itself."""
     from racefree import FileLock, open_lock
-    from racefree._open import lock_file_name
+    from racefree.backends.dispatch import lock_file_name
 
     lock = open_lock(tmp_path, "jobs/../x\x00")
     assert type(lock) is FileLock
@@ -211,7 +211,7 @@ def test_password_in_url_parameters_is_never_shown() -> None:
     """A password given as a URL parameter stays out of ``path``, ``repr`` and messages, like
     one in the user part (libpq still gets it)."""
     from racefree import PgLock
-    from racefree._pg import parse_url
+    from racefree.pg.driver import parse_url
 
     url = "postgresql://app@127.0.0.1:1/db?password=s3cret&sslmode=disable&sslpassword=k3y"
     parsed = parse_url(url + "&store=s")

@@ -221,7 +221,7 @@ def test_stale_fenced_write_is_rejected(url: str, store: Any, admin: Any) -> Non
 
 
 def _objid(lock_name: str) -> int:
-    from racefree._pg import advisory_key
+    from racefree.pg.driver import advisory_key
 
     return advisory_key("lock", lock_name) & 0xFFFFFFFF
 
@@ -372,7 +372,7 @@ def test_update_fn_updating_its_own_id_is_refused(store: Any, admin: Any, name: 
     t.start()
     t.join(WAIT)
     if t.is_alive():  # end the two waiting sessions, so that the test itself ends
-        from racefree._pg import application_name
+        from racefree.pg.driver import application_name
 
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                       " WHERE application_name = %s", (application_name(f"racefree:{name}"),))

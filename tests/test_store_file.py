@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from racefree import ConflictError, CorruptFileError, DurabilityError, FormatError, Store, _fs
-from racefree._segment import FRAME, SEG_HEADER, iter_frames
+from racefree.store.segment import FRAME, SEG_HEADER, iter_frames
 
 SMALL = 64 << 10  # a small segment size, so that tests roll segments
 
@@ -579,7 +579,7 @@ def test_failed_automatic_compaction_writes_nothing(tmp_path: Path) -> None:
 
 def test_fdatasync_failure_poisons_across_reopen_until_repaired(tmp_path: Path) -> None:
     """The poison outlives every handle (POISONED); check --repair rewrites the data, clears it."""
-    from racefree._check import check_path
+    from racefree.check.checker import check_path
 
     d = tmp_path / "s"
     s = Store(d)
@@ -789,7 +789,7 @@ class _HoldCompaction(_fs.FileSystem):
 def test_reader_catches_up_without_waiting_for_a_compaction(tmp_path: Path) -> None:
     """A handle one write behind, while another compacts (holding the write lock): its get
     catches up in the old generation at once, and rebuilds nothing."""
-    from racefree import _store_core
+    from racefree.store import handle as _store_core
 
     a = Store(tmp_path / "s", durable=False)
     r = Store(tmp_path / "s", durable=False)  # stands for another process

@@ -276,7 +276,8 @@ def test_compactor_dying_at_its_commit_point(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import os, sys
-        from racefree import Store, _store_compact
+        from racefree import Store
+        from racefree.store import compact as _store_compact
         real = _store_compact.write_manifest
         def write_then_die(*args):
             real(*args)

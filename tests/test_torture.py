@@ -18,8 +18,8 @@ import pytest
 from testkit import reap
 
 from racefree import AppendLog, JsonFile, Store
-from racefree._torture_probe import probe
-from racefree._torture_verify import verify
+from racefree.torture.probe import probe
+from racefree.torture.verify import verify
 
 
 def torture(directory: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -217,7 +217,7 @@ def test_a_worker_that_never_finishes_fails_the_verdict(
     The run kills it once the grace period is over; before, that kill was counted
     as one more SIGKILL and the run passed.
     """
-    import racefree._torture as torture_mod
+    import racefree.torture.run as torture_mod
     from racefree import FileLock
 
     monkeypatch.setattr(torture_mod, "LOCK_TIMEOUT", 0.0)
@@ -255,7 +255,7 @@ def test_a_worker_that_exits_nonzero_without_a_traceback_fails_the_verdict(
     """A worker whose last incarnation exits with a non-zero code at the end (a crash or a
     signal torture did not send, leaving no traceback) counts as a worker that died on its
     own: the verdict is FAIL, not a quiet PASS."""
-    import racefree._torture as torture_mod
+    import racefree.torture.run as torture_mod
 
     def start_a_worker_that_exits_3(
         proc: Any, root: str, deadline: float, seed: int, kinds: str, url: str
@@ -263,7 +263,7 @@ def test_a_worker_that_exits_nonzero_without_a_traceback_fails_the_verdict(
         proc.incarnation += 1
         # A real worker, run to its end; then the process exits 3 with nothing on stderr.
         argv = [root, str(proc.wid), str(proc.incarnation), repr(deadline), str(seed), kinds, url]
-        code = f"import sys\nfrom racefree._torture_worker import main\nmain({argv!r})\nsys.exit(3)"
+        code = f"import sys\nfrom racefree.torture.worker import main\nmain({argv!r})\nsys.exit(3)"
         proc.popen = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
 
     monkeypatch.setattr(torture_mod, "_start", start_a_worker_that_exits_3)

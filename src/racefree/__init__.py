@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import (
+from racefree._errors import (
     ConflictError,
     ConnectionLost,
     CorruptFileError,
@@ -30,39 +30,40 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._atomic import atomic_open, atomic_write, sweep
-    from ._jsonfile import JsonFile
-    from ._lock import FileLock
-    from ._lockfile import LockFile
-    from ._log import AppendLog
-    from ._open import open_async_store, open_lock, open_store
-    from ._pg_async import AsyncPgStore
-    from ._pg_lock import FenceToken, PgLock
-    from ._pg_store import PgStore
-    from ._protocol import AsyncStoreProtocol, StoreProtocol
-    from ._store import AsyncStore, Store
+    from racefree.backends.dispatch import open_async_store, open_lock, open_store
+    from racefree.files.atomic import atomic_open, atomic_write, sweep
+    from racefree.files.jsonfile import JsonFile
+    from racefree.lock.filelock import FileLock
+    from racefree.lockfile.lockfile import LockFile
+    from racefree.log.appendlog import AppendLog
+    from racefree.pg.asyncstore import AsyncPgStore
+    from racefree.pg.lock import FenceToken, PgLock
+    from racefree.pg.store import PgStore
+    from racefree.store.asyncstore import AsyncStore
+    from racefree.store.store import Store
+    from racefree.storeapi.protocol import AsyncStoreProtocol, StoreProtocol
 
 # Each layer is imported on first use, so that ``import racefree`` (and the
 # CLI) stays fast and a layer's module loads only when a program uses it.
 _LAZY = {
-    "AppendLog": "._log",
-    "AsyncPgStore": "._pg_async",
-    "AsyncStore": "._store",
-    "AsyncStoreProtocol": "._protocol",
-    "FenceToken": "._pg_lock",
-    "FileLock": "._lock",
-    "JsonFile": "._jsonfile",
-    "LockFile": "._lockfile",
-    "PgLock": "._pg_lock",
-    "PgStore": "._pg_store",
-    "Store": "._store",
-    "StoreProtocol": "._protocol",
-    "atomic_open": "._atomic",
-    "atomic_write": "._atomic",
-    "open_async_store": "._open",
-    "open_lock": "._open",
-    "open_store": "._open",
-    "sweep": "._atomic",
+    "AppendLog": "racefree.log.appendlog",
+    "AsyncPgStore": "racefree.pg.asyncstore",
+    "AsyncStore": "racefree.store.asyncstore",
+    "AsyncStoreProtocol": "racefree.storeapi.protocol",
+    "FenceToken": "racefree.pg.lock",
+    "FileLock": "racefree.lock.filelock",
+    "JsonFile": "racefree.files.jsonfile",
+    "LockFile": "racefree.lockfile.lockfile",
+    "PgLock": "racefree.pg.lock",
+    "PgStore": "racefree.pg.store",
+    "Store": "racefree.store.store",
+    "StoreProtocol": "racefree.storeapi.protocol",
+    "atomic_open": "racefree.files.atomic",
+    "atomic_write": "racefree.files.atomic",
+    "open_async_store": "racefree.backends.dispatch",
+    "open_lock": "racefree.backends.dispatch",
+    "open_store": "racefree.backends.dispatch",
+    "sweep": "racefree.files.atomic",
 }
 
 
@@ -70,7 +71,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'racefree' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -14,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .._errors import RacefreeError
+from racefree._errors import RacefreeError
 
 # The modules that define subcommands, in the order ``--help`` lists them.
 _COMMANDS = ("demo", "torture", "check", "log", "store")

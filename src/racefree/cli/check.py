@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._check import check_path
+from racefree.check.checker import check_path
 
 __all__ = ["add_parser", "run"]
 

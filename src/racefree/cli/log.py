@@ -17,8 +17,8 @@ import time
 from collections import deque
 from typing import Any
 
-from .. import _fs
-from .._log import AppendLog
+from racefree import _fs
+from racefree.log.appendlog import AppendLog
 
 __all__ = ["add_parser", "run"]
 

@@ -19,10 +19,10 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConflictError
+from racefree._errors import ConflictError
 
 if TYPE_CHECKING:
-    from .demo import Outcome, Setup
+    pass
 
 _ACTIONS = ("ls", "get", "put", "rm", "compact", "check")
 _ARGS = {"ls": 0, "get": 1, "put": 2, "rm": 1, "compact": 0, "check": 0}
@@ -30,7 +30,7 @@ _EXPECT = ("put", "rm")  # the actions that take --expect VERSION
 
 
 def _open(location: str, *, create: bool) -> Any:
-    from .._open import open_store, parse_target
+    from racefree.backends.dispatch import open_store, parse_target
 
     kind, where = parse_target(location)
     if kind == "file":
@@ -214,53 +214,3 @@ def add_parser(subparsers: Any) -> None:
         help=f"one of {', '.join(_ACTIONS)} (default ls), then ID, or ID JSON for put",
     )
     parser.set_defaults(func=_run_or_keyerror)
-
-
-# -- the demo's store section -------------------------------------------------------------
-
-
-def _store_worker(location: str, process: int, saves: int) -> int:
-    from .._open import open_store
-    from .demo import conversation
-
-    with open_store(location, durable=False) as store:
-        for i in range(saves):
-            conv = conversation(process, i)
-            store.put(conv["id"], conv)
-            store.update("stats", lambda d: {"saves": d["saves"] + 1}, default={"saves": 0})
-    return 0
-
-
-def store_section(setup: Setup) -> Outcome:
-    """racefree's Store: one document per conversation, and a shared counter by update()."""
-    import time
-
-    from .._open import open_store
-    from .demo import Outcome, run_together
-
-    location = os.path.join(setup.workdir, "store")
-    if setup.store_url is not None:
-        # A fresh named store for this run, so that a shared database's other
-        # stores are never touched; its documents are deleted afterwards.
-        sep = "&" if "?" in setup.store_url else "?"
-        location = f"{setup.store_url}{sep}store=racefree-demo-{os.getpid()}-{time.time_ns()}"
-    start = time.perf_counter()
-    run_together(setup, _store_worker, location)
-    seconds = time.perf_counter() - start
-    with open_store(location, durable=False) as store:
-        kept = len(store) - ("stats" in store)
-        counted = store.get("stats", {}).get("saves", 0)
-        store.check()
-        if setup.store_url is not None:
-            with store.batch() as b:
-                for key in list(store):
-                    b.delete(key)
-    note = "" if counted == setup.total else f"the shared counter says {counted}"
-    return Outcome(
-        label="racefree store",
-        how="Store.put per conversation + Store.update of a shared counter",
-        kept=kept if counted == setup.total else min(kept, counted),
-        expected=setup.total,
-        note=note,
-        seconds=seconds,
-    )

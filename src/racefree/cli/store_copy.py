@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from .._errors import RacefreeError
+from racefree._errors import RacefreeError
 
 __all__ = ["add_copy_parser", "copy_store", "run_copy"]
 
@@ -66,7 +66,7 @@ def add_copy_parser(parser: Any) -> argparse.ArgumentParser:
 
 def _shown(location: str) -> str:
     """The location as messages show it: a URL without its password."""
-    from .._pg import is_pg_url, parse_url
+    from racefree.pg.driver import is_pg_url, parse_url
 
     if not is_pg_url(location):
         return location
@@ -76,7 +76,7 @@ def _shown(location: str) -> str:
 
 
 def _open_source(location: str) -> Any:
-    from .._open import open_store, parse_target
+    from racefree.backends.dispatch import open_store, parse_target
 
     kind, where = parse_target(location)
     if kind == "file" and not os.path.isfile(os.path.join(where, "MANIFEST")):
@@ -155,7 +155,7 @@ def run_copy(args: argparse.Namespace) -> int:
     """Run ``racefree store copy``; the exit code."""
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise ValueError("SRC and DST are the same store")
-    from .._open import open_store
+    from racefree.backends.dispatch import open_store
 
     src = _open_source(args.src)
     try:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from .._torture import Options, Progress, Result
-from .._torture import run as run_torture
-from .._torture_worker import KINDS
+from racefree.torture.run import Options, Progress, Result
+from racefree.torture.run import run as run_torture
+from racefree.torture.worker import KINDS
 
 __all__ = ["add_parser", "run"]
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 def _display(*, plain: bool) -> Any:
     if not plain and sys.stdout.isatty():
         try:
-            from .._torture_rich import RichDisplay
+            from racefree.torture.display import RichDisplay
         except ImportError:  # rich is the optional "cli" extra
             pass
         else:

@@ -1,0 +1,419 @@
+"""Atomic file replacement: readers see the old contents or the new, never a mix.
+
+The protocol (each step through the :mod:`racefree._fs` seam):
+
+1. create a temp file in the target's directory, under a unique name
+   ``.{name}.{pid}.{random}.rftmp``, with ``O_CREAT|O_EXCL|O_NOFOLLOW`` (W3);
+2. give it the target's mode bits (and owner, when running as root) (W4);
+3. write every byte, looping over short writes (W6);
+4. ``fsync`` it (W1) - an error is raised as :class:`DurabilityError`, never retried (W7);
+5. ``rename`` it over the target (atomic on POSIX: a reader opens one inode or the other);
+6. ``fsync`` the directory, so the new name survives a power loss (W2).
+
+Any exception (``KeyboardInterrupt`` too) before step 5 removes the temp and leaves
+the target untouched. A SIGKILL can leave the temp behind; :func:`sweep` removes
+the temps whose writer is dead (W5). Nothing is coalesced or deferred: every call
+that returns has written its bytes (W9).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import random
+import re
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING, BinaryIO, Literal, TextIO, cast, overload
+
+from racefree import _fs
+from racefree._errors import DurabilityError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+__all__ = ["TEMP_SUFFIX", "atomic_open", "atomic_write", "sweep"]
+
+#: Every temp file racefree creates ends with this suffix.
+TEMP_SUFFIX = ".rftmp"
+
+# ``.{name}.{pid}.{8 hex}.rftmp``: the pid lets sweep() tell a dead writer's temp
+# from a live one's. The name part is cut so that long names stay within NAME_MAX.
+_TEMP_RE = re.compile(r"\A\..*\.([0-9]{1,10})\.[0-9a-f]{8}\.rftmp\Z", re.DOTALL)
+_NAME_KEEP = 64
+_CREATE_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | _fs.O_NOFOLLOW | getattr(os, "O_BINARY", 0)
+)
+_WINDOWS = os.name == "nt"
+# How far apart a process's start time (from /proc, whole seconds at boot) and a
+# file's mtime may be and still be taken for "the same moment" (see _writer_alive).
+_CLOCK_SLACK = 2.0
+
+
+def _temp_path(dirname: str, name: str) -> str:
+    tag = f"{random.getrandbits(32):08x}"
+    return os.path.join(dirname, f".{name[:_NAME_KEEP]}.{os.getpid()}.{tag}{TEMP_SUFFIX}")
+
+
+def _sync_file(fd: int) -> None:
+    # On macOS fsync() stops at the drive's cache; the seam's fdatasync uses F_FULLFSYNC there.
+    if sys.platform == "darwin":  # pragma: no cover - not run in CI
+        _fs.fdatasync(fd)
+    else:
+        _fs.fsync(fd)
+
+
+def _replace(src: str, dst: str) -> None:
+    if not _WINDOWS:
+        _fs.replace(src, dst)
+        return
+    # W8, untested: on Windows a replace fails with a sharing violation while any
+    # process has the target open. Retry a bounded number of times with jitter, then
+    # raise the PermissionError itself (a distinct error, not a timeout).
+    for attempt in range(10):  # pragma: no cover - Windows, untested
+        try:
+            _fs.replace(src, dst)
+            return
+        except PermissionError:
+            if attempt == 9:
+                raise
+            time.sleep(random.uniform(0.0, 0.001 * 2**attempt))
+
+
+def _resolve(path: str) -> tuple[str, os.stat_result | None]:
+    """The file to replace (a symlink's target) and its status, or None if it is new."""
+    try:
+        st = _fs.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return path, None
+    if stat.S_ISLNK(st.st_mode):
+        # Write through the link: replacing the link itself would turn it into a file.
+        path = _fs.realpath(path)
+        try:
+            st = _fs.stat(path)
+        except FileNotFoundError:  # a dangling link: its target is created
+            return path, None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    if not stat.S_ISREG(st.st_mode):
+        # Replacing a device, FIFO or socket with a regular file is never what was meant.
+        raise OSError(errno.EINVAL, "Not a regular file (atomic writes replace files only)", path)
+    return path, st
+
+
+class _Temp:
+    """One temp file on its way to replacing ``target``."""
+
+    __slots__ = ("dirname", "fd", "replaced", "target", "tmp")
+
+    def __init__(self, path: str | os.PathLike[str], mode: int | None) -> None:
+        if mode is not None and not 0 <= mode <= 0o7777:
+            raise ValueError(f"mode must be permission bits (0 to 0o7777), not {mode!r}")
+        self.target, st = _resolve(os.fspath(path))
+        self.dirname = os.path.dirname(self.target) or os.curdir
+        self.replaced = False
+        # When the mode will be set below, the temp starts private (0o600) so that the
+        # data is never readable under wider bits. Otherwise open() applies the umask
+        # itself: new files get 0o666 & ~umask without reading the process-global
+        # umask (os.umask() would change it for every thread while it is read).
+        create_mode = 0o666 if st is None and mode is None else 0o600
+        for _attempt in range(8):
+            self.tmp = _temp_path(self.dirname, os.path.basename(self.target))
+            try:
+                self.fd = _fs.open(self.tmp, _CREATE_FLAGS, create_mode)
+                break
+            except FileExistsError:  # W3: never share a temp; draw another name
+                continue
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(
+                    errno.ENOENT, f"No such directory: {self.dirname!r}", self.target
+                ) from exc
+        else:  # pragma: no cover - 8 collisions of 32 random bits
+            raise FileExistsError(errno.EEXIST, "could not create a unique temp file", self.tmp)
+        try:
+            if st is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
+                # W4: root keeps the owner. chown clears set-id bits, so it goes first.
+                _fs.fchown(self.fd, st.st_uid, st.st_gid)
+            if mode is not None:
+                _fs.fchmod(self.fd, mode)
+            elif st is not None:
+                _fs.fchmod(self.fd, stat.S_IMODE(st.st_mode))  # W4: keep the mode bits
+        except BaseException:
+            self.discard()
+            raise
+
+    def publish(self, durable: bool) -> None:
+        """Sync (if durable), close, rename over the target, sync the directory (if durable)."""
+        fd = self.fd
+        if durable:
+            try:
+                _sync_file(fd)
+            except OSError as exc:
+                # W7: never retried; the target was not touched.
+                raise DurabilityError(
+                    self.target,
+                    exc.errno or errno.EIO,
+                    "the new contents were discarded; the file was not replaced",
+                ) from exc
+        # A failed close(2) still frees the descriptor: never close it twice.
+        self.fd = -1
+        _fs.close(fd)
+        _replace(self.tmp, self.target)
+        self.replaced = True
+        if durable and not _WINDOWS:  # Windows cannot open a directory to sync it (untested)
+            try:
+                _fs.fsync_dir(self.dirname)
+            except OSError as exc:
+                # W2: the rename happened, but it may not survive a power loss.
+                raise DurabilityError(
+                    self.target,
+                    exc.errno or errno.EIO,
+                    "the file was replaced but its directory could not be synced: "
+                    "the new contents may or may not be committed",
+                ) from exc
+
+    def discard(self) -> None:
+        """Close and remove the temp (the target is untouched). Used while an error propagates."""
+        # Cleanup errors are dropped here only because the error that brought us here is
+        # the one the caller must see; a temp left behind is recognisable and sweep() removes it.
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            with contextlib.suppress(OSError):
+                _fs.close(fd)
+        if not self.replaced:
+            with contextlib.suppress(OSError):
+                _fs.unlink(self.tmp)
+
+
+def _as_bytes(data: bytes | bytearray | memoryview | str) -> bytes | memoryview:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return memoryview(data)
+    raise TypeError(f"data must be bytes or str, not {type(data).__name__}")
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes | bytearray | memoryview | str,
+    *,
+    durable: bool = True,
+    mode: int | None = None,
+) -> None:
+    """Replace the file at ``path`` with ``data`` (``str`` is encoded as UTF-8), atomically.
+
+    Atomic: every reader, in any process, sees either the old contents or ``data``,
+    never a mix, a prefix or an empty file. A crash (SIGKILL, power loss) at any
+    point leaves the old or the new contents; at worst a temp file
+    ``.{name}.{pid}.{random}.rftmp`` stays behind, which :func:`sweep` removes.
+
+    Durable: with ``durable=True`` (the default) the new contents and the new
+    directory entry are fsynced before the call returns, so they survive a power
+    loss. ``durable=False`` skips both syncs: still atomic for readers and after a
+    process crash, but after a power loss or OS crash the file may hold the old
+    contents, or (on file systems that do not order data before the rename) be
+    empty.
+
+    Mode: an existing file keeps its permission bits (and, when running as root,
+    its owner and group); a new file gets ``0o666 & ~umask``; ``mode=`` sets the
+    bits explicitly. A symlink at ``path`` is followed: its target is replaced
+    and the link stays a link.
+
+    Errors: any exception (``KeyboardInterrupt`` too) before the rename removes
+    the temp file and leaves the old file byte-for-byte. A failed fsync of the
+    data raises :class:`DurabilityError` (the old file stays; the fsync is never
+    retried). A failed fsync of the directory, after the rename, raises
+    :class:`DurabilityError` saying the new contents may or may not be committed.
+    A missing directory raises ``FileNotFoundError``; a directory at ``path``
+    raises ``IsADirectoryError``.
+    """
+    buf = _as_bytes(data)
+    temp = _Temp(path, mode)
+    try:
+        _fs.write_all(temp.fd, buf)
+        temp.publish(durable)
+    except BaseException:
+        temp.discard()
+        raise
+
+
+class _SeamWriter(io.RawIOBase):
+    """A raw writer on the temp's descriptor whose every write goes through the seam."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self.discarding = False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, b: ReadableBuffer, /) -> int:
+        view = memoryview(b)
+        if self.discarding:
+            # The temp is being thrown away; a late flush (even from garbage collection)
+            # must not write to a descriptor that is closed or, worse, reused.
+            return view.nbytes
+        _fs.write_all(self._fd, view)
+        return view.nbytes
+
+    # close() is RawIOBase's: it marks the writer closed but leaves the descriptor to
+    # the _Temp, which syncs it before the rename.
+
+
+@overload
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: Literal["w"],
+    *,
+    durable: bool = ...,
+    encoding: str = ...,
+    errors: str = ...,
+    newline: str | None = ...,
+) -> contextlib.AbstractContextManager[TextIO]: ...
+
+
+@overload
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: Literal["wb"],
+    *,
+    durable: bool = ...,
+) -> contextlib.AbstractContextManager[BinaryIO]: ...
+
+
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: str,
+    *,
+    durable: bool = True,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    newline: str | None = None,
+) -> contextlib.AbstractContextManager[IO[str]] | contextlib.AbstractContextManager[IO[bytes]]:
+    """``with atomic_open(path, "w") as f:`` - write a file that appears whole or not at all.
+
+    ``mode`` is ``"w"`` (text, ``encoding`` UTF-8 by default) or ``"wb"``. The block
+    writes to a temp file in the same directory. On normal exit the temp replaces
+    ``path`` with the guarantees of :func:`atomic_write` (durable unless
+    ``durable=False``; mode bits kept; a symlink is written through). If the block
+    raises anything (``KeyboardInterrupt`` too), nothing is published: the temp is
+    removed, the old file stays byte-for-byte, and the exception propagates.
+    Readers never see what the block has written until it exits.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', not {mode!r}")
+    manager = _atomic_open(path, mode == "wb", durable, encoding, errors, newline)
+    return cast("contextlib.AbstractContextManager[IO[str]]", manager)
+
+
+@contextlib.contextmanager
+def _atomic_open(
+    path: str | os.PathLike[str],
+    binary: bool,
+    durable: bool,
+    encoding: str,
+    errors: str,
+    newline: str | None,
+) -> Iterator[IO[str] | IO[bytes]]:
+    temp = _Temp(path, None)
+    raw = _SeamWriter(temp.fd)
+    file: IO[str] | IO[bytes] | None = None
+    try:
+        buffered = io.BufferedWriter(raw)
+        if binary:
+            file = buffered
+        else:
+            file = io.TextIOWrapper(buffered, encoding=encoding, errors=errors, newline=newline)
+        yield file
+        file.close()  # flushes what the block wrote into the temp (closing twice is harmless)
+        temp.publish(durable)
+    except BaseException:
+        raw.discarding = True
+        # Closing a discarding writer cannot fail; were it to, the error already on its way
+        # is the one the caller must see, and the temp must still go.
+        if file is not None:
+            with contextlib.suppress(Exception):
+                file.close()
+        temp.discard()
+        raise
+
+
+# -- sweep -------------------------------------------------------------------
+
+
+def _boot_time() -> float | None:
+    try:
+        text = _fs.read_file("/proc/stat").decode("ascii", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return None  # pragma: no cover - every Linux /proc/stat has btime
+
+
+def _writer_alive(pid: int, mtime: float, boot: float | None) -> bool:
+    # The pid and start-time probes are LockFile's (the same question: is that owner alive?).
+    from racefree._process import pid_alive, start_time
+
+    if pid > 0x7FFFFFFF or not pid_alive(pid):  # no such pid can exist, or none does now
+        return False
+    ticks = start_time(pid) if boot is not None else None
+    if boot is None or ticks is None:
+        return True  # the pid is in use and we cannot tell by whom: keep the temp
+    # PID reuse: a process that started after the temp was last written cannot be
+    # the one that wrote it, so the writer is dead. Within the clock slack, keep it.
+    return mtime >= boot + ticks / os.sysconf("SC_CLK_TCK") - _CLOCK_SLACK
+
+
+def sweep(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove the temp files in ``directory`` left by killed writers; return their paths.
+
+    Only racefree temps (``.{name}.{pid}.{random}.rftmp``, regular files) are
+    considered, and only those whose writer is dead: no process has that pid, or
+    (Linux) the process that has it started after the temp was last written (pid
+    reuse). Temps of live writers are never touched, so ``sweep`` is safe to run
+    at any time, beside running writers. Not recursive; removals are not fsynced
+    (a temp that reappears after a power loss is swept again).
+
+    Limits: pids are those of this host (do not sweep a directory that writers on
+    another host or in another pid namespace use while they run); where process
+    start times are unknown (macOS) a temp whose pid is in use is kept.
+    """
+    dirname = os.fspath(directory)
+    boot: float | None = None
+    boot_read = False
+    removed: list[str] = []
+    for name in sorted(_fs.listdir(dirname)):
+        match = _TEMP_RE.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        path = os.path.join(dirname, name)
+        try:
+            st = _fs.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # its writer published it or removed it meanwhile
+        if not stat.S_ISREG(st.st_mode) or pid == 0:
+            continue
+        if not boot_read:
+            boot, boot_read = (_boot_time() if sys.platform.startswith("linux") else None), True
+        if _writer_alive(pid, st.st_mtime, boot):
+            continue
+        try:
+            _fs.unlink(path)
+        except FileNotFoundError:
+            continue  # another sweep removed it first
+        removed.append(path)
+    return removed
+

@@ -1,0 +1,316 @@
+"""``JsonFile``: a JSON document in one file, updated by many threads, tasks and processes.
+
+Every change is a read-modify-write under one :class:`~racefree.FileLock` on the
+sidecar ``{file}.lock`` (S1: no lost update), published with
+:func:`~racefree.atomic_write` (S2: never written in place, never torn). A file
+that does not parse raises :class:`~racefree.CorruptFileError` and is never
+overwritten (S3: the seed's ``readAll`` read it as empty and then wiped it).
+
+Reads take no lock: since every write is an atomic rename, a reader opens either
+the old file or the new one and reads it whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import copy
+import functools
+import inspect
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+from racefree import _fs
+from racefree._errors import CorruptFileError, DurabilityError
+from racefree.files.atomic import atomic_write
+from racefree.lock.filelock import FileLock
+
+__all__ = ["JsonFile"]
+
+_T = TypeVar("_T")
+
+# The lock files whose read-modify-write (edit/update) the current thread or task is
+# inside. A write of the same file from within would be overwritten by the outer
+# publish - a lost update the reentrant lock cannot see - so it raises instead.
+_EDITING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "racefree_json_editing", default=frozenset()
+)
+
+
+def _decode(path: str, raw: bytes) -> Any:
+    """Parse ``raw``; anything that is not one whole JSON document is CorruptFileError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(path, f"not UTF-8 ({exc.reason})", offset=exc.start) from exc
+    skip = 0
+    if text.startswith("\ufeff"):  # a byte-order mark some editors write: not damage
+        text, skip = text[1:], 3
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        detail = "the file is empty" if not raw else f"invalid JSON: {exc.msg}"
+        offset = skip + len(text[: exc.pos].encode("utf-8"))
+        raise CorruptFileError(path, detail, offset=offset, line=exc.lineno) from exc
+
+
+async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
+    """Run blocking ``func`` in a worker thread; if cancelled, wait for it to finish first.
+
+    The thread cannot be stopped. Returning early would let the caller release the
+    lock while the thread still writes: another writer could then read the file
+    before this write lands and overwrite it (S1). So cancellation waits, then raises.
+    """
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(None, functools.partial(func, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({fut})
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the cancellation is what propagates
+        raise
+
+
+class JsonFile:
+    """One JSON document in the file ``path``, shared safely by threads, tasks and processes.
+
+    ``default`` is what :meth:`read` returns (a fresh deep copy each time) while the
+    file does not exist; it must be JSON-serialisable. ``durable=True`` makes
+    every write fsynced before it returns (see :func:`~racefree.atomic_write`).
+    ``indent`` is passed to :func:`json.dumps` (``None`` writes compact JSON,
+    several times faster to encode). ``timeout`` bounds the wait for the lock
+    (:class:`~racefree.LockTimeout`, nothing written); None waits forever.
+
+    The lock is the sidecar file ``{realpath(path)}.lock``, so a symlink and its
+    target share one lock. It is never deleted (see ``docs/locks.md``).
+
+    Values are written with ``allow_nan=False``: NaN and infinities are not JSON,
+    and writing them raises ``ValueError`` before anything is written. Reading
+    accepts them (Python's ``json`` does), so a file another program wrote opens.
+
+    After a :class:`~racefree.DurabilityError` the object refuses further writes
+    (the state of the disk is unknown); reads still work. Open a new ``JsonFile``
+    once the file has been checked.
+    """
+
+    __slots__ = ("_broken", "_default", "_durable", "_indent", "_lock", "_path")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        default: Any = None,
+        durable: bool = True,
+        indent: int | str | None = 2,
+        timeout: float | None = None,
+    ) -> None:
+        self._path = os.fspath(path)
+        json.dumps(default, allow_nan=False)  # a default that cannot be written fails here
+        self._default = copy.deepcopy(default)
+        self._durable = durable
+        self._indent = indent
+        # Two names of one file (a link and its target) must share one lock, or updates
+        # through each name would not exclude each other (S1).
+        self._lock = FileLock(_fs.realpath(self._path) + ".lock", timeout=timeout)
+        self._broken: DurabilityError | None = None
+
+    @property
+    def path(self) -> str:
+        """The JSON file."""
+        return self._path
+
+    @property
+    def lock(self) -> FileLock:
+        """The lock every write takes; hold it to make several calls one step."""
+        return self._lock
+
+    def __repr__(self) -> str:
+        return f"<JsonFile {self._path!r}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (self._path, self._default, self._durable, self._indent, self._lock.timeout),
+        )
+
+    # -- the steps ----------------------------------------------------------
+    def _load(self) -> Any:
+        try:
+            raw = _fs.read_file(self._path)
+        except FileNotFoundError:
+            return copy.deepcopy(self._default)
+        return _decode(self._path, raw)
+
+    def _encode(self, obj: Any) -> bytes:
+        # TypeError (not serialisable) or ValueError (NaN, a cycle) here, before any write.
+        text = json.dumps(obj, indent=self._indent, ensure_ascii=False, allow_nan=False)
+        return (text + "\n").encode("utf-8")
+
+    def _check_nesting(self) -> None:
+        # Checked before taking the lock: an owner that already holds it and is inside an
+        # edit of this file is nesting. (A task created inside an edit inherits the
+        # context var but not the hold, so it is not mistaken for nesting.)
+        if self._lock.path in _EDITING.get() and self._lock.held_by_me:
+            raise RuntimeError(
+                f"{self._path} is being edited by this thread or task: a write from inside "
+                "edit()/update() would be overwritten when the edit publishes"
+            )
+
+    def _check_writable(self) -> None:
+        if self._broken is not None:
+            raise DurabilityError(
+                self._path,
+                self._broken.errno or 0,
+                "an earlier fsync of this file failed; this JsonFile refuses further writes",
+            )
+
+    def _publish(self, data: bytes) -> None:
+        try:
+            atomic_write(self._path, data, durable=self._durable)
+        except DurabilityError as exc:
+            self._broken = exc
+            raise
+
+    def _publish_obj(self, obj: Any) -> None:
+        self._publish(self._encode(obj))
+
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[None]:
+        token = _EDITING.set(_EDITING.get() | {self._lock.path})
+        try:
+            yield
+        finally:
+            _EDITING.reset(token)
+
+    # -- the API ----------------------------------------------------------------
+    def read(self) -> Any:
+        """The document as last published (or a deep copy of ``default`` if there is no file).
+
+        Takes no lock: every publish is an atomic rename, so the file read is one
+        whole version. Raises :class:`~racefree.CorruptFileError` (with the byte
+        offset and line) if the file is not one valid UTF-8 JSON document; an
+        empty file is corrupt too, never "no data".
+        """
+        return self._load()
+
+    def write(self, obj: Any) -> None:
+        """Replace the document with ``obj``, under the lock.
+
+        ``obj`` is serialised first: ``TypeError``/``ValueError`` leave the file
+        untouched. Atomic; durable when it returns if ``durable=True``. Does not
+        read the file, so it replaces even a corrupt one.
+        """
+        data = self._encode(obj)
+        self._check_nesting()
+        with self._lock:
+            self._check_writable()
+            self._publish(data)
+
+    def update(self, fn: Callable[[Any], Any]) -> Any:
+        """Apply ``fn`` to the current document and publish what it returns; return that.
+
+        The lock is held from the read to the publish, so concurrent updates from
+        any thread, task or process are applied one after another: none is lost.
+        ``fn`` gets a private copy it may mutate, and must return the new document.
+        Returning None raises ``TypeError`` and writes nothing (it is almost always
+        an in-place mutation that forgot ``return``; use :meth:`edit` for those, or
+        ``write(None)`` to store ``null``). A corrupt file raises
+        :class:`~racefree.CorruptFileError` before ``fn`` runs, and is left as it is;
+        an exception from ``fn`` writes nothing.
+        """
+        self._check_nesting()
+        with self._lock:
+            self._check_writable()
+            with self._editing():
+                value = fn(self._load())
+            if value is None:
+                raise TypeError(
+                    f"the update function for {self._path} returned None; return the new "
+                    "document (nothing was written)"
+                )
+            self._publish_obj(value)
+        return value
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[Any]:
+        """``with jf.edit() as data:`` mutate ``data`` in place; it is published at the end.
+
+        Holds the lock from the read to the publish (as :meth:`update`). If the
+        block raises, nothing is published. ``data`` must be a mutable document
+        (a dict or list; pass ``default={}`` for a file that may not exist yet).
+        """
+        self._check_nesting()
+        with self._lock:
+            self._check_writable()
+            with self._editing():
+                data = self._load()
+                yield data
+            self._publish_obj(data)
+
+    # -- async twins -------------------------------------------------------------
+    async def aread(self) -> Any:
+        """:meth:`read` in a worker thread: the event loop never blocks on the disk."""
+        return await _in_thread(self._load)
+
+    async def awrite(self, obj: Any) -> None:
+        """:meth:`write` for coroutines: waits for the lock without blocking the loop.
+
+        Cancellation while waiting for the lock writes nothing. Cancellation during
+        the publish waits for it to finish (so the lock is not released under a
+        write in flight), then raises ``CancelledError``: the write may have landed.
+        """
+        data = self._encode(obj)
+        self._check_nesting()
+        async with self._lock:
+            self._check_writable()
+            await _in_thread(self._publish, data)
+
+    async def aupdate(self, fn: Callable[[Any], Any]) -> Any:
+        """:meth:`update` for coroutines; ``fn`` may be a coroutine function.
+
+        ``fn`` runs on the event loop; the file is read and written in a worker
+        thread. Cancellation as for :meth:`awrite`: before the publish nothing is
+        written; during it the write finishes, then ``CancelledError`` is raised.
+        """
+        self._check_nesting()
+        async with self._lock:
+            self._check_writable()
+            with self._editing():
+                value = fn(await _in_thread(self._load))
+                if inspect.isawaitable(value):
+                    value = await value
+            if value is None:
+                raise TypeError(
+                    f"the update function for {self._path} returned None; return the new "
+                    "document (nothing was written)"
+                )
+            await _in_thread(self._publish_obj, value)
+        return value
+
+    @contextlib.asynccontextmanager
+    async def aedit(self) -> AsyncIterator[Any]:
+        """``async with jf.aedit() as data:`` - :meth:`edit` for coroutines.
+
+        The lock is held across the block (other tasks wait without blocking the
+        loop); the file is read and written in a worker thread. An exception or a
+        cancellation inside the block publishes nothing.
+        """
+        self._check_nesting()
+        async with self._lock:
+            self._check_writable()
+            with self._editing():
+                data = await _in_thread(self._load)
+                yield data
+            await _in_thread(self._publish_obj, data)
+
+
+def _rebuild(
+    path: str, default: Any, durable: bool, indent: int | str | None, timeout: float | None
+) -> JsonFile:
+    return JsonFile(path, default=default, durable=durable, indent=indent, timeout=timeout)

@@ -1,0 +1,278 @@
+"""``FileLock``: one lock that excludes threads, asyncio tasks and processes together.
+
+See ``docs/locks.md`` for the design. This module holds the API and the
+uncontended fast paths; the per-process state is in ``_lockregistry`` and
+all the waiting in ``_lockwait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from types import TracebackType
+
+from racefree import _fs
+from racefree._errors import WouldBlock
+from racefree.lock import registry as _reg
+from racefree.lock.api import LockAPI
+from racefree.lock.registry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry, current_owner
+from racefree.lock.registry import check_timeout as _check_timeout
+from racefree.lock.wait import try_take, wait_async, wait_sync
+
+__all__ = ["FileLock"]
+
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+_get_ident = threading.get_ident
+
+
+def _rebuild(path: str, shared: bool, timeout: float | None) -> FileLock:
+    return FileLock(path, shared=shared, timeout=timeout)
+
+
+class FileLock(LockAPI):
+    """A lock on a lock file that excludes other processes, threads and asyncio tasks.
+
+    ``path`` is the lock file itself, a sidecar such as ``config.json.lock``,
+    not the file it protects. It is created if missing (mode ``0o666 & ~umask``)
+    and never deleted: deleting a lock file lets two holders in (pitfall L1).
+
+    The owner of a hold is the running asyncio task, or else the thread.
+    Holds are reentrant per owner (each ``acquire`` needs its ``release``), and
+    one instance may be shared by any number of threads and tasks (L3). All
+    ``FileLock`` instances on one file in a process share one state, so two
+    instances exclude each other (L2).
+
+    With ``shared=True`` it is a reader lock: any number of shared holders,
+    or one exclusive holder, across threads, tasks and processes. A shared
+    holder cannot upgrade to exclusive (``RuntimeError``: it would deadlock).
+
+    ``timeout`` is the default for :meth:`acquire` and :meth:`acquire_async`:
+    None waits forever; 0 tries once.
+
+    Nothing happens at construction: the lock file is opened (and created) on
+    first use and stays open while any instance on it exists in this process.
+    An instance pickles as its arguments, for ``multiprocessing``.
+
+    Across processes the lock is ``flock(2)`` on a descriptor kept open, which
+    the kernel drops when the holder dies, kill -9 included. After ``fork()``
+    the child holds nothing: it never releases its parent's lock, and acquiring
+    in the child waits until the parent releases (see ``docs/locks.md``).
+    """
+
+    __slots__ = ("__weakref__", "_entry", "_op", "_op_nb", "_path", "_shared", "_timeout")
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, shared: bool = False, timeout: float | None = None
+    ) -> None:
+        fspath = os.fspath(path)
+        if not isinstance(fspath, str):
+            raise TypeError("path must be a str or os.PathLike[str]")
+        # Absolute now, so that a later chdir() cannot point the lock elsewhere.
+        self._path = os.path.abspath(fspath)
+        self._shared = bool(shared)
+        self._op = LOCK_SH if shared else LOCK_EX
+        self._op_nb = self._op | LOCK_NB
+        self._timeout = _check_timeout(timeout)
+        self._entry: Entry | None = None
+
+    # -- properties (``path`` and ``timeout``: LockAPI) ------------------------
+    @property
+    def shared(self) -> bool:
+        """True for a reader (shared) lock."""
+        return self._shared
+
+    @property
+    def locked(self) -> bool:
+        """Whether any owner in this process (through any instance on this file) holds it.
+
+        Other processes are not looked at: that answer would be stale at once.
+        """
+        entry = self._get_entry()
+        return bool(entry.holders)
+
+    @property
+    def held_by_me(self) -> bool:
+        """Whether the current owner (this asyncio task, else this thread) holds it."""
+        entry = self._get_entry()
+        return current_owner() in entry.holders
+
+    def _get_entry(self) -> Entry:
+        entry = self._entry
+        if entry is None or entry.retired:
+            entry = self._entry = _reg.bind(self, self._path)
+        return entry
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickles as its arguments (for multiprocessing): the copy holds nothing."""
+        return (_rebuild, (self._path, self._shared, self._timeout))
+
+    def __repr__(self) -> str:
+        kind = "shared" if self._shared else "exclusive"
+        return f"<FileLock {self._path!r} {kind} timeout={self._timeout}>"
+
+    # -- acquire and release -------------------------------------------------
+    #
+    # acquire() / release() and __enter__() / __exit__() repeat the same short
+    # fast path on purpose: one Python call less per `with` block is a third
+    # of the uncontended cost (so FileLock overrides LockAPI's __enter__ and
+    # __exit__). Anything that may wait is in _lockwait.
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Wait until the current owner holds the lock.
+
+        ``timeout`` (seconds) overrides the constructor's; None means the
+        constructor's, whose None waits forever; 0 tries once. On timeout it
+        raises :class:`LockTimeout` and nothing is held. Waiting blocks in the
+        kernel or on a lock, never polls: a released lock is taken at once.
+        In a coroutine use ``async with`` or :meth:`acquire_async`: this call
+        blocks the event loop while it waits (and raises ``RuntimeError`` if it
+        would wait for another task of the same loop: a certain deadlock).
+        """
+        if timeout is not None:
+            timeout = _check_timeout(timeout)  # before the fast path: bad values always raise
+        entry = self._entry
+        if entry is None or entry.retired:
+            entry = self._get_entry()
+        loop = _get_running_loop()  # current_owner(), inlined
+        owner = (loop is not None and _current_task(loop)) or _get_ident()
+        mutex = entry.mutex
+        mutex.acquire()
+        try:
+            if not entry.holders and not entry.busy and not entry.writers_waiting:
+                try:
+                    _fs.flock(entry.fd, self._op_nb)
+                except BlockingIOError:
+                    pass
+                else:
+                    entry.holders[owner] = 1
+                    entry.mode = self._op
+                    return
+            elif try_take(entry, owner, self._op, self._path):
+                return
+        finally:
+            mutex.release()
+        wait_sync(entry, owner, self._op, self._path, self._timeout if timeout is None else timeout)
+
+    def __enter__(self) -> FileLock:
+        """``with lock:`` is :meth:`acquire` with the constructor's timeout."""
+        entry = self._entry
+        if entry is None or entry.retired:
+            entry = self._get_entry()
+        loop = _get_running_loop()
+        owner = (loop is not None and _current_task(loop)) or _get_ident()
+        mutex = entry.mutex
+        mutex.acquire()
+        try:
+            if not entry.holders and not entry.busy and not entry.writers_waiting:
+                try:
+                    _fs.flock(entry.fd, self._op_nb)
+                except BlockingIOError:
+                    pass
+                else:
+                    entry.holders[owner] = 1
+                    entry.mode = self._op
+                    return self
+            elif try_take(entry, owner, self._op, self._path):
+                return self
+        finally:
+            mutex.release()
+        wait_sync(entry, owner, self._op, self._path, self._timeout)
+        return self
+
+    def acquire_nowait(self) -> None:
+        """Take the lock without waiting, or raise :class:`WouldBlock` (nothing held)."""
+        entry = self._get_entry()
+        owner = current_owner()
+        with entry.mutex:
+            if try_take(entry, owner, self._op, self._path):
+                return
+        raise WouldBlock(self._path)
+
+    async def acquire_async(self, timeout: float | None = None) -> None:
+        """Wait until the current task holds the lock, without blocking the event loop.
+
+        The same guarantees as :meth:`acquire`. Cancelling the waiting task, or
+        a timeout (:class:`LockTimeout`), leaves nothing held (L9): a kernel
+        lock granted to a worker thread after its task gave up is released by
+        that worker at once.
+        """
+        t = self._timeout if timeout is None else _check_timeout(timeout)
+        entry = self._get_entry()
+        owner = current_owner()
+        with entry.mutex:
+            if try_take(entry, owner, self._op, self._path):
+                return
+        await wait_async(entry, owner, self._op, self._path, t)
+
+    def release(self) -> None:
+        """Drop one hold of the current owner; the last one unlocks the file.
+
+        Raises ``RuntimeError`` if the current owner holds nothing. In a forked
+        child, releasing a hold the parent had at fork time only forgets it:
+        the parent keeps its lock (L5).
+        """
+        entry = self._entry
+        if entry is not None and not entry.retired:
+            loop = _get_running_loop()
+            owner = (loop is not None and _current_task(loop)) or _get_ident()
+            mutex = entry.mutex
+            mutex.acquire()
+            try:
+                holders = entry.holders
+                # The last hold of the only owner, locked through entry.fd.
+                if holders.get(owner) == 1 and len(holders) == 1 and entry.kfd == entry.fd:
+                    holders.clear()
+                    entry.mode = 0
+                    _fs.flock(entry.fd, LOCK_UN)
+                    if entry.waiters:
+                        entry.wake_all()
+                    return
+            finally:
+                mutex.release()
+        self._release_slow()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entry = self._entry
+        if entry is not None and not entry.retired:
+            loop = _get_running_loop()
+            owner = (loop is not None and _current_task(loop)) or _get_ident()
+            mutex = entry.mutex
+            mutex.acquire()
+            try:
+                holders = entry.holders
+                if holders.get(owner) == 1 and len(holders) == 1 and entry.kfd == entry.fd:
+                    holders.clear()
+                    entry.mode = 0
+                    _fs.flock(entry.fd, LOCK_UN)
+                    if entry.waiters:
+                        entry.wake_all()
+                    return
+            finally:
+                mutex.release()
+        self._release_slow()
+
+    def _release_slow(self) -> None:
+        entry = self._get_entry()
+        owner = current_owner()
+        if entry.release(owner):
+            return
+        if _reg.forget_inherited(entry.key, owner):
+            return
+        hint = ""
+        if any(isinstance(h, asyncio.Task) and h.done() for h in entry.holders):
+            # Python < 3.12: asyncio.wait_for(lock.acquire_async(), t) acquires in
+            # a task of its own, which then owns the lock.
+            hint = (
+                "; it is held by a finished task (asyncio.wait_for() runs its argument in a"
+                " task of its own before Python 3.12: use acquire_async(timeout=...))"
+            )
+        raise RuntimeError(
+            f"release of {self._path}: the lock is not held by this thread or task{hint}"
+        )

@@ -1,0 +1,192 @@
+"""Size-based rotation that many processes share: :class:`RotatingFileHandler`."""
+
+from __future__ import annotations
+
+import logging as _stdlib_logging
+import os
+from collections.abc import Iterator
+
+from racefree import _fs
+from racefree.logging.handler import Durable, SharedFileHandler, _exists
+
+__all__ = ["RotatingFileHandler"]
+
+_UNSET = object()
+
+
+def _pick(name: str, camel: object, snake: object) -> int:
+    """One value from the stdlib (camelCase) and the snake_case spelling of an argument."""
+    if snake is _UNSET:
+        value = 0 if camel is _UNSET else camel
+    elif camel is _UNSET or camel == snake:
+        value = snake
+    else:
+        raise TypeError(f"{name} given twice with different values: {camel!r} and {snake!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, not {value!r}")
+    return value
+
+
+class RotatingFileHandler(SharedFileHandler):
+    """The standard ``RotatingFileHandler``, safe when any number of processes share the file.
+
+    ``RotatingFileHandler(filename, mode="a", maxBytes=0, backupCount=0,
+    encoding=None, delay=False, errors=None)`` as in :mod:`logging.handlers`
+    (also spelt ``max_bytes=`` and ``backup_count=``), plus keyword-only:
+
+    - ``durable``: ``False`` (the default, like the standard handlers: records
+      reach the OS page cache, not the disk), ``"rotate"`` (each rotated file
+      and the renames are fsynced by the process that rotated, outside the
+      lock), or ``"record"`` (an ``fdatasync`` after every record, before
+      ``emit`` returns: audit logs).
+    - ``compress``: gzip each backup to ``app.log.N.gz``, done once, by the
+      process that rotated, without holding the write lock.
+
+    Guarantees, for every process and thread that logs through one of these
+    handlers: each record is written whole, never interleaved with another;
+    none is lost at rotation; the file is rotated once per threshold, by one
+    process, only when the *current* file plus the next record reaches
+    ``maxBytes`` (so each backup is below ``maxBytes``, or holds one record
+    larger than it), and backups are named ``app.log.1`` (newest) to
+    ``app.log.<backupCount>``. As documented for the stdlib, rollover never
+    occurs when ``maxBytes`` or ``backupCount`` is 0. ``mode`` must be ``"a"``;
+    the default encoding is UTF-8 (not the locale's).
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        mode: str = "a",
+        maxBytes: object = _UNSET,
+        backupCount: object = _UNSET,
+        encoding: str | None = None,
+        delay: bool = False,
+        errors: str | None = None,
+        *,
+        max_bytes: object = _UNSET,
+        backup_count: object = _UNSET,
+        durable: Durable = False,
+        compress: bool = False,
+    ) -> None:
+        limit = _pick("max_bytes", maxBytes, max_bytes)  # checked before opening anything
+        count = _pick("backup_count", backupCount, backup_count)
+        super().__init__(
+            filename, mode, encoding, delay, errors, durable=durable, compress=compress
+        )
+        self._max_bytes = limit
+        self._backup_count = count
+        self._set_floor()
+
+    def _set_floor(self) -> None:
+        rotates = self._max_bytes > 0 and self._backup_count > 0
+        self._rotate_floor = self._max_bytes if rotates else float("inf")
+
+    # The stdlib's attribute names, settable after construction as there.
+    @property
+    def maxBytes(self) -> int:
+        return self._max_bytes
+
+    @maxBytes.setter
+    def maxBytes(self, value: int) -> None:
+        self._max_bytes = _pick("max_bytes", value, _UNSET)
+        self._set_floor()
+
+    @property
+    def backupCount(self) -> int:
+        return self._backup_count
+
+    @backupCount.setter
+    def backupCount(self, value: int) -> None:
+        self._backup_count = _pick("backup_count", value, _UNSET)
+        self._set_floor()
+
+    max_bytes = maxBytes
+    backup_count = backupCount
+
+    def shouldRollover(self, record: _stdlib_logging.LogRecord) -> bool:
+        """Whether ``record`` would make the current file reach ``maxBytes`` (a hint only:
+        the decision that counts is taken again under the write lock)."""
+        if self._fd < 0:
+            return False
+        size = _fs.fstat(self._fd).st_size
+        return self._should_rotate_locked(size, len(self.format_bytes(record)), record)
+
+    def _should_rotate_locked(
+        self, size: int, length: int, record: _stdlib_logging.LogRecord | None
+    ) -> bool:
+        # ``size`` is the current file's (kept in the control block), read
+        # under the exclusive lock: a process that was about to rotate but
+        # waited for the lock sees the fresh file another process just opened,
+        # and does not rotate again. With the stdlib each process rotates from
+        # its own stream's size, so a second process renames the fresh file
+        # into app.log.1 too: backups of a few KB with a 5 MB limit (issue 6).
+        return (
+            self.maxBytes > 0
+            and self.backupCount > 0
+            and size > 0
+            and size + length >= self.maxBytes
+        )
+
+    def _backup_name(self, i: int) -> str:
+        return self.rotation_filename(f"{self.baseFilename}.{i}")
+
+    def _rotate_locked(self) -> None:
+        """Shift ``app.log.i`` to ``app.log.i+1``, rename ``app.log`` to ``app.log.1``, reopen."""
+        # One listdir instead of a stat per name; kept up to date as we rename.
+        present = {
+            os.path.join(self._dir, n) for n in _fs.listdir(self._dir)
+        }
+        exts = ("", ".gz") if self.compress else ("",)
+        # Shift only up to the first free slot: it absorbs the shift, so nothing
+        # is overwritten below it (and a large backupCount costs nothing).
+        free = self.backupCount
+        for i in range(1, self.backupCount):
+            name = self._backup_name(i)
+            if not any(self._present(name + e, present) for e in exts):
+                free = i
+                break
+        for i in range(free - 1, 0, -1):
+            src = self._backup_name(i)
+            moving = [e for e in exts if self._present(src + e, present)]
+            if not moving:
+                continue
+            dst = self._backup_name(i + 1)
+            for e in exts:  # a stale plain/.gz twin at the target must not survive
+                if e not in moving and self._present(dst + e, present):
+                    _fs.unlink(dst + e)
+                    present.discard(dst + e)
+            for e in moving:
+                _fs.replace(src + e, dst + e)
+                present.discard(src + e)
+                present.add(dst + e)
+        dest = self._backup_name(1)
+        if self.compress:
+            if self._present(dest + ".gz", present):
+                _fs.unlink(dest + ".gz")
+            # Before app.log becomes a backup: it is ours to compress, not the sweep's.
+            plain = [p for p in self._rotated_candidates(dest) if self._present(p, present)]
+            self._sweep_locked((os.path.basename(p) for p in present), plain)
+        try:
+            self.rotate(self.baseFilename, dest)
+        except FileNotFoundError:
+            # Removed by hand meanwhile: nothing to keep, start a new file.
+            self._switch_locked(None)
+            return
+        self._switch_locked(dest)
+
+    def _present(self, path: str, listed: set[str]) -> bool:
+        # A namer may put backups in another directory than the one listed.
+        return path in listed if os.path.dirname(path) == self._dir else _exists(path)
+
+    def _rotated_candidates(self, path: str) -> Iterator[str]:
+        # Backups fill slots 1, 2, ... without gaps (a shift stops at the first
+        # free slot), so the search ends at the first empty slot; slot 1 is
+        # empty for a moment in the middle of a rotation (the sweep runs then).
+        present = {os.path.join(self._dir, n) for n in _fs.listdir(self._dir)}
+        for i in range(1, self.backupCount + 1):
+            name = self._backup_name(i)
+            if not (self._present(name, present) or self._present(name + ".gz", present)):
+                if i == 1:
+                    continue
+                return
+            yield name

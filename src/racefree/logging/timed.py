@@ -1,0 +1,201 @@
+"""Time-based rotation that many processes share: :class:`TimedRotatingFileHandler`."""
+
+from __future__ import annotations
+
+import datetime
+import logging as _stdlib_logging
+import logging.handlers as _stdlib_handlers
+import os
+import re
+import time
+from collections.abc import Iterable
+from typing import Any, cast
+
+from racefree import _fs
+from racefree.logging.handler import _OFF_ROLLOVER, _ROLLOVER, Durable, SharedFileHandler
+
+__all__ = ["TimedRotatingFileHandler"]
+
+# when -> (seconds per unit, strftime suffix, pattern of the suffix); the stdlib's table.
+_WHEN: dict[str, tuple[int, str, str]] = {
+    "S": (1, "%Y-%m-%d_%H-%M-%S", r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}"),
+    "M": (60, "%Y-%m-%d_%H-%M", r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}"),
+    "H": (3600, "%Y-%m-%d_%H", r"\d{4}-\d{2}-\d{2}_\d{2}"),
+    "D": (86400, "%Y-%m-%d", r"\d{4}-\d{2}-\d{2}"),
+    "MIDNIGHT": (86400, "%Y-%m-%d", r"\d{4}-\d{2}-\d{2}"),
+    "W": (7 * 86400, "%Y-%m-%d", r"\d{4}-\d{2}-\d{2}"),
+}
+
+
+class TimedRotatingFileHandler(SharedFileHandler):
+    """The standard ``TimedRotatingFileHandler``, safe when any number of processes share it.
+
+    ``TimedRotatingFileHandler(filename, when="h", interval=1, backupCount=0,
+    encoding=None, delay=False, utc=False, atTime=None, errors=None)`` as in
+    :mod:`logging.handlers` (``backup_count=`` also accepted), with the
+    stdlib's backup names (``app.log.2026-11-27_09`` for ``when="H"``) and
+    rollover times (computed by the stdlib's own ``computeRollover``), plus
+    ``durable`` and ``compress`` as for :class:`RotatingFileHandler`.
+
+    The next rollover time lives in the shared control block, so the file is
+    rotated once per interval by the first process that logs after it, whatever
+    each process's start time; the others reopen. A backup name that already
+    exists (the clock went back) is never overwritten: ``.1``, ``.2``, ... is
+    appended instead (the stdlib deletes the older backup). Old backups beyond
+    ``backupCount`` are deleted by the rotating process.
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        when: str = "h",
+        interval: int = 1,
+        backupCount: int | None = None,
+        encoding: str | None = None,
+        delay: bool = False,
+        utc: bool = False,
+        atTime: datetime.time | None = None,
+        errors: str | None = None,
+        *,
+        backup_count: int | None = None,
+        at_time: datetime.time | None = None,
+        durable: Durable = False,
+        compress: bool = False,
+    ) -> None:
+        if backupCount is not None and backup_count is not None and backupCount != backup_count:
+            raise TypeError("backup_count given twice with different values")
+        if atTime is not None and at_time is not None and atTime != at_time:
+            raise TypeError("at_time given twice with different values")
+        count = backupCount if backupCount is not None else backup_count
+        self.backupCount = 0 if count is None else int(count)
+        self.when = when.upper()
+        key = "W" if self.when.startswith("W") else self.when
+        if key not in _WHEN:
+            raise ValueError(f"Invalid rollover interval specified: {when}")
+        if key == "W":
+            if len(self.when) != 2 or not "0" <= self.when[1] <= "6":
+                raise ValueError(f"Invalid day specified for weekly rollover: {when}")
+            self.dayOfWeek = int(self.when[1])
+        unit, self.suffix, pattern = _WHEN[key]
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, not {interval!r}")
+        self.interval = unit * interval
+        self.extMatch = re.compile(rf"^{pattern}(\.\w+)?$", re.ASCII)
+        self.utc = utc
+        self.atTime = atTime if atTime is not None else at_time
+        super().__init__(
+            filename, "a", encoding, delay, errors, durable=durable, compress=compress
+        )
+
+    def computeRollover(self, currentTime: int) -> int:
+        """The next rollover after ``currentTime``: the stdlib's own computation."""
+        compute = cast(Any, _stdlib_handlers.TimedRotatingFileHandler.computeRollover)
+        return int(compute(self, currentTime))
+
+    @property
+    def rolloverAt(self) -> int:
+        """The next rollover time shared by every process (0 before the first record)."""
+        if self._control is None:
+            return 0
+        return int(_ROLLOVER.unpack_from(self._control, _OFF_ROLLOVER)[0])
+
+    def shouldRollover(self, record: _stdlib_logging.LogRecord) -> bool:
+        """Whether the shared rollover time has passed (a hint; re-decided under the lock)."""
+        at = self.rolloverAt
+        return at > 0 and int(time.time()) >= at
+
+    def _should_rotate_locked(
+        self, size: int, length: int, record: _stdlib_logging.LogRecord | None
+    ) -> bool:
+        assert self._control is not None
+        at = _ROLLOVER.unpack_from(self._control, _OFF_ROLLOVER)[0]
+        now = int(time.time())
+        if at == 0.0:
+            # First use of this lock file: start from the log's mtime, as the stdlib does.
+            try:
+                start = int(_fs.stat(self.baseFilename).st_mtime) if size else now
+            except FileNotFoundError:  # pragma: no cover - we hold it open
+                start = now
+            _ROLLOVER.pack_into(self._control, _OFF_ROLLOVER, float(self.computeRollover(start)))
+            at = _ROLLOVER.unpack_from(self._control, _OFF_ROLLOVER)[0]
+        if now < at:
+            return False
+        if size == 0:
+            # Nothing to keep: no empty backup, just move the deadline on.
+            self._advance(now)
+            return False
+        return True
+
+    def _advance(self, now: int) -> None:
+        assert self._control is not None
+        at = self.computeRollover(now)
+        while at <= now:
+            at += self.interval
+        if (self.when == "MIDNIGHT" or self.when.startswith("W")) and not self.utc:
+            dst_now = time.localtime(now)[-1]
+            if dst_now != time.localtime(at)[-1]:
+                at += -3600 if not dst_now else 3600
+        _ROLLOVER.pack_into(self._control, _OFF_ROLLOVER, float(at))
+
+    def _backup_for(self, start: int, now: int) -> str:
+        if self.utc:
+            stamp = time.gmtime(start)
+        else:
+            stamp = time.localtime(start)
+            if time.localtime(now)[-1] != stamp[-1]:
+                stamp = time.localtime(start + (3600 if time.localtime(now)[-1] else -3600))
+        return f"{self.baseFilename}.{time.strftime(self.suffix, stamp)}"
+
+    def _rotate_locked(self) -> None:
+        """Rename ``app.log`` to ``app.log.<start of its interval>``, reopen, prune backups."""
+        assert self._control is not None
+        now = int(time.time())
+        at = int(_ROLLOVER.unpack_from(self._control, _OFF_ROLLOVER)[0])
+        present = set(_fs.listdir(self._dir))
+        base = self._backup_for(at - self.interval if at else now, now)
+        dest = self.rotation_filename(base)
+        n = 0
+        while any(os.path.basename(dest) + e in present for e in ("", ".gz")):
+            n += 1  # never overwrite an older backup
+            dest = self.rotation_filename(f"{base}.{n}")
+        if self.compress:
+            # Before app.log becomes a backup: it is ours to compress, not the sweep's.
+            plain = [os.path.join(self._dir, e) for e in self._backups(present) if
+                     not e.endswith(".gz")]
+            self._sweep_locked(present, plain)
+        try:
+            self.rotate(self.baseFilename, dest)
+        except FileNotFoundError:
+            self._switch_locked(None)
+        else:
+            self._switch_locked(dest)
+        self._advance(now)
+        if self.backupCount > 0:
+            for path in self.getFilesToDelete():
+                _fs.unlink(path)
+
+    def _backups(self, listing: Iterable[str]) -> list[str]:
+        """The names in ``listing`` that are backups of this log (plain or ``.gz``)."""
+        prefix = os.path.basename(self.baseFilename) + "."
+        found = []
+        for entry in listing:
+            if not entry.startswith(prefix):
+                continue
+            rest = entry[len(prefix):]
+            if rest.endswith(".gz"):
+                rest = rest[:-3]
+            if self.extMatch.match(rest):
+                found.append(entry)
+        return found
+
+    def getFilesToDelete(self) -> list[str]:
+        """The oldest backups beyond ``backupCount`` (plain or ``.gz``), by name order."""
+        found = self._backups(_fs.listdir(self._dir))
+        # A backup and its ".gz" twin (mid-compression) count once.
+        stems = sorted({e[:-3] if e.endswith(".gz") else e for e in found})
+        doomed = set(stems[: max(0, len(stems) - self.backupCount)])
+        return [
+            os.path.join(self._dir, e)
+            for e in found
+            if (e[:-3] if e.endswith(".gz") else e) in doomed
+        ]

@@ -1,0 +1,227 @@
+"""The write path of a :class:`racefree.Store` handle: append, publish, roll, group commit.
+
+A writer holds the write lock (``Handle.acquire``), catches up (``writable``),
+checks versions, ``pwrite``s one frame at the end of the active segment
+(``append``, rolling to a new segment when it is full), makes it visible to
+every process (``apply`` / ``publish``: one u64 store in the shared header),
+releases the lock, and then shares one fdatasync with every writer that
+published meanwhile (``sync``: group commit). A failed fdatasync is never
+retried: the store is poisoned for every process (W7).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from racefree import _fs
+from racefree._errors import DurabilityError
+from racefree.store.files import (
+    W_DEAD,
+    W_END,
+    W_INPROG,
+    W_POISON,
+    W_SYNCED,
+    W_TOTAL,
+    create_segment,
+    fdatasync,
+    write_manifest,
+)
+from racefree.store.handle import _CLOSED, _EX, _UN, CLOSED_MESSAGE, POISON_MESSAGE, Handle
+from racefree.store.index import State
+from racefree.store.segment import M36, M40, SEG_HEADER, ZERO4, index_frames, last_nonzero
+
+__all__ = ["CLOSED_MESSAGE", "Core"]
+
+
+class Core(Handle):
+    """A store handle that writes: every method here runs under the write lock but ``sync``."""
+
+    def writable(self, poisoned_ok: bool = False) -> State:
+        """The caught-up state, for a writer holding the write lock."""
+        w = self.words
+        if (self.poisoned or w[W_POISON]) and not poisoned_ok:
+            raise DurabilityError(self.dir, errno.EIO, POISON_MESSAGE.format(self.dir))
+        if w[W_INPROG]:
+            self.rebuilt()  # a compactor died between its manifest and its publish
+        st = self.refresh()
+        seg, off = st.end >> 40, st.end & M40
+        mm = st.maps[seg]
+        if off + 4 <= len(mm) and mm[off:off + 4] != ZERO4:
+            # Bytes past the published end: a writer died after its pwrite (a whole
+            # frame: adopt it, it was checked under the lock) or in the middle of it
+            # (a torn frame: zero it). Done before the caller checks any version.
+            self._repair_tail(st, seg, off)
+        return st
+
+    def append(self, st: State, frame: bytes) -> tuple[int, int]:
+        """Write ``frame`` at the end (not yet published); returns ``(seg, offset)``."""
+        seg, off = st.end >> 40, st.end & M40
+        mm = st.maps[seg]
+        if off + len(frame) > len(mm):
+            seg, off = self._roll(st, len(frame)), SEG_HEADER.size
+        fd = st.fds[seg]
+        n = _fs.pwrite(fd, frame, off)
+        if n != len(frame):
+            _fs.pwrite_all(fd, memoryview(frame)[n:], off + n)
+        return seg, off
+
+    def _repair_tail(self, st: State, seg: int, off: int) -> None:
+        mm = st.maps[seg]
+        path = self.seg_path(seg)
+        index: dict[str, int] = {}
+        tomb: dict[str, int] = {}
+        end, torn, _, total = index_frames(
+            mm, off, len(mm), seg, index, tomb, path, unpublished=True
+        )
+        if torn:
+            self.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+            # Synced before anything is written over it: a power loss that tore the
+            # next record must find zeros under it, not this garbage (which would
+            # make a torn write look like damage).
+            try:
+                fdatasync(st.fds[seg], path)
+            except DurabilityError:
+                self.poison()
+                raise
+        old = st.index
+        dead = 0
+        for key in (*index, *tomb):
+            value = old.get(key)
+            if value is not None:
+                dead += ((value >> 40) & M36) + len(key) + 29
+        self.apply(st, seg << 40 | end, dead, total, index, tomb)
+
+    def apply(
+        self, st: State, endw: int, dead: int, total: int,
+        puts: dict[str, int], deletes: dict[str, int],
+    ) -> None:
+        """Publish ``endw`` and apply several changes to the index, all at once for readers.
+
+        The shared end moves first and ``st.end`` last: in between, a reader of this
+        process sees them differ and waits in ``refresh`` for the write lock this
+        writer holds, so no thread sees half of a batch (its lock-free ``get``
+        never sees an index that is part old, part new).
+        """
+        w = self.words
+        if dead:
+            w[W_DEAD] += dead
+        if total:
+            w[W_TOTAL] += total
+        w[W_END] = endw
+        index, tomb = st.index, st.tomb
+        for key, version in deletes.items():
+            index.pop(key, None)
+            tomb[key] = version
+        if puts:
+            index.update(puts)
+            if tomb:
+                for key in puts:
+                    tomb.pop(key, None)
+        st.end = endw
+
+    def _roll(self, st: State, need: int) -> int:
+        """Seal the active segment and start the next one (under the write lock)."""
+        old = st.segs[-1]
+        new = old + 1
+        # The sealed segment is synced before the next one is used (durable or not):
+        # then a damaged record in a sealed segment is always corruption, never a
+        # write that was in flight at a power loss.
+        try:
+            fdatasync(st.fds[old], self.seg_path(old))
+        except DurabilityError:
+            self.poison()  # W7: never retried; no process writes any more
+            raise
+        sealed = st.end
+        with self.sync_mu:
+            _fs.flock(self.sync_fd, _EX)
+            try:
+                if sealed > self.words[W_SYNCED]:
+                    self.words[W_SYNCED] = sealed
+            finally:
+                _fs.flock(self.sync_fd, _UN)
+        # Segments grow by doubling up to segment_size, so that a small store stays
+        # small on disk and a large one rolls rarely.
+        grown = min(self.segment_size, 2 * len(st.maps[old]))
+        size = max(grown, need + SEG_HEADER.size)
+        fd = create_segment(self.dir, new, size, zero_fill=True)
+        try:
+            mm = _fs.mmap(fd, size)
+            # The manifest names the segment before any process is told to use it.
+            write_manifest(self.dir, st.gen, [*st.segs, new])
+        except BaseException:
+            _fs.close(fd)
+            raise
+        st.fds[new] = fd
+        st.maps[new] = mm
+        st.segs = [*st.segs, new]
+        self.publish(st, new << 40 | SEG_HEADER.size, 0, 0)
+        return new
+
+    def publish(self, st: State, endw: int, dead: int, total: int) -> None:
+        """Make everything before ``endw`` visible to every process (after the pwrite)."""
+        w = self.words
+        if dead:
+            w[W_DEAD] += dead
+        if total:
+            w[W_TOTAL] += total
+        w[W_END] = endw
+        st.end = endw
+
+    def _sync_segment(self, fd: int, seg: int) -> None:
+        if fd >= 0:
+            fdatasync(fd, self.seg_path(seg))
+            return
+        # Not in this handle's state (closed meanwhile, or rolled by another
+        # process after our write): sync the file by name.
+        try:
+            fd = _fs.open(self.seg_path(seg), os.O_RDWR | _fs.O_NOFOLLOW)
+        except FileNotFoundError:
+            return  # an orphan number: never named by the manifest, nothing to sync
+        try:
+            fdatasync(fd, self.seg_path(seg))
+        finally:
+            _fs.close(fd)
+
+    def sync(self, endw: int) -> None:
+        """Group commit: return once every byte before ``endw`` is fdatasynced.
+
+        Called after the write lock is released. One process at a time (the sync
+        lock) fdatasyncs everything published so far and records it in the shared
+        header; a writer whose end is already covered returns without a system call.
+        """
+        w = self.words
+        if w[W_SYNCED] >= endw:
+            return
+        with self.sync_mu:
+            if self.state is _CLOSED:
+                # Closed by another thread after this write was published: it was
+                # written, but its fdatasync did not run.
+                raise ValueError(CLOSED_MESSAGE + " (the write was made, not yet synced)")
+            w = self.words
+            _fs.flock(self.sync_fd, _EX)
+            try:
+                if w[W_SYNCED] >= endw:
+                    return
+                if self.poisoned or w[W_POISON]:
+                    raise DurabilityError(self.dir, errno.EIO, POISON_MESSAGE.format(self.dir))
+                # Everything published before this load was written before it: one
+                # fdatasync covers every writer that published so far (group commit).
+                target = max(w[W_END], endw)
+                st = self.state
+                # W_SYNCED < endw: no compaction ran since our write (it would have
+                # set W_SYNCED past it), so these segments all still exist.
+                for seg in range(w[W_SYNCED] >> 40, (target >> 40) + 1):
+                    fd = st.fds.get(seg, -1)
+                    if fd < 0 and seg != target >> 40 and seg not in st.segs:
+                        continue  # a number no segment of this generation has
+                    try:
+                        self._sync_segment(fd, seg)
+                    except DurabilityError:
+                        # W7: never retried; no process writes to this store again.
+                        self.poison()
+                        raise
+                if target > w[W_SYNCED]:
+                    w[W_SYNCED] = target
+            finally:
+                _fs.flock(self.sync_fd, _UN)

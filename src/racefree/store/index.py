@@ -1,0 +1,251 @@
+"""A store handle's index: building it from the segments, and catching it up.
+
+Each process keeps its own index (``State``). ``rebuild`` scans every live
+segment under the write lock (the first opener, or after a compactor died at its
+commit point) and resets the shared header; ``load`` builds an index without
+any lock, retrying if a compaction races it; ``catch_up`` applies the records
+other processes published since the index was last current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from mmap import mmap
+from typing import Any, Protocol
+
+from racefree import _fs
+from racefree._errors import CorruptFileError, DurabilityError
+from racefree.store.files import (
+    W_DEAD,
+    W_END,
+    W_GEN,
+    W_INPROG,
+    W_SYNCED,
+    W_TOTAL,
+    fdatasync,
+    fsync_dir,
+    read_manifest,
+    seg_number,
+)
+from racefree.store.segment import M40, SEG_HEADER, index_frames, last_nonzero
+
+
+class Core(Protocol):
+    """What building and catching up an index needs of a store handle (``store.handle``).
+
+    A protocol, so that the index does not import the handle that imports it.
+    """
+
+    dir: str
+    state: State
+    words: Any
+
+    def acquire(self) -> None: ...
+    def release(self) -> None: ...
+    def rebuilt(self) -> State: ...
+    def poison(self) -> None: ...
+    def seg_path(self, seg: int) -> str: ...
+    def map_segment(self, st: State, seg: int) -> None: ...
+    def zero(self, st: State, seg: int, start: int, stop: int) -> None: ...
+
+
+def _sealed_damage(core: Core, seg: int, offset: int) -> CorruptFileError:
+    # A sealed segment was fdatasynced before the next one was used (and the first
+    # opener syncs what it recovers): damage there is never a write in flight.
+    return CorruptFileError(core.seg_path(seg), "damaged record in a sealed segment", offset=offset)
+
+
+class State:
+    """One consistent view: the index and the segments it points into."""
+
+    __slots__ = ("end", "fds", "gen", "index", "maps", "segs", "tomb")
+
+    def __init__(self, gen: int, segs: list[int], end: int) -> None:
+        self.gen = gen
+        self.segs = segs
+        self.end = end  # the published position this index covers (seg << 40 | offset)
+        self.index: dict[str, int] = {}
+        self.tomb: dict[str, int] = {}  # deleted id -> its tombstone's version
+        self.maps: dict[int, mmap] = {}
+        self.fds: dict[int, int] = {}
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                _fs.close(fd)
+
+    def __del__(self) -> None:
+        # A replaced state is closed when the last thread using it lets go (a
+        # group-commit fdatasync may still be running on its descriptors).
+        self.close()
+
+
+
+def rebuild(core: Core) -> State:
+    """Scan every live segment, repair a torn tail, and reset the shared header.
+
+    Called with the write lock held: by the first process to open the store,
+    and when a compaction was committed (MANIFEST replaced) by a process that
+    died before publishing it.
+    """
+    gen, segs = read_manifest(core.dir)
+    orphans = [
+        name for name in _fs.listdir(core.dir)
+        if (n := seg_number(name)) is not None and n not in segs
+    ]
+    if orphans:
+        # An unfinished roll or compaction's segments, or the ones a finished
+        # compaction replaced: never read. They are removed only once the MANIFEST
+        # that does not name them is durable (a compaction whose directory fsync
+        # failed may have a rename that a power loss would undo); else kept.
+        # A failed directory fsync is never retried (W7): the orphans stay, and the
+        # store refuses writes (DurabilityError) until it is verified and cleared.
+        try:
+            fsync_dir(core.dir)
+        except DurabilityError:
+            core.poison()
+            orphans = []
+        for name in orphans:
+            with contextlib.suppress(FileNotFoundError):
+                _fs.unlink(os.path.join(core.dir, name))
+    st = State(gen, list(segs), 0)
+    dead = total = 0
+    try:
+        for seg in segs:
+            core.map_segment(st, seg)
+            mm = st.maps[seg]
+            end, torn, d, t = index_frames(
+                mm, SEG_HEADER.size, len(mm), seg, st.index, st.tomb, core.seg_path(seg)
+            )
+            dead += d
+            total += t
+            if torn and seg != segs[-1]:
+                raise _sealed_damage(core, seg, end)
+            if torn:
+                core.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+        # Make what survived durable, so that the next records can claim it
+        # (their ``synced`` field: how recovery tells damage from a torn write).
+        for seg in segs:
+            fdatasync(st.fds[seg], core.seg_path(seg))
+    except BaseException:
+        st.close()
+        raise
+    w = core.words
+    st.end = seg << 40 | end
+    w[W_GEN] = gen
+    w[W_END] = st.end
+    w[W_SYNCED] = st.end
+    w[W_DEAD] = dead
+    w[W_TOTAL] = total
+    w[W_INPROG] = 0
+    return st
+
+
+def load(core: Core) -> State:
+    """A fresh index, built without the write lock (retried if a compaction races it).
+
+    A compaction in flight does not stop it: until the compactor publishes, the
+    old generation (the one the shared header names) is the live one, and its
+    segments stay until then. Only when the MANIFEST and the header disagree
+    for a while (a compactor between its rename and its publish, or one that
+    died there) does it take the write lock: after waiting for a live compactor
+    it loads again without the lock; a dead one's switch it finishes (rebuild).
+    """
+    w = core.words
+    for _ in range(3):
+        st = _load_unlocked(core)
+        if st is not None:
+            return st
+        core.acquire()
+        try:
+            if core.state.end == w[W_END] and core.state.gen == w[W_GEN]:
+                return core.state
+            if w[W_INPROG] or read_manifest(core.dir)[0] != w[W_GEN]:
+                return core.rebuilt()  # the compactor died between its rename and publish
+        finally:
+            core.release()
+    core.acquire()
+    try:
+        return core.state if core.state.end == w[W_END] else core.rebuilt()
+    finally:
+        core.release()
+
+
+def _load_unlocked(core: Core) -> State | None:
+    w = core.words
+    for _ in range(20):
+        gen = w[W_GEN]
+        mgen, segs = read_manifest(core.dir)
+        if mgen != gen:
+            continue  # a compactor between its rename and its publish (or dead there)
+        endw = w[W_END]
+        tseg, toff = endw >> 40, endw & M40
+        if tseg not in segs:
+            continue  # a segment roll raced the manifest read
+        st = State(gen, [s for s in segs if s <= tseg], endw)
+        try:
+            for seg in st.segs:
+                core.map_segment(st, seg)
+        except FileNotFoundError:
+            st.close()  # a compaction removed it after we read the manifest
+            continue
+        try:
+            for seg in st.segs:
+                mm = st.maps[seg]
+                stop = toff if seg == tseg else len(mm)
+                end, torn, _, _ = index_frames(
+                    mm, SEG_HEADER.size, stop, seg, st.index, st.tomb, core.seg_path(seg)
+                )
+                if torn and seg != tseg:
+                    raise _sealed_damage(core, seg, end)
+                if seg == tseg and end != toff:
+                    raise CorruptFileError(
+                        core.seg_path(seg), "a published record does not check", offset=end
+                    )
+        except BaseException:
+            st.close()
+            raise
+        if w[W_GEN] == gen:
+            return st
+        st.close()
+    return None
+
+
+def catch_up(core: Core, st: State, endw: int) -> bool:
+    """Apply the records between ``st.end`` and ``endw``; False if the generation moved."""
+    seg, off = st.end >> 40, st.end & M40
+    tseg, toff = endw >> 40, endw & M40
+    while seg != tseg:
+        # ``seg`` was sealed by a roll: finish it up to the end of its frames.
+        mm = st.maps[seg]
+        end, torn, _, _ = index_frames(mm, off, len(mm), seg, st.index, st.tomb, core.seg_path(seg))
+        if torn:
+            raise _sealed_damage(core, seg, end)
+        later = [s for s in st.segs if s > seg]
+        if not later:
+            gen, segs = read_manifest(core.dir)
+            if gen != st.gen:
+                return False
+            for s in segs:
+                if s > seg and s not in st.maps:
+                    core.map_segment(st, s)
+            st.segs = list(segs)
+            later = [s for s in segs if s > seg]
+        seg, off = later[0], SEG_HEADER.size
+    if toff > off:
+        # Read through pread, not the mapping: the system call orders this read
+        # after the load of the published end on any memory model.
+        buf = _fs.pread(st.fds[seg], toff - off, off)
+        end, _, _, _ = index_frames(
+            buf, 0, len(buf), seg, st.index, st.tomb, core.seg_path(seg), base=off
+        )
+        if end != toff - off:
+            raise CorruptFileError(
+                core.seg_path(seg), "a published record does not check", offset=off + end
+            )
+    st.end = endw
+    return True
+
+# -- writing -------------------------------------------------------------------

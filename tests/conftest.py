@@ -31,7 +31,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
             return store
 
     else:
-        from pgserver import pg_store_factory
+        from helpers.pgserver import pg_store_factory
 
         make = pg_store_factory(request, opened)
     try:
@@ -44,7 +44,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
 @pytest.fixture
 def url() -> str:
     """The PostgreSQL test server's URL (the test skips, or fails in CI, without one)."""
-    from pgserver import server_url
+    from helpers.pgserver import server_url
 
     return server_url()
 

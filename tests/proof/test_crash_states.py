@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crashsim import CrashState, Exploration, Recorder, explore
+from helpers.crashsim import CrashState, Exploration, Recorder, explore
 
 from racefree import _fs
 

@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from lock_contract import (
+from helpers.lock_contract import (
     API_CHECKS,
     SPECS,
     Workload,
@@ -97,7 +97,7 @@ def test_check_intervals_finds_overlaps() -> None:
 
 def test_contract_detects_a_broken_lock(tmp_path: Path) -> None:
     """The contract fails on a lock that excludes nobody (so it can fail at all)."""
-    import lock_contract
+    from helpers import lock_contract
 
     class NoLock:
         def __enter__(self) -> NoLock:

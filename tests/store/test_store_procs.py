@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import reap
+from helpers.testkit import reap
 
 from racefree import Store
 

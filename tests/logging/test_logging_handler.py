@@ -29,13 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import logworker_stress as lw
 import pytest
+from helpers import logworker_stress as lw
 
 from racefree import _fs
 from racefree.logging import RotatingFileHandler, TimedRotatingFileHandler
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1] / "helpers"  # the worker scripts
 FULL = os.environ.get("RACEFREE_FULL_STRESS") == "1"
 WAIT = 120.0  # generous: the machine may be busy; outcomes are exact, never timed
 

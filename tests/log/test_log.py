@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crashsim import CrashState, Recorder, explore
-from faultfs import FaultFS
+from helpers.crashsim import CrashState, Recorder, explore
+from helpers.faultfs import FaultFS
+from helpers.testkit import reap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testkit import reap
 
 from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _fs
 from racefree.log import frame as _frame

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import unique_name
+from helpers.pgserver import unique_name
 
 from racefree import LockLost, LockTimeout, WouldBlock
 from racefree.pg.driver import advisory_key
 
 pytestmark = pytest.mark.postgres
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 WAIT = 30.0  # generous bound for anything that must happen "soon" on a busy machine
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import drop_store, unique_name
+from helpers.pgserver import drop_store, unique_name
 
 from racefree import ConflictError, ConnectionLost, LockLost
 
 pytestmark = pytest.mark.postgres
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 WAIT = 30.0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import mounted_tmpfs
+from helpers.testkit import mounted_tmpfs
 
 TIMEOUT = 120
 
@@ -68,7 +68,7 @@ except BaseException as exc:
            mro=[c.__name__ for c in type(exc).__mro__], msg=str(exc))
 """
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def run_child(body: str, inject: list[str] | None, cwd: Path) -> tuple[int, dict[str, Any] | None]:

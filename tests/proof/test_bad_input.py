@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import mounted_tmpfs
+from helpers.testkit import mounted_tmpfs
 
 import racefree
 from racefree import CorruptFileError, FileLock, JsonFile, atomic_write

@@ -97,7 +97,7 @@ def test_run_together_returns_results_by_index_and_reports_failures(tmp_path: Pa
 def test_demo_store_section_on_postgres_keeps_every_save_and_cleans_up() -> None:
     """``racefree demo --url postgresql://...`` runs the store section on PostgreSQL: it keeps
     all 400 saves, and the named store it made is empty afterwards."""
-    from pgserver import server_url
+    from helpers.pgserver import server_url
 
     url = server_url()
     proc = subprocess.run(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultfs import ERRNOS, FAULT_OPS, FaultFS
+from helpers.faultfs import ERRNOS, FAULT_OPS, FaultFS
 
 from racefree import DurabilityError, _fs
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import reap
+from helpers.testkit import reap
 
 from racefree import AppendLog, JsonFile, Store
 from racefree.torture.probe import probe
@@ -187,7 +187,7 @@ def test_concurrent_first_opens_of_a_new_store(tmp_path: Path) -> None:
     seg-00000001.rfs and publishing the MANIFEST, the others saw "no MANIFEST,
     and not empty" and raised FormatError.
     """
-    src = str(Path(__file__).resolve().parent.parent / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": src}
     failures = []
     for trial in range(5):

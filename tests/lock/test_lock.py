@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lock_contract import Holder, try_in_child
-from lock_contract import in_thread as _in_thread
-from testkit import check_bad_timeouts
+from helpers.lock_contract import Holder, try_in_child
+from helpers.lock_contract import in_thread as _in_thread
+from helpers.testkit import check_bad_timeouts
 
 import racefree
 from racefree import FileLock, LockTimeout, WouldBlock, _fs
@@ -831,7 +831,7 @@ def test_chaos_timeouts_and_cancellations_never_break_exclusion(tmp_path: Path) 
     import json
     import random
 
-    import lock_contract
+    from helpers import lock_contract
 
     lock_path = str(tmp_path / "the.lock")
     workdir = tmp_path / "work"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import check_bad_timeouts
+from helpers.testkit import check_bad_timeouts
 
 import racefree
 from racefree import LockFile, LockLost, LockTimeout, WouldBlock, _fs

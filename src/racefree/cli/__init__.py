@@ -5,6 +5,8 @@ Each subcommand lives in a module of this package that defines
 ``func`` on its parser with ``set_defaults(func=...)``; ``func(args)`` returns
 the exit code). Errors that reach here are printed as one clear line on
 stderr with a non-zero exit code, never a traceback.
+
+The top layer: it may import every other layer.
 """
 
 from __future__ import annotations

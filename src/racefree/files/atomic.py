@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO, Literal, TextIO, cast, overload
 
 from racefree import _fs
 from racefree._errors import DurabilityError
+from racefree._process import pid_alive, start_time
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -364,8 +365,6 @@ def _boot_time() -> float | None:
 
 def _writer_alive(pid: int, mtime: float, boot: float | None) -> bool:
     # The pid and start-time probes are LockFile's (the same question: is that owner alive?).
-    from racefree._process import pid_alive, start_time
-
     if pid > 0x7FFFFFFF or not pid_alive(pid):  # no such pid can exist, or none does now
         return False
     ticks = start_time(pid) if boot is not None else None

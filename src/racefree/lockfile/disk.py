@@ -70,10 +70,10 @@ import time
 from dataclasses import dataclass, field
 
 from racefree import _fs
-from racefree._errors import CorruptFileError
 from racefree.lockfile import owner as _owner
 
 __all__ = [
+    "NEW",
     "Hold",
     "Observer",
     "Pending",
@@ -83,33 +83,32 @@ __all__ = [
     "inspect",
     "is_stale",
     "prepare",
-    "read_token",
     "refresh",
     "release",
     "remove_stale",
     "still_held",
-    "token_path",
-    "write_token",
+    "unique",
+    "unlink_quiet",
 ]
 
 _RDONLY = os.O_RDONLY | _fs.O_NOFOLLOW
-_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _fs.O_NOFOLLOW
+NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _fs.O_NOFOLLOW
 
 
-def _sibling(path: str, suffix: str) -> str:
+def sibling(path: str, suffix: str) -> str:
     head, base = os.path.split(path)
     return os.path.join(head, f".{base}.{suffix}")
 
 
-def _unique(path: str, kind: str) -> str:
-    return _sibling(path, f"{secrets.token_hex(8)}.{kind}")
+def unique(path: str, kind: str) -> str:
+    return sibling(path, f"{secrets.token_hex(8)}.{kind}")
 
 
 def _claim_name(path: str, ino: int, generation: int) -> str:
-    return _sibling(path, f"{ino}.claim{generation}")
+    return sibling(path, f"{ino}.claim{generation}")
 
 
-def _unlink_quiet(path: str) -> None:
+def unlink_quiet(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         _fs.unlink(path)
 
@@ -180,50 +179,9 @@ class Pending:
 
     def discard(self) -> None:
         try:
-            _unlink_quiet(self.name)
+            unlink_quiet(self.name)
         finally:
             _fs.close(self.fd)
-
-
-# -- the fencing token ----------------------------------------------------------
-
-def token_path(path: str) -> str:
-    return path + ".token"
-
-
-def read_token(path: str) -> int:
-    """The last fencing token handed out for the lock at ``path`` (0 if none yet)."""
-    tpath = token_path(path)
-    try:
-        raw = _fs.read_file(tpath)
-    except FileNotFoundError:
-        return 0
-    text = raw.strip()
-    if not text.isdigit() or raw != text + b"\n":
-        # Written only by write_token (atomic replace), so never torn by us:
-        # never read a damaged counter as 0, tokens would go backwards.
-        raise CorruptFileError(tpath, f"not a fencing token: {raw[:40]!r}")
-    return int(text)
-
-
-def write_token(path: str, token: int) -> None:
-    """Publish ``token`` as the last one handed out: atomic and durable when it returns."""
-    tpath = token_path(path)
-    tmp = _unique(path, "tok")
-    fd = _fs.open(tmp, _NEW, 0o666)
-    try:
-        try:
-            _fs.write_all(fd, b"%d\n" % token)
-            _fs.fsync(fd)
-        finally:
-            _fs.close(fd)
-        _fs.replace(tmp, tpath)
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
-    # Durable, so that after a power loss the counter cannot go back to a
-    # value a holder already used.
-    _fs.fsync_dir(os.path.dirname(tpath) or ".")
 
 
 # -- create ---------------------------------------------------------------------------
@@ -237,8 +195,8 @@ def prepare(path: str, token: int) -> Pending:
     ``link`` that publishes it) writes the data back to the server, so a
     reader on another client never sees a short record (close-to-open).
     """
-    name = _unique(path, "rec")
-    wfd = _fs.open(name, _NEW, 0o666)
+    name = unique(path, "rec")
+    wfd = _fs.open(name, NEW, 0o666)
     fd = -1
     try:
         try:
@@ -251,7 +209,7 @@ def prepare(path: str, token: int) -> Pending:
     except BaseException:
         if fd >= 0:
             _fs.close(fd)
-        _unlink_quiet(name)
+        unlink_quiet(name)
         raise
     return Pending(name, fd, token)
 
@@ -271,7 +229,7 @@ def create(path: str, pending: Pending) -> Hold | None:
 
 def drop_name(pending: Pending) -> None:
     """Remove the ``.rec`` name of a record that is now the lock file (it keeps the name P)."""
-    _unlink_quiet(pending.name)
+    unlink_quiet(pending.name)
 
 
 # -- look, claim, remove ---------------------------------------------------------------
@@ -354,21 +312,21 @@ def _claim(path: str, seen: Seen, stale_after: float, observer: Observer) -> str
             # drop our name for it (that takes nothing from its owner). The
             # content check catches a new file that got the old one's inode
             # number once the old one was freed (ABA): its record differs.
-            _unlink_quiet(name)
+            unlink_quiet(name)
             return _GONE
         if (now.mtime_ns, now.size) != (seen.mtime_ns, seen.size):
-            _unlink_quiet(name)  # refreshed since we judged it: its owner is alive
+            unlink_quiet(name)  # refreshed since we judged it: its owner is alive
             return _BUSY
         return name
 
 
 def _remove_claimed(path: str, dev: int, ino: int, claim: str) -> bool:
     """Steps 3 and 4: take ``P`` away if it is still inode ``ino``; True if it was."""
-    doomed = _unique(path, "del")
+    doomed = unique(path, "del")
     try:
         _fs.replace(path, doomed)
     except FileNotFoundError:
-        _unlink_quiet(claim)
+        unlink_quiet(claim)
         return False
     st = _fs.stat(doomed, follow_symlinks=False)
     if (st.st_dev, st.st_ino) != (dev, ino):
@@ -379,17 +337,17 @@ def _remove_claimed(path: str, dev: int, ino: int, claim: str) -> bool:
         # own and learns it lost the lock (L8).
         with contextlib.suppress(FileExistsError):
             _fs.link(doomed, path)
-        _unlink_quiet(doomed)
-        _unlink_quiet(claim)
+        unlink_quiet(doomed)
+        unlink_quiet(claim)
         return False
-    _unlink_quiet(doomed)
-    _unlink_quiet(claim)
+    unlink_quiet(doomed)
+    unlink_quiet(claim)
     # Claims of earlier generations on this inode were abandoned by dead
     # claimers; they name this inode only (while a claim exists its inode
     # number cannot be reused), so removing them takes nothing from anyone.
     generation = int(claim.rsplit(".claim", 1)[1])
     for g in range(1, generation):
-        _unlink_quiet(_claim_name(path, ino, g))
+        unlink_quiet(_claim_name(path, ino, g))
     return True
 
 

@@ -21,6 +21,7 @@ from racefree.lock.api import LockAPI
 from racefree.lock.registry import check_timeout, current_owner
 from racefree.lockfile import disk as _disk
 from racefree.lockfile import owner as _owner
+from racefree.lockfile import token as _token
 from racefree.lockfile.state import (
     Backoff,
     Refresher,
@@ -154,7 +155,7 @@ class LockFile(LockAPI):
         """
         path = self._path
         for _ in range(64):  # bounded: a lock that changes hands this fast is "held"
-            last = _disk.read_token(path)
+            last = _token.read_token(path)
             if pending and pending[0].token != last + 1:
                 pending.pop().discard()
             if not pending:
@@ -188,8 +189,8 @@ class LockFile(LockAPI):
         """
         try:
             _disk.drop_name(won)
-            if _disk.read_token(self._path) == last:
-                _disk.write_token(self._path, hold.token)
+            if _token.read_token(self._path) == last:
+                _token.write_token(self._path, hold.token)
                 if _disk.still_held(hold):
                     return True
         except BaseException:

@@ -15,6 +15,12 @@ file from several processes at once::
 Each record is written whole (one ``write(2)`` under an exclusive ``flock`` of a
 sidecar lock file ``.app.log.lock``), none is lost at rotation, and a file is
 rotated once per threshold, by one process. See ``docs/logging.md``.
+
+Modules: ``handler`` (what both handlers share: the shared file, its sidecar
+lock and rotation), ``rotating``, ``timed``, ``finish`` (work done after a
+rotation: pruning, compression) and ``compress``.
+
+May import: the root modules only.
 """
 
 from __future__ import annotations

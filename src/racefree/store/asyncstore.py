@@ -18,13 +18,11 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from racefree.store.batch import StoreBatch
+from racefree.store.store import Store, StoreReport
 from racefree.storeapi.facade import MISSING, AsyncFacade, AsyncFacadeBatch
-
-if TYPE_CHECKING:
-    from racefree.store.store import Store, StoreReport
 
 
 class AsyncStore(AsyncFacade["Store", None]):
@@ -43,7 +41,6 @@ class AsyncStore(AsyncFacade["Store", None]):
         executor: Executor | None = None,
         **options: Any,
     ) -> None:
-        from racefree.store.store import Store
 
         self._init(Store(directory, durable=durable, **options), executor)
 
@@ -61,7 +58,6 @@ class AsyncStore(AsyncFacade["Store", None]):
         **options: Any,
     ) -> AsyncStore:
         """Open the store in a worker thread (opening a large store reads its index)."""
-        from racefree.store.store import Store
 
         return await cls._open_with(
             functools.partial(Store, directory, durable=durable, **options), executor

@@ -1,0 +1,56 @@
+"""The fencing token of a :class:`racefree.LockFile`: ``P.token``, one counter per lock.
+
+Each acquisition hands out the next token and publishes it here (atomic and
+durable) before the lock is reported held, so that tokens only ever grow, even
+across a power loss: storage that remembers the highest token it has seen can
+reject a late write from a holder that lost the lock (pitfall L8).
+"""
+
+from __future__ import annotations
+
+import os
+
+from racefree import _fs
+from racefree._errors import CorruptFileError
+from racefree.lockfile.disk import NEW, unique, unlink_quiet
+
+__all__ = ["read_token", "token_path", "write_token"]
+
+
+def token_path(path: str) -> str:
+    return path + ".token"
+
+
+def read_token(path: str) -> int:
+    """The last fencing token handed out for the lock at ``path`` (0 if none yet)."""
+    tpath = token_path(path)
+    try:
+        raw = _fs.read_file(tpath)
+    except FileNotFoundError:
+        return 0
+    text = raw.strip()
+    if not text.isdigit() or raw != text + b"\n":
+        # Written only by write_token (atomic replace), so never torn by us:
+        # never read a damaged counter as 0, tokens would go backwards.
+        raise CorruptFileError(tpath, f"not a fencing token: {raw[:40]!r}")
+    return int(text)
+
+
+def write_token(path: str, token: int) -> None:
+    """Publish ``token`` as the last one handed out: atomic and durable when it returns."""
+    tpath = token_path(path)
+    tmp = unique(path, "tok")
+    fd = _fs.open(tmp, NEW, 0o666)
+    try:
+        try:
+            _fs.write_all(fd, b"%d\n" % token)
+            _fs.fsync(fd)
+        finally:
+            _fs.close(fd)
+        _fs.replace(tmp, tpath)
+    except BaseException:
+        unlink_quiet(tmp)
+        raise
+    # Durable, so that after a power loss the counter cannot go back to a
+    # value a holder already used.
+    _fs.fsync_dir(os.path.dirname(tpath) or ".")

@@ -26,6 +26,7 @@ from racefree._errors import (
     LockLost,
     LockTimeout,
     RacefreeError,
+    UnsafePathError,
     WouldBlock,
 )
 
@@ -101,6 +102,7 @@ __all__ = [
     "RacefreeError",
     "Store",
     "StoreProtocol",
+    "UnsafePathError",
     "WouldBlock",
     "atomic_open",
     "atomic_write",

@@ -9,6 +9,7 @@ the path it is about and survives pickling, so it can cross a process boundary
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -145,6 +146,27 @@ class FormatError(RacefreeError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.detail))
+
+
+class UnsafePathError(RacefreeError, PermissionError):
+    """racefree refused to follow, replace, adopt or trust what is at a path.
+
+    Raised before anything is written: the entry is a symbolic link, a FIFO, a
+    device or another user's file where racefree's rule (see
+    ``docs/security.md``) does not let it use one. ``reason`` says which.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = _fspath(path)
+        self.reason = reason
+        super().__init__(errno.EACCES, f"{self.path}: {reason}")
+        self.filename = self.path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 class ConnectionLost(RacefreeError, ConnectionError):

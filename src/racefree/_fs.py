@@ -139,6 +139,9 @@ class FileSystem:
     def realpath(self, path: str) -> str:
         return os.path.realpath(path)
 
+    def readlink(self, path: str) -> str:
+        return os.readlink(path)
+
     def utime(self, path: int | str, ns: tuple[int, int] | None = None) -> None:
         """Set a file's (or descriptor's) access and modification times; now if ``ns`` is None."""
         if ns is None:
@@ -160,7 +163,7 @@ OPS: tuple[str, ...] = (
     "open", "close", "read", "pread", "write", "pwrite", "lseek", "fsync", "fdatasync",
     "ftruncate", "fallocate", "fstat", "fchmod", "fchown", "flock", "mmap",
     "stat", "replace", "link", "unlink", "mkdir", "rmdir", "listdir", "realpath", "fsync_dir",
-    "utime",
+    "utime", "readlink",
 )
 
 _REAL = FileSystem()
@@ -195,6 +198,7 @@ listdir: Callable[[str], list[str]] = _REAL.listdir
 realpath: Callable[[str], str] = _REAL.realpath
 fsync_dir: Callable[[str], None] = _REAL.fsync_dir
 utime: Callable[..., None] = _REAL.utime
+readlink: Callable[[str], str] = _REAL.readlink
 
 _FAST: dict[str, Any] = {
     "close": os.close,
@@ -214,6 +218,7 @@ _FAST: dict[str, Any] = {
     "unlink": os.unlink,
     "rmdir": os.rmdir,
     "listdir": os.listdir,
+    "readlink": os.readlink,
 }
 if sys.platform.startswith("linux") and hasattr(os, "fdatasync"):
     _FAST["fdatasync"] = os.fdatasync
@@ -294,3 +299,4 @@ def read_file(path: str) -> bytes:
 
 O_DIRECTORY = _O_DIRECTORY
 O_NOFOLLOW = _O_NOFOLLOW
+O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)

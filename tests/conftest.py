@@ -1,7 +1,7 @@
 """Shared fixtures.
 
 ``store_factory`` runs the Store contract against every backend: the file
-store always, and PostgreSQL when a server is reachable (see ``tests/pgserver.py``).
+store always, and PostgreSQL when a server is reachable (see ``tests/helpers/pgserver.py``).
 ``url`` and ``admin`` are that server for the PostgreSQL tests.
 """
 

@@ -1,4 +1,4 @@
-"""A log-writing worker process for tests/test_logging_handler.py (and its record format).
+"""A log-writing worker process for tests/logging/test_logging_handler.py (and its record format).
 
 Run as ``python logworker_stress.py SPEC_JSON``: it builds the handler the spec
 names, prints ``ready``, waits for one line on stdin (the start barrier), then

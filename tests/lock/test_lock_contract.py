@@ -1,4 +1,4 @@
-"""The lock contract (tests/lock_contract.py) run against every way of locking.
+"""The lock contract (tests/helpers/lock_contract.py) run against every way of locking.
 
 Kinds: FileLock exclusive, FileLock shared (readers and writers), LockFile.
 Holders: threads, asyncio tasks, processes, and all of them at once; with one

@@ -1,4 +1,4 @@
-"""Checked by mypy --strict (see tests/test_pg_open.py): both stores satisfy the one protocol.
+"""Checked by mypy --strict (see tests/pg/test_pg_open.py): both stores satisfy the one protocol.
 
 Not run: a function returning a store as the protocol type type-checks only if
 the store has every method of the protocol with a compatible signature.

@@ -1,8 +1,8 @@
 """``FileLock``: one lock that excludes threads, asyncio tasks and processes together.
 
 See ``docs/locks.md`` for the design. This module holds the API and the
-uncontended fast paths; the per-process state is in ``_lockregistry`` and
-all the waiting in ``_lockwait``.
+uncontended fast paths; the per-process state is in ``lock.registry`` and
+all the waiting in ``lock.wait``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ closing some other descriptor of the file never drops it (plain POSIX
 ``fcntl`` locks are dropped by any ``close()``, L2), and the kernel releases it
 when the holder dies (kill -9 included).
 
-How owners wait (never by polling) is in ``_lockwait``.
+How owners wait (never by polling) is in ``lock.wait``.
 """
 
 from __future__ import annotations

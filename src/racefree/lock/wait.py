@@ -13,7 +13,7 @@ Two stages, in this order:
    timeout, or in a task, a worker thread blocks in ``flock`` on a fresh open
    file description of the same inode and the owner waits for it with its
    timeout; if the owner gives up, the worker hands a late grant straight back
-   (L9). The workers are in ``_lockworker``.
+   (L9). The workers are in ``lock.worker``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 For file systems where kernel locks cannot be trusted (NFS and other network
 mounts, pitfall L10) and for visible pid files. The on-disk protocol (create,
-judge, claim, remove, fencing tokens) is in ``_lockfile_disk``; the owner
-record in ``_lockfile_owner``; this module holds the per-process state:
+judge, claim, remove, fencing tokens) is in ``lockfile.disk``; the owner
+record in ``lockfile.owner``; this module holds the per-process state:
 which thread or task holds the lock, who waits, and the refresher thread.
 See ``docs/lockfile.md``.
 """

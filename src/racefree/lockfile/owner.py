@@ -12,7 +12,7 @@ the same pid namespace, so those are part of the record: ``host`` + ``boot_id``
 + ``pid_ns`` form the owner's *locality*. Only a record from our own locality
 can be judged by its pid; any other record (another host, a rebooted machine, a
 container with its own pid namespace, macOS where the start time is not read)
-is judged by its age instead (see ``_lockfile_disk``).
+is judged by its age instead (see ``lockfile.disk``).
 """
 
 from __future__ import annotations

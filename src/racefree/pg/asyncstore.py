@@ -1,7 +1,7 @@
 """``AsyncPgStore``: :class:`racefree.PgStore` for asyncio, never blocking the event loop.
 
 The same shape as :class:`racefree.AsyncStore` (both follow
-``AsyncStoreProtocol``, both built on ``_async_facade``): every call runs the
+``AsyncStoreProtocol``, both built on ``storeapi.facade``): every call runs the
 synchronous PgStore call in a thread of the loop's default executor (or the one
 given). A thread facade rather than psycopg's async connections, so that both
 APIs share one implementation of every guarantee (the row locks, the fencing,

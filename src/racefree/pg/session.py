@@ -3,7 +3,7 @@
 A session advisory lock lives exactly as long as the server session that took
 it, so each lock has its own connection (never a pooled one: handing the
 session back to a pool would hand the lock to whoever gets it next). This
-module takes and releases the lock on that session; ``_pg_lock`` decides which
+module takes and releases the lock on that session; ``pg.lock`` decides which
 thread or task of this process may.
 """
 

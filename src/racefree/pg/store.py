@@ -1,7 +1,7 @@
 """``PgStore``: the :class:`racefree.Store` API on PostgreSQL, for several machines.
 
 Documents live in one table shared by every named store of a database
-(``racefree_docs``, see ``_pg``), keyed by ``(store, id)``. Ids are stored as
+(``racefree_docs``, see ``pg.driver``), keyed by ``(store, id)``. Ids are stored as
 ``bytea`` (UTF-8 with surrogates kept, exactly like the file store's records),
 so any Python string is an id, NUL and lone surrogates included, which a
 ``text`` column cannot hold. Documents are stored as ``json`` (the text
@@ -194,7 +194,7 @@ class PgStore(StoreMixin):
             )
 
     def _statement(self, op: Op) -> tuple[str, tuple[Any, ...]]:
-        """The one conditional statement that performs ``op`` (see ``_pg_sql``)."""
+        """The one conditional statement that performs ``op`` (see ``pg.sql``)."""
         kind, _, idb, text, expect = op
         name = self._name
         if kind == PUT:

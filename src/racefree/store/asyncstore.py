@@ -2,7 +2,7 @@
 
 Every call that may wait (for the write lock, an fdatasync, or catching up with
 other processes' writes) runs in a thread of the loop's default executor (or
-the one given), through the facade of ``_async_facade``. A ``get`` whose index
+the one given), through the facade of ``storeapi.facade``. A ``get`` whose index
 is already current runs inline: it is a dictionary lookup, a copy out of a
 mapped file and a JSON parse, with no lock and no system call (a page of the
 mapping that is not in memory costs a disk read, as any access to a mapped file

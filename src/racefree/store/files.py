@@ -5,7 +5,7 @@ A store directory holds::
     MANIFEST            {"racefree": "store", "format": 1, "gen": G, "segments": [N, ...]}
                         the live segments, replaced atomically (the commit point of a
                         segment roll and of a compaction)
-    seg-NNNNNNNN.rfs    segments of framed records (see ``_segment``); a file that the
+    seg-NNNNNNNN.rfs    segments of framed records (see ``store.segment``); a file that the
                         MANIFEST does not list is an orphan (an unfinished roll or
                         compaction) and is never read
     store.lock          flock: held by a writer while it appends (the write lock)

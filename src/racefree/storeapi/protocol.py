@@ -5,8 +5,8 @@
 against it runs on either, and ``racefree.open_store(url)`` returns one or the
 other. :class:`AsyncStoreProtocol` is the same for their asyncio twins.
 
-The shared semantics, which the contract tests (``tests/test_store_contract.py``
-and ``tests/test_store_model.py``) check on every backend:
+The shared semantics, which the contract tests (``tests/storeapi/test_store_contract.py``
+and ``tests/storeapi/test_store_model.py``) check on every backend:
 
 - Ids are any ``str`` (``""``, ``"../x"``, NUL, lone surrogates): data, never
   paths. A non-str id raises ``TypeError``. Documents are JSON objects (``dict``);

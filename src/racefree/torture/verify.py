@@ -25,6 +25,7 @@ from collections import defaultdict
 from typing import Any
 
 from racefree import _fs
+from racefree.torture.worker import pg_object
 
 
 @dataclasses.dataclass
@@ -143,7 +144,6 @@ def _json(root: str, acks: Acks, wids: range) -> Row:
 
 def _store(root: str, acks: Acks, wids: range, kinds: list[str], url: str) -> list[Row]:
     if url:
-        from racefree.torture.worker import pg_object
 
         opened = Row("PgStore opens and check() passes")
         store = _guard(opened, pg_object, url, "store", root)

@@ -297,7 +297,7 @@ def test_forked_child_reopens_its_own_lock(tmp_path: Path) -> None:
     """After fork the child's handler holds new descriptors of its own (not the parent's
     open file description), so the parent's flock excludes the child's."""
     handler = RotatingFileHandler(tmp_path / "app.log")
-    parent_lock = handler._lock_fd
+    parent_lock = handler._side.fd
     to_parent_r, to_parent_w = os.pipe()
     to_child_r, to_child_w = os.pipe()
     pid = os.fork()
@@ -308,8 +308,8 @@ def test_forked_child_reopens_its_own_lock(tmp_path: Path) -> None:
             os.write(to_parent_w, b"emitted")
             _read_line(to_child_r)  # the parent now holds its lock exclusively
             try:
-                fcntl.flock(handler._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                verdict = b"shared" if handler._lock_fd == parent_lock else b"not excluded"
+                fcntl.flock(handler._side.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                verdict = b"shared" if handler._side.fd == parent_lock else b"not excluded"
             except BlockingIOError:
                 verdict = b"own"
             os.write(to_parent_w, verdict)
@@ -540,7 +540,7 @@ def test_no_rollover_without_backup_count_or_max_bytes(tmp_path: Path) -> None:
 
 
 def test_argument_spellings_and_checks(tmp_path: Path) -> None:
-    """camelCase and snake_case mean the same; conflicting values and mode 'w' are refused."""
+    """camelCase and snake_case mean the same; conflicting values and mode 'x' are refused."""
     h = RotatingFileHandler(tmp_path / "a.log", maxBytes=7, backup_count=2, delay=True)
     assert (h.maxBytes, h.max_bytes, h.backupCount, h.backup_count) == (7, 7, 2, 2)
     h.close()
@@ -548,7 +548,7 @@ def test_argument_spellings_and_checks(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         RotatingFileHandler(tmp_path / "a.log", maxBytes=7, max_bytes=8, delay=True)
     with pytest.raises(ValueError):
-        RotatingFileHandler(tmp_path / "a.log", mode="w")
+        RotatingFileHandler(tmp_path / "a.log", mode="x")
     with pytest.raises(ValueError):
         RotatingFileHandler(tmp_path / "a.log", durable="sometimes")  # type: ignore[arg-type]
 
@@ -712,7 +712,7 @@ def test_a_signal_handler_logging_mid_write_is_refused_not_interleaved(tmp_path:
             if bytes(data) == b"outer\n":
                 h.emit(_rec("from the signal handler"))
                 with pytest.raises(BlockingIOError):  # the lock is still ours
-                    fcntl.flock(other._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(other._side.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return os.write(fd, data)
 
     try:

@@ -39,24 +39,23 @@ follows it on the same line. See ``docs/logging.md``.)
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging as _stdlib_logging
 import logging.handlers as _stdlib_handlers
 import os
-import stat
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
-from racefree import _fs, _trust
+from racefree import _fs
 from racefree._errors import DurabilityError
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, RotationFinisher, _Finish
-from racefree.logging.sidecar import HEAD, OFF_DIRTY, OFF_GEN, SHARED_MAX, UNKNOWN_END, Sidecar
+from racefree.logging.opening import _LIVE, Opening
+from racefree.logging.rotation import RotationSteps
+from racefree.logging.sidecar import OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
 from racefree.logging.stream import SharedStream
 
 __all__ = ["Durable", "SharedFileHandler"]
@@ -70,19 +69,6 @@ _LOCK_UN = fcntl.LOCK_UN
 _SEEK_END = os.SEEK_END
 _LogRecord = _stdlib_logging.LogRecord
 
-# Live handlers, so that a forked child can drop the descriptors it inherited.
-_LIVE: weakref.WeakSet[SharedFileHandler] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for handler in list(_LIVE):
-        handler._forget_inherited()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _exists(path: str) -> bool:
     try:
         _fs.stat(path)
@@ -91,7 +77,9 @@ def _exists(path: str) -> bool:
     return True
 
 
-class SharedFileHandler(RotationFinisher, _stdlib_handlers.BaseRotatingHandler):
+class SharedFileHandler(
+    Opening, RotationSteps, RotationFinisher, _stdlib_handlers.BaseRotatingHandler
+):
     """Base of the racefree handlers: appends whole records, rotates under the exclusive hold.
 
     A :class:`logging.handlers.BaseRotatingHandler` (so a ``FileHandler``) with
@@ -170,124 +158,6 @@ class SharedFileHandler(RotationFinisher, _stdlib_handlers.BaseRotatingHandler):
             if name in vars(klass):
                 return not klass.__module__.startswith("racefree.")
         return False  # pragma: no cover - SharedFileHandler defines every name asked about
-
-    # -- opening -------------------------------------------------------------
-    def _open(self) -> Any:
-        """Open the log (and its sidecar) if this handler has not; return :attr:`stream`.
-
-        Called whenever this process opens the log: at the first record (or at
-        construction without ``delay``) and after every rotation, by this
-        process or another. An override must call ``super()._open()`` and
-        return what it returns.
-        """
-        if self._side is None and not self._plain:
-            self._open_shared()
-        self.stream = self._proxy
-        return self._proxy
-
-    def _open_log(self) -> tuple[int, os.stat_result, bool]:
-        """Open (or create) the log file for appending, following only trusted links."""
-        target = _trust.resolve(self.baseFilename).path
-        return _trust.open_own(target, os.O_RDWR | os.O_APPEND, 0o666)
-
-    def _open_shared(self) -> None:
-        where = _trust.resolve(self.baseFilename)
-        if where.st is not None and not stat.S_ISREG(where.st.st_mode):
-            # bpo-45401: the stdlib never rotates what is not a regular file;
-            # no sidecar either (it would need a writable /dev for os.devnull).
-            self._fd = _fs.open(where.path, os.O_WRONLY | os.O_APPEND)
-            self._plain = True
-            _LIVE.add(self)
-            return
-        fd, st, _ = self._open_log()
-        try:
-            side = Sidecar(self.lockFilename, st.st_mode, self.lock_timeout)
-        except BaseException:
-            _fs.close(fd)
-            raise
-        self._side, self._fd = side, fd
-        _LIVE.add(self)  # again after a close(): a record reopens, fork must still be safe
-        try:
-            side.lock(_LOCK_EX)
-        except BaseException:
-            self._drop_descriptors()
-            raise
-        self._writing = True
-        try:
-            gen, dirty = side.head()
-            # The log was opened before the lock: a rotation may have renamed it since.
-            now = _fs.stat(where.path)
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                self._reopen_locked(gen)
-            else:
-                self._set_gen(gen)
-            if self._truncate:
-                self._truncate = False
-                _fs.ftruncate(self._fd, 0)
-                if dirty:
-                    side.put_u64(OFF_DIRTY, 0)
-            self._opened_locked()
-        except BaseException:
-            self._writing = False
-            side.unlock()
-            self._drop_descriptors()
-            raise
-        self._writing = False
-        side.unlock()
-
-    def _set_gen(self, gen: int) -> None:
-        self._gen = gen
-        # What the fast path compares the control block's first bytes with;
-        # after a failed fsync, nothing: every record takes the slow path and is refused.
-        self._head = HEAD.pack(gen, 0) if self._failed is None else b""
-
-    def _opened_locked(self) -> None:
-        """A new descriptor of the log, under the lock: subclasses read their shared state."""
-
-    def _reopen_locked(self, gen: int) -> bool:
-        """(Re)open the path for appending, under the lock; whether the file was created."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            _fs.close(fd)
-        self._fd, _, created = self._open_log()
-        self._set_gen(gen)
-        self._opened_locked()
-        if created and self.durable == "record":
-            # A new file's name must be durable before a record in it is called durable (W2).
-            self._sync(_fs.fsync_dir, self._dir, self._dir)
-        return created
-
-    def _drop_descriptors(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            _fs.close(fd)
-        side, self._side = self._side, None
-        if side is not None:
-            side.close()
-
-    def _forget_inherited(self) -> None:
-        """In a forked child: close the parent's descriptors, reopen lazily on the next record.
-
-        The child must never lock through the parent's open file description:
-        flock would treat parent and child as one owner (concurrent-log-handler
-        issue #8). Closing the child's copies releases nothing the parent holds.
-        """
-        with contextlib.suppress(OSError):  # a child's copy always closes
-            self._drop_descriptors()
-        self._gen = -1
-        self._plain = False
-        # Another thread of the parent may have been mid-record.
-        self._writing = self._exclusive_held = False
-        # The parent finishes its own rotations; the child must not compress them twice.
-        for job in self._finish:
-            with contextlib.suppress(OSError):
-                if isinstance(job, _gzip.Claim):
-                    job.release()  # the parent's claim: its flock stays with the parent
-                else:
-                    _fs.close(job.fd)
-        self._finish = []
-        self._deferred = []
-        self._finish_mutex = threading.Lock()
 
     # -- the write path ----------------------------------------------------
     def format_bytes(self, record: _LogRecord) -> bytes:
@@ -371,7 +241,8 @@ class SharedFileHandler(RotationFinisher, _stdlib_handlers.BaseRotatingHandler):
         side = self._side
         n = len(data)
         at = self._at
-        if side is None or n > SHARED_MAX or self._writing or (at is not None and time.time() >= at):
+        if (side is None or n > SHARED_MAX or self._writing
+                or (at is not None and time.time() >= at)):
             self._append_exclusive(data, record)
             return
         lock_fd = side.fd
@@ -379,7 +250,6 @@ class SharedFileHandler(RotationFinisher, _stdlib_handlers.BaseRotatingHandler):
             _fs.flock(lock_fd, _LOCK_SH_NB)
         except BlockingIOError:
             side._wait(_LOCK_SH)  # a rotation or a large record: bounded wait
-        side.stalled = False
         self._writing = True
         try:
             # Generation unchanged and no torn record to repair: one compare of raw bytes.
@@ -485,110 +355,7 @@ class SharedFileHandler(RotationFinisher, _stdlib_handlers.BaseRotatingHandler):
             self._head = b""
             raise self._failed from exc
 
-    # -- rotation (subclasses) --------------------------------------------
-    def shouldRollover(self, record: _LogRecord) -> bool:
-        """Whether ``record`` is due to rotate the file (subclasses: the stdlib's answer)."""
-        return False
-
-    def _should_rotate_locked(self, size: int, length: int, record: _LogRecord | None) -> bool:
-        """Whether to rotate before writing ``length`` bytes to a file of exactly ``size`` bytes."""
-        return False
-
-    def _rotate_locked(self) -> None:  # pragma: no cover - subclasses that rotate override it
-        raise NotImplementedError
-
-    def _rotate_now_locked(self) -> None:
-        self._rotate_locked()
-
-    def rotation_filename(self, default_name: str) -> str:
-        """The name a backup gets: ``namer(default_name)`` if a namer is set (as the stdlib).
-
-        ``namer`` may be set on the instance or defined as a method of a subclass.
-        """
-        namer = self.namer
-        return namer(default_name) if callable(namer) else default_name
-
-    def rotate(self, source: str, dest: str) -> None:
-        """Move the current file to its backup name: ``rotator(source, dest)`` or a rename.
-
-        Called holding the lock exclusively: a custom ``rotator`` blocks every
-        writer while it runs (prefer ``compress=True``, which does not), and no
-        process writes to ``source`` while it runs or afterwards.
-        """
-        rotator = self.rotator
-        if callable(rotator):
-            rotator(source, dest)
-        else:
-            _fs.replace(source, dest)
-
-    def _has_rotator(self) -> bool:
-        return callable(self.rotator)
-
-    def _switch_locked(self, rotated_to: str | None) -> None:
-        """After the current file was renamed: open a new one and tell the other processes."""
-        assert self._side is not None
-        old = self._fd
-        self._fd = -1
-        old_st = _fs.fstat(old)
-        gen = self._side.head()[0] + 1
-        self._side.put_u64(OFF_GEN, gen)
-        if self._reopen_locked(gen):
-            # The new file is what the old one was: same mode (a 0600 log
-            # stays 0600) and, when root rotates, the same owner.
-            _fs.fchmod(self._fd, stat.S_IMODE(old_st.st_mode))
-            if os.geteuid() == 0:
-                _fs.fchown(self._fd, old_st.st_uid, old_st.st_gid)
-        compress = self.compress and not self._has_rotator()
-        if rotated_to is not None and (self.durable or compress):
-            with self._finish_mutex:  # another thread may be taking the list in handle()
-                self._finish.append(_Finish(old, rotated_to, compress))
-        else:
-            _fs.close(old)
-
-    def _rotated_candidates(self, path: str) -> Iterable[str]:
-        """Where a file rotated to ``path`` may be now (later rotations shift backups)."""
-        return (path,)
-
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """The lock held exclusively, outside the record path (placing a .gz); hold self.lock."""
-        if self._writing:
-            raise RuntimeError("reentrant use of the log's lock from a signal handler")
-        assert self._side is not None
-        self._side.lock(_LOCK_EX)
-        self._writing = True
-        try:
-            yield
-        finally:
-            self._writing = False
-            self._side.unlock()
-
     # -- the rest of the Handler API --------------------------------------
-    def doRollover(self) -> None:
-        """Rotate now, holding the lock exclusively (a no-op for an empty file).
-
-        From a subclass's ``doRollover`` that ``emit`` called (to add work
-        around a rotation), ``super().doRollover()`` rotates at once: the lock
-        is already held exclusively by this thread.
-        """
-        if self._exclusive_held:
-            self._rotate_now_locked()
-            return
-        with self.lock if self.lock is not None else _NULL:
-            if self._side is None:
-                self._open()
-                if self._plain:
-                    return
-            assert self._side is not None
-            with self._exclusive():
-                self._exclusive_held = True
-                try:
-                    if self._enter_locked() > 0:
-                        self._rotate_now_locked()
-                finally:
-                    self._exclusive_held = False
-        self._run_finish()
-
     def setStream(self, stream: Any) -> Any:
         """As the stdlib: records then go to ``stream`` (no lock, no rotation) until set back.
 

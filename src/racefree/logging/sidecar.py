@@ -58,6 +58,8 @@ OFF_ROLLOVER = 32
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 _LOCK_NB = fcntl.LOCK_NB
+#: Seconds a wait lasts, at most, after a wait timed out (until one succeeds).
+STALLED_WAIT = 0.01
 
 
 def sidecar_mode(log_mode: int) -> int:
@@ -77,7 +79,7 @@ class Sidecar:
     def __init__(self, path: str, log_mode: int, timeout: float | None) -> None:
         self.path = path
         self.timeout = timeout
-        # Set after a wait for the lock timed out; cleared by the next success.
+        # Set when a wait for the lock timed out; cleared when a wait succeeds.
         self.stalled = False
         mode = sidecar_mode(log_mode)
         fd, st, created = _trust.open_own(path, os.O_RDWR, mode)
@@ -131,33 +133,33 @@ class Sidecar:
 
         Raises :class:`~racefree.LockTimeout` when the lock stays held longer
         (whoever may write the log can hold it: a stopped or hostile process);
-        nothing is held then. After one timeout, later calls fail at once
-        while the lock is still held, instead of each waiting again; the first
-        call that gets it ends that state.
+        nothing is held then. After one timeout, a wait lasts at most
+        :data:`STALLED_WAIT` instead of ``timeout``, so that records do not each
+        wait the full time while the lock stays held; the first wait that gets
+        the lock ends that state.
         """
         try:
             _fs.flock(self.fd, op | _LOCK_NB)
         except BlockingIOError:
             self._wait(op)
-        else:
-            self.stalled = False
 
     def _wait(self, op: int) -> None:
         # Polled rather than a blocking flock: a blocking flock cannot be given
         # a timeout. Contention is short (a rotation, a large record), so the
         # first sleeps are short too.
-        if self.stalled or self.timeout == 0:
-            raise LockTimeout(self.path, self.timeout)
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        timeout = self.timeout
+        if timeout is not None and self.stalled:
+            timeout = min(timeout, STALLED_WAIT)
+        deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.00002
         while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                self.stalled = True
+                raise LockTimeout(self.path, self.timeout)
             time.sleep(delay)
             try:
                 _fs.flock(self.fd, op | _LOCK_NB)
             except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.stalled = True
-                    raise LockTimeout(self.path, self.timeout) from None
                 delay = min(delay * 2, 0.002)
             else:
                 self.stalled = False

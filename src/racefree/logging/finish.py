@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from racefree import _fs
 from racefree.logging import compress as _gzip
@@ -45,17 +45,19 @@ class RotationFinisher:
     _finish_mutex: threading.Lock
     _deferred: list[BaseException]
 
-    def _sync(self, fn: Callable[[Any], None], target: Any, path: str) -> None:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+    if TYPE_CHECKING:  # defined by the class this is mixed into
 
-    def _open_shared(self) -> None:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+        def _sync(self, fn: Callable[[Any], None], target: Any, path: str) -> None:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
-    def _rotated_candidates(self, path: str) -> Iterable[str]:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+        def _open_shared(self) -> None:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
-    def _exclusive(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+        def _rotated_candidates(self, path: str) -> Iterable[str]:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+
+        def _exclusive(self) -> AbstractContextManager[None]:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
     # -- after a rotation, outside the lock -------------------------------
     def _queue_claims(self, claims: list[_gzip.Claim]) -> None:

@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from racefree import _fs, _trust
 from racefree.logging import compress as _gzip
@@ -59,8 +59,10 @@ class Opening:
     _finish_mutex: threading.Lock
     _deferred: list[BaseException]
 
-    def _sync(self, fn: Any, target: Any, path: str) -> None:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+    if TYPE_CHECKING:  # defined by the class this is mixed into
+
+        def _sync(self, fn: Any, target: Any, path: str) -> None:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
     # -- opening -------------------------------------------------------------
     def _open(self) -> Any:

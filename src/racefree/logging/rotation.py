@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from racefree import _fs
 from racefree.logging import compress as _gzip
@@ -44,17 +44,19 @@ class RotationSteps:
     _finish: list[_Finish | _gzip.Claim]
     _finish_mutex: threading.Lock
 
-    def _reopen_locked(self, gen: int) -> bool:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+    if TYPE_CHECKING:  # defined by the class this is mixed into
 
-    def _enter_locked(self) -> int:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+        def _reopen_locked(self, gen: int) -> bool:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
-    def _open(self) -> Any:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+        def _enter_locked(self) -> int:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
-    def _run_finish(self) -> None:
-        raise NotImplementedError  # pragma: no cover - RotationFinisher defines it
+        def _open(self) -> Any:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+
+        def _run_finish(self) -> None:
+            raise NotImplementedError  # pragma: no cover - RotationFinisher defines it
 
     # -- rotation (subclasses) --------------------------------------------
     def shouldRollover(self, record: _LogRecord) -> bool:

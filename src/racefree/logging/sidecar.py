@@ -84,6 +84,9 @@ class Sidecar:
         mode = sidecar_mode(log_mode)
         fd, st, created = _trust.open_own(path, os.O_RDWR, mode)
         try:
+            if created:
+                # Not the umask's: whoever may write the log must be able to lock it.
+                _fs.fchmod(fd, mode)
             if created or st.st_size == 0:
                 # Its creator extends it right after the O_EXCL create; two
                 # processes extending it to the same size clear nothing.

@@ -55,7 +55,7 @@ from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, RotationFinisher, _Finish
 from racefree.logging.opening import _LIVE, Opening
 from racefree.logging.rotation import RotationSteps
-from racefree.logging.sidecar import OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
+from racefree.logging.sidecar import HEAD, OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
 from racefree.logging.stream import SharedStream
 
 __all__ = ["Durable", "SharedFileHandler"]
@@ -253,7 +253,8 @@ class SharedFileHandler(
         self._writing = True
         try:
             # Generation unchanged and no torn record to repair: one compare of raw bytes.
-            if _fs.pread(lock_fd, 16, 0) == self._head:
+            head = _fs.pread(lock_fd, 16, 0)
+            if head == self._head or self._follow_shared(head):
                 fd = self._fd
                 limit = self._limit
                 # Other writers may append between this lseek and the write:
@@ -275,6 +276,22 @@ class SharedFileHandler(
             self._writing = False
             _fs.flock(lock_fd, _LOCK_UN)
         self._append_exclusive(data, record)
+
+    def _follow_shared(self, head: bytes) -> bool:
+        """Holding the lock shared, the control block is not what our descriptor was opened at.
+
+        Another process rotated: reopen the path now (no rotation can rename it
+        while the lock is held, even shared) and go on as a shared writer.
+        False when the exclusive hold is needed: a torn record to repair, a
+        failed handler, a truncated sidecar (the exclusive path reports it).
+        """
+        if len(head) != HEAD.size or self._failed is not None:
+            return False
+        gen, dirty = HEAD.unpack(head)
+        if dirty:
+            return False
+        self._reopen_locked(gen)
+        return True
 
     def _append_exclusive(
         self, data: bytes, record: _LogRecord | None, force_gen: int = -1

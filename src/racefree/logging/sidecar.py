@@ -153,17 +153,21 @@ class Sidecar:
         timeout = self.timeout
         if timeout is not None and self.stalled:
             timeout = min(timeout, STALLED_WAIT)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         delay = 0.00002
         while True:
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 self.stalled = True
                 raise LockTimeout(self.path, self.timeout)
             time.sleep(delay)
             try:
                 _fs.flock(self.fd, op | _LOCK_NB)
             except BlockingIOError:
-                delay = min(delay * 2, 0.002)
+                # Polls stay frequent for the first 50 ms (a rotation takes far
+                # less), then back off: a long hold is a stopped or hostile holder.
+                delay = min(delay * 2, 0.0002 if now - start < 0.05 else 0.005)
             else:
                 self.stalled = False
                 return

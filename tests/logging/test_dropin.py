@@ -14,6 +14,7 @@ import logging
 import logging.config
 import logging.handlers
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -111,14 +112,28 @@ def test_mode_w_from_dict_config_truncates_when_never_rotating(tmp_path: Path) -
     assert (tmp_path / "r.log").read_bytes() == b"old\nnew\n"
 
 
+def _null_device(tmp_path: Path) -> str:
+    """A character device to log to: a private null device where this process may make one
+    (root), so that a handler that wrongly rotated it would rename only that; else
+    os.devnull."""
+    if os.geteuid() == 0:
+        node = tmp_path / "dev" / "null"
+        node.parent.mkdir()
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        return str(node)
+    return os.devnull
+
+
 def test_a_handler_on_devnull_makes_no_sidecar(tmp_path: Path) -> None:
-    """os.devnull is written as the stdlib writes it: no sidecar next to the device (which
-    would need a writable /dev), never a rotation, shouldRollover False."""
-    sidecar = Path(os.path.dirname(os.devnull)) / f".{os.path.basename(os.devnull)}.lock"
+    """A character device such as os.devnull is written as the stdlib writes it: no sidecar
+    next to the device (which would need a writable /dev), never a rotation (the device
+    keeps its name), shouldRollover False."""
+    device = _null_device(tmp_path)
+    sidecar = Path(os.path.dirname(device)) / f".{os.path.basename(device)}.lock"
     assert not sidecar.exists()
     for cls, args in ((RotatingFileHandler, {"maxBytes": 1, "backupCount": 1}),
                       (TimedRotatingFileHandler, {"when": "S", "backupCount": 1})):
-        h = cls(os.devnull, **args)
+        h = cls(device, **args)
         try:
             h.emit(_rec("to the void"))
             h.emit(_rec("and again"))
@@ -126,6 +141,8 @@ def test_a_handler_on_devnull_makes_no_sidecar(tmp_path: Path) -> None:
         finally:
             h.close()
     assert not sidecar.exists()
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+    assert not os.path.exists(device + ".1")
 
 
 def test_the_filehandler_api(tmp_path: Path) -> None:

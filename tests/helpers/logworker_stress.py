@@ -2,7 +2,9 @@
 
 Run as ``python logworker_stress.py SPEC_JSON``: it builds the handler the spec
 names, prints ``ready``, waits for one line on stdin (the start barrier), then
-logs ``records`` records from each of ``threads`` threads and exits 0.
+logs ``records`` records from each of ``threads`` threads (or, with
+``seconds``, as many as fit in that time, and prints ``done {writer: count}``)
+and exits 0.
 
 Each record is one line ``<writer> <seq> <length> <payload>`` where ``writer``
 is ``w<worker>t<thread>``, and the payload is a deterministic function of
@@ -17,6 +19,7 @@ import logging.handlers
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 BIG_EVERY = 40  # every 40th record of a writer is large
@@ -80,11 +83,24 @@ def main() -> int:
     # The stdlib handler reports its rename races on stderr; the test counts records instead.
     logging.raiseExceptions = bool(spec.get("raise_exceptions", True))
 
+    counts: dict[str, int] = {}
+    seconds = spec.get("seconds")
+
     def run(thread: int) -> None:
         writer = f"w{worker}t{thread}"
-        for seq in range(spec["records"]):
+        if seconds is None:
+            for seq in range(spec["records"]):
+                length = record_length(worker, thread, seq, spec["big_max"])
+                logger.info("%s", line(writer, seq, length))
+            return
+        # For a bounded time instead of a count: how many were written is reported.
+        deadline = time.monotonic() + seconds
+        seq = 0
+        while time.monotonic() < deadline:
             length = record_length(worker, thread, seq, spec["big_max"])
             logger.info("%s", line(writer, seq, length))
+            seq += 1
+        counts[writer] = seq
 
     threads = [threading.Thread(target=run, args=(t,)) for t in range(spec["threads"])]
     print("ready", flush=True)
@@ -95,7 +111,7 @@ def main() -> int:
     for t in threads:
         t.join()
     handler.close()
-    print("done", flush=True)
+    print("done" if seconds is None else "done " + json.dumps(counts), flush=True)
     return 0
 
 

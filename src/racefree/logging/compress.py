@@ -17,10 +17,12 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import stat
 import zlib
 from collections.abc import Callable, Iterable
 
-from racefree import _fs
+from racefree import _fs, _trust
+from racefree._errors import UnsafePathError
 
 __all__ = ["Claim", "claim", "compress_into", "place_locked", "sweep_locked", "tmp_path"]
 
@@ -55,18 +57,31 @@ def claim(src: int, path: str, directory: str, base_name: str) -> Claim | None:
     """Claim the backup open at ``src``; None if another process compresses it (or did).
 
     Takes ownership of ``src``: it is closed when the claim fails, else by
-    :meth:`Claim.release`.
+    :meth:`Claim.release`. The temp file is racefree's own: created with
+    ``O_EXCL`` (a file someone planted there is never written into: a link, a
+    FIFO or another user's file raises :class:`~racefree.UnsafePathError`), and
+    given the backup's mode (and owner, as root) so that a 0600 log's backup
+    does not become a 0644 ``.gz``.
     """
-    ino = _fs.fstat(src).st_ino
-    tmp = tmp_path(directory, base_name, ino)
-    out = _fs.open(tmp, os.O_RDWR | os.O_CREAT | _fs.O_NOFOLLOW, 0o666)
+    try:
+        st = _fs.fstat(src)
+        tmp = tmp_path(directory, base_name, st.st_ino)
+        out, _, created = _trust.open_own(tmp, os.O_RDWR, 0o600)
+    except BaseException:
+        _fs.close(src)
+        raise
     try:
         _fs.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
         # The path must still name what we locked: a compressor that finished
         # renamed its temp file to .gz, and we may have opened that inode
-        # just before the rename (or made a new file just after it).
-        if _fs.stat(tmp).st_ino != _fs.fstat(out).st_ino:
+        # just before the rename.
+        if _fs.stat(tmp, follow_symlinks=False).st_ino != _fs.fstat(out).st_ino:
             raise BlockingIOError
+        if not created:
+            _fs.ftruncate(out, 0)  # what a dead compressor left is redone from the start
+        _fs.fchmod(out, stat.S_IMODE(st.st_mode))
+        if os.geteuid() == 0:
+            _fs.fchown(out, st.st_uid, st.st_gid)
     except (BlockingIOError, FileNotFoundError):
         _fs.close(out)
         _fs.close(src)
@@ -75,8 +90,7 @@ def claim(src: int, path: str, directory: str, base_name: str) -> Claim | None:
         _fs.close(out)
         _fs.close(src)
         raise
-    _fs.ftruncate(out, 0)  # what a dead compressor left is redone from the start
-    return Claim(src, path, ino, tmp, out)
+    return Claim(src, path, st.st_ino, tmp, out)
 
 
 def compress_into(job: Claim, sync: Callable[[int], None] | None) -> None:
@@ -117,29 +131,39 @@ def place_locked(job: Claim, candidates: Iterable[str]) -> bool:
 
 def sweep_locked(
     directory: str, base_name: str, listing: Iterable[str], backups: Iterable[str]
-) -> list[Claim]:
+) -> tuple[list[Claim], list[UnsafePathError]]:
     """Under the write lock: claim plain backups nobody compresses; remove dead temp files.
 
-    ``backups`` are the plain backup paths that exist. A temp file whose
-    claim is free and whose backup is gone is a dead compressor's leftover.
+    ``backups`` are the plain backup paths that exist. Only a regular file of
+    a trusted owner with one link is adopted (a hard link planted at a backup's
+    name would otherwise get another file compressed into a ``.gz``). A temp
+    file whose claim is free and whose backup is gone is a dead compressor's
+    leftover; other users' files are left alone. Returns the claims and the
+    refusals (reported by the caller after the record is written).
     """
     pattern = re.compile(rf"^\.{re.escape(base_name)}\.(\d+)\.gz\.tmp$")
-    inos = {}
+    dir_st = _fs.stat(directory)
+    claims: list[Claim] = []
+    errors: list[UnsafePathError] = []
+    inos = set()
     for path in backups:
         try:
-            inos[_fs.stat(path).st_ino] = path
+            src, st, _ = _trust.open_own(path, os.O_RDONLY, create=False)
         except FileNotFoundError:
             continue
-    claims = []
-    for ino, path in inos.items():
-        try:
-            src = _fs.open(path, os.O_RDONLY | _fs.O_NOFOLLOW, 0)
-        except FileNotFoundError:
+        except UnsafePathError as exc:
+            errors.append(exc)
             continue
-        if _fs.fstat(src).st_ino != ino:  # pragma: no cover - renamed under the lock: impossible
+        if st.st_nlink != 1:
             _fs.close(src)
+            errors.append(UnsafePathError(path, f"has {st.st_nlink} links: not compressed"))
             continue
-        job = claim(src, path, directory, base_name)
+        inos.add(st.st_ino)
+        try:
+            job = claim(src, path, directory, base_name)
+        except UnsafePathError as exc:
+            errors.append(exc)
+            continue
         if job is not None:
             claims.append(job)
     for name in listing:
@@ -148,14 +172,20 @@ def sweep_locked(
             continue
         tmp = os.path.join(directory, name)
         try:
-            fd = _fs.open(tmp, os.O_RDONLY | _fs.O_NOFOLLOW, 0)
+            st = _fs.stat(tmp, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or not _trust.trusted(st, dir_st):
+                continue  # not a leftover of ours: someone else's file, left alone
+            fd, _, _ = _trust.open_own(tmp, os.O_RDONLY, create=False)
         except FileNotFoundError:
+            continue
+        except UnsafePathError as exc:
+            errors.append(exc)
             continue
         try:
             _fs.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _fs.unlink(tmp)  # its compressor is dead and its backup gone
         except (BlockingIOError, FileNotFoundError):
-            pass
+            pass  # a live compressor holds it, or another sweep removed it first
         finally:
             _fs.close(fd)
-    return claims
+    return claims, errors

@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from racefree import _fs
 from racefree.logging import compress as _gzip
@@ -24,11 +24,12 @@ __all__ = ["RotationFinisher"]
 class _Finish:
     """Work left after a rotation, done by the rotating process outside the write lock."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("compress", "fd", "path")
 
-    def __init__(self, fd: int, path: str) -> None:
+    def __init__(self, fd: int, path: str, compress: bool) -> None:
         self.fd = fd  # the rotated file, still open
         self.path = path  # the name it was rotated to
+        self.compress = compress  # False with a custom rotator: the file is the rotator's
 
 
 class RotationFinisher:
@@ -39,21 +40,24 @@ class RotationFinisher:
     compress: bool
     lock: Any
     _dir: str
-    _lock_fd: int
+    _side: Any
     _finish: list[_Finish | _gzip.Claim]
     _finish_mutex: threading.Lock
+    _deferred: list[BaseException]
 
-    def _sync(self, fn: Callable[[Any], None], target: Any, path: str) -> None:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+    if TYPE_CHECKING:  # defined by the class this is mixed into
 
-    def _open_shared(self) -> None:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+        def _sync(self, fn: Callable[[Any], None], target: Any, path: str) -> None:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
-    def _rotated_candidates(self, path: str) -> Iterable[str]:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+        def _open_shared(self) -> None:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
-    def _exclusive(self) -> AbstractContextManager[None]:
-        raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+        def _rotated_candidates(self, path: str) -> Iterable[str]:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+
+        def _exclusive(self) -> AbstractContextManager[None]:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
     # -- after a rotation, outside the lock -------------------------------
     def _queue_claims(self, claims: list[_gzip.Claim]) -> None:
@@ -62,10 +66,17 @@ class RotationFinisher:
             self._finish.extend(claims)
 
     def _sweep_locked(self, listing: Iterable[str], plain_backups: Iterable[str]) -> None:
-        """During a rotation with ``compress``: adopt backups whose compressor died."""
+        """During a rotation with ``compress``: adopt backups whose compressor died.
+
+        A backup that cannot be adopted safely (its temp file is another user's,
+        say) stays as it is; the error is reported after the record is written
+        (through ``handleError``), and the rotation goes on.
+        """
         if self.compress:
             name = os.path.basename(self.baseFilename)
-            self._queue_claims(_gzip.sweep_locked(self._dir, name, listing, plain_backups))
+            claims, errors = _gzip.sweep_locked(self._dir, name, listing, plain_backups)
+            self._queue_claims(claims)
+            self._deferred.extend(errors)
 
     def _run_finish(self) -> None:
         with self._finish_mutex:
@@ -93,7 +104,7 @@ class RotationFinisher:
         except BaseException:
             _fs.close(job.fd)
             raise
-        if not self.compress:
+        if not job.compress:
             _fs.close(job.fd)
             return
         name = os.path.basename(self.baseFilename)
@@ -127,7 +138,7 @@ class RotationFinisher:
             # thread of this process (one open file description), and its
             # unlock here would release the lock under a thread mid-record.
             with self.lock if self.lock is not None else _NULL:
-                if self._lock_fd < 0:  # pragma: no cover - closed meanwhile
+                if self._side is None:  # pragma: no cover - closed meanwhile
                     self._open_shared()
                 with self._exclusive():
                     placed = _gzip.place_locked(job, self._rotated_candidates(job.path))

@@ -1,85 +1,73 @@
 """The shared-file core of :mod:`racefree.logging`: one log file that many processes append to.
 
-Every process that logs to ``app.log`` also opens a small sidecar file,
-``.app.log.lock`` in the same directory, which is never deleted (pitfall L1). It
-serves twice:
+Every process that logs to ``app.log`` also opens its sidecar ``.app.log.lock``
+(:mod:`racefree.logging.sidecar`): a lock, and a control block holding the
+rotation *generation*.
 
-- its ``flock`` is the *write lock*: a record is appended, and a rotation done,
-  only while holding it exclusively. ``flock`` belongs to an open file
-  description, so every handler instance (and every forked child, which reopens
-  it, see :func:`_after_fork_in_child`) has its own, and the kernel releases it
-  when its holder dies;
-- its first bytes, mapped shared into every process, are the *control block*:
-  a rotation generation (bumped by the process that rotates, under the lock), a
-  "write in progress" mark, the current file's size (kept by every writer, so
-  a record needs no ``fstat``), and, for timed rotation, the next rollover time.
+Writers proceed together. A record of up to ``SHARED_MAX`` bytes is appended
+while holding the lock *shared*: ``flock(LOCK_SH)``, read the generation,
+``lseek`` to learn the file's size, one ``write(2)`` on an ``O_APPEND``
+descriptor, ``flock(LOCK_UN)``. ``O_APPEND`` makes each write land whole at the
+end of the file, whatever the others do, so shared holders need nothing more
+from each other. What they exclude is a rotation, which holds the lock
+*exclusively*:
 
-A writer compares the generation with the one it opened its descriptor at: a
-plain memory read, instead of a ``stat`` of the path per record; a different
-value means the file was rotated by someone else and it reopens the path before
-writing. Because the check and the write happen under the same exclusive lock,
-no record can ever land in a file after that file was rotated, which is how the
-standard handlers lose records (several processes rename ``app.log`` in turn,
-each over the previous one's backup).
+- a writer compares the generation with the one its descriptor was opened at
+  *while holding the lock*, and a rotation (which renames the file and bumps
+  the generation) cannot run while any writer holds it. So no record is ever
+  written to a file after that file was rotated: a descriptor that names a
+  backup is seen to be stale before it is used, and the backup, once renamed,
+  is never written again (which is what lets a compressor read it without the
+  lock);
+- the size check and the write are not atomic together: between a writer's
+  ``lseek`` and its ``write``, other writers' records may land. So when many
+  processes write at once, a file can grow past ``maxBytes`` by at most one
+  record per writer that was between those two steps; each writer finds the
+  file full at its next record (its own ``lseek``) and takes the exclusive
+  path, where the size is exact (nobody else writes) and the rotation is
+  decided once. A single writer gets exactly the standard library's rule.
+
+Larger records, rotations and the repair of a torn record take the exclusive
+path. A SIGKILL can stop a ``write(2)`` between two pages, leaving part of a
+record; an exclusive writer sets a "write in progress" mark first, so the next
+holder ends the torn record with a newline and the next record starts on a line
+of its own. (A record written under the shared hold is at most
+``SHARED_MAX`` bytes: it can be cut only where it crosses a page boundary, by a
+SIGKILL landing inside its ``write(2)``, or by a full disk; the next record then
+follows it on the same line. See ``docs/logging.md``.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging as _stdlib_logging
+import logging.handlers as _stdlib_handlers
 import os
-import struct
 import threading
-import weakref
-from collections.abc import Callable, Iterable, Iterator
-from mmap import mmap
+import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from racefree import _fs
 from racefree._errors import DurabilityError
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, RotationFinisher, _Finish
+from racefree.logging.opening import _LIVE, Opening
+from racefree.logging.rotation import RotationSteps
+from racefree.logging.sidecar import HEAD, OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
+from racefree.logging.stream import SharedStream
 
 __all__ = ["Durable", "SharedFileHandler"]
 
 Durable = Literal["record", "rotate", False]
 
-#: The control block, at the start of the lock file (little-endian). Fields are
-#: written only while holding the write lock exclusively, and read under the lock.
-_U64 = struct.Struct("<Q")
-_HOT = struct.Struct("<QQQ")  # gen, dirty, size: what every record reads, in one unpack
-_OFF_GEN = 0  # u64: rotation generation, bumped by each rotation
-_OFF_DIRTY = 8  # u64: file size the record being written will end at; 0 when none is
-_OFF_SIZE = 16  # u64: size of the current file after the last whole record
-# 24..32: reserved
-_ROLLOVER = struct.Struct("<d")
-_OFF_ROLLOVER = 32  # f64: next timed rollover (epoch seconds), 0.0 when not set yet
-_CONTROL_SIZE = 64
-
-_DONE = struct.Struct("<QQ")  # dirty and size, cleared and advanced together
-_unpack_hot = _HOT.unpack_from
-_pack_u64 = _U64.pack_into
-_pack_done = _DONE.pack_into
+_LOCK_SH_NB = fcntl.LOCK_SH | fcntl.LOCK_NB
+_LOCK_SH = fcntl.LOCK_SH
 _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
-
-# Read access too: the torn-tail repair reads the last byte through it.
-_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT
-
-# Live handlers, so that a forked child can drop the descriptors it inherited.
-_LIVE: weakref.WeakSet[SharedFileHandler] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for handler in list(_LIVE):
-        handler._forget_inherited()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
+_SEEK_END = os.SEEK_END
+_LogRecord = _stdlib_logging.LogRecord
 
 def _exists(path: str) -> bool:
     try:
@@ -89,15 +77,25 @@ def _exists(path: str) -> bool:
     return True
 
 
-class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
-    """Base of the racefree handlers: appends whole records under the shared write lock.
+class SharedFileHandler(
+    Opening, RotationSteps, RotationFinisher, _stdlib_handlers.BaseRotatingHandler
+):
+    """Base of the racefree handlers: appends whole records, rotates under the exclusive hold.
 
-    Subclasses decide when to rotate (:meth:`_should_rotate_locked`) and how
-    (:meth:`_rotate_locked`); this class owns the descriptors, the lock, the
-    control block, fork safety, durability and the compression of rotated files.
+    A :class:`logging.handlers.BaseRotatingHandler` (so a ``FileHandler``) with
+    its attributes: ``baseFilename``, ``mode``, ``encoding``, ``errors``,
+    ``delay``, ``stream`` (a file-like object writing through the handler, None
+    until the file is open), ``namer``, ``rotator``. Subclasses decide when to
+    rotate (:meth:`_should_rotate_locked`) and how (:meth:`_rotate_locked`);
+    this class owns the descriptors, the sidecar, fork safety, durability and
+    compression. A path that exists and is not a regular file (``os.devnull``,
+    a terminal) is written as the standard ``FileHandler`` would: no sidecar,
+    no rotation.
     """
 
     terminator = "\n"
+    #: Set by subclasses: the size the fast path must stay below (None: any).
+    _limit: float | None = None
 
     def __init__(
         self,
@@ -109,241 +107,260 @@ class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
         *,
         durable: Durable = False,
         compress: bool = False,
+        lock_timeout: float | None = 30.0,
     ) -> None:
-        if mode != "a":
-            # Truncating ("w") a file other processes append to throws their records away.
-            raise ValueError(f"mode must be 'a' for a shared log file, not {mode!r}")
+        if mode not in ("a", "w"):
+            raise ValueError(f"mode must be 'a' or 'w' for a shared log file, not {mode!r}")
         if durable not in ("record", "rotate", False):
             raise ValueError(f"durable must be 'record', 'rotate' or False, not {durable!r}")
-        super().__init__()
+        if lock_timeout is not None and not lock_timeout >= 0:
+            raise ValueError(f"lock_timeout must be >= 0 or None, not {lock_timeout!r}")
+        # The stdlib constructors open the stream in the middle; set every
+        # attribute of FileHandler here instead, then open ours.
+        _stdlib_logging.Handler.__init__(self)
         self.baseFilename = os.path.abspath(os.fspath(filename))
         self.mode = mode
-        self.encoding = encoding if encoding is not None else "utf-8"
+        self.encoding = self._enc = encoding if encoding is not None else "utf-8"
         self.errors = errors
         self.delay = delay
         self.durable: Durable = durable
         self.compress = compress
-        self.namer: Callable[[str], str] | None = None
-        self.rotator: Callable[[str, str], None] | None = None
+        self.lock_timeout = lock_timeout
+        self.stream: Any = None
         directory, name = os.path.split(self.baseFilename)
         self._dir = directory
         self.lockFilename = os.path.join(directory, f".{name}.lock")
-        self._lock_fd = -1
-        self._control: mmap | None = None
+        self._proxy = SharedStream(self)
+        self._side: Sidecar | None = None
+        self._plain = False  # a device or FIFO: written as the stdlib does, no sidecar
         self._fd = -1
         self._gen = -1
+        self._head = b""
+        self._at: float | None = None  # timed handlers: the rollover time of this generation
+        self._truncate = mode == "w"  # at the first open only, as the stdlib does
         self._failed: DurabilityError | None = None
-        # A file smaller than this, plus the record, is never rotated: lets the
-        # hot path skip the subclass's decision (0: always ask it).
-        self._rotate_floor: float = 0
-        self._writing = False  # inside the locked section (see _append)
+        self._writing = False  # inside a locked section (see _append)
+        self._exclusive_held = False
         self._finish: list[_Finish | _gzip.Claim] = []
         self._finish_mutex = threading.Lock()
+        self._deferred: list[BaseException] = []
+        # A subclass may decide (shouldRollover) or wrap (doRollover) rotations, as with the stdlib.
+        self._custom_should = self._overridden("shouldRollover")
+        self._custom_do = self._overridden("doRollover")
         _LIVE.add(self)
         if not delay:
-            self._open_shared()
+            self._open()
 
-    # -- descriptors -------------------------------------------------------
-    def _open_shared(self) -> None:
-        """Open the lock file and map its control block; with ``delay=False`` also the log."""
-        fd = _fs.open(self.lockFilename, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            if _fs.fstat(fd).st_size < _CONTROL_SIZE:
-                # Two processes may both extend it: ftruncate to the same size
-                # never shrinks the file nor clears what the other wrote.
-                _fs.ftruncate(fd, _CONTROL_SIZE)
-            self._control = _fs.mmap(fd, _CONTROL_SIZE, writable=True)
-        except BaseException:
-            _fs.close(fd)
-            raise
-        self._lock_fd = fd
-        _LIVE.add(self)  # again after a close(): a record reopens, fork must still be safe
-        if not self.delay:
-            # Shared is enough: only a rotation (exclusive) changes what the path names.
-            _fs.flock(fd, fcntl.LOCK_SH)
-            try:
-                self._reopen(self._read_gen())
-            finally:
-                _fs.flock(fd, fcntl.LOCK_UN)
-
-    def _read_gen(self) -> int:
-        assert self._control is not None
-        return int(_U64.unpack_from(self._control, _OFF_GEN)[0])
-
-    def _reopen(self, gen: int) -> None:
-        """(Re)open the path for appending; call with the write lock held."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            _fs.close(fd)
-        self._fd = _fs.open(self.baseFilename, _OPEN_FLAGS, 0o666)
-        self._gen = gen
-        if self.durable == "record":
-            # The file may be new (a rotation, or the first record): its name
-            # must be durable before a record in it is called durable (W2).
-            self._sync(_fs.fsync_dir, self._dir, self._dir)
-
-    def _sync_size_locked(self) -> int:
-        """Store the file's real size in the control block (after a reopen, repair, rotation).
-
-        Between these, every writer keeps the size up to date under the lock,
-        so a record costs no ``fstat``. Resyncing at each reopen means a lock
-        file older than the log (the log was removed or replaced by hand, or
-        written by some other program) never hands out a stale size for long.
-        """
-        assert self._control is not None
-        size = _fs.fstat(self._fd).st_size
-        _U64.pack_into(self._control, _OFF_SIZE, size)
-        return size
-
-    def _enter_locked(self) -> int:
-        """With the lock just taken: follow a rotation, repair a torn tail; the file's size."""
-        assert self._control is not None
-        # Three fields in one read of shared memory, instead of a stat() of
-        # the path and an fstat() of the descriptor per record.
-        gen, dirty, size = _HOT.unpack_from(self._control, 0)
-        if gen != self._gen or self._fd < 0:
-            # Another process rotated: our descriptor names the old file.
-            self._reopen(gen)
-            size = self._sync_size_locked()
-        if dirty:
-            size = self._repair_torn_tail(dirty)
-        return int(size)
-
-    def _forget_inherited(self) -> None:
-        """In a forked child: close the parent's descriptors, reopen lazily on the next record.
-
-        The child must never lock through the parent's open file description:
-        flock would treat parent and child as one owner, letting both write at
-        once (concurrent-log-handler issue #8). Closing the child's copies
-        releases nothing the parent holds (the parent's descriptors keep the
-        open file description, and its lock, alive).
-        """
-        for fd in (self._fd, self._lock_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):  # a child's copy always closes
-                    _fs.close(fd)
-        if self._control is not None:
-            self._control.close()
-        self._fd = self._lock_fd = -1
-        self._gen = -1
-        self._control = None
-        self._writing = False  # another thread of the parent may have been mid-record
-        # The parent finishes its own rotations; the child must not compress them twice.
-        for job in self._finish:
-            with contextlib.suppress(OSError):
-                if isinstance(job, _gzip.Claim):
-                    job.release()  # the parent's claim: its flock stays with the parent
-                else:
-                    _fs.close(job.fd)
-        self._finish = []
-        self._finish_mutex = threading.Lock()
+    @classmethod
+    def _overridden(cls, name: str) -> bool:
+        """Whether a class outside racefree defines method ``name`` for this handler."""
+        for klass in cls.__mro__:
+            if name in vars(klass):
+                return not klass.__module__.startswith("racefree.")
+        return False  # pragma: no cover - SharedFileHandler defines every name asked about
 
     # -- the write path ----------------------------------------------------
-    def format_bytes(self, record: _stdlib_logging.LogRecord) -> bytes:
+    def format_bytes(self, record: _LogRecord) -> bytes:
         """The bytes one record is written as: the formatted message, the terminator, encoded."""
         text = self.format(record) + self.terminator
-        return text.encode(self.encoding, self.errors or "strict")
+        return text.encode(self._enc, self.errors or "strict")
 
-    def emit(self, record: _stdlib_logging.LogRecord) -> None:
-        """Append ``record`` whole; rotate first when the subclass says so.
+    def emit(self, record: _LogRecord) -> None:
+        """Append ``record`` whole; rotate first when it is due.
 
-        Atomic: the record is written with one ``write(2)`` (short writes
-        looped) on an ``O_APPEND`` descriptor while holding the exclusive write
-        lock, so no other writer's bytes can come between its bytes, at any
-        size. Durable when it returns only with ``durable="record"``. Errors go
-        to :meth:`handleError`, as for every logging handler; after a failed
-        fsync every later record fails with the same :class:`DurabilityError`.
+        Atomic: the record is one ``write(2)`` on an ``O_APPEND`` descriptor
+        (short writes finished while still holding the lock), so no other
+        writer's bytes come between its bytes. Durable when it returns only
+        with ``durable="record"``. Errors go to :meth:`handleError`, as for
+        every logging handler: a failed fsync (every later record then fails
+        with the same :class:`~racefree.DurabilityError`), a lock held by
+        someone else for longer than ``lock_timeout``
+        (:class:`~racefree.LockTimeout`: the record is not written), a
+        sidecar that is not racefree's (:class:`~racefree.UnsafePathError`).
         """
         try:
             text = self.format(record) + self.terminator
-            self._append(text.encode(self.encoding, self.errors or "strict"), record)
+            if self.stream is not self._proxy and self._emit_elsewhere(text):
+                return
+            data = text.encode(self._enc, self.errors or "strict")
+            if self._custom_should and self.shouldRollover(record):
+                self._append_exclusive(data, record, self._gen)
+            else:
+                self._append(data, record)
         except RecursionError:  # the stdlib handlers let this one through too
             raise
         except Exception:
             self.handleError(record)
 
-    def handle(self, record: _stdlib_logging.LogRecord) -> bool:
+    def _emit_elsewhere(self, text: str) -> bool:
+        """Not our stream: None (open it, False) or one set with setStream (write there, True)."""
+        stream = self.stream
+        if stream is None:
+            if self.mode == "w" and getattr(self, "_closed", False):
+                return True  # as the stdlib (bpo-42378): a closed "w" handler writes nothing
+            self._open()
+            return False
+        stream.write(text)
+        if hasattr(stream, "flush"):
+            stream.flush()
+        return True
+
+    def handle(self, record: _LogRecord) -> Any:
         """As :meth:`logging.Handler.handle`; then finishes a rotation this thread did.
 
         Compression and the rotation fsyncs run here, after the handler's lock
         is released, so they block neither other processes nor other threads.
         """
-        rv = super().handle(record)
+        rv = self.filter(record)
+        if isinstance(rv, _LogRecord):  # Python 3.12+: a filter may return a record
+            record = rv
+        if rv:
+            self.acquire()
+            try:
+                self.emit(record)
+            finally:
+                self.release()
+            if self._finish or self._deferred:
+                self._after_record(record)
+        return rv
+
+    def _after_record(self, record: _LogRecord) -> None:
+        while self._deferred:
+            error = self._deferred.pop(0)
+            try:
+                raise error
+            except Exception:
+                self.handleError(record)  # reported as emit reports, never raised into the caller
         if self._finish:
             try:
                 self._run_finish()
             except Exception:
-                self.handleError(record)  # as for emit: a handler never raises into the caller
-        return rv
+                self.handleError(record)
 
-    def _append(self, data: bytes, record: _stdlib_logging.LogRecord | None) -> None:
+    def _append(self, data: bytes, record: _LogRecord | None) -> None:
+        side = self._side
+        n = len(data)
+        at = self._at
+        if (side is None or n > SHARED_MAX or self._writing
+                or (at is not None and time.time() >= at)):
+            self._append_exclusive(data, record)
+            return
+        lock_fd = side.fd
+        try:
+            _fs.flock(lock_fd, _LOCK_SH_NB)
+        except BlockingIOError:
+            side._wait(_LOCK_SH)  # a rotation or a large record: bounded wait
+        self._writing = True
+        try:
+            # Generation unchanged and no torn record to repair: one compare of raw bytes.
+            head = _fs.pread(lock_fd, 16, 0)
+            if head == self._head or self._follow_shared(head):
+                fd = self._fd
+                limit = self._limit
+                # Other writers may append between this lseek and the write:
+                # see the module docstring for the bound this leaves.
+                if limit is None or _fs.lseek(fd, 0, _SEEK_END) + n < limit:
+                    try:
+                        written = _fs.write(fd, data)
+                        if written != n:  # a short write (W6): finish it, still holding the lock
+                            _fs.write_all(fd, memoryview(data)[written:])
+                    except BaseException:
+                        # Part of the record may be in the file (a full disk, an
+                        # interrupt): the next holder checks the tail, exclusively.
+                        side.put_u64(OFF_DIRTY, UNKNOWN_END)
+                        raise
+                    if self.durable == "record":
+                        self._sync(_fs.fdatasync, fd, self.baseFilename)
+                    return
+        finally:
+            self._writing = False
+            _fs.flock(lock_fd, _LOCK_UN)
+        self._append_exclusive(data, record)
+
+    def _follow_shared(self, head: bytes) -> bool:
+        """Holding the lock shared, the control block is not what our descriptor was opened at.
+
+        Another process rotated: reopen the path now (no rotation can rename it
+        while the lock is held, even shared) and go on as a shared writer.
+        False when the exclusive hold is needed: a torn record to repair, a
+        failed handler, a truncated sidecar (the exclusive path reports it).
+        """
+        if len(head) != HEAD.size or self._failed is not None:
+            return False
+        gen, dirty = HEAD.unpack(head)
+        if dirty:
+            return False
+        self._reopen_locked(gen)
+        return True
+
+    def _append_exclusive(
+        self, data: bytes, record: _LogRecord | None, force_gen: int = -1
+    ) -> None:
+        """The slow path: open, follow a rotation, repair, rotate, large records."""
         if self._failed is not None:
             raise self._failed
-        control = self._control
-        if control is None:
-            self._open_shared()
-            control = self._control
-            assert control is not None
         if self._writing:
-            # This thread is already inside the locked section below, and was
+            # This thread is already inside a locked section, and was
             # interrupted by a signal handler that logs: flock would "succeed"
             # (same open file description) and its unlock would release the
             # lock under the interrupted write. Refuse instead (handleError).
             raise RuntimeError("reentrant log record from a signal handler: dropped")
-        lock_fd = self._lock_fd
+        if self._side is None:
+            if not self._plain:
+                self._open_shared()
+            if self._plain:
+                _fs.write_all(self._fd, data)
+                return
+        side = self._side
+        assert side is not None
         n = len(data)
-        _fs.flock(lock_fd, _LOCK_EX)
-        self._writing = True
+        side.lock(_LOCK_EX)
+        self._writing = self._exclusive_held = True
         try:
-            # Three fields in one read of shared memory, instead of a stat() of
-            # the path and an fstat() of the descriptor per record.
-            gen, dirty, size = _unpack_hot(control, 0)
-            if gen != self._gen or dirty or self._fd < 0:
-                size = self._enter_locked()
-            if size + n >= self._rotate_floor and self._should_rotate_locked(size, n, record):
-                self._rotate_locked()
-                size = self._sync_size_locked()
+            size = self._enter_locked()
+            if force_gen >= 0:
+                rotate = force_gen == self._gen and size > 0
+            else:
+                rotate = self._should_rotate_locked(size, n, record)
+            if rotate:
+                if self._custom_do:
+                    self.doRollover()  # a subclass's: it calls ours back, still under the lock
+                else:
+                    self._rotate_now_locked()
+                size = _fs.lseek(self._fd, 0, _SEEK_END)
             # A SIGKILL can stop a large write(2) between pages; the next holder
-            # sees this mark and ends the torn record with a newline, so that
-            # the records after it still start on a line of their own.
-            _pack_u64(control, _OFF_DIRTY, size + n)
+            # sees this mark and ends the torn record with a newline.
+            side.put_u64(OFF_DIRTY, size + n)
             fd = self._fd
-            written = _fs.write(fd, data)
-            if written != n:  # a short write (W6): finish it, still under the lock
-                _fs.write_all(fd, memoryview(data)[written:])
-            _pack_done(control, _OFF_DIRTY, 0, size + n)
+            _fs.write_all(fd, data)
+            side.put_u64(OFF_DIRTY, 0)
         finally:
-            self._writing = False
-            _fs.flock(lock_fd, _LOCK_UN)
+            self._writing = self._exclusive_held = False
+            side.unlock()
         if self.durable == "record":
             # Outside the lock: if another process rotates meanwhile, ``fd``
             # still names the inode this record went to.
             self._sync(_fs.fdatasync, fd, self.baseFilename)
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """The write lock, outside the record path (rotation, placing a .gz); hold self.lock."""
-        if self._writing:
-            raise RuntimeError("reentrant use of the log's write lock from a signal handler")
-        _fs.flock(self._lock_fd, _LOCK_EX)
-        self._writing = True
-        try:
-            yield
-        finally:
-            self._writing = False
-            _fs.flock(self._lock_fd, _LOCK_UN)
+    def _enter_locked(self) -> int:
+        """Holding the lock exclusively: follow a rotation, repair a torn tail; the exact size."""
+        assert self._side is not None
+        gen, dirty = self._side.head()
+        if gen != self._gen or self._fd < 0:
+            self._reopen_locked(gen)  # another process rotated: our descriptor names a backup
+        if dirty:
+            return self._repair_torn_tail(dirty)
+        return _fs.lseek(self._fd, 0, _SEEK_END)
 
     def _repair_torn_tail(self, expected_end: int) -> int:
-        """The previous holder died (or failed) mid-write: end its partial record with a newline.
-
-        Returns the file's size afterwards (also stored in the control block).
-        """
-        assert self._control is not None
-        size = _fs.fstat(self._fd).st_size
+        """The previous exclusive holder died (or failed) mid-write: end its partial record."""
+        assert self._side is not None
+        size = _fs.lseek(self._fd, 0, _SEEK_END)
         if 0 < size < expected_end and _fs.pread(self._fd, 1, size - 1) != b"\n":
             _fs.write_all(self._fd, b"\n")
-        _U64.pack_into(self._control, _OFF_DIRTY, 0)
-        return self._sync_size_locked()
+            size += 1
+        self._side.put_u64(OFF_DIRTY, 0)
+        return size
 
     def _sync(self, fn: Callable[[Any], None], target: Any, path: str) -> None:
         try:
@@ -352,81 +369,35 @@ class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
             # Never retried (pitfall W7): a second fsync can "succeed" after the
             # kernel dropped the dirty pages. The handler refuses further records.
             self._failed = DurabilityError(path, exc.errno or errno.EIO, "log handler")
+            self._head = b""
             raise self._failed from exc
 
-    # -- rotation (subclasses) --------------------------------------------
-    def _should_rotate_locked(
-        self, size: int, length: int, record: _stdlib_logging.LogRecord | None
-    ) -> bool:
-        """Whether to rotate before writing ``length`` bytes to a file of ``size`` bytes."""
-        return False
-
-    def _rotate_locked(self) -> None:  # pragma: no cover - subclasses that rotate override it
-        raise NotImplementedError
-
-    def rotation_filename(self, default_name: str) -> str:
-        """The name a backup gets: ``namer(default_name)`` if a namer is set (as the stdlib)."""
-        return default_name if self.namer is None else self.namer(default_name)
-
-    def rotate(self, source: str, dest: str) -> None:
-        """Move the current file to its backup name: ``rotator(source, dest)`` or a rename.
-
-        Called with the write lock held exclusively: a custom ``rotator`` blocks
-        every writer while it runs (prefer ``compress=True``, which does not).
-        """
-        if self.rotator is None:
-            _fs.replace(source, dest)
-        else:
-            self.rotator(source, dest)
-
-    def _switch_locked(self, rotated_to: str | None) -> None:
-        """After the current file was renamed: open a new one and tell the other processes."""
-        assert self._control is not None
-        old = self._fd
-        self._fd = -1
-        gen = self._read_gen() + 1
-        _U64.pack_into(self._control, _OFF_GEN, gen)
-        self._reopen(gen)
-        if rotated_to is not None and (self.durable or self.compress):
-            with self._finish_mutex:  # another thread may be taking the list in handle()
-                self._finish.append(_Finish(old, rotated_to))
-        else:
-            _fs.close(old)
-
-    def _rotated_candidates(self, path: str) -> Iterable[str]:
-        """Where a file rotated to ``path`` may be now (later rotations shift backups)."""
-        return (path,)
-
     # -- the rest of the Handler API --------------------------------------
-    def doRollover(self) -> None:
-        """Rotate now (under the write lock; a no-op for an empty file)."""
-        with self.lock if self.lock is not None else _NULL:
-            if self._lock_fd < 0:
-                self._open_shared()
-            with self._exclusive():
-                if self._enter_locked() > 0:
-                    self._rotate_locked()
-                    self._sync_size_locked()
-        self._run_finish()
+    def setStream(self, stream: Any) -> Any:
+        """As the stdlib: records then go to ``stream`` (no lock, no rotation) until set back.
+
+        ``setStream(handler._open())`` returns to the shared log file.
+        """
+        return super().setStream(stream)
 
     def flush(self) -> None:
-        """Nothing to do: every record is written to the file before ``emit`` returns."""
+        """Flush a stream set with :meth:`setStream`; the log file needs none (written at emit)."""
+        stream = self.stream
+        if stream is not None and stream is not self._proxy and hasattr(stream, "flush"):
+            with self.lock if self.lock is not None else _NULL:
+                stream.flush()
 
     def close(self) -> None:
-        """Finish pending rotation work, close the descriptors. The lock file stays (L1)."""
+        """Finish pending rotation work, close the descriptors. The sidecar stays (L1)."""
         with self.lock if self.lock is not None else _NULL:
             try:
                 self._run_finish()
             finally:
-                for fd in (self._fd, self._lock_fd):
-                    if fd >= 0:
-                        _fs.close(fd)
-                if self._control is not None:
-                    self._control.close()
-                self._fd = self._lock_fd = -1
-                self._control = None
+                self._drop_descriptors()
+                self._plain = False
+                self.stream = None
                 _LIVE.discard(self)
-                super().close()
+                _stdlib_logging.Handler.close(self)
 
     def __repr__(self) -> str:
         level = _stdlib_logging.getLevelName(self.level)

@@ -42,15 +42,21 @@ class RotatingFileHandler(SharedFileHandler):
     - ``compress``: gzip each backup to ``app.log.N.gz``, done once, by the
       process that rotated, without holding the write lock.
 
+    - ``lock_timeout``: the longest a record waits for the sidecar's lock
+      (seconds, default 30; None: no limit); see ``docs/logging.md``.
+
     Guarantees, for every process and thread that logs through one of these
     handlers: each record is written whole, never interleaved with another;
     none is lost at rotation; the file is rotated once per threshold, by one
     process, only when the *current* file plus the next record reaches
-    ``maxBytes`` (so each backup is below ``maxBytes``, or holds one record
-    larger than it), and backups are named ``app.log.1`` (newest) to
-    ``app.log.<backupCount>``. As documented for the stdlib, rollover never
-    occurs when ``maxBytes`` or ``backupCount`` is 0. ``mode`` must be ``"a"``;
-    the default encoding is UTF-8 (not the locale's).
+    ``maxBytes``; backups are named ``app.log.1`` (newest) to
+    ``app.log.<backupCount>``. A backup is below ``maxBytes`` (or holds one
+    record larger than it) when one process writes at a time; with writers
+    appending at once, at most one record of each writer ends past
+    ``maxBytes``. As documented for the stdlib, rollover never occurs when
+    ``maxBytes`` or ``backupCount`` is 0. ``mode`` is ``"a"``, or ``"w"``
+    (truncate at open) when ``maxBytes`` is 0, as in the stdlib; the default
+    encoding is UTF-8 (not the locale's).
     """
 
     def __init__(
@@ -67,19 +73,23 @@ class RotatingFileHandler(SharedFileHandler):
         backup_count: object = _UNSET,
         durable: Durable = False,
         compress: bool = False,
+        lock_timeout: float | None = 30.0,
     ) -> None:
         limit = _pick("max_bytes", maxBytes, max_bytes)  # checked before opening anything
         count = _pick("backup_count", backupCount, backup_count)
-        super().__init__(
-            filename, mode, encoding, delay, errors, durable=durable, compress=compress
-        )
         self._max_bytes = limit
         self._backup_count = count
         self._set_floor()
+        if limit > 0:
+            mode = "a"  # as the stdlib: "w" truncates only a log that never rotates
+        super().__init__(
+            filename, mode, encoding, delay, errors,
+            durable=durable, compress=compress, lock_timeout=lock_timeout,
+        )
 
     def _set_floor(self) -> None:
         rotates = self._max_bytes > 0 and self._backup_count > 0
-        self._rotate_floor = self._max_bytes if rotates else float("inf")
+        self._limit = self._max_bytes if rotates else None
 
     # The stdlib's attribute names, settable after construction as there.
     @property
@@ -104,12 +114,24 @@ class RotatingFileHandler(SharedFileHandler):
     backup_count = backupCount
 
     def shouldRollover(self, record: _stdlib_logging.LogRecord) -> bool:
-        """Whether ``record`` would make the current file reach ``maxBytes`` (a hint only:
-        the decision that counts is taken again under the write lock)."""
+        """The standard library's answer: would ``record`` make the file reach ``maxBytes``?
+
+        As there: False for a file that is not a regular one (``os.devnull``),
+        the record is formatted only when ``maxBytes`` > 0, its length is
+        counted in characters, and the answer is True even for an empty file
+        or with ``backupCount`` 0. ``emit`` does not ask this (unless a
+        subclass overrides it): it decides again, holding the lock, from the
+        encoded length, and never rotates an empty file (no empty backup).
+        """
         if self._fd < 0:
+            self._open()
+        if self._plain:
             return False
-        size = _fs.fstat(self._fd).st_size
-        return self._should_rotate_locked(size, len(self.format_bytes(record)), record)
+        if self.maxBytes > 0:
+            msg = f"{self.format(record)}\n"
+            if _fs.lseek(self._fd, 0, os.SEEK_END) + len(msg) >= self.maxBytes:
+                return True
+        return False
 
     def _should_rotate_locked(
         self, size: int, length: int, record: _stdlib_logging.LogRecord | None
@@ -120,12 +142,8 @@ class RotatingFileHandler(SharedFileHandler):
         # and does not rotate again. With the stdlib each process rotates from
         # its own stream's size, so a second process renames the fresh file
         # into app.log.1 too: backups of a few KB with a 5 MB limit (issue 6).
-        return (
-            self.maxBytes > 0
-            and self.backupCount > 0
-            and size > 0
-            and size + length >= self.maxBytes
-        )
+        limit = self._limit
+        return limit is not None and size > 0 and size + length >= limit
 
     def _backup_name(self, i: int) -> str:
         return self.rotation_filename(f"{self.baseFilename}.{i}")

@@ -7,12 +7,13 @@ import logging as _stdlib_logging
 import logging.handlers as _stdlib_handlers
 import os
 import re
+import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from racefree import _fs
-from racefree.logging.handler import _OFF_ROLLOVER, _ROLLOVER, Durable, SharedFileHandler
+from racefree.logging.handler import Durable, SharedFileHandler
 
 __all__ = ["TimedRotatingFileHandler"]
 
@@ -25,6 +26,13 @@ _WHEN: dict[str, tuple[int, str, str]] = {
     "MIDNIGHT": (86400, "%Y-%m-%d", r"\d{4}-\d{2}-\d{2}"),
     "W": (7 * 86400, "%Y-%m-%d", r"\d{4}-\d{2}-\d{2}"),
 }
+
+# The interpreter's own rollover computation, taken when this module is first
+# imported: code that replaces ``logging.handlers.TimedRotatingFileHandler``
+# with this class must not make it call itself through the module.
+_STDLIB_COMPUTE = cast(
+    "Callable[[Any, int], int]", _stdlib_handlers.TimedRotatingFileHandler.computeRollover
+)
 
 
 class TimedRotatingFileHandler(SharedFileHandler):
@@ -61,6 +69,7 @@ class TimedRotatingFileHandler(SharedFileHandler):
         at_time: datetime.time | None = None,
         durable: Durable = False,
         compress: bool = False,
+        lock_timeout: float | None = 30.0,
     ) -> None:
         if backupCount is not None and backup_count is not None and backupCount != backup_count:
             raise TypeError("backup_count given twice with different values")
@@ -81,43 +90,70 @@ class TimedRotatingFileHandler(SharedFileHandler):
             raise ValueError(f"interval must be >= 1, not {interval!r}")
         self.interval = unit * interval
         self.extMatch = re.compile(rf"^{pattern}(\.\w+)?$", re.ASCII)
+        self._stamp = re.compile(rf"(?<!\d){pattern}(?!\d)", re.ASCII)
+        self._suffix = re.compile(rf"{pattern}(\.\d+)?", re.ASCII)
         self.utc = utc
         self.atTime = atTime if atTime is not None else at_time
+        # As the stdlib: from the log's last change if it exists, else from now.
+        try:
+            start = int(_fs.stat(os.path.abspath(os.fspath(filename))).st_mtime)
+        except FileNotFoundError:
+            start = int(time.time())
+        self._local_at = float(self.computeRollover(start))
         super().__init__(
-            filename, "a", encoding, delay, errors, durable=durable, compress=compress
+            filename, "a", encoding, delay, errors,
+            durable=durable, compress=compress, lock_timeout=lock_timeout,
         )
 
     def computeRollover(self, currentTime: int) -> int:
-        """The next rollover after ``currentTime``: the stdlib's own computation."""
-        compute = cast(Any, _stdlib_handlers.TimedRotatingFileHandler.computeRollover)
-        return int(compute(self, currentTime))
+        """The next rollover after ``currentTime``: the interpreter's own computation."""
+        return int(_STDLIB_COMPUTE(self, currentTime))
 
     @property
     def rolloverAt(self) -> int:
-        """The next rollover time shared by every process (0 before the first record)."""
-        if self._control is None:
-            return 0
-        return int(_ROLLOVER.unpack_from(self._control, _OFF_ROLLOVER)[0])
+        """The next rollover time, shared by every process that uses the log."""
+        return int(self._at if self._at is not None else self._local_at)
+
+    @rolloverAt.setter
+    def rolloverAt(self, value: float) -> None:
+        self._local_at = float(value)
+        if self._side is not None:
+            self._at = float(value)
+            # A plain time, no lock needed: whichever write lands last is the next rollover.
+            self._side.put_rollover(float(value))
 
     def shouldRollover(self, record: _stdlib_logging.LogRecord) -> bool:
-        """Whether the shared rollover time has passed (a hint; re-decided under the lock)."""
-        at = self.rolloverAt
-        return at > 0 and int(time.time()) >= at
+        """The standard library's answer: has the rollover time passed?
+
+        False for a file that is not a regular one (``os.devnull``). ``emit``
+        decides again holding the lock, from the time every process shares.
+        """
+        if self._plain:
+            return False
+        if self._fd < 0:
+            try:
+                if not stat.S_ISREG(_fs.stat(self.baseFilename).st_mode):
+                    return False
+            except FileNotFoundError:
+                pass
+        return int(time.time()) >= self.rolloverAt
+
+    def _opened_locked(self) -> None:
+        assert self._side is not None
+        at = self._side.rollover()
+        if at == 0.0:
+            # First use of this sidecar: this handler's rollover time is everyone's.
+            at = self._local_at
+            self._side.put_rollover(at)
+        self._at = at
 
     def _should_rotate_locked(
         self, size: int, length: int, record: _stdlib_logging.LogRecord | None
     ) -> bool:
-        assert self._control is not None
-        at = _ROLLOVER.unpack_from(self._control, _OFF_ROLLOVER)[0]
+        self._opened_locked()  # the shared time: another process may have moved it on
+        assert self._at is not None
+        at = self._at
         now = int(time.time())
-        if at == 0.0:
-            # First use of this lock file: start from the log's mtime, as the stdlib does.
-            try:
-                start = int(_fs.stat(self.baseFilename).st_mtime) if size else now
-            except FileNotFoundError:  # pragma: no cover - we hold it open
-                start = now
-            _ROLLOVER.pack_into(self._control, _OFF_ROLLOVER, float(self.computeRollover(start)))
-            at = _ROLLOVER.unpack_from(self._control, _OFF_ROLLOVER)[0]
         if now < at:
             return False
         if size == 0:
@@ -127,7 +163,7 @@ class TimedRotatingFileHandler(SharedFileHandler):
         return True
 
     def _advance(self, now: int) -> None:
-        assert self._control is not None
+        assert self._side is not None
         at = self.computeRollover(now)
         while at <= now:
             at += self.interval
@@ -135,7 +171,8 @@ class TimedRotatingFileHandler(SharedFileHandler):
             dst_now = time.localtime(now)[-1]
             if dst_now != time.localtime(at)[-1]:
                 at += -3600 if not dst_now else 3600
-        _ROLLOVER.pack_into(self._control, _OFF_ROLLOVER, float(at))
+        self._side.put_rollover(float(at))
+        self._at = float(at)
 
     def _backup_for(self, start: int, now: int) -> str:
         if self.utc:
@@ -148,9 +185,9 @@ class TimedRotatingFileHandler(SharedFileHandler):
 
     def _rotate_locked(self) -> None:
         """Rename ``app.log`` to ``app.log.<start of its interval>``, reopen, prune backups."""
-        assert self._control is not None
+        assert self._at is not None
         now = int(time.time())
-        at = int(_ROLLOVER.unpack_from(self._control, _OFF_ROLLOVER)[0])
+        at = int(self._at)
         present = set(_fs.listdir(self._dir))
         base = self._backup_for(at - self.interval if at else now, now)
         dest = self.rotation_filename(base)
@@ -175,17 +212,30 @@ class TimedRotatingFileHandler(SharedFileHandler):
                 _fs.unlink(path)
 
     def _backups(self, listing: Iterable[str]) -> list[str]:
-        """The names in ``listing`` that are backups of this log (plain or ``.gz``)."""
-        prefix = os.path.basename(self.baseFilename) + "."
+        """The names in ``listing`` that are backups of this log (plain or ``.gz``).
+
+        Without a namer: ``app.log.<time>``, with ``.N`` when that name was
+        taken and ``.gz`` when compressed. With a namer, a name is a backup if
+        the namer makes it from a time found in it (as the stdlib does since
+        3.13), so a namer that moves the time into the middle of the name
+        still has its backups pruned.
+        """
+        base = self.baseFilename
+        prefix = os.path.basename(base) + "."
+        namer = self.namer
         found = []
         for entry in listing:
-            if not entry.startswith(prefix):
+            stem = entry[:-3] if entry.endswith(".gz") else entry
+            if not callable(namer):
+                if stem.startswith(prefix) and self._suffix.fullmatch(stem[len(prefix):]):
+                    found.append(entry)
                 continue
-            rest = entry[len(prefix):]
-            if rest.endswith(".gz"):
-                rest = rest[:-3]
-            if self.extMatch.match(rest):
-                found.append(entry)
+            for m in self._stamp.finditer(stem):
+                tried = [f"{base}.{m[0]}"]
+                tried += [f"{base}.{m[0]}.{n}" for n in re.findall(r"\.(\d+)", stem[m.end():])]
+                if any(os.path.basename(namer(name)) == stem for name in tried):
+                    found.append(entry)
+                    break
         return found
 
     def getFilesToDelete(self) -> list[str]:

@@ -1,0 +1,163 @@
+"""Rotation steps of the racefree handlers: names, the rename, the switch to a new file.
+
+A mixin of :class:`racefree.logging.handler.SharedFileHandler`, kept apart so
+that each module reads in one sitting. Everything here runs holding the
+sidecar's lock exclusively: no writer, in any process, writes while a file is
+renamed, and every writer sees the new generation before its next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging as _stdlib_logging
+import os
+import stat
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from racefree import _fs
+from racefree.logging import compress as _gzip
+from racefree.logging.finish import _NULL, _Finish
+from racefree.logging.sidecar import OFF_GEN, Sidecar
+
+__all__ = ["RotationSteps"]
+
+_LogRecord = _stdlib_logging.LogRecord
+_LOCK_EX = fcntl.LOCK_EX
+
+
+class RotationSteps:
+    """How a racefree handler rotates (mixin; subclasses say when and to which names)."""
+
+    namer: Any
+    rotator: Any
+    compress: bool
+    durable: Any
+    lock: Any
+    _side: Sidecar | None
+    _fd: int
+    _plain: bool
+    _writing: bool
+    _exclusive_held: bool
+    _finish: list[_Finish | _gzip.Claim]
+    _finish_mutex: threading.Lock
+
+    if TYPE_CHECKING:  # defined by the class this is mixed into
+
+        def _reopen_locked(self, gen: int) -> bool:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+
+        def _enter_locked(self) -> int:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+
+        def _open(self) -> Any:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+
+        def _run_finish(self) -> None:
+            raise NotImplementedError  # pragma: no cover - RotationFinisher defines it
+
+    # -- rotation (subclasses) --------------------------------------------
+    def shouldRollover(self, record: _LogRecord) -> bool:
+        """Whether ``record`` is due to rotate the file (subclasses: the stdlib's answer)."""
+        return False
+
+    def _should_rotate_locked(self, size: int, length: int, record: _LogRecord | None) -> bool:
+        """Whether to rotate before writing ``length`` bytes to a file of exactly ``size`` bytes."""
+        return False
+
+    def _rotate_locked(self) -> None:  # pragma: no cover - subclasses that rotate override it
+        raise NotImplementedError
+
+    def _rotate_now_locked(self) -> None:
+        self._rotate_locked()
+
+    def rotation_filename(self, default_name: str) -> str:
+        """The name a backup gets: ``namer(default_name)`` if a namer is set (as the stdlib).
+
+        ``namer`` may be set on the instance or defined as a method of a subclass.
+        """
+        namer = self.namer
+        return namer(default_name) if callable(namer) else default_name
+
+    def rotate(self, source: str, dest: str) -> None:
+        """Move the current file to its backup name: ``rotator(source, dest)`` or a rename.
+
+        Called holding the lock exclusively: a custom ``rotator`` blocks every
+        writer while it runs (prefer ``compress=True``, which does not), and no
+        process writes to ``source`` while it runs or afterwards.
+        """
+        rotator = self.rotator
+        if callable(rotator):
+            rotator(source, dest)
+        else:
+            _fs.replace(source, dest)
+
+    def _has_rotator(self) -> bool:
+        return callable(self.rotator)
+
+    def _switch_locked(self, rotated_to: str | None) -> None:
+        """After the current file was renamed: open a new one and tell the other processes."""
+        assert self._side is not None
+        old = self._fd
+        self._fd = -1
+        old_st = _fs.fstat(old)
+        gen = self._side.head()[0] + 1
+        self._side.put_u64(OFF_GEN, gen)
+        if self._reopen_locked(gen):
+            # The new file is what the old one was: same mode (a 0600 log
+            # stays 0600) and, when root rotates, the same owner.
+            _fs.fchmod(self._fd, stat.S_IMODE(old_st.st_mode))
+            if os.geteuid() == 0:
+                _fs.fchown(self._fd, old_st.st_uid, old_st.st_gid)
+        compress = self.compress and not self._has_rotator()
+        if rotated_to is not None and (self.durable or compress):
+            with self._finish_mutex:  # another thread may be taking the list in handle()
+                self._finish.append(_Finish(old, rotated_to, compress))
+        else:
+            _fs.close(old)
+
+    def _rotated_candidates(self, path: str) -> Iterable[str]:
+        """Where a file rotated to ``path`` may be now (later rotations shift backups)."""
+        return (path,)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The lock held exclusively, outside the record path (placing a .gz); hold self.lock."""
+        if self._writing:
+            raise RuntimeError("reentrant use of the log's lock from a signal handler")
+        assert self._side is not None
+        self._side.lock(_LOCK_EX)
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+            self._side.unlock()
+
+    def doRollover(self) -> None:
+        """Rotate now, holding the lock exclusively (a no-op for an empty file).
+
+        From a subclass's ``doRollover`` that ``emit`` called (to add work
+        around a rotation), ``super().doRollover()`` rotates at once: the lock
+        is already held exclusively by this thread.
+        """
+        if self._exclusive_held:
+            self._rotate_now_locked()
+            return
+        with self.lock if self.lock is not None else _NULL:
+            if self._side is None:
+                self._open()
+                if self._plain:
+                    return
+            assert self._side is not None
+            with self._exclusive():
+                self._exclusive_held = True
+                try:
+                    if self._enter_locked() > 0:
+                        self._rotate_now_locked()
+                finally:
+                    self._exclusive_held = False
+        self._run_finish()
+

@@ -1,0 +1,181 @@
+"""The sidecar ``.app.log.lock``: the log's lock and its control block, opened under the trust rule.
+
+Every process that logs to ``app.log`` opens this small file, which is never
+deleted (pitfall L1). Its ``flock`` is the *rotation lock*: writers hold it
+shared for the length of one ``write(2)``, so any number of them append at
+once; a rotation, a record larger than :data:`SHARED_MAX` and a torn-tail
+repair hold it exclusively. Its 64 bytes are the *control block*, read with
+``pread`` and written with ``pwrite`` (never mapped: a mapping of a file that
+someone truncates kills every process that touches it with SIGBUS, pitfall
+T6; a short read here is a typed error instead):
+
+====== ===== ==========================================================
+offset type  field
+====== ===== ==========================================================
+0      u64   generation: bumped by each rotation (and by ``mode="w"``)
+8      u64   write in progress: the size the file will have after the
+             record an exclusive writer is writing, all ones after a
+             shared writer's write failed part-way, 0 otherwise
+16     u64   reserved (0)
+24     u64   reserved (0)
+32     f64   next timed rollover (epoch seconds), 0.0 until first use
+====== ===== ==========================================================
+
+The file is racefree's own, so it is opened with ``O_NOFOLLOW | O_NONBLOCK``,
+checked with ``fstat`` to be a regular file of a trusted owner and 0 or 64
+bytes long before anything is read from it, and created with ``O_EXCL``
+(:func:`racefree._trust.open_own`). Its mode gives read and write access only
+to the classes (owner, group, others) that may write the log itself: ``flock``
+needs no more than read access, so a sidecar others can read would let any of
+them hold the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import struct
+import time
+
+from racefree import _fs, _trust
+from racefree._errors import LockTimeout, UnsafePathError
+
+__all__ = ["CONTROL_SIZE", "SHARED_MAX", "UNKNOWN_END", "Sidecar", "sidecar_mode"]
+
+CONTROL_SIZE = 64
+#: Records up to this size are appended under the shared hold; larger ones
+#: under the exclusive hold, with the write-in-progress mark (a large write(2)
+#: is the one a SIGKILL can cut between pages, see ``SharedFileHandler``).
+SHARED_MAX = 4096
+
+#: The write-in-progress value of a shared writer whose write failed part-way.
+UNKNOWN_END = (1 << 64) - 1
+HEAD = struct.Struct("<QQ")  # generation, write in progress
+OFF_GEN = 0
+OFF_DIRTY = 8
+OFF_ROLLOVER = 32
+_U64 = struct.Struct("<Q")
+_F64 = struct.Struct("<d")
+_LOCK_NB = fcntl.LOCK_NB
+#: Seconds a wait lasts, at most, after a wait timed out (until one succeeds).
+STALLED_WAIT = 0.01
+
+
+def sidecar_mode(log_mode: int) -> int:
+    """Read and write for each class (owner, group, others) that may write the log."""
+    mode = 0
+    for write_bit, rw in ((stat.S_IWUSR, 0o600), (stat.S_IWGRP, 0o060), (stat.S_IWOTH, 0o006)):
+        if log_mode & write_bit:
+            mode |= rw
+    return mode or 0o600
+
+
+class Sidecar:
+    """One open file description of ``.NAME.lock``: its lock and its control block."""
+
+    __slots__ = ("fd", "path", "stalled", "timeout")
+
+    def __init__(self, path: str, log_mode: int, timeout: float | None) -> None:
+        self.path = path
+        self.timeout = timeout
+        # Set when a wait for the lock timed out; cleared when a wait succeeds.
+        self.stalled = False
+        mode = sidecar_mode(log_mode)
+        fd, st, created = _trust.open_own(path, os.O_RDWR, mode)
+        try:
+            if created:
+                # Not the umask's: whoever may write the log must be able to lock it.
+                _fs.fchmod(fd, mode)
+            if created or st.st_size == 0:
+                # Its creator extends it right after the O_EXCL create; two
+                # processes extending it to the same size clear nothing.
+                _fs.ftruncate(fd, CONTROL_SIZE)
+            elif st.st_size != CONTROL_SIZE:
+                raise UnsafePathError(
+                    path, f"is {st.st_size} bytes, not a log control file ({CONTROL_SIZE} bytes)"
+                )
+            if not created and st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~mode:
+                # Made by an older version (mode 0666 & ~umask): close it to
+                # whoever may not write the log, so they cannot hold its lock.
+                _fs.fchmod(fd, stat.S_IMODE(st.st_mode) & mode)
+        except BaseException:
+            _fs.close(fd)
+            raise
+        self.fd = fd
+
+    # -- the control block (pread / pwrite: a truncated file is an error, not a SIGBUS) --
+    def read(self, length: int) -> bytes:
+        data = _fs.pread(self.fd, length, 0)
+        if len(data) != length:
+            raise self.truncated()
+        return data
+
+    def truncated(self) -> UnsafePathError:
+        return UnsafePathError(self.path, "log control file was truncated by someone else")
+
+    def head(self) -> tuple[int, int]:
+        """(generation, write-in-progress end)."""
+        gen, dirty = HEAD.unpack(self.read(HEAD.size))
+        return int(gen), int(dirty)
+
+    def rollover(self) -> float:
+        value = float(_F64.unpack_from(self.read(CONTROL_SIZE), OFF_ROLLOVER)[0])
+        # Anything but a finite positive time is "not set": recomputed under the lock.
+        return value if value > 0 and value != float("inf") else 0.0
+
+    def put_u64(self, offset: int, value: int) -> None:
+        _fs.pwrite_all(self.fd, _U64.pack(value), offset)
+
+    def put_rollover(self, value: float) -> None:
+        _fs.pwrite_all(self.fd, _F64.pack(value), OFF_ROLLOVER)
+
+    # -- the lock ------------------------------------------------------------
+    def lock(self, op: int) -> None:
+        """Take the lock (``LOCK_SH`` or ``LOCK_EX``), waiting at most ``timeout`` seconds.
+
+        Raises :class:`~racefree.LockTimeout` when the lock stays held longer
+        (whoever may write the log can hold it: a stopped or hostile process);
+        nothing is held then. After one timeout, a wait lasts at most
+        :data:`STALLED_WAIT` instead of ``timeout``, so that records do not each
+        wait the full time while the lock stays held; the first wait that gets
+        the lock ends that state.
+        """
+        try:
+            _fs.flock(self.fd, op | _LOCK_NB)
+        except BlockingIOError:
+            self._wait(op)
+
+    def _wait(self, op: int) -> None:
+        # Polled rather than a blocking flock: a blocking flock cannot be given
+        # a timeout. Contention is short (a rotation, a large record), so the
+        # first sleeps are short too.
+        timeout = self.timeout
+        if timeout is not None and self.stalled:
+            timeout = min(timeout, STALLED_WAIT)
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        delay = 0.00002
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.stalled = True
+                raise LockTimeout(self.path, self.timeout)
+            time.sleep(delay)
+            try:
+                _fs.flock(self.fd, op | _LOCK_NB)
+            except BlockingIOError:
+                # Polls stay frequent for the first 50 ms (a rotation takes far
+                # less), then back off: a long hold is a stopped or hostile holder.
+                delay = min(delay * 2, 0.0002 if now - start < 0.05 else 0.005)
+            else:
+                self.stalled = False
+                return
+
+    def unlock(self) -> None:
+        _fs.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            _fs.close(fd)

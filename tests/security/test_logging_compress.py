@@ -1,0 +1,116 @@
+"""Another local user against ``compress=True``: the compressor's temp file and the mode of a .gz.
+
+racefree runs as root, the attacker as ``nobody`` (``helpers.hostile``). Each
+test checks the attack is in place, then that racefree refused with the exact
+error (or stayed safe), and that the attacker's file and the log's data are
+byte for byte what they were.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import hostile
+
+from racefree import UnsafePathError
+from racefree.logging import RotatingFileHandler
+
+
+class Recording(RotatingFileHandler):
+    """Keeps what handleError was given instead of printing it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.reported: list[BaseException | None] = []
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.reported.append(sys.exc_info()[1])
+
+
+def _rec(msg: str) -> logging.LogRecord:
+    return logging.makeLogRecord({"msg": msg})
+
+
+def test_a_0600_log_gets_0600_compressed_backups(tmp_path: Path) -> None:
+    """compress=True on a 0600 log: the .gz is 0600 too (before, the umask's 0644 made the
+    backup readable by every user), and the new log file after the rotation stays 0600."""
+    log = tmp_path / "app.log"
+    log.touch()
+    log.chmod(0o600)
+    h = RotatingFileHandler(log, maxBytes=10, backupCount=2, compress=True)
+    try:
+        for msg in ("aaaaaaaa", "bbbbbbbb"):
+            h.handle(_rec(msg))
+    finally:
+        h.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".app.log.lock", "app.log",
+                                                          "app.log.1.gz"]
+    assert gzip.decompress((tmp_path / "app.log.1.gz").read_bytes()) == b"aaaaaaaa\n"
+    assert stat.S_IMODE((tmp_path / "app.log.1.gz").stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_planted_compressor_temp_file_is_never_written(tmp_path: Path, kind: str) -> None:
+    """nobody pre-creates the temp file the compressor of the next backup will use (its
+    name comes from the log's inode, which anyone can stat), as their own empty file or as
+    a link to a root-only file. The rotation goes on, the compression is refused
+    (UnsafePathError, reported through handleError), the backup stays plain and whole,
+    and the planted file (or the link's target) is unchanged and holds none of root's data."""
+    victim = tmp_path / "shadow"
+    victim.write_bytes(b"root only\n")
+    victim.chmod(0o600)
+    with hostile.shared_dir("tmp") as shared:
+        log = shared / "app.log"
+        h = Recording(log, maxBytes=10, backupCount=2, compress=True)
+        try:
+            h.handle(_rec("aaaaaaaa"))
+            tmp = shared / f".app.log.{os.stat(log).st_ino}.gz.tmp"
+            if kind == "file":
+                hostile.attacker("import sys; open(sys.argv[1], 'wb').write(b'mine')", str(tmp))
+            else:
+                hostile.attacker("import os, sys; os.symlink(sys.argv[2], sys.argv[1])",
+                                 str(tmp), str(victim))
+            assert hostile.owner(tmp) == hostile.NOBODY
+            h.handle(_rec("bbbbbbbb"))  # rotates: app.log -> app.log.1, then compresses it
+        finally:
+            h.close()
+        assert [type(e) for e in h.reported] == [UnsafePathError]
+        assert sorted(p.name for p in shared.iterdir()) == sorted([
+            ".app.log.lock", tmp.name, "app.log", "app.log.1"])
+        assert (shared / "app.log.1").read_bytes() == b"aaaaaaaa\n"
+        assert (shared / "app.log").read_bytes() == b"bbbbbbbb\n"
+        assert hostile.owner(tmp) == hostile.NOBODY
+        if kind == "file":
+            assert tmp.read_bytes() == b"mine"
+        else:
+            assert hostile.is_link(tmp)
+    assert victim.read_bytes() == b"root only\n"
+
+
+def test_a_hard_link_planted_at_a_backup_name_is_not_compressed(tmp_path: Path) -> None:
+    """A plain backup whose compressor died is adopted by the next rotation; a root file
+    hard-linked in as app.log.2 by someone is not (UnsafePathError: two links), so its
+    contents never end up in a .gz beside the log."""
+    with hostile.shared_dir("tmp") as shared:
+        secret = shared / "secret"
+        secret.write_bytes(b"root only\n")
+        secret.chmod(0o600)
+        h = Recording(shared / "app.log", maxBytes=10, backupCount=5, compress=True)
+        try:
+            h.handle(_rec("aaaaaaaa"))
+            os.link(secret, shared / "app.log.1")  # what an attacker's hard link leaves
+            h.handle(_rec("bbbbbbbb"))  # shifts app.log.1 -> .2, sweeps, rotates
+        finally:
+            h.close()
+        assert [type(e) for e in h.reported] == [UnsafePathError]
+        names = sorted(p.name for p in shared.iterdir())
+        assert names == [".app.log.lock", "app.log", "app.log.1.gz", "app.log.2", "secret"]
+        assert (shared / "app.log.2").read_bytes() == b"root only\n"
+        assert gzip.decompress((shared / "app.log.1.gz").read_bytes()) == b"aaaaaaaa\n"

@@ -10,7 +10,7 @@ Events, one per call that changes a tracked file or name::
 
     ("write", ino, offset, data, size_before)   ("trunc", ino, length)
     ("falloc", ino, offset, length)             ("sync", ino)  file data, or a directory's names
-    ("name", ((dir_ino, name, target_or_None), ...), dirs)     one atomic name operation
+    ("name", ((dir_ino, name, target_or_None), ...), dirs, text)  one atomic name operation
     ("new", ino, kind)                          a fresh inode (its name comes with a "name")
     ("syncall",)                                ``sync(2)``: everything so far is durable
     ("out", data)                               the program printed ``data`` (crashcheck)
@@ -156,7 +156,7 @@ class Recording:
                 entries.pop(name, None)
             else:
                 entries[name] = target
-        self.emit(("name", changes, frozenset(c[0] for c in changes)), text)
+        self.emit(("name", changes, frozenset(c[0] for c in changes), text), text)
 
     # -- what calls mean (both front ends use these) --------------------------------
     def note_create(self, path: str, kind: str, text: str) -> int | None:

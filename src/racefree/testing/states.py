@@ -352,7 +352,7 @@ def _state(
                 own(dir_ino)
             _apply_names(nodes, what)
         else:
-            desc.append("lost " + "+".join(f"{c[1]}" for c in what[1]))
+            desc.append(f"lost {what[3]}")
     files = build_tree(nodes, sim.root, sim.cache)
     return files, ", ".join(desc) or "everything survived"
 

@@ -60,8 +60,12 @@ def test_faults_fixture(faults, tmp_path):
     assert fs.fired == 1
 
 
+LEFT_OPEN = []
+
+
 def test_faults_left_open(faults, tmp_path):
-    faults("rename", errno.ENOSPC, times=None).__enter__()
+    LEFT_OPEN.append(faults("rename", errno.ENOSPC, times=None))  # still referenced after
+    LEFT_OPEN[-1].__enter__()
 
 
 def test_the_seam_was_restored(tmp_path):

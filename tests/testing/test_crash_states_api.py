@@ -158,3 +158,10 @@ def test_limit_shares_states_among_crash_points() -> None:
     assert _quotas([3, 100, 100], 100) == [3, 49, 48]
     assert _quotas([5, 5, 5, 5], 2) == [0, 1, 0, 1]
     assert _quotas([5, 5, 5, 5], 0) == [0, 0, 0, 0]
+
+
+def test_racefree_caches_name_the_stores_shared_header() -> None:
+    from racefree.store.files import SHM
+    from racefree.testing import RACEFREE_CACHES
+
+    assert RACEFREE_CACHES == (SHM,)

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.crashsim import CrashState, Recorder, explore
-from helpers.faultfs import FaultFS
 from helpers.testkit import reap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from racefree import AppendLog, CorruptFileError, DurabilityError, FormatError, _fs
 from racefree.log import frame as _frame
+from racefree.testing import CrashState, FaultFS, Recorder, explore
 
 RECORDS: list[Any] = [{"a": 1}, "é", [1, 2.5, None], True, {"nested": {"k": ["v"]}}, 0]
 
@@ -446,7 +445,7 @@ def test_power_loss_in_unsynced_appends_then_append(tmp_path: Path, block: int) 
 
     result = explore("log durable=False, then append", rec, check, tmp_path / "states",
                      block=block, max_violations=5)
-    assert result.violations == [], "\n".join(result.violations)
+    assert result.violations == [], "\n".join(map(str, result.violations))
     assert result.states >= (300 if block == 64 else 60), result.summary()
     assert outcomes["appended"] >= 10 and outcomes["refused"] >= 5, outcomes
     print(result.summary(), outcomes)
@@ -481,7 +480,7 @@ def test_power_loss_while_an_append_cuts_a_torn_tail(tmp_path: Path) -> None:
 
     result = explore("log append after a torn tail", rec, check, tmp_path / "states",
                      block=16, max_violations=5)
-    assert result.violations == [], "\n".join(result.violations)
+    assert result.violations == [], "\n".join(map(str, result.violations))
     assert result.states >= 30, result.summary()
 
 

@@ -1,7 +1,7 @@
 """Fault injection at the seam: ENOSPC, EDQUOT and EIO at every call of every operation.
 
 For each operation, a counting pass learns how many calls of each faultable
-operation it makes (:data:`faultfs.FAULT_OPS`); then every (call, errno) pair
+operation it makes (:data:`racefree.testing.injection.FAULT_OPS`); then every (call, errno) pair
 is failed once ("a transient error") and from then on ("the disk stays full").
 Each run must show:
 
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.faultfs import ERRNOS, FAULT_OPS, FaultFS
 
 from racefree import DurabilityError, _fs
+from racefree.testing.injection import ERRNOS, FAULT_OPS, FaultFS
 
 SYNC_OPS = ("fsync", "fdatasync", "fsync_dir")
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from racefree._errors import RacefreeError
 
 # The modules that define subcommands, in the order ``--help`` lists them.
-_COMMANDS = ("demo", "torture", "check", "log", "store")
+_COMMANDS = ("demo", "torture", "crashcheck", "check", "log", "store")
 
 
 def build_parser() -> argparse.ArgumentParser:

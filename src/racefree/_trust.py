@@ -45,6 +45,7 @@ __all__ = [
     "check",
     "describe",
     "enforce",
+    "open_followed",
     "open_own",
     "resolve",
     "shared",
@@ -58,6 +59,9 @@ enforce = True
 #: As many links as the kernel follows in one path (Linux: 40) before ``ELOOP``.
 _MAX_LINKS = 40
 _SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
+#: How often a path that changes under us (a link swapped in after it was
+#: resolved) is resolved again before giving up.
+_MAX_SWAPS = 4
 
 
 def shared(dir_st: os.stat_result) -> bool:
@@ -224,6 +228,51 @@ def open_own(
             _fs.close(fd)
             raise
         return fd, st, created
+
+
+def open_followed(path: str | os.PathLike[str], flags: int) -> tuple[int, os.stat_result]:
+    """Open a file the caller named (a JSON file, a log): links followed under the rule.
+
+    ``path`` is resolved with :func:`resolve` (every link on the way must be
+    trusted), then the file it names is opened with ``O_NOFOLLOW |
+    O_NONBLOCK`` and checked with ``fstat`` to be a regular file: a FIFO or a
+    device never blocks the open or a read, and a link swapped in after the
+    resolution is never followed (it is resolved again, at most a few times).
+    ``flags`` must not hold ``O_CREAT`` (create files with :func:`open_own` or
+    an atomic write). Returns ``(fd, fstat)``.
+
+    Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for
+    a directory, :class:`UnsafePathError` for an untrusted link, a FIFO, a
+    device or a socket.
+    """
+    if flags & (os.O_CREAT | os.O_EXCL):
+        raise ValueError("open_followed takes no O_CREAT or O_EXCL")
+    base = flags | _fs.O_NOFOLLOW | _fs.O_NONBLOCK
+    for _attempt in range(_MAX_SWAPS):
+        where = resolve(path)
+        if where.st is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
+        try:
+            fd = _fs.open(where.path, base)
+        except FileNotFoundError:
+            continue  # removed (or renamed) since it was resolved: resolve it again
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                continue  # a link appeared since: resolve it again, under the rule
+            if exc.errno == errno.EISDIR:
+                raise
+            raise _refusal(where.path, exc) from None
+        try:
+            st = _fs.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), where.path)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePathError(where.path, f"is {describe(st)}, not a regular file")
+        except BaseException:
+            _fs.close(fd)
+            raise
+        return fd, st
+    raise UnsafePathError(os.fspath(path), "kept changing while it was opened")
 
 
 def _refusal(path: str, exc: OSError) -> OSError:

@@ -110,6 +110,11 @@ def check(path: str, entry_st: os.stat_result, dir_st: os.stat_result, action: s
     )
 
 
+def _absolute(text: str) -> str:
+    """``text`` made absolute by prefixing the working directory, without normalising it."""
+    return text if text.startswith("/") else os.path.join(os.getcwd(), text)
+
+
 class Resolved(NamedTuple):
     """A path resolved under the rule: every link on the way was trusted."""
 
@@ -131,8 +136,12 @@ def resolve(path: str | os.PathLike[str], *, follow_last: bool = True) -> Resolv
     text = os.fspath(path)
     if not text:
         raise FileNotFoundError(errno.ENOENT, "empty path", text)
-    pending = os.path.abspath(text).split("/")[1:]
+    # Not os.path.abspath: it would drop "link/.." by spelling, where the kernel
+    # goes to the link target's parent. ".." is resolved below, after the links.
+    pending = _absolute(text).split("/")[1:]
     pending.reverse()  # a stack: the next component is pending[-1]
+    # "file/" names a directory: the kernel refuses it if it is not one.
+    want_dir = text.endswith("/") or text.endswith("/.") or text.endswith("/..")
     cur = "/"
     cur_st = _fs.stat("/", follow_symlinks=False)
     links = 0
@@ -158,16 +167,24 @@ def resolve(path: str | os.PathLike[str], *, follow_last: bool = True) -> Resolv
             links += 1
             if links > _MAX_LINKS:
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), text)
-            target = _fs.readlink(nxt)
+            try:
+                target = _fs.readlink(nxt)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise
+                # No longer a link (or gone): it was swapped since the lstat, by
+                # someone the rule trusts (the check above passed). Look again.
+                pending.append(name)
+                continue
             if target.startswith("/"):
                 cur = "/"
                 cur_st = _fs.stat("/", follow_symlinks=False)
             pending.extend(reversed(target.split("/")))
             continue
+        if not stat.S_ISDIR(st.st_mode) and (not last or want_dir):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), nxt)
         if last:
             return Resolved(nxt, st, cur_st)
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), nxt)
         cur, cur_st = nxt, st
     # The path named a directory ("/", "a/..", "d/."): its own directory holds it.
     parent = os.path.dirname(cur)
@@ -199,10 +216,13 @@ def open_own(
     if flags & (os.O_CREAT | os.O_EXCL | os.O_TRUNC):
         raise ValueError("open_own takes no O_CREAT, O_EXCL or O_TRUNC")
     text = os.fspath(path)
-    where = resolve(os.path.dirname(os.path.abspath(text)) or "/")
+    head, name = os.path.split(_absolute(text))
+    if name in ("", ".", ".."):
+        raise UnsafePathError(text, "names a directory, not a file")
+    where = resolve(head or "/")
     if where.st is None or not stat.S_ISDIR(where.st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), where.path)
-    full = os.path.join(where.path, os.path.basename(text))
+    full = os.path.join(where.path, name)
     base = flags | _fs.O_NOFOLLOW | _fs.O_NONBLOCK
     while True:
         created = False

@@ -138,31 +138,30 @@ def resolve(path: str | os.PathLike[str], *, follow_last: bool = True) -> Resolv
         raise FileNotFoundError(errno.ENOENT, "empty path", text)
     # Not os.path.abspath: it would drop "link/.." by spelling, where the kernel
     # goes to the link target's parent. ".." is resolved below, after the links.
-    pending = _absolute(text).split("/")[1:]
-    pending.reverse()  # a stack: the next component is pending[-1]
+    pending = _names(_absolute(text))  # a stack: the next component is pending[-1]
     # "file/" names a directory: the kernel refuses it if it is not one.
-    want_dir = text.endswith("/") or text.endswith("/.") or text.endswith("/..")
-    cur = "/"
-    cur_st = _fs.stat("/", follow_symlinks=False)
+    want_dir = text.endswith(("/", "/.", "/.."))
+    lstat = _fs.stat
+    cur = ""  # the directory reached so far, "" for "/"; it holds no link
+    cur_st = lstat("/", follow_symlinks=False)
     links = 0
     while pending:
         name = pending.pop()
-        if name in ("", "."):
-            continue
         if name == "..":
             # cur holds no link, so its parent by name is its parent on disk.
-            cur = os.path.dirname(cur)
-            cur_st = _fs.stat(cur, follow_symlinks=False)
+            cur = cur.rpartition("/")[0]
+            cur_st = lstat(cur or "/", follow_symlinks=False)
             continue
-        nxt = os.path.join(cur, name)
-        last = not any(p not in ("", ".") for p in pending)
+        nxt = cur + "/" + name
+        last = not pending
         try:
-            st = _fs.stat(nxt, follow_symlinks=False)
+            st = lstat(nxt, follow_symlinks=False)
         except FileNotFoundError:
             if last:
                 return Resolved(nxt, None, cur_st)
             raise
-        if stat.S_ISLNK(st.st_mode) and (follow_last or not last):
+        mode = st.st_mode
+        if stat.S_ISLNK(mode) and (follow_last or not last):
             check(nxt, st, cur_st, "follow")
             links += 1
             if links > _MAX_LINKS:
@@ -177,18 +176,25 @@ def resolve(path: str | os.PathLike[str], *, follow_last: bool = True) -> Resolv
                 pending.append(name)
                 continue
             if target.startswith("/"):
-                cur = "/"
-                cur_st = _fs.stat("/", follow_symlinks=False)
-            pending.extend(reversed(target.split("/")))
+                cur = ""
+                cur_st = lstat("/", follow_symlinks=False)
+            pending += _names(target)
             continue
-        if not stat.S_ISDIR(st.st_mode) and (not last or want_dir):
+        if not stat.S_ISDIR(mode) and (not last or want_dir):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), nxt)
         if last:
             return Resolved(nxt, st, cur_st)
         cur, cur_st = nxt, st
     # The path named a directory ("/", "a/..", "d/."): its own directory holds it.
-    parent = os.path.dirname(cur)
-    return Resolved(cur, cur_st, _fs.stat(parent, follow_symlinks=False))
+    parent = cur.rpartition("/")[0]
+    return Resolved(cur or "/", cur_st, lstat(parent or "/", follow_symlinks=False))
+
+
+def _names(path: str) -> list[str]:
+    """The components of ``path`` that name something, last first (a stack)."""
+    names = [n for n in path.split("/") if n and n != "."]
+    names.reverse()
+    return names
 
 
 def open_own(

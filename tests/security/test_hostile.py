@@ -323,6 +323,19 @@ def test_t1_lock_files_never_open_a_planted_link(shared: Path, victim: Path) -> 
     assert not (shared / "data.json").exists()
 
 
+def test_t1_sweep_never_removes_another_users_file(shared: Path) -> None:
+    """T1 (sweep): a file nobody made under a racefree temp name of a dead writer, in a
+    shared directory, is not racefree's: sweep leaves it; root's own dead temp goes."""
+    theirs = shared / ".x.json.99999999.deadbeef.rftmp"
+    mine = shared / ".y.json.99999998.deadbeef.rftmp"
+    attacker(PRECREATE, str(theirs), "theirs")
+    mine.write_bytes(b"mine")
+    assert owner(theirs) == NOBODY and owner(mine) == 0
+    before = snap(theirs)
+    assert racefree.sweep(shared) == [str(mine)]
+    assert snap(theirs) == before
+
+
 # -- case 8: special files at racefree's own names ----------------------------------------
 
 def test_case8_fifo_as_a_lock_file(shared: Path) -> None:

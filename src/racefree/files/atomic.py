@@ -402,11 +402,19 @@ def sweep(directory: str | os.PathLike[str]) -> list[str]:
     at any time, beside running writers. Not recursive; removals are not fsynced
     (a temp that reappears after a power loss is swept again).
 
+    In a shared directory (sticky, writable by others, such as ``/tmp``) only the
+    caller's and the directory owner's temps are considered: another user's file
+    is never removed, whatever its name.
+
     Limits: pids are those of this host (do not sweep a directory that writers on
     another host or in another pid namespace use while they run); where process
     start times are unknown (macOS) a temp whose pid is in use is kept.
     """
-    dirname = os.fspath(directory)
+    # Resolved under the trust rule: a planted link on the way is refused, not followed.
+    where = _trust.resolve(os.fspath(directory))
+    dirname, dir_st = where.path, where.st
+    if dir_st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), dirname)
     boot: float | None = None
     boot_read = False
     removed: list[str] = []
@@ -420,8 +428,8 @@ def sweep(directory: str | os.PathLike[str]) -> list[str]:
             st = _fs.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             continue  # its writer published it or removed it meanwhile
-        if not stat.S_ISREG(st.st_mode) or pid == 0:
-            continue
+        if not stat.S_ISREG(st.st_mode) or pid == 0 or not _trust.trusted(st, dir_st):
+            continue  # not a temp, or another user's file in a shared directory: not ours
         if not boot_read:
             boot, boot_read = (_boot_time() if sys.platform.startswith("linux") else None), True
         if _writer_alive(pid, st.st_mtime, boot):

@@ -28,6 +28,12 @@ other directory, everyone who could swap an entry is trusted. What racefree
 opens itself is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with
 ``fstat`` on the descriptor it then uses, so nothing is swapped between the
 check and the use. See ``docs/security.md`` for the threat model.
+
+The calls: :func:`resolve` (a path resolved as the kernel would, every link
+checked before it is followed), :func:`check` (refuse an untrusted entry),
+:func:`open_own` (open or create one of racefree's own files) and
+:func:`open_followed` (open a file the caller named, such as a JSON file, for
+reading or writing in place: links followed under the rule, never blocking).
 """
 
 from __future__ import annotations
@@ -216,17 +222,19 @@ def open_own(
     after the check, with ``ftruncate``).
 
     Returns ``(fd, fstat, created)``. Raises :class:`UnsafePathError` for a
-    link, a FIFO, a device, a directory or an untrusted file; nothing was
-    created or changed then.
+    link, a FIFO, a device, a socket or an untrusted file, and
+    ``IsADirectoryError`` for a directory; nothing was created or changed then.
     """
     if flags & (os.O_CREAT | os.O_EXCL | os.O_TRUNC):
         raise ValueError("open_own takes no O_CREAT, O_EXCL or O_TRUNC")
     text = os.fspath(path)
     head, name = os.path.split(_absolute(text))
     if name in ("", ".", ".."):
-        raise UnsafePathError(text, "names a directory, not a file")
+        raise IsADirectoryError(errno.EISDIR, "names a directory, not a file", text)
     where = resolve(head or "/")
-    if where.st is None or not stat.S_ISDIR(where.st.st_mode):
+    if where.st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
+    if not stat.S_ISDIR(where.st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), where.path)
     full = os.path.join(where.path, name)
     base = flags | _fs.O_NOFOLLOW | _fs.O_NONBLOCK
@@ -246,6 +254,8 @@ def open_own(
             raise _refusal(full, exc) from None
         try:
             st = _fs.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), full)
             if not stat.S_ISREG(st.st_mode):
                 raise UnsafePathError(full, f"is {describe(st)}, not a regular file")
             if not created:
@@ -307,6 +317,4 @@ def _refusal(path: str, exc: OSError) -> OSError:
         return UnsafePathError(path, "is a symbolic link")
     if exc.errno == errno.ENXIO:  # O_WRONLY | O_NONBLOCK on a FIFO no one reads
         return UnsafePathError(path, "is a FIFO, not a regular file")
-    if exc.errno == errno.EISDIR:
-        return UnsafePathError(path, "is a directory, not a regular file")
     return exc

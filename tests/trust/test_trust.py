@@ -213,8 +213,9 @@ def test_open_own_creates_with_o_excl_and_reopens(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["link", "dangling", "fifo", "dir", "device", "socket"])
 def test_open_own_refuses_what_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
-    """A link (even the caller's own, even dangling), a FIFO (without blocking), a directory,
-    a device or a socket: UnsafePathError at once; nothing is created or changed."""
+    """A link (even the caller's own, even dangling), a FIFO (without blocking), a device or a
+    socket: UnsafePathError at once (a directory: IsADirectoryError); nothing is created or
+    changed."""
     path = tmp_path / "x"
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
@@ -237,8 +238,9 @@ def test_open_own_refuses_what_is_not_a_regular_file(tmp_path: Path, kind: str) 
         sock.bind(str(path))
         sock.close()
     before = sorted(os.listdir(tmp_path))
+    expected = IsADirectoryError if kind == "dir" else racefree.UnsafePathError
     for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
-        with pytest.raises(racefree.UnsafePathError):
+        with pytest.raises(expected):
             _trust.open_own(path, flags)
     assert sorted(os.listdir(tmp_path)) == before
     assert victim.read_bytes() == b"keep"

@@ -180,8 +180,9 @@ def open_lock_file(path: str) -> int:
     with ``O_EXCL``; never unlinked (L1). Never through a symbolic link, never
     blocking: a FIFO there would hang the open, and a link another user planted
     would make racefree create or lock a file elsewhere (filelock
-    CVE-2025-68146). A link, a FIFO, a device, a directory, or another user's
-    file in a shared directory raise :class:`~racefree.UnsafePathError` at once.
+    CVE-2025-68146). A link, a FIFO, a device, or another user's file in a
+    shared directory raise :class:`~racefree.UnsafePathError` at once; a
+    directory ``IsADirectoryError``.
     """
     fd, _st, _created = _trust.open_own(path, os.O_RDONLY)
     return fd

@@ -28,6 +28,12 @@ other directory, everyone who could swap an entry is trusted. What racefree
 opens itself is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with
 ``fstat`` on the descriptor it then uses, so nothing is swapped between the
 check and the use. See ``docs/security.md`` for the threat model.
+
+The calls: :func:`resolve` (a path resolved as the kernel would, every link
+checked before it is followed), :func:`check` (refuse an untrusted entry),
+:func:`open_own` (open or create one of racefree's own files) and
+:func:`open_followed` (open a file the caller named, such as a JSON file, for
+reading or writing in place: links followed under the rule, never blocking).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "check",
     "describe",
     "enforce",
+    "open_followed",
     "open_own",
     "resolve",
     "shared",
@@ -58,6 +65,9 @@ enforce = True
 #: As many links as the kernel follows in one path (Linux: 40) before ``ELOOP``.
 _MAX_LINKS = 40
 _SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
+#: How often a path that changes under us (a link swapped in after it was
+#: resolved) is resolved again before giving up.
+_MAX_SWAPS = 4
 
 
 def shared(dir_st: os.stat_result) -> bool:
@@ -106,6 +116,11 @@ def check(path: str, entry_st: os.stat_result, dir_st: os.stat_result, action: s
     )
 
 
+def _absolute(text: str) -> str:
+    """``text`` made absolute by prefixing the working directory, without normalising it."""
+    return text if text.startswith("/") else os.path.join(os.getcwd(), text)
+
+
 class Resolved(NamedTuple):
     """A path resolved under the rule: every link on the way was trusted."""
 
@@ -127,47 +142,65 @@ def resolve(path: str | os.PathLike[str], *, follow_last: bool = True) -> Resolv
     text = os.fspath(path)
     if not text:
         raise FileNotFoundError(errno.ENOENT, "empty path", text)
-    pending = os.path.abspath(text).split("/")[1:]
-    pending.reverse()  # a stack: the next component is pending[-1]
-    cur = "/"
-    cur_st = _fs.stat("/", follow_symlinks=False)
+    # Not os.path.abspath: it would drop "link/.." by spelling, where the kernel
+    # goes to the link target's parent. ".." is resolved below, after the links.
+    pending = _names(_absolute(text))  # a stack: the next component is pending[-1]
+    # "file/" names a directory: the kernel refuses it if it is not one.
+    want_dir = text.endswith(("/", "/.", "/.."))
+    lstat = _fs.stat
+    cur = ""  # the directory reached so far, "" for "/"; it holds no link
+    cur_st = lstat("/", follow_symlinks=False)
     links = 0
     while pending:
         name = pending.pop()
-        if name in ("", "."):
-            continue
         if name == "..":
             # cur holds no link, so its parent by name is its parent on disk.
-            cur = os.path.dirname(cur)
-            cur_st = _fs.stat(cur, follow_symlinks=False)
+            cur = cur.rpartition("/")[0]
+            cur_st = lstat(cur or "/", follow_symlinks=False)
             continue
-        nxt = os.path.join(cur, name)
-        last = not any(p not in ("", ".") for p in pending)
+        nxt = cur + "/" + name
+        last = not pending
         try:
-            st = _fs.stat(nxt, follow_symlinks=False)
+            st = lstat(nxt, follow_symlinks=False)
         except FileNotFoundError:
             if last:
                 return Resolved(nxt, None, cur_st)
             raise
-        if stat.S_ISLNK(st.st_mode) and (follow_last or not last):
+        mode = st.st_mode
+        if stat.S_ISLNK(mode) and (follow_last or not last):
             check(nxt, st, cur_st, "follow")
             links += 1
             if links > _MAX_LINKS:
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), text)
-            target = _fs.readlink(nxt)
+            try:
+                target = _fs.readlink(nxt)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise
+                # No longer a link (or gone): it was swapped since the lstat, by
+                # someone the rule trusts (the check above passed). Look again.
+                pending.append(name)
+                continue
             if target.startswith("/"):
-                cur = "/"
-                cur_st = _fs.stat("/", follow_symlinks=False)
-            pending.extend(reversed(target.split("/")))
+                cur = ""
+                cur_st = lstat("/", follow_symlinks=False)
+            pending += _names(target)
             continue
+        if not stat.S_ISDIR(mode) and (not last or want_dir):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), nxt)
         if last:
             return Resolved(nxt, st, cur_st)
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), nxt)
         cur, cur_st = nxt, st
     # The path named a directory ("/", "a/..", "d/."): its own directory holds it.
-    parent = os.path.dirname(cur)
-    return Resolved(cur, cur_st, _fs.stat(parent, follow_symlinks=False))
+    parent = cur.rpartition("/")[0]
+    return Resolved(cur or "/", cur_st, lstat(parent or "/", follow_symlinks=False))
+
+
+def _names(path: str) -> list[str]:
+    """The components of ``path`` that name something, last first (a stack)."""
+    names = [n for n in path.split("/") if n and n != "."]
+    names.reverse()
+    return names
 
 
 def open_own(
@@ -189,16 +222,21 @@ def open_own(
     after the check, with ``ftruncate``).
 
     Returns ``(fd, fstat, created)``. Raises :class:`UnsafePathError` for a
-    link, a FIFO, a device, a directory or an untrusted file; nothing was
-    created or changed then.
+    link, a FIFO, a device, a socket or an untrusted file, and
+    ``IsADirectoryError`` for a directory; nothing was created or changed then.
     """
     if flags & (os.O_CREAT | os.O_EXCL | os.O_TRUNC):
         raise ValueError("open_own takes no O_CREAT, O_EXCL or O_TRUNC")
     text = os.fspath(path)
-    where = resolve(os.path.dirname(os.path.abspath(text)) or "/")
-    if where.st is None or not stat.S_ISDIR(where.st.st_mode):
+    head, name = os.path.split(_absolute(text))
+    if name in ("", ".", ".."):
+        raise IsADirectoryError(errno.EISDIR, "names a directory, not a file", text)
+    where = resolve(head or "/")
+    if where.st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
+    if not stat.S_ISDIR(where.st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), where.path)
-    full = os.path.join(where.path, os.path.basename(text))
+    full = os.path.join(where.path, name)
     base = flags | _fs.O_NOFOLLOW | _fs.O_NONBLOCK
     while True:
         created = False
@@ -216,6 +254,8 @@ def open_own(
             raise _refusal(full, exc) from None
         try:
             st = _fs.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), full)
             if not stat.S_ISREG(st.st_mode):
                 raise UnsafePathError(full, f"is {describe(st)}, not a regular file")
             if not created:
@@ -226,12 +266,55 @@ def open_own(
         return fd, st, created
 
 
+def open_followed(path: str | os.PathLike[str], flags: int) -> tuple[int, os.stat_result]:
+    """Open a file the caller named (a JSON file, a log): links followed under the rule.
+
+    ``path`` is resolved with :func:`resolve` (every link on the way must be
+    trusted), then the file it names is opened with ``O_NOFOLLOW |
+    O_NONBLOCK`` and checked with ``fstat`` to be a regular file: a FIFO or a
+    device never blocks the open or a read, and a link swapped in after the
+    resolution is never followed (it is resolved again, at most a few times).
+    ``flags`` must not hold ``O_CREAT`` (create files with :func:`open_own` or
+    an atomic write). Returns ``(fd, fstat)``.
+
+    Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for
+    a directory, :class:`UnsafePathError` for an untrusted link, a FIFO, a
+    device or a socket.
+    """
+    if flags & (os.O_CREAT | os.O_EXCL):
+        raise ValueError("open_followed takes no O_CREAT or O_EXCL")
+    base = flags | _fs.O_NOFOLLOW | _fs.O_NONBLOCK
+    for _attempt in range(_MAX_SWAPS):
+        where = resolve(path)
+        if where.st is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
+        try:
+            fd = _fs.open(where.path, base)
+        except FileNotFoundError:
+            continue  # removed (or renamed) since it was resolved: resolve it again
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                continue  # a link appeared since: resolve it again, under the rule
+            if exc.errno == errno.EISDIR:
+                raise
+            raise _refusal(where.path, exc) from None
+        try:
+            st = _fs.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), where.path)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePathError(where.path, f"is {describe(st)}, not a regular file")
+        except BaseException:
+            _fs.close(fd)
+            raise
+        return fd, st
+    raise UnsafePathError(os.fspath(path), "kept changing while it was opened")
+
+
 def _refusal(path: str, exc: OSError) -> OSError:
     """The error of a failed ``O_NOFOLLOW | O_NONBLOCK`` open: typed if the entry is the cause."""
     if exc.errno in (errno.ELOOP, errno.EMLINK):
         return UnsafePathError(path, "is a symbolic link")
     if exc.errno == errno.ENXIO:  # O_WRONLY | O_NONBLOCK on a FIFO no one reads
         return UnsafePathError(path, "is a FIFO, not a regular file")
-    if exc.errno == errno.EISDIR:
-        return UnsafePathError(path, "is a directory, not a regular file")
     return exc

@@ -229,13 +229,29 @@ def test_releasing_one_instance_keeps_the_others_kernel_lock(tmp_path: Path) -> 
     assert try_in_child(path, 10) == "acquired"
 
 
-def test_same_file_through_a_symlink_is_one_lock(tmp_path: Path) -> None:
-    """Instances are keyed by the file (device, inode), not by the spelling of the path."""
+def test_same_file_through_another_name_is_one_lock(tmp_path: Path) -> None:
+    """Instances are keyed by the file (device, inode), not by the spelling of the path:
+    a hard link, or the same name through a linked directory, is the same lock."""
     (tmp_path / "x.lock").touch()
-    (tmp_path / "alias.lock").symlink_to(tmp_path / "x.lock")
+    os.link(tmp_path / "x.lock", tmp_path / "alias.lock")
+    (tmp_path / "linked").symlink_to(tmp_path)
     a, b = FileLock(tmp_path / "x.lock"), FileLock(tmp_path / "alias.lock")
-    with a, pytest.raises(WouldBlock):
-        _in_thread(b.acquire_nowait)
+    c = FileLock(tmp_path / "linked" / "x.lock")
+    with a:
+        with pytest.raises(WouldBlock):
+            _in_thread(b.acquire_nowait)
+        with pytest.raises(WouldBlock):
+            _in_thread(c.acquire_nowait)
+
+
+def test_lock_file_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The lock file itself is never opened through a link, even the caller's own
+    (filelock CVE-2025-68146): UnsafePathError, and the link's target is not created."""
+    (tmp_path / "alias.lock").symlink_to(tmp_path / "target")
+    lock = FileLock(tmp_path / "alias.lock")
+    with pytest.raises(racefree.UnsafePathError, match="symbolic link"):
+        lock.acquire(timeout=0)
+    assert sorted(os.listdir(tmp_path)) == ["alias.lock"]
 
 
 # -- L3: one instance, many owners ----------------------------------------------------

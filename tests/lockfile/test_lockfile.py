@@ -517,32 +517,45 @@ def test_exited_states_are_dead(tmp_path: Path, state: bytes, verdict: owner.Ver
     assert path.exists() is (verdict is owner.Verdict.ALIVE)
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b"", b'{"pid": 12', b"\xff\xfe\x00", b'{"racefree": 1, "pid": -4, "host": "h"}', b"[]"],
-    ids=["empty", "torn", "binary", "badpid", "notobject"],
-)
-def test_malformed_record_is_judged_by_age(tmp_path: Path, content: bytes) -> None:
-    """A malformed record is never trusted; it is reclaimed once unchanged for stale_after."""
+@pytest.mark.parametrize("content", [b"", b"\0" * 170], ids=["empty", "nul-filled"])
+def test_record_lost_to_a_power_loss_is_judged_by_age(tmp_path: Path, content: bytes) -> None:
+    """What a power loss leaves of an unsynced record (its name without its data: empty or
+    NUL bytes) beside the lock's token file is reclaimed once unchanged for stale_after."""
     path = tmp_path / "l"
     write_lock(path, content)
+    (tmp_path / "l.token").write_bytes(b"4\n")
     lock = LockFile(path, stale_after=0.2)
     with pytest.raises(WouldBlock):
         lock.acquire_nowait()
     assert path.read_bytes() == content
     lock.acquire(timeout=WAIT)
     assert json.loads(path.read_bytes())["pid"] == os.getpid()
+    assert lock.token == 5
     lock.release()
     assert leftovers(tmp_path, path) == []
 
 
-def test_large_foreign_file_is_never_reclaimed(tmp_path: Path) -> None:
-    """A data file passed as the lock path by mistake is refused (FormatError), never deleted."""
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\0" * 170, b'{"pid": 12', b"\xff\xfe\x00", b'{"racefree": 1, "pid": -4, "host": "h"}',
+     b"[]", b'{"rows": [' + b"1, " * 3000 + b"1]}", b"x" * 5000],
+    ids=["empty", "nul-filled", "torn", "binary", "badpid", "notobject", "large", "larger"],
+)
+def test_file_that_is_not_an_owner_record_is_never_reclaimed(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A file that is not a racefree owner record (a data file passed as the lock path by
+    mistake), of any size, is refused with FormatError and never deleted, however long one
+    waits; an empty or NUL-filled one too, unless the lock's token file is beside it."""
     path = tmp_path / "data.json"
-    data = write_lock(path, b'{"rows": [' + b"1, " * 3000 + b"1]}")
-    with pytest.raises(racefree.FormatError):
-        LockFile(path, stale_after=0.001).acquire(timeout=WAIT)
-    assert path.read_bytes() == data and leftovers(tmp_path, path) == []
+    write_lock(path, content)
+    lock = LockFile(path, stale_after=0.05)
+    for _ in range(3):
+        with pytest.raises(racefree.FormatError, match="not a lock file"):
+            lock.acquire(timeout=WAIT)
+        time.sleep(0.06)  # past stale_after: the age of the file must not matter
+    assert path.read_bytes() == content
+    assert sorted(os.listdir(tmp_path)) == ["data.json"]
 
 
 def test_other_host_lease(tmp_path: Path) -> None:

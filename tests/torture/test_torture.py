@@ -262,7 +262,7 @@ def test_a_worker_that_exits_nonzero_without_a_traceback_fails_the_verdict(
     ) -> None:
         proc.incarnation += 1
         # A real worker, run to its end; then the process exits 3 with nothing on stderr.
-        argv = [root, str(proc.wid), str(proc.incarnation), repr(deadline), str(seed), kinds, url]
+        argv = [root, str(proc.wid), str(proc.incarnation), repr(deadline), str(seed), kinds]
         code = f"import sys\nfrom racefree.torture.worker import main\nmain({argv!r})\nsys.exit(3)"
         proc.popen = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
 

@@ -31,12 +31,13 @@ touched, and nothing in a JSON file is.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree._errors import CorruptFileError, FormatError
 
 if TYPE_CHECKING:
@@ -62,10 +63,15 @@ class Found:
 def check_path(path: str | os.PathLike[str], *, repair: bool = False) -> list[Found]:
     """Every racefree file under ``path`` and what checking it found (see the module doc).
 
-    Raises ``FileNotFoundError`` if ``path`` does not exist.
+    Raises ``FileNotFoundError`` if ``path`` does not exist, and
+    :class:`~racefree.UnsafePathError` if it goes through a link that another
+    user planted in a shared directory (links are followed under racefree's
+    rule, see ``docs/security.md``), or names a FIFO, a device or a socket.
     """
-    p = os.fspath(path)
-    st = _fs.stat(p)  # FileNotFoundError for a missing path: the caller's mistake
+    where = _trust.resolve(os.fspath(path))
+    if where.st is None:  # the caller's mistake
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path))
+    p, st = where.path, where.st
     if stat.S_ISDIR(st.st_mode):
         if _is_store(p):
             return [_check_store(p, repair)]
@@ -131,7 +137,8 @@ def _exists(path: str) -> bool:
 
 
 def _head(path: str, n: int = 64) -> bytes:
-    fd = _fs.open(path, os.O_RDONLY)
+    # Never blocks on a FIFO, never follows a link another user planted (UnsafePathError).
+    fd, _st = _trust.open_followed(path, os.O_RDONLY)
     try:
         return _fs.pread(fd, n, 0)
     finally:
@@ -196,33 +203,67 @@ def _check_log(path: str, repair: bool) -> Found:
         if not repair:
             return Found(path, "log", True, f"{detail}; an incomplete last record of "
                          f"{report.torn} bytes (invisible; the next append or --repair removes it)")
-        _truncate_torn_tail(log, report.size - report.torn, report.size)
+        try:
+            cut = _truncate_torn_tail(log, report.size - report.torn, report.size)
+        except (CorruptFileError, FormatError) as exc:
+            return Found(path, "log", False, str(exc))
+        if not cut:
+            return Found(path, "log", True, f"{detail}; the file changed before the repair (an "
+                         "append repaired it, or it was replaced): nothing was cut")
         return Found(path, "log", True, f"{detail}; removed an incomplete last record of "
                      f"{report.torn} bytes", repaired=True)
     finally:
         log.close()
 
 
-def _truncate_torn_tail(log: AppendLog, keep: int, size: int) -> None:
+def _truncate_torn_tail(log: AppendLog, keep: int, size: int) -> bool:
     """Cut the log back to ``keep`` bytes, under its writers' lock, if it is still ``size``.
 
+    True if it cut; False if the file changed meanwhile (nothing was cut).
+
     Re-checked under the lock: an append that landed meanwhile means the tail
-    was repaired by its writer, and nothing is cut.
+    was repaired by its writer, and nothing is cut. The check and the cut are
+    made on one descriptor, opened once without following a link: the path is
+    never opened again between them, so a file swapped in at the path (a link
+    to another file, pitfall T2) is at most checked, never cut unless it is
+    this very log with this very torn tail.
     """
     from racefree.lock.filelock import FileLock
 
     # ``{log}.lock`` is the FileLock every appender holds (docs/log.md): while we hold
     # it no append can land between the check and the cut.
     with FileLock(log.path + ".lock"):
-        report = log.check()
-        if report.size != size or report.size - report.torn != keep or not report.torn:
-            return
-        fd = _fs.open(log.path, os.O_WRONLY)
+        fd, st, _created = _trust.open_own(log.path, os.O_RDWR, create=False)
         try:
+            if _torn_tail(log.path, fd) != (keep, size) or st.st_size != size:
+                return False
             _fs.ftruncate(fd, keep)
             _fs.fsync(fd)
+            return True
         finally:
             _fs.close(fd)
+
+
+def _torn_tail(path: str, fd: int) -> tuple[int, int] | None:
+    """``(end of the last valid frame, file size)`` of the log open at ``fd``; None if none.
+
+    None when ``fd`` is not a log, or nothing is torn, or the damage is a hole
+    before valid records (which is never cut). Damage is raised as
+    :class:`CorruptFileError` (the caller holds the writers' lock).
+    """
+    from racefree.log.frame import Reader
+    from racefree.log.scan import Segment, read_header, synced
+
+    size = _fs.fstat(fd).st_size
+    if read_header(_fs.pread(fd, 4096, 0), path) is None:
+        return None
+    seg = Segment(path, fd, True)
+    reader = Reader(path, fd, seg.start, confirmed=True, proves=synced)
+    for _frames in reader:
+        pass
+    if reader.held or not reader.torn or reader.end + reader.torn != size:
+        return None
+    return reader.end, size
 
 
 def _check_store(directory: str, repair: bool) -> Found:

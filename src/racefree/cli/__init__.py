@@ -4,7 +4,9 @@ Each subcommand lives in a module of this package that defines
 ``add_parser(subparsers) -> None`` (which registers the subcommand and sets
 ``func`` on its parser with ``set_defaults(func=...)``; ``func(args)`` returns
 the exit code). Errors that reach here are printed as one clear line on
-stderr with a non-zero exit code, never a traceback.
+stderr with a non-zero exit code, never a traceback; connection errors of the
+PostgreSQL driver too. No password reaches stderr: every message is scrubbed
+of the passwords found (by parsing) in the command's URLs and ``PGPASSWORD``.
 
 The top layer: it may import every other layer.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,9 +48,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("racefree: interrupted", file=sys.stderr)
         return 130
-    except (RacefreeError, OSError, ValueError, TypeError) as exc:
-        print(f"racefree {args.command}: error: {exc}", file=sys.stderr)
+    except (RacefreeError, OSError, ValueError, TypeError, ImportError) as exc:
+        _fail(args.command, str(exc), argv)
         return 1
+    except Exception as exc:
+        if not _is_driver_error(exc):
+            raise
+        _fail(args.command, _first_line(exc), argv)
+        return 1
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """An error of the PostgreSQL driver (a refused connection, a wrong password...)."""
+    module = type(exc).__module__
+    return module == "psycopg" or module.startswith(("psycopg.", "psycopg_pool"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fail(command: str, message: str, argv: Sequence[str] | None) -> None:
+    """Print the error as one line, without any password the command was given."""
+    from racefree.pg.driver import redact, secrets_in
+
+    secrets: list[str] = []
+    for arg in sys.argv[1:] if argv is None else argv:
+        secrets += secrets_in(arg)
+    if os.environ.get("PGPASSWORD"):
+        secrets.append(os.environ["PGPASSWORD"])
+    line = redact(" ".join(message.split()), secrets)
+    print(f"racefree {command}: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

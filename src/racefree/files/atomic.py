@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, BinaryIO, Literal, TextIO, cast, overload
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree._errors import DurabilityError
 from racefree._process import pid_alive, start_time
 
@@ -86,24 +86,35 @@ def _replace(src: str, dst: str) -> None:
 
 
 def _resolve(path: str) -> tuple[str, os.stat_result | None]:
-    """The file to replace (a symlink's target) and its status, or None if it is new."""
+    """The file to replace (a symlink's target) and its status, or None if it is new.
+
+    Links are followed under racefree's rule (``racefree._trust``): a link
+    that another user planted in a shared directory (sticky, writable by
+    others) is refused, and so is an existing file of another user there, which
+    racefree would otherwise replace and whose owner and mode it would adopt
+    (``fs.protected_regular`` does not see a rename). The status is the
+    ``lstat`` that was checked: in a shared directory only the caller or the
+    directory's owner may swap a trusted entry, and elsewhere everyone who may
+    swap one is trusted, so it still describes the file the rename replaces.
+    """
     try:
-        st = _fs.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return path, None
-    if stat.S_ISLNK(st.st_mode):
-        # Write through the link: replacing the link itself would turn it into a file.
-        path = _fs.realpath(path)
-        try:
-            st = _fs.stat(path)
-        except FileNotFoundError:  # a dangling link: its target is created
-            return path, None
+        where = _trust.resolve(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            errno.ENOENT, f"No such directory: {os.path.dirname(path)!r}", path
+        ) from exc
+    st = where.st
+    if st is None:  # new, or a dangling (trusted) link: its target is created
+        return where.path, None
     if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", where.path)
     if not stat.S_ISREG(st.st_mode):
         # Replacing a device, FIFO or socket with a regular file is never what was meant.
-        raise OSError(errno.EINVAL, "Not a regular file (atomic writes replace files only)", path)
-    return path, st
+        raise OSError(
+            errno.EINVAL, "Not a regular file (atomic writes replace files only)", where.path
+        )
+    _trust.check(where.path, st, where.dir_st, "replace")
+    return where.path, st
 
 
 class _Temp:
@@ -226,13 +237,19 @@ def atomic_write(
     bits explicitly. A symlink at ``path`` is followed: its target is replaced
     and the link stays a link.
 
+    Other users: in a shared directory (sticky and writable by others, such as
+    ``/tmp``) a symbolic link is followed, and an existing file replaced, only
+    if it belongs to the caller or to the directory's owner, anywhere on the
+    path; otherwise :class:`~racefree.UnsafePathError` (a ``PermissionError``)
+    is raised before anything is written (see ``docs/security.md``).
+
     Errors: any exception (``KeyboardInterrupt`` too) before the rename removes
     the temp file and leaves the old file byte-for-byte. A failed fsync of the
     data raises :class:`DurabilityError` (the old file stays; the fsync is never
     retried). A failed fsync of the directory, after the rename, raises
     :class:`DurabilityError` saying the new contents may or may not be committed.
     A missing directory raises ``FileNotFoundError``; a directory at ``path``
-    raises ``IsADirectoryError``.
+    raises ``IsADirectoryError``; a FIFO, device or socket ``OSError(EINVAL)``.
     """
     buf = _as_bytes(data)
     temp = _Temp(path, mode)
@@ -385,11 +402,19 @@ def sweep(directory: str | os.PathLike[str]) -> list[str]:
     at any time, beside running writers. Not recursive; removals are not fsynced
     (a temp that reappears after a power loss is swept again).
 
+    In a shared directory (sticky, writable by others, such as ``/tmp``) only the
+    caller's and the directory owner's temps are considered: another user's file
+    is never removed, whatever its name.
+
     Limits: pids are those of this host (do not sweep a directory that writers on
     another host or in another pid namespace use while they run); where process
     start times are unknown (macOS) a temp whose pid is in use is kept.
     """
-    dirname = os.fspath(directory)
+    # Resolved under the trust rule: a planted link on the way is refused, not followed.
+    where = _trust.resolve(os.fspath(directory))
+    dirname, dir_st = where.path, where.st
+    if dir_st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), dirname)
     boot: float | None = None
     boot_read = False
     removed: list[str] = []
@@ -403,8 +428,8 @@ def sweep(directory: str | os.PathLike[str]) -> list[str]:
             st = _fs.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             continue  # its writer published it or removed it meanwhile
-        if not stat.S_ISREG(st.st_mode) or pid == 0:
-            continue
+        if not stat.S_ISREG(st.st_mode) or pid == 0 or not _trust.trusted(st, dir_st):
+            continue  # not a temp, or another user's file in a shared directory: not ours
         if not boot_read:
             boot, boot_read = (_boot_time() if sys.platform.startswith("linux") else None), True
         if _writer_alive(pid, st.st_mtime, boot):

@@ -23,7 +23,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree._errors import CorruptFileError, DurabilityError
 from racefree.files.atomic import atomic_write
 from racefree.lock.filelock import FileLock
@@ -57,6 +57,20 @@ def _decode(path: str, raw: bytes) -> Any:
         raise CorruptFileError(path, detail, offset=offset, line=exc.lineno) from exc
 
 
+def _lock_path(path: str) -> str:
+    """``{the file, links resolved under the rule}.lock``."""
+    return _resolved(path) + ".lock"
+
+
+def _resolved(path: str) -> str:
+    try:
+        return _trust.resolve(path).path
+    except FileNotFoundError:
+        # A directory on the way does not exist (yet): resolve what does, keep the rest.
+        head, tail = os.path.split(os.path.abspath(path))
+        return os.path.join(_resolved(head), tail)
+
+
 async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
     """Run blocking ``func`` in a worker thread; if cancelled, wait for it to finish first.
 
@@ -88,7 +102,11 @@ class JsonFile:
     (:class:`~racefree.LockTimeout`, nothing written); None waits forever.
 
     The lock is the sidecar file ``{realpath(path)}.lock``, so a symlink and its
-    target share one lock. It is never deleted (see ``docs/locks.md``).
+    target share one lock. It is never deleted (see ``docs/locks.md``). Links
+    are followed only under racefree's rule (``docs/security.md``): a link or
+    a file another user planted in a shared directory such as ``/tmp`` raises
+    :class:`~racefree.UnsafePathError` (here, or at the first read or write),
+    and nothing is written through it.
 
     Values are written with ``allow_nan=False``: NaN and infinities are not JSON,
     and writing them raises ``ValueError`` before anything is written. Reading
@@ -116,8 +134,10 @@ class JsonFile:
         self._durable = durable
         self._indent = indent
         # Two names of one file (a link and its target) must share one lock, or updates
-        # through each name would not exclude each other (S1).
-        self._lock = FileLock(_fs.realpath(self._path) + ".lock", timeout=timeout)
+        # through each name would not exclude each other (S1). The link is resolved under
+        # racefree's rule: a link another user planted in a shared directory is refused
+        # here, before a lock file is created next to its target.
+        self._lock = FileLock(_lock_path(self._path), timeout=timeout)
         self._broken: DurabilityError | None = None
 
     @property
@@ -141,10 +161,15 @@ class JsonFile:
 
     # -- the steps ----------------------------------------------------------
     def _load(self) -> Any:
+        # Opened without following an untrusted link, never blocking on a FIFO.
         try:
-            raw = _fs.read_file(self._path)
+            fd, _st = _trust.open_followed(self._path, os.O_RDONLY)
         except FileNotFoundError:
             return copy.deepcopy(self._default)
+        try:
+            raw = _fs.read_all(fd)
+        finally:
+            _fs.close(fd)
         return _decode(self._path, raw)
 
     def _encode(self, obj: Any) -> bytes:

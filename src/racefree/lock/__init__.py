@@ -11,5 +11,5 @@ Modules: ``filelock`` (the API and the uncontended fast paths), ``registry``
 ``request`` (the abandonable kernel waits behind timeouts and asyncio), ``api``
 (what every lock of racefree shares, ``LockFile`` and ``PgLock`` included).
 
-May import: the root modules (``_errors``, ``_fs``) only.
+May import: the root modules (``_errors``, ``_fs``, ``_trust``) only.
 """

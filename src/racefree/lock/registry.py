@@ -27,7 +27,7 @@ from collections.abc import Callable
 from fcntl import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN
 from typing import TYPE_CHECKING
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree.lock.api import drop_one
 
 if TYPE_CHECKING:
@@ -173,9 +173,19 @@ _inherited: dict[tuple[tuple[int, int], object], int] = {}
 
 
 def open_lock_file(path: str) -> int:
-    # O_RDONLY is enough for flock and works on a lock file another user
-    # created read-only for us. Created 0o666 & ~umask; never unlinked (L1).
-    return _fs.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    """Open (create if missing) the lock file at ``path``: a regular file racefree may trust.
+
+    O_RDONLY is enough for flock and works on a lock file another user of a
+    trusted directory created read-only for us. Created ``0o666 & ~umask``
+    with ``O_EXCL``; never unlinked (L1). Never through a symbolic link, never
+    blocking: a FIFO there would hang the open, and a link another user planted
+    would make racefree create or lock a file elsewhere (filelock
+    CVE-2025-68146). A link, a FIFO, a device, or another user's file in a
+    shared directory raise :class:`~racefree.UnsafePathError` at once; a
+    directory ``IsADirectoryError``.
+    """
+    fd, _st, _created = _trust.open_own(path, os.O_RDONLY)
+    return fd
 
 
 def bind(owner_obj: object, path: str) -> Entry:

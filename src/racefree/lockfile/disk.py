@@ -69,7 +69,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from racefree import _fs
+from racefree import _fs, _trust
+from racefree._errors import UnsafePathError
 from racefree.lockfile import owner as _owner
 
 __all__ = [
@@ -91,7 +92,7 @@ __all__ = [
     "unlink_quiet",
 ]
 
-_RDONLY = os.O_RDONLY | _fs.O_NOFOLLOW
+_RDONLY = os.O_RDONLY | _fs.O_NOFOLLOW | _fs.O_NONBLOCK
 NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _fs.O_NOFOLLOW
 
 
@@ -204,6 +205,11 @@ def prepare(path: str, token: int) -> Pending:
             # Kept open while held: refreshes go through it, and it pins the
             # inode (its number cannot be reused while we hold the lock).
             fd = _fs.open(name, _RDONLY)
+            made, now = _fs.fstat(wfd), _fs.fstat(fd)
+            if (made.st_dev, made.st_ino) != (now.st_dev, now.st_ino):
+                # Only someone trusted with the directory can rename our file; still, the
+                # hold must be the inode we wrote, never whatever took its name.
+                raise UnsafePathError(name, "was replaced while it was written")
         finally:
             _fs.close(wfd)
     except BaseException:
@@ -235,16 +241,22 @@ def drop_name(pending: Pending) -> None:
 # -- look, claim, remove ---------------------------------------------------------------
 
 def inspect(path: str) -> Seen | None:
-    """Read the lock file (or a claim name) now; None if there is none."""
+    """Read the lock file (or a claim name) now; None if there is none.
+
+    Never through a link and never blocking (``O_NOFOLLOW | O_NONBLOCK``), and
+    only a regular file racefree may trust (``racefree._trust``): a FIFO, a
+    device, a link or another user's file in a shared directory raise
+    :class:`~racefree.UnsafePathError` at once, so a timeout always holds.
+    The read is bounded: one more byte than the largest owner record.
+    """
     try:
         # open() (not stat) also revalidates NFS's attribute cache (close-to-open),
         # so a refresh by a holder on another client is seen.
-        fd = _fs.open(path, _RDONLY)
+        fd, st, _created = _trust.open_own(path, os.O_RDONLY, create=False)
     except FileNotFoundError:
         return None
     try:
-        st = _fs.fstat(fd)
-        data = _fs.read(fd, _owner.MAX_RECORD + 1)
+        data = _fs.pread(fd, _owner.MAX_RECORD + 1, 0)
     finally:
         _fs.close(fd)
     return Seen(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, data, _owner.decode(data))
@@ -347,8 +359,18 @@ def _remove_claimed(path: str, dev: int, ino: int, claim: str) -> bool:
     # number cannot be reused), so removing them takes nothing from anyone.
     generation = int(claim.rsplit(".claim", 1)[1])
     for g in range(1, generation):
-        unlink_quiet(_claim_name(path, ino, g))
+        _unlink_if(_claim_name(path, ino, g), dev, ino)
     return True
+
+
+def _unlink_if(name: str, dev: int, ino: int) -> None:
+    """Remove ``name`` only if it is a name of the inode ``(dev, ino)``: never another file."""
+    try:
+        st = _fs.stat(name, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if (st.st_dev, st.st_ino) == (dev, ino):
+        unlink_quiet(name)
 
 
 def remove_stale(path: str, seen: Seen, stale_after: float, observer: Observer) -> bool:

@@ -11,16 +11,17 @@ See ``docs/lockfile.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+import stat
 import time
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree._errors import FormatError, LockLost, LockTimeout, WouldBlock
 from racefree.lock.api import LockAPI
 from racefree.lock.registry import check_timeout, current_owner
 from racefree.lockfile import disk as _disk
-from racefree.lockfile import owner as _owner
 from racefree.lockfile import token as _token
 from racefree.lockfile.state import (
     Backoff,
@@ -32,6 +33,23 @@ from racefree.lockfile.state import (
 )
 
 __all__ = ["LockFile"]
+
+
+def _lost_record(path: str, seen: _disk.Seen) -> bool:
+    """Whether ``seen`` is what a power loss leaves of an owner record: empty, or NUL bytes.
+
+    The record is not fsynced before it is linked (``docs/lockfile.md``), so a
+    lock file can come back from a power loss with its name but not its data.
+    It is taken for one only beside the lock's token file, which every racefree
+    lock file has (a data file does not): then it is judged by age, as before.
+    """
+    if seen.data is None or seen.data.strip(b"\0"):
+        return False
+    try:
+        st = _fs.stat(_token.token_path(path), follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode)
 
 
 class LockFile(LockAPI):
@@ -139,12 +157,25 @@ class LockFile(LockAPI):
         pid = os.getpid()
         if cached is not None and cached[0] == pid:
             return cached[1]
-        if self._key is None:
-            head, base = os.path.split(os.path.abspath(self._path))
-            self._key = os.path.join(_fs.realpath(head), base)
-        state = state_for(self._key)
+        state = state_for(self._where())
         self._state = (pid, state)
         return state
+
+    def _where(self) -> str:
+        """The lock file's path with its directory resolved under racefree's rule.
+
+        Every file of the protocol (the lock, its claims, records and token) is
+        named from this one path, so a link another user plants in a shared
+        directory on the way is refused (:class:`~racefree.UnsafePathError`)
+        rather than followed, and the files stay in the directory checked here.
+        """
+        if self._key is None:
+            head, base = os.path.split(os.path.abspath(self._path))
+            # A missing directory stays as given: the first acquire raises FileNotFoundError.
+            with contextlib.suppress(FileNotFoundError):
+                head = _trust.resolve(head).path
+            self._key = os.path.join(head, base)
+        return self._key
 
     # -- the file -------------------------------------------------------------
     def _attempt(self, state: State, pending: list[_disk.Pending]) -> _disk.Hold | None:
@@ -153,7 +184,7 @@ class LockFile(LockAPI):
         Called by the owner that has the state's slot (``state.owner``), with
         no lock held. ``pending`` keeps the record file across attempts.
         """
-        path = self._path
+        path = self._where()
         for _ in range(64):  # bounded: a lock that changes hands this fast is "held"
             last = _token.read_token(path)
             if pending and pending[0].token != last + 1:
@@ -169,10 +200,15 @@ class LockFile(LockAPI):
             seen = _disk.inspect(path)
             if seen is None:
                 continue  # released meanwhile: try again at once
-            if seen.record is None and seen.size > _owner.MAX_RECORD:
-                # Far larger than any owner record: a data file passed as the
-                # lock path by mistake. Reclaiming it by age would delete it.
-                raise FormatError(path, f"not a lock file ({seen.size} bytes); refusing to reclaim")
+            if seen.record is None and not _lost_record(path, seen):
+                # Not an owner record of ours: a data file passed as the lock path by
+                # mistake, whatever its size, or a newer format. Reclaiming it by age
+                # would delete it, so it is never reclaimed.
+                raise FormatError(
+                    self._path,
+                    f"not a lock file: {seen.size} bytes that are not a racefree owner record;"
+                    " refusing to reclaim (remove it by hand if it is a lock file)",
+                )
             if not _disk.is_stale(seen, self._stale_after, state.observer, time.monotonic()):
                 return None
             _disk.remove_stale(path, seen, self._stale_after, state.observer)
@@ -189,8 +225,8 @@ class LockFile(LockAPI):
         """
         try:
             _disk.drop_name(won)
-            if _token.read_token(self._path) == last:
-                _token.write_token(self._path, hold.token)
+            if _token.read_token(self._where()) == last:
+                _token.write_token(self._where(), hold.token)
                 if _disk.still_held(hold):
                     return True
         except BaseException:

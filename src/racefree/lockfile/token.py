@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree._errors import CorruptFileError
 from racefree.lockfile.disk import NEW, unique, unlink_quiet
 
@@ -21,13 +21,26 @@ def token_path(path: str) -> str:
     return path + ".token"
 
 
+#: A token file is one decimal number and a newline; anything longer is not one.
+_MAX_TOKEN_FILE = 32
+
+
 def read_token(path: str) -> int:
-    """The last fencing token handed out for the lock at ``path`` (0 if none yet)."""
+    """The last fencing token handed out for the lock at ``path`` (0 if none yet).
+
+    Opened like every file racefree owns (never through a link, never blocking,
+    a regular file it may trust, else :class:`~racefree.UnsafePathError`), and
+    read with one bounded read: a FIFO or ``/dev/zero`` there never hangs it.
+    """
     tpath = token_path(path)
     try:
-        raw = _fs.read_file(tpath)
+        fd, _st, _created = _trust.open_own(tpath, os.O_RDONLY, create=False)
     except FileNotFoundError:
         return 0
+    try:
+        raw = _fs.pread(fd, _MAX_TOKEN_FILE + 1, 0)
+    finally:
+        _fs.close(fd)
     text = raw.strip()
     if not text.isdigit() or raw != text + b"\n":
         # Written only by write_token (atomic replace), so never torn by us:

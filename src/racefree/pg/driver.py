@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import select
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from racefree._errors import ConnectionLost
@@ -43,6 +44,9 @@ __all__ = [
     "parse_url",
     "pool_module",
     "psycopg_module",
+    "redact",
+    "scrub",
+    "secrets_in",
     "translate",
 ]
 
@@ -108,21 +112,35 @@ class PgUrl:
 
     ``conninfo`` is the URL without racefree's own query parameters;
     ``display`` is the URL without its password, for messages; ``params``
-    holds racefree's parameters (``store``, ``min_connections``, ``max_connections``).
+    holds racefree's parameters (``store``, ``min_connections``,
+    ``max_connections``); ``secrets`` every password found in it, however
+    given (see :func:`secrets_in`), which :meth:`redact` removes from a text.
+    ``repr()`` shows ``display`` only.
     """
 
-    __slots__ = ("conninfo", "display", "params")
+    __slots__ = ("conninfo", "display", "params", "secrets")
 
-    def __init__(self, conninfo: str, display: str, params: dict[str, str]) -> None:
+    def __init__(
+        self, conninfo: str, display: str, params: dict[str, str], secrets: tuple[str, ...] = ()
+    ) -> None:
         self.conninfo = conninfo
-        self.display = display
+        self.secrets = secrets
+        self.display = redact(display, secrets)
         self.params = params
+
+    def redact(self, text: str) -> str:
+        """``text`` without this URL's passwords (nor any other that looks like one)."""
+        return redact(text, self.secrets)
+
+    def __repr__(self) -> str:
+        return f"<PgUrl {self.display!r}>"
 
 
 def parse_url(url: str) -> PgUrl:
     """Split ``url``; a ValueError names a malformed one (without its password)."""
     if not is_pg_url(url):
-        raise ValueError(f"not a postgresql:// URL: {url!r}")
+        raise ValueError(f"not a postgresql:// URL: {redact(repr(url), secrets_in(url))}")
+    secrets = tuple(secrets_in(url))
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     own = {k: v for k, v in query if k in _OWN_PARAMS}
@@ -139,7 +157,86 @@ def parse_url(url: str) -> PgUrl:
     display = urllib.parse.urlunsplit(
         (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown), "")
     )
-    return PgUrl(conninfo, display, own)
+    return PgUrl(conninfo, display, own, secrets)
+
+
+# -- secrets: found by parsing, removed from every message ----------------------------
+#
+# A password can reach libpq in many forms: the user part of a URL (percent-encoded
+# or not), a ``password=`` or ``sslpassword=`` query parameter, a ``password=...``
+# keyword of a conninfo string, or nested: libpq takes a ``dbname`` that is itself a
+# URL or a conninfo string, and its error messages then quote it ("database
+# \"postgresql://u:pw@h/db\" does not exist"). secrets_in() finds each by parsing;
+# redact() replaces every one (raw and decoded) in a text, then anything still shaped
+# like a password, as a second line of defence.
+
+_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/?#@\s'\"]*:)[^@/\s'\"]*(@)")
+_KEYWORD = re.compile(
+    r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&'\"]+)"
+)
+_CONNINFO_PAIR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+_MASK = "***"
+
+
+def secrets_in(text: str, _depth: int = 0) -> list[str]:
+    """Every password in a URL or conninfo string ``text``, raw and decoded, nested ones too."""
+    found: list[str] = []
+    if _depth > 3 or not text:
+        return found
+    if is_pg_url(text):
+        parts = urllib.parse.urlsplit(text)
+        userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+        if ":" in userinfo:
+            raw = userinfo.partition(":")[2]
+            found += [raw, urllib.parse.unquote(raw)]
+        for pair in parts.query.split("&"):
+            key, _, raw = pair.partition("=")
+            value = urllib.parse.unquote_plus(raw)
+            if urllib.parse.unquote_plus(key) in _SECRET_PARAMS:
+                found += [raw, value]
+            else:
+                found += secrets_in(value, _depth + 1)
+        found += secrets_in(urllib.parse.unquote(parts.path.lstrip("/")), _depth + 1)
+    elif "=" in text:
+        for match in _CONNINFO_PAIR.finditer(text):
+            key, raw = match.group(1), match.group(2)
+            value = raw
+            if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+                value = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            if key.lower() in _SECRET_PARAMS:
+                found += [raw, value]
+            else:
+                found += secrets_in(value, _depth + 1)
+    # As they may be spelled again in a URL or a message: percent-encoded, or with "+".
+    found += [q(s, safe="") for s in found for q in (urllib.parse.quote, urllib.parse.quote_plus)]
+    return [s for s in dict.fromkeys(found) if s]
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with each of ``secrets`` and anything shaped like a password replaced by ***."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, _MASK)
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{_MASK}{m.group(2)}", text)
+    return _KEYWORD.sub(lambda m: f"{m.group(1)}{_MASK}", text)
+
+
+def scrub(exc: BaseException, secrets: Iterable[str] = ()) -> BaseException:
+    """Remove passwords from the messages of ``exc`` and of the errors chained to it.
+
+    The driver's errors quote what libpq was given (a nested ``dbname``, an
+    undecodable percent escape), and a traceback prints every error of the
+    chain, so each one's ``args`` are redacted in place. Returns ``exc``.
+    """
+    keys = tuple(secrets)
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        with contextlib.suppress(Exception):  # an exception type whose args are read-only
+            err.args = tuple(redact(a, keys) if isinstance(a, str) else a for a in err.args)
+        err = err.__cause__ or err.__context__
+    return exc
 
 
 def advisory_key(namespace: str, name: str) -> int:
@@ -216,17 +313,27 @@ def application_name(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text[:63])
 
 
-def lost(display: str, exc: BaseException, *, maybe_committed: bool) -> ConnectionLost:
-    """The racefree error for a connection that failed during an operation."""
-    return ConnectionLost(display, first_line(exc), maybe_committed=maybe_committed)
+def lost(url: PgUrl, exc: BaseException, *, maybe_committed: bool) -> ConnectionLost:
+    """The racefree error for a connection that failed during an operation.
+
+    Neither it nor ``exc`` (which it scrubs, as it is chained to it) names a password.
+    """
+    scrub(exc, url.secrets)
+    return ConnectionLost(
+        url.display, url.redact(first_line(exc)), maybe_committed=maybe_committed
+    )
 
 
 @contextlib.contextmanager
-def translate(display: str, *, maybe_committed: bool) -> Iterator[None]:
-    """Turn a lost connection inside the block into :class:`ConnectionLost`."""
+def translate(url: PgUrl, *, maybe_committed: bool) -> Iterator[None]:
+    """Turn a lost connection inside the block into :class:`ConnectionLost`.
+
+    Any other error passes through, its message scrubbed of the URL's passwords.
+    """
     try:
         yield
     except Exception as exc:
         if is_connection_error(exc):
-            raise lost(display, exc, maybe_committed=maybe_committed) from exc
+            raise lost(url, exc, maybe_committed=maybe_committed) from exc
+        scrub(exc, url.secrets)
         raise

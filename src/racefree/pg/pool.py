@@ -78,7 +78,7 @@ class Pool:
         pool_mod = _pg.pool_module()
         # One direct connection first: an unreachable server or a bad URL is
         # one clear error here, and the schema exists before any call.
-        with _pg.translate(self.display, maybe_committed=False), psycopg.connect(
+        with _pg.translate(self._url, maybe_committed=False), psycopg.connect(
             self._url.conninfo, **self._kwargs
         ) as conn:
             _pg.ensure_schema(conn)
@@ -120,7 +120,7 @@ class Pool:
             return fn(conn)
         except Exception as exc:
             if _pg.is_connection_error(exc):
-                raise _pg.lost(self.display, exc, maybe_committed=False) from exc
+                raise _pg.lost(self._url, exc, maybe_committed=False) from exc
             raise
         finally:
             pool.putconn(conn)
@@ -145,7 +145,7 @@ class Pool:
             return result
         except Exception as exc:
             if _pg.is_connection_error(exc):
-                raise _pg.lost(self.display, exc, maybe_committed=committing) from exc
+                raise _pg.lost(self._url, exc, maybe_committed=committing) from exc
             raise
         finally:
             # A session in a failed or unknown state is discarded by the pool.

@@ -103,7 +103,7 @@ class Session:
             # it (``lost``) within about 25 s too, not after the OS default of 2 h.
             kwargs.update(keepalives=1, keepalives_idle=10, keepalives_interval=5,
                           keepalives_count=3)
-        with _pg.translate(self.url.display, maybe_committed=False):
+        with _pg.translate(self.url, maybe_committed=False):
             conn = psycopg.connect(self.url.conninfo, **kwargs)
             try:
                 conn.execute(_SETUP)
@@ -154,7 +154,7 @@ class Session:
                                                _MAX_LOCK_TIMEOUT_MS)
             if ms != self.lock_timeout_ms:  # a round trip only when the timeout changes
                 try:
-                    with _pg.translate(self.url.display, maybe_committed=False):
+                    with _pg.translate(self.url, maybe_committed=False):
                         conn.execute(f"SET lock_timeout = {ms}")
                 except BaseException:
                     self.discard()
@@ -189,7 +189,7 @@ class Session:
             if state == _CANCELLED and attempt is not None and attempt.abandoned:
                 raise asyncio.CancelledError() from None
             if _pg.is_connection_error(exc):
-                raise _pg.lost(self.url.display, exc, maybe_committed=False) from exc
+                raise _pg.lost(self.url, exc, maybe_committed=False) from exc
             raise
         except BaseException:
             self.discard()

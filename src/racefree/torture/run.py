@@ -18,6 +18,7 @@ the test suite (``docs/proof.md``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 import signal
@@ -28,10 +29,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree.torture.probe import ProbeReport, child_env, probe
 from racefree.torture.verify import Row, verify
-from racefree.torture.worker import KINDS, LOCK_TIMEOUT
+from racefree.torture.worker import KINDS, LOCK_TIMEOUT, URL_ENV
 
 #: After the end and a full lock wait (``LOCK_TIMEOUT``), how long a worker may still
 #: take to finish its operation; one still in it then hangs, and the run fails.
@@ -117,11 +118,12 @@ def _start(proc: _Proc, root: str, deadline: float, seed: int, kinds: str, url: 
     proc.incarnation += 1
     err_path = os.path.join(root, "acks", f"w{proc.wid}.{proc.incarnation:05d}.err")
     err = _fs.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    env = child_env()
+    # The URL (it may hold a password) goes through the environment, not the command line.
+    env = {**child_env(), URL_ENV: url}
     try:
         proc.popen = subprocess.Popen(
             [sys.executable, "-m", "racefree.torture.worker", root, str(proc.wid),
-             str(proc.incarnation), repr(deadline), str(seed), kinds, url],
+             str(proc.incarnation), repr(deadline), str(seed), kinds],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
         )
     finally:
@@ -141,8 +143,13 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
         raise ValueError(f"unknown operation kinds {unknown}; known: {', '.join(KINDS)}")
     seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(1 << 31)
     rng = random.Random(seed)
-    base = os.fspath(opts.directory)
-    if not stat.S_ISDIR(_fs.stat(base).st_mode):  # FileNotFoundError for a missing one
+    # Links on the way are followed under racefree's rule: one that another user planted
+    # in a shared directory is refused (UnsafePathError), not followed.
+    where = _trust.resolve(os.fspath(opts.directory))
+    if where.st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
+    base = where.path
+    if not stat.S_ISDIR(where.st.st_mode):
         raise NotADirectoryError(f"{base} is not a directory")
     root = os.path.join(base, f"racefree-torture-{os.getpid()}-{int(time.time())}")
     _fs.mkdir(root, 0o755)
@@ -158,7 +165,11 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
         from racefree.pg.driver import is_pg_url
 
         if not is_pg_url(url):
-            raise ValueError(f"--url must be a postgresql:// URL, not {url!r}")
+            from racefree.pg.driver import redact, secrets_in
+
+            raise ValueError(
+                f"--url must be a postgresql:// URL, not {redact(repr(url), secrets_in(url))}"
+            )
     start = time.monotonic()
     deadline_wall = time.time() + opts.seconds
     procs = [_Proc(w) for w in range(opts.processes)]

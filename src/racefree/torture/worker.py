@@ -220,8 +220,15 @@ def pg_object(url: str, name: str, root: str) -> Any:
     return open_lock(url, run_name(root), timeout=LOCK_TIMEOUT)
 
 
+#: The environment variable that carries the PostgreSQL URL to a worker: never its
+#: command line, which every local user can read (``ps``, ``/proc/PID/cmdline``), while a
+#: process's environment is readable by its own user only.
+URL_ENV = "RACEFREE_TORTURE_URL"
+
+
 def main(argv: list[str]) -> int:
-    root, wid, incarnation, deadline, seed, kinds, url = argv
+    root, wid, incarnation, deadline, seed, kinds = argv
+    url = os.environ.get(URL_ENV, "")
     worker = Worker(root, int(wid), int(incarnation), int(seed), kinds.split(","), url)
     try:
         worker.run(float(deadline))

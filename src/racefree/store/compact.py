@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from racefree import _fs
+from racefree import _fs, _json
 from racefree._errors import CorruptFileError
 from racefree.store.core import Core
 from racefree.store.files import (
@@ -55,6 +55,7 @@ from racefree.store.segment import (
     last_nonzero,
     pack,
     unpack,
+    unsynced_loss,
 )
 
 _FLUSH = 1 << 20
@@ -297,10 +298,12 @@ def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
     index: dict[str, int] = {}
     tomb: dict[str, int] = {}
     records = dead = total = torn_bytes = 0
+    ends: dict[int, int] = {}
     for seg in segs:
         mm = maps[seg]
         path = os.path.join(directory, seg_name(seg))
         end, torn, d, t = index_frames(mm, SEG_HEADER.size, len(mm), seg, index, tomb, path)
+        ends[seg] = end
         if torn and seg != segs[-1]:
             raise CorruptFileError(path, "damaged record in a sealed segment", offset=end)
         if torn:
@@ -315,6 +318,15 @@ def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
         while pos < end:
             records += 1
             pos += FRAME.size + FRAME.unpack_from(mm, pos)[1]
+    lost = unsynced_loss(segs, ends, maps)
+    if lost is not None:
+        seg, end, claimed = lost
+        raise CorruptFileError(
+            os.path.join(directory, seg_name(seg)),
+            f"records up to byte {claimed} were synced (the next segment says so) but the valid"
+            f" records end at {end}",
+            offset=end,
+        )
     _parse_all(directory, index, maps)
     report = StoreReport(
         documents=len(index),
@@ -333,10 +345,15 @@ def _parse_all(directory: str, index: dict[str, int], maps: dict[int, Any]) -> N
         raw = maps[seg][off:off + length]
         path = os.path.join(directory, seg_name(seg))
         try:
-            doc = json.loads(raw)
+            doc = _json.parse(json.loads, raw)
         except ValueError as exc:
             raise CorruptFileError(
                 path, f"document {ident!r} is not JSON: {exc}", offset=off
+            ) from None
+        except _json.TooDeep:
+            raise CorruptFileError(
+                path, f"document {ident!r} is nested too deeply to parse",
+                offset=off + _json.deep_offset(raw),
             ) from None
         if not isinstance(doc, dict):
             raise CorruptFileError(path, f"document {ident!r} is not an object", offset=off)

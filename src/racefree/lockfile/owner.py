@@ -45,6 +45,8 @@ __all__ = [
 FORMAT = 1
 #: Records larger than this are not ours: they are judged as malformed.
 MAX_RECORD = 4096
+#: The largest pid a record may name (pid_t is a signed 32-bit int); larger is malformed.
+MAX_PID = (1 << 31) - 1
 
 class Verdict(enum.Enum):
     """What an owner record proves about its owner."""
@@ -103,11 +105,14 @@ def decode(data: bytes) -> OwnerRecord | None:
         return None
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: "[[[[..." nests deeper than the parser goes; a record is flat.
         return None
     if not isinstance(obj, dict) or obj.get("racefree") != FORMAT:
         return None
     pid, token = _nat(obj.get("pid")), _nat(obj.get("token"))
+    if pid is not None and pid > MAX_PID:
+        return None  # no process has it (pid_t is 32 bits): kill(pid, 0) would overflow
     host, boot = obj.get("host"), obj.get("boot_id")
     ns, start, created = obj.get("pid_ns"), obj.get("start_time"), obj.get("created")
     if not pid or token is None or not isinstance(host, str):
@@ -118,9 +123,13 @@ def decode(data: bytes) -> OwnerRecord | None:
         return None
     if isinstance(created, bool) or not isinstance(created, (int, float)):
         return None
-    if not math.isfinite(created):
+    try:
+        when = float(created)  # OverflowError: an int past any float
+    except OverflowError:
         return None
-    return OwnerRecord(pid, host, boot, ns, start, token, float(created))
+    if not math.isfinite(when):
+        return None
+    return OwnerRecord(pid, host, boot, ns, start, token, when)
 
 
 def same_locality(rec: OwnerRecord) -> bool:

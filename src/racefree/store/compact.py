@@ -73,12 +73,12 @@ class StoreReport:
     dead_bytes: int  #: bytes of overwritten or deleted documents (reclaimed by compact)
 
 
-class _Writer:
+class Writer:
     """Appends frames to fresh segments, buffered, rolling to a new one when full."""
 
-    def __init__(self, core: Core, st: State, first: int, live: int) -> None:
-        self.core = core
-        self.seg_size = core.first_size(live)
+    def __init__(self, directory: str, seg_size: int, st: State, first: int) -> None:
+        self.dir = directory
+        self.seg_size = seg_size
         self.st = st
         self.next = first
         self.seg = -1
@@ -87,12 +87,12 @@ class _Writer:
         self.buf_at = 0
         self.total = 0
 
-    def _new_segment(self, need: int) -> None:
+    def new_segment(self, need: int) -> None:
         self.flush()
         size = max(self.seg_size, need + SEG_HEADER.size)
         seg = self.next
         self.next += 1
-        fd = create_segment(self.core.dir, seg, size, zero_fill=True)
+        fd = create_segment(self.dir, seg, size, zero_fill=True)
         self.st.fds[seg] = fd
         self.st.maps[seg] = _fs.mmap(fd, size)
         self.st.segs.append(seg)
@@ -104,7 +104,7 @@ class _Writer:
         entry = ENTRY.pack(op, len(idb), version, len(doc)) + idb + doc
         n = PREFIX + len(entry)
         if self.seg < 0 or self.pos + n > self.size:
-            self._new_segment(n)
+            self.new_segment(n)
         # Each copy claims itself synced: it is, before the MANIFEST makes it live.
         self.buf += frame(self.seg << 40 | (self.pos + n), entry)
         at = self.pos + PREFIX + ENTRY.size + len(idb)
@@ -126,7 +126,7 @@ def compact_locked(core: Core, st: State) -> State:
     w = core.words
     gen = st.gen + 1
     new = State(gen, [], 0)
-    out = _Writer(core, new, st.segs[-1] + 1, max(0, w[W_TOTAL] - w[W_DEAD]))
+    out = Writer(core.dir, core.first_size(max(0, w[W_TOTAL] - w[W_DEAD])), new, st.segs[-1] + 1)
     w[W_INPROG] = gen
     committed = False
     try:
@@ -139,7 +139,7 @@ def compact_locked(core: Core, st: State) -> State:
             out.add(OP_DELETE, ident.encode("utf-8", "surrogatepass"), version, b"")
             new.tomb[ident] = version
         if out.seg < 0:
-            out._new_segment(0)
+            out.new_segment(0)
         out.flush()
         # The copies must be on disk before the manifest names them: after the
         # switch they are the only copy of every document (W1 for segments).

@@ -80,6 +80,12 @@ def frame(synced: int, entries: bytes) -> bytes:
     return FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
+def reclaim(record: bytes, synced: int) -> bytes:
+    """``record`` (a whole frame) with its ``synced`` field replaced (and its crc redone)."""
+    payload = SYNCED.pack(synced) + record[PREFIX:]
+    return FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
 def frame_at(buf: Any, pos: int) -> int:
     """The length of the valid frame at ``pos``; 0 at the end of the data; -1 if damaged."""
     if pos + 4 > len(buf) or buf[pos:pos + 4] == ZERO4:
@@ -327,18 +333,22 @@ def index_frames(
 def unsynced_loss(segs: list[int], ends: dict[int, int], maps: Any) -> tuple[int, int, int] | None:
     """``(seg, end, claimed)`` if a segment's data ends before where a later one says it was synced.
 
-    A roll syncs the sealed segment and the next segment's first record claims
+    A roll syncs the sealed segment and the next segment's first records claim
     its end (``synced``): if the sealed segment's valid records now end sooner
     (its last records zeroed, or the file cut at a record boundary), synced
     records are gone. ``ends`` maps each segment to the end of its valid records.
     """
     for seg in segs[1:]:
         mm = maps[seg]
-        if frame_at(mm, SEG_HEADER.size) <= 0:
-            continue
-        claim = SYNCED.unpack_from(mm, SEG_HEADER.size + FRAME.size)[0]
+        claim, pos = 0, SEG_HEADER.size
+        for _ in range(2):  # the roll's own record, and the first written after the roll
+            n = frame_at(mm, pos)
+            if n <= 0:
+                break
+            claim = max(claim, SYNCED.unpack_from(mm, pos + FRAME.size)[0])
+            pos += n
         cseg, coff = claim >> 40, claim & M40
-        if cseg != seg and cseg in ends and coff > ends[cseg]:
+        if claim and cseg != seg and cseg in ends and coff > ends[cseg]:
             return cseg, ends[cseg], coff
     return None
 

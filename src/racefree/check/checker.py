@@ -161,7 +161,9 @@ def _is_log(path: str, head: bytes) -> bool:
     try:
         return read_header(head) is not None
     except (ValueError, CorruptFileError, FormatError):
-        return False
+        # A first line that names itself a log header but does not check: a damaged log.
+        line = head.split(b"\n", 1)[0]
+        return b'{"racefree_log":' in line
 
 
 def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:

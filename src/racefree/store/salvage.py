@@ -77,10 +77,13 @@ class Loss:
     entries: tuple[tuple[str, str, int], ...]  #: ``(op, id, version)`` still readable in it
     why: str  #: what is wrong there
     torn: bool = False  #: a write a crash cut short (never acknowledged), not damage
+    exact: bool = True  #: False: the range may have held more records than ``records`` says
 
     def describe(self) -> str:
         first, last = self.records
         nums = f"record {first}" if first == last else f"records {first}-{last}"
+        if not self.exact:
+            nums += " or more (no record header is readable past that)"
         what = "incomplete (a write a crash cut short)" if self.torn else f"damaged: {self.why}"
         text = f"{nums}, {self.file} bytes {self.start}-{self.end}: {what}"
         if self.entries:
@@ -205,13 +208,16 @@ def _scan_segment(out: Plan, seg: int, data: bytes, counter: list[int], *, last:
                 return  # zeros to the end: the end of the data
             why = "zeros where records were (a lost page or an unwritten hole)"
         else:
-            why = explain(data, pos, stop, 0) or "a write cut short"
+            why = explain(data, pos, stop, 0) or (
+                "part of it reads as zeros, and valid records follow it" if nxt >= 0
+                else "a write cut short")
         torn = nxt < 0 and last and explain(data, pos, stop, 0) is None
         end = pos + len(rest) if nxt < 0 else stop
-        count, readable = _damaged_records(data, pos, end)
+        count, readable, exact = _damaged_records(data, pos, end)
         first = counter[0] + 1
         counter[0] += count
-        out.losses.append(Loss(name, pos, end, (first, counter[0]), readable, why, torn))
+        out.losses.append(Loss(name, pos, end, (first, counter[0]), readable, why, torn,
+                               exact or torn))
         if nxt < 0:
             return
         pos = nxt
@@ -250,11 +256,13 @@ def _entries(data: bytes, p: int, end: int) -> list[tuple[int, str, int, bytes]]
 Entries = tuple[tuple[str, str, int], ...]
 
 
-def _damaged_records(data: bytes, pos: int, end: int) -> tuple[int, Entries]:
-    """How many records ``data[pos:end]`` held, and the ``(op, id, version)`` still readable.
+def _damaged_records(data: bytes, pos: int, end: int) -> tuple[int, Entries, bool]:
+    """How many records ``data[pos:end]`` held, the ``(op, id, version)`` still readable,
+    and whether that count is exact.
 
     Walks the frame headers while they look whole (magic, a length that fits),
     reading each entry header whose lengths fit; stops at the first that does not.
+    What is left after that is counted as one record, but may have held more.
     """
     count, seen = 0, []
     while pos + MIN_FRAME <= end:
@@ -273,9 +281,10 @@ def _damaged_records(data: bytes, pos: int, end: int) -> tuple[int, Entries]:
                          raw.decode("utf-8", "surrogateescape"), version))
             p += ENTRY.size + idlen + doclen
         pos = stop
-    if pos < end and data[pos:end].strip(b"\0"):
-        count += 1  # what is left is (part of) one more record
-    return max(count, 1), tuple(seen)
+    exact = pos >= end
+    if not exact or not count:
+        count += 1  # what is left is (part of) one more record, maybe of several
+    return count, tuple(seen), exact
 
 
 def _lock(directory: str, name: str) -> int | None:

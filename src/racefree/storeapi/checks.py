@@ -22,7 +22,7 @@ import re
 from typing import Any
 
 from racefree._errors import LimitError
-from racefree._json import MAX_DEPTH, too_deep
+from racefree._json import MAX_DEPTH, TooDeep, parse, too_deep
 
 __all__ = [
     "MAX_DEPTH", "MAX_DOC", "MAX_ID", "MAX_VERSION", "check_expect", "check_version",
@@ -136,10 +136,14 @@ def encode_doc(doc: object) -> bytes:
     if not isinstance(doc, dict):
         raise TypeError(f"a document must be a dict (a JSON object), not {type(doc).__name__}")
     try:
-        data = _encode(doc).encode("ascii")
+        try:
+            data = _encode(doc).encode("ascii")
+        except RecursionError:
+            # A deep call stack, a cycle or a very deep document: again on a fresh stack.
+            data = parse(_encode, doc).encode("ascii")
     except (TypeError, ValueError) as exc:
         raise TypeError(f"the document is not JSON-serialisable: {exc}") from None
-    except RecursionError:
+    except TooDeep:
         if _contains_itself(doc):
             raise TypeError("the document is not JSON-serialisable: it contains itself") from None
         data = b"[" * (MAX_DEPTH + 1)  # nested too deep for the encoder: past the limit

@@ -536,6 +536,32 @@ def test_malformed_record_is_judged_by_age(tmp_path: Path, content: bytes) -> No
     assert leftovers(tmp_path, path) == []
 
 
+def _own_with(**changes: object) -> bytes:
+    record = owner.own_record(7)
+    record.update(changes)
+    return owner.encode(record)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 4000, _own_with(pid=2**31), _own_with(pid=2**63), _own_with(created=10**400)],
+    ids=["deep", "pid-2**31", "pid-2**63", "created-overflows"],
+)
+def test_record_no_process_could_write_is_judged_by_age(tmp_path: Path, content: bytes) -> None:
+    """Deeply nested JSON, a same-host pid no process can have, a time past any float:
+    malformed, judged by age like any other (no RecursionError or OverflowError)."""
+    assert owner.decode(content) is None
+    path = tmp_path / "l"
+    write_lock(path, content)
+    lock = LockFile(path, stale_after=0.2)
+    with pytest.raises(WouldBlock):
+        lock.acquire_nowait()
+    assert path.read_bytes() == content
+    lock.acquire(timeout=WAIT)
+    assert json.loads(path.read_bytes())["pid"] == os.getpid()
+    lock.release()
+
+
 def test_large_foreign_file_is_never_reclaimed(tmp_path: Path) -> None:
     """A data file passed as the lock path by mistake is refused (FormatError), never deleted."""
     path = tmp_path / "data.json"

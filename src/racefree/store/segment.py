@@ -211,7 +211,9 @@ def explain(data: bytes, pos: int, stop: int, base: int) -> str | None:
         if _zeros(data, pos + FRAME.size, pos + MIN_FRAME):
             return None
         return "damaged record header (it does not look torn)"
-    return "a record header is cut short by the end of the segment: the file was cut"
+    if stop >= len(data):
+        return "a record header is cut short by the end of the segment: the file was cut"
+    return "damaged bytes too short for a record before the next valid record"
 
 
 def _classify(buf: Any, pos: int, limit: int, seg: int, path: str, base: int) -> bool:

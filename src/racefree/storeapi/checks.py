@@ -18,7 +18,6 @@ The limits (``docs/store.md``) are one contract for both backends:
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from racefree._errors import LimitError
@@ -82,10 +81,36 @@ def encode_id(key: object) -> bytes:
     return data
 
 
-# A key that json.dumps made from an int, float, bool or None ("1", "1.5", "true",
-# "null"): only then can two keys of one dict collide, so only then is the
-# document walked. A value in a list can match too; that only costs the walk.
-_CONVERTED_KEY = re.compile(rb'[{,]"(?:-?[0-9]|true"|false"|null")')
+_CONTAINERS = frozenset({dict, list, tuple})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _walk(doc: dict[str, Any]) -> tuple[bool, int]:
+    """``(converted, containers)`` for a document the encoder accepted.
+
+    ``converted``: whether a dict in it has a key json.dumps converts (int,
+    float, bool, None): only then can two keys of one dict collide.
+    ``containers``: how many dicts and lists it holds, a bound on its depth (only
+    past :data:`MAX_DEPTH` is the depth itself measured). A walk of the
+    containers without recursion: cheaper than a scan of the encoded bytes.
+    """
+    stack: list[Any] = [doc]
+    pop, push = stack.pop, stack.append
+    containers = 0
+    while stack:
+        item = pop()
+        containers += 1
+        values = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict):
+            for key in item:
+                if type(key) is not str:
+                    return True, containers
+        for value in values:
+            kind = type(value)
+            if kind in _CONTAINERS or (kind not in _SCALARS and isinstance(value, (dict, list,
+                                                                                   tuple))):
+                push(value)
+    return False, containers
 
 
 def _colliding_key(obj: Any) -> str | None:
@@ -152,12 +177,13 @@ def encode_doc(doc: object) -> bytes:
             "document", MAX_DOC, len(data),
             f"a document of {len(data)} bytes is larger than the limit of {MAX_DOC} bytes",
         )
-    if too_deep(data):
+    converted, containers = _walk(doc)
+    if (converted or containers > MAX_DEPTH) and too_deep(data):
         raise LimitError(
             "depth", MAX_DEPTH, MAX_DEPTH + 1,
             f"the document is nested more than {MAX_DEPTH} levels deep (the limit)",
         )
-    if _CONVERTED_KEY.search(data) is not None:
+    if converted:
         key = _colliding_key(doc)
         if key is not None:
             raise TypeError(

@@ -137,15 +137,47 @@ class DurabilityError(RacefreeError, OSError):
 
 
 class FormatError(RacefreeError, ValueError):
-    """A path holds something racefree cannot open: not its format, or a newer version."""
+    """A path holds something racefree cannot open: not its format, or a newer version.
 
-    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+    ``offset`` is the byte offset of what could not be read, where known.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], detail: str, *, offset: int | None = None
+    ) -> None:
         self.path = _fspath(path)
         self.detail = detail
-        super().__init__(f"{self.path}: {detail}")
+        self.offset = offset
+        at = f" at byte offset {offset}" if offset is not None else ""
+        super().__init__(f"{self.path}{at}: {detail}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.detail))
+        return (_rebuild_format, (type(self), self.path, self.detail, self.offset))
+
+
+def _rebuild_format(
+    cls: type[FormatError], path: str, detail: str, offset: int | None
+) -> FormatError:
+    return cls(path, detail, offset=offset)
+
+
+class LimitError(RacefreeError, ValueError):
+    """A value passes one of a store's limits (see ``docs/store.md``). Nothing was written.
+
+    ``what`` names the limit (``"id"``, ``"version"``, ``"depth"``, ``"document"``),
+    ``limit`` is its value and ``actual`` what was given. Both backends raise it,
+    with the same message, before anything is written.
+    """
+
+    def __init__(self, what: str, limit: int, actual: int, detail: str) -> None:
+        self.what = what
+        self.limit = limit
+        self.actual = actual
+        self.detail = detail
+        super().__init__(detail)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.limit, self.actual, self.detail))
 
 
 class UnsafePathError(RacefreeError, PermissionError):

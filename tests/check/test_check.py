@@ -35,11 +35,13 @@ def test_a_directory_of_everything(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not racefree's")
     found = check_path(tmp_path)
     assert [(f.kind, Path(f.path).name, f.ok) for f in found] == [
-        ("json", "conf.json", True), ("store", "docs", True), ("log", "events.log", True),
+        ("json", "conf.json", True), ("lock", "conf.json.lock", True), ("store", "docs", True),
+        ("log", "events.log", True), ("lock", "events.log.lock", True),
+        ("skipped", "notes.txt", True),
     ]
     proc = cli(str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.splitlines()[-1] == "3 checked, 0 damaged"
+    assert proc.stdout.splitlines()[-1] == "5 checked, 0 damaged, 1 skipped"
 
 
 def test_damaged_json_is_reported_and_left_alone(tmp_path: Path) -> None:
@@ -67,13 +69,14 @@ def test_torn_log_tail_is_not_damage_and_repair_cuts_only_it(tmp_path: Path) -> 
         assert list(log) == [{"i": 0}, {"i": 1}, {"i": 2}]
 
 
-def test_damaged_log_record_is_damage_and_repair_touches_nothing(tmp_path: Path) -> None:
-    """A flipped byte in a record with good records after it: DAMAGED, exit 1, file unchanged."""
+def test_damaged_log_record_is_damage_and_check_touches_nothing(tmp_path: Path) -> None:
+    """A flipped byte in a record with good records after it: DAMAGED, exit 1, file unchanged
+    (``--repair`` salvages it: tests/check/test_salvage.py)."""
     good = make_log(tmp_path / "l.log", 4)
     bad = bytearray(good)
     bad[good.index(b'{"i":1}') + 5] ^= 0x01
     (tmp_path / "l.log").write_bytes(bytes(bad))
-    proc = cli(str(tmp_path / "l.log"), "--repair")
+    proc = cli(str(tmp_path / "l.log"))
     assert proc.returncode == 1
     assert proc.stdout.startswith("DAMAGED  log")
     assert (tmp_path / "l.log").read_bytes() == bytes(bad)

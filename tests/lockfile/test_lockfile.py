@@ -535,6 +535,35 @@ def test_record_lost_to_a_power_loss_is_judged_by_age(tmp_path: Path, content: b
     assert leftovers(tmp_path, path) == []
 
 
+def _own_with(**changes: object) -> bytes:
+    record = owner.own_record(7)
+    record.update(changes)
+    return owner.encode(record)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 4000, _own_with(pid=2**31), _own_with(pid=2**63), _own_with(created=10**400)],
+    ids=["deep", "pid-2**31", "pid-2**63", "created-overflows"],
+)
+def test_record_no_process_could_write_is_judged_by_age(tmp_path: Path, content: bytes) -> None:
+    """Deeply nested JSON, a same-host pid no process can have, a time past any float:
+    malformed, judged by age like any other (no RecursionError or OverflowError). The
+    deep one is racefree's only beside the lock's token file (as every lock path has)."""
+    assert owner.decode(content) is None
+    path = tmp_path / "l"
+    write_lock(path, content)
+    if content.startswith(b"["):
+        (tmp_path / "l.token").write_bytes(b"3\n")
+    lock = LockFile(path, stale_after=0.2)
+    with pytest.raises(WouldBlock):
+        lock.acquire_nowait()
+    assert path.read_bytes() == content
+    lock.acquire(timeout=WAIT)
+    assert json.loads(path.read_bytes())["pid"] == os.getpid()
+    lock.release()
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"\0" * 170, b'{"pid": 12', b"\xff\xfe\x00", b'{"racefree": 1, "pid": -4, "host": "h"}',

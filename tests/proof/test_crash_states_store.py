@@ -34,9 +34,6 @@ SMALL = {"_segment_size": 4096}  # small segments: rolls to new segments happen 
 #: States explored per store operation under page tears (pending the store's recovery).
 PAGE_TEAR_COUNTS: dict[str, int] = {}
 
-PENDING_TORN_MIDDLE = pytest.mark.xfail(
-    strict=True, reason="store recovery of a torn middle: pending"
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -401,16 +398,38 @@ def test_in_flight_records_with_ordered_writes_open(tmp_path: Path, kind: str) -
 
 
 # ------------------------------------------------------------------ page-order tears
-def test_page_tears_find_a_store_record_with_its_middle_lost(tmp_path: Path) -> None:
+def _explain_as_in_0_1_0(data: bytes, pos: int, stop: int, base: int) -> str | None:
+    """0.1.0's rule for a damaged frame: torn only if its first or its last byte reads as zero."""
+    from racefree.store.segment import FRAME, FRAME_MAGIC, MIN_FRAME
+
+    damaged = "damaged record (it does not look torn)"
+    last = stop >= len(data)
+    if data[pos] == 0:
+        return None
+    if pos + FRAME.size > stop:
+        return None if last else damaged
+    magic, plen, _ = FRAME.unpack_from(data, pos)
+    if magic != FRAME_MAGIC or plen < MIN_FRAME - FRAME.size:
+        return None if data[pos + FRAME.size - 1] == 0 else damaged
+    end = pos + FRAME.size + plen
+    if end > stop:
+        return None if last else damaged
+    return None if data[end - 1] == 0 else damaged
+
+
+def test_page_tears_find_a_store_record_with_its_middle_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 70 KB put whose first and last thirds reach the disk and whose middle does not.
 
     The segment is pre-zeroed, so the middle reads as zeros; the put was not
     acknowledged (its fdatasync had not returned), so the store must open
-    without it, but today's recovery calls the record "damaged (it does not look
-    torn)". The page-order model must produce that state and report it; the
-    prefix-or-suffix model cannot.
+    without it. 0.1.0's recovery (replayed here) called the record "damaged (it
+    does not look torn)": the page-order model must produce that state and
+    report it, the prefix-or-suffix model cannot; today's recovery opens it.
     """
     from racefree import Store
+    from racefree.store import segment
 
     base = tmp_path / "base"
     base.mkdir()
@@ -428,6 +447,9 @@ def test_page_tears_find_a_store_record_with_its_middle_lost(tmp_path: Path) -> 
             got = dict(s.items())
         assert got == {"big": doc} if state.acked else got in ({}, {"big": doc})
 
+    fixed = explore("pages", rec, check, tmp_path / "fixed", block=4096, tears="pages")
+    assert fixed.violations == [], fixed.format()
+    monkeypatch.setattr(segment, "explain", _explain_as_in_0_1_0)
     ends = explore("ends", rec, check, tmp_path / "ends", block=4096, tears="ends")
     assert ends.violations == [], ends.format()
     pages = explore("pages", rec, check, tmp_path / "pages", block=4096, tears="pages",
@@ -441,9 +463,8 @@ def test_page_tears_find_a_store_record_with_its_middle_lost(tmp_path: Path) -> 
         v.survived for v in torn]
 
 
-@PENDING_TORN_MIDDLE
 def test_store_operations_under_page_tears(tmp_path: Path) -> None:
-    """Every store operation above, under page tears: 0 violations (pending the store fix).
+    """Every store operation above, under page tears: 0 violations.
 
     Runs each scenario (and the in-flight recordings) with ``tears="pages"``, counts
     its states in the page-tears table, and requires no violation in any of them.

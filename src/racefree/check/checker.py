@@ -6,26 +6,35 @@ alone):
 - a **store**: a directory with a ``MANIFEST`` that says ``"racefree": "store"``;
   its segments are mapped read-only and every frame, checksum and document is
   verified (without opening it as a store: nothing is written). A directory
-  with segments but no ``MANIFEST`` is a store that lost it: damage;
+  with segments and a missing or unreadable ``MANIFEST`` is a store that lost
+  it: damage (only an unfinished creation, a first segment holding no record
+  and no MANIFEST at all, is not);
 - a **log**: a file whose first line is an :class:`~racefree.AppendLog` header;
   verified by :meth:`racefree.AppendLog.check` (framing, checksums, JSON,
   the snapshot against the segment). Its ``.snapshot`` is checked with it;
-- a **JSON file**: a ``*.json`` file, or any file whose content starts like a
-  JSON object or array; verified by parsing it (:class:`~racefree.JsonFile`);
+- a **lock file**: an empty ``*.lock`` (a :class:`~racefree.FileLock`'s) or one
+  holding a :class:`~racefree.LockFile` owner record;
+- a **JSON file**: a ``*.json`` file, one that a :class:`~racefree.JsonFile`
+  keeps a ``.lock`` sidecar for, or a file PATH names that parses as JSON;
+  verified by parsing it;
 - a **directory** holding any of these: each one found is checked (not
   following symlinks, not descending into a store).
 
-Lock files, lock sidecars and the store's shared header are recognised and
-skipped; a leftover temp file (``*.rftmp``) is reported, not damage.
+Anything else is "skipped" (``pyproject.toml``, ``setup.cfg``, a ``Cargo.lock``):
+it is not racefree's to judge. The store's shared header and token counters
+are racefree's own and not listed; a leftover temp file (``*.rftmp``) is a
+note, not damage.
 
 Checking writes nothing.
 
-``repair=True`` truncates a log's incomplete last record (a crash in the middle
-of an append); for a store, it opens it (which zeroes an incomplete last
-record, the store's own recovery) and, if an fsync had failed (the store is
-poisoned: ``POISONED``), rewrites its live data durably and clears the marker
-(see ``docs/store.md``). A damaged record with good records after it is never
-touched, and nothing in a JSON file is.
+``repair=True`` repairs what a crash leaves (a log's or a store's incomplete
+last record, under its lock) and clears a poisoned store (see
+``docs/store.md``). A store or log with damage is *salvaged*
+(:mod:`racefree.store.salvage`, :mod:`racefree.log.salvage`): its files are
+copied aside to ``damaged-<time>/``, every intact record is kept, the damaged
+ones are dropped and named in ``lost``, and the result is rebuilt durably.
+When it cannot be made whole, nothing is touched and ``problem`` says why.
+Nothing in a JSON file is ever changed.
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Found", "check_path"]
 
-_SKIP_SUFFIXES = (".lock", ".token", ".shm")
+_OWN_SUFFIXES = (".token", ".shm")
+_SALVAGE_HINT = " (racefree check --repair salvages every intact record)"
 _LOG_MAGIC_PREFIX = b"racefree-log"
 
 
@@ -54,14 +64,15 @@ class Found:
     """One thing ``check`` found: what it is, whether it is whole, and the details."""
 
     path: str
-    kind: str  # "store" | "log" | "json" | "temp" | "unknown"
+    kind: str  # "store" | "log" | "json" | "lock" | "temp" | "skipped"
     ok: bool
     detail: str
     repaired: bool = False
+    lost: list[str] = dataclasses.field(default_factory=list)  #: what a salvage dropped
 
 
 def check_path(path: str | os.PathLike[str], *, repair: bool = False) -> list[Found]:
-    """Every racefree file under ``path`` and what checking it found (see the module doc).
+    """Every file under ``path`` and what checking it found (see the module doc).
 
     Raises ``FileNotFoundError`` if ``path`` does not exist, and
     :class:`~racefree.UnsafePathError` if it goes through a link that another
@@ -75,7 +86,7 @@ def check_path(path: str | os.PathLike[str], *, repair: bool = False) -> list[Fo
     if stat.S_ISDIR(st.st_mode):
         if _is_store(p):
             return [_check_store(p, repair)]
-        lost = _lost_manifest(p)
+        lost = _lost_manifest(p, repair)
         if lost is not None:
             return [lost]
         return list(_walk(p, repair))
@@ -93,12 +104,11 @@ def _walk(directory: str, repair: bool) -> Iterator[Found]:
         if stat.S_ISLNK(st.st_mode):
             continue
         if stat.S_ISDIR(st.st_mode):
-            lost = None if _is_store(full) else _lost_manifest(full)
             if _is_store(full):
                 yield _check_store(full, repair)
-            elif lost is not None:
+            elif (lost := _lost_manifest(full, repair)) is not None:
                 yield lost
-            else:
+            elif not name.startswith("damaged-"):  # what a salvage copied aside: not live
                 yield from _walk(full, repair)
         elif stat.S_ISREG(st.st_mode):
             found = _check_file(full, repair, explicit=False)
@@ -114,20 +124,27 @@ def _is_store(directory: str) -> bool:
     return b'"racefree"' in head and b'"store"' in head
 
 
-def _lost_manifest(directory: str) -> Found | None:
-    """A directory with store segments but no MANIFEST: a store that lost it (damage)."""
-    from racefree.store.files import is_store_dir_empty, seg_number
+def _lost_manifest(directory: str, repair: bool) -> Found | None:
+    """A directory with store segments but no usable MANIFEST: a store that lost it (damage)."""
+    from racefree.store.files import MANIFEST, is_store_dir_empty, seg_number
 
     names = _fs.listdir(directory)
     if not any(seg_number(name) is not None for name in names):
         return None
-    try:
-        is_store_dir_empty(directory)
-    except CorruptFileError as exc:
-        return Found(directory, "store", False, str(exc))
-    return Found(directory, "store", True, "an unfinished store creation (no MANIFEST, no data)")
-
-
+    if MANIFEST in names:
+        # atomic_write publishes a MANIFEST whole: one that is not a store's was damaged.
+        detail = f"{os.path.join(directory, MANIFEST)}: the MANIFEST is damaged"
+    else:
+        try:
+            is_store_dir_empty(directory)
+        except CorruptFileError as exc:
+            detail = str(exc)
+        else:
+            return Found(directory, "store", True,
+                         "an unfinished store creation (no MANIFEST, no data)")
+    if repair:
+        return _salvage_store(directory)
+    return Found(directory, "store", False, detail + _SALVAGE_HINT)
 def _exists(path: str) -> bool:
     try:
         _fs.stat(path)
@@ -151,7 +168,9 @@ def _is_log(path: str, head: bytes) -> bool:
     try:
         return read_header(head) is not None
     except (ValueError, CorruptFileError, FormatError):
-        return False
+        # A first line that names itself a log header but does not check: a damaged log.
+        line = head.split(b"\n", 1)[0]
+        return b'{"racefree_log":' in line
 
 
 def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
@@ -159,19 +178,43 @@ def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
     if name.endswith(".rftmp"):
         return Found(path, "temp", True, "a temp file left by a killed writer (racefree.sweep "
                      "removes it once its writer is dead)")
-    if name.endswith(_SKIP_SUFFIXES) and not explicit:
-        return None
+    if name.endswith(_OWN_SUFFIXES) and not explicit:
+        return None  # the store's shared header, a LockFile's token counter: racefree's own
     if name.endswith(".snapshot") and _exists(path[: -len(".snapshot")]):
         return None  # checked with its log
     head = _head(path)
     if _is_log(path, head):
         return _check_log(path, repair)
+    if name.endswith(".lock"):
+        return _check_lock(path)
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if name.endswith(".json") or stripped[:1] in (b"{", b"["):
+    if name.endswith(".json") or (stripped[:1] in (b"{", b"[") and _exists(path + ".lock")):
         return _check_json(path)
-    if explicit:
-        return Found(path, "unknown", False, "not a racefree file (not a store, log or JSON file)")
-    return None
+    if explicit and stripped[:1] in (b"{", b"["):
+        found = _check_json(path)
+        if found.ok:
+            return found
+    return Found(path, "skipped", True, "not a racefree file (not a store, log, lock or JSON file)")
+
+
+def _check_lock(path: str) -> Found:
+    from racefree.lockfile.owner import MAX_RECORD, decode
+
+    fd = _fs.open(path, os.O_RDONLY | _fs.O_NOFOLLOW | _fs.O_NONBLOCK)
+    try:
+        data = _fs.pread(fd, MAX_RECORD + 1, 0)
+    finally:
+        _fs.close(fd)
+    if not data:
+        return Found(path, "lock", True, "a lock file (empty: a FileLock's)")
+    record = decode(data)
+    if record is not None:
+        return Found(path, "lock", True, f"a LockFile held by pid {record.pid} on "
+                     f"{record.host!r}, fencing token {record.token}")
+    if b'"racefree"' in data[:MAX_RECORD]:
+        return Found(path, "lock", True, "a LockFile whose owner record is malformed: it is "
+                     "judged by its age (stale after stale_after)")
+    return Found(path, "skipped", True, "not a racefree lock file")
 
 
 def _check_json(path: str) -> Found:
@@ -179,7 +222,7 @@ def _check_json(path: str) -> Found:
 
     try:
         value = JsonFile(path).read()
-    except CorruptFileError as exc:
+    except (CorruptFileError, FormatError) as exc:
         return Found(path, "json", False, str(exc))
     kind = type(value).__name__
     return Found(path, "json", True, f"valid JSON ({kind}, {_fs.stat(path).st_size} bytes)")
@@ -193,7 +236,9 @@ def _check_log(path: str, repair: bool) -> Found:
         try:
             report = log.check()
         except (CorruptFileError, FormatError) as exc:
-            return Found(path, "log", False, str(exc))
+            if repair:
+                return _salvage_log(path)
+            return Found(path, "log", False, str(exc) + _SALVAGE_HINT)
         detail = (f"{report.records} records (sequence {report.first}..{report.next - 1}), "
                   f"{report.size} bytes")
         if report.snapshot_upto is not None:
@@ -214,6 +259,25 @@ def _check_log(path: str, repair: bool) -> Found:
                      f"{report.torn} bytes", repaired=True)
     finally:
         log.close()
+
+
+def _salvage_log(path: str) -> Found:
+    from racefree.log.appendlog import AppendLog
+    from racefree.log.salvage import apply
+
+    plan, saved = apply(path)
+    if plan.problem is not None or saved is None:
+        why = plan.problem or "nothing could be salvaged"
+        return Found(path, "log", False, f"not repaired, nothing changed: {why}")
+    with AppendLog(path) as log:
+        try:
+            report = log.check()
+        except (CorruptFileError, FormatError) as exc:
+            return Found(path, "log", False, f"salvaged into a log that does not check: {exc}",
+                         lost=plan.report())
+    return Found(path, "log", True, f"salvaged: kept {plan.records} records (sequence "
+                 f"{report.first}..{report.next - 1}); the damaged file was copied to {saved}",
+                 repaired=True, lost=plan.report())
 
 
 def _truncate_torn_tail(log: AppendLog, keep: int, size: int) -> bool:
@@ -274,7 +338,9 @@ def _check_store(directory: str, repair: bool) -> Found:
     try:
         found = check_files(directory)
     except (CorruptFileError, FormatError) as exc:
-        return Found(directory, "store", False, str(exc))
+        if repair and not _newer_format(exc):
+            return _salvage_store(directory)
+        return Found(directory, "store", False, str(exc) + _SALVAGE_HINT)
     if repair and (found.torn_bytes or found.poisoned):
         return _repair_store(directory)
     detail = _describe(found.report)
@@ -286,6 +352,28 @@ def _check_store(directory: str, repair: bool) -> Found:
                      "writes are refused; after checking the data, --repair rewrites it "
                      "durably and clears the marker")
     return Found(directory, "store", True, detail)
+
+
+def _newer_format(exc: Exception) -> bool:
+    return isinstance(exc, FormatError) and "not supported" in exc.detail
+
+
+def _salvage_store(directory: str) -> Found:
+    from racefree.store.salvage import apply
+    from racefree.store.store import Store
+
+    plan, saved = apply(directory)
+    if plan.problem is not None or saved is None:
+        why = plan.problem or "nothing could be salvaged"
+        return Found(directory, "store", False, f"not repaired, nothing changed: {why}")
+    try:
+        with Store(directory) as store:
+            report = store.check()
+    except (CorruptFileError, FormatError) as exc:
+        return Found(directory, "store", False, f"salvaged into a store that does not open: "
+                     f"{exc}", lost=plan.report())
+    return Found(directory, "store", True, f"salvaged: {_describe(report)}; the damaged files "
+                 f"were copied to {saved}", repaired=True, lost=plan.report())
 
 
 def _repair_store(directory: str) -> Found:

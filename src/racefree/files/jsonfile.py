@@ -23,12 +23,15 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
-from racefree import _fs, _trust
+from racefree import _fs, _json, _trust
 from racefree._errors import CorruptFileError, DurabilityError
 from racefree.files.atomic import atomic_write
 from racefree.lock.filelock import FileLock
 
 __all__ = ["JsonFile"]
+
+# Roughly the nesting at which Python's parser gives up, for the offset in the message.
+_PARSE_DEPTH = 900
 
 _T = TypeVar("_T")
 
@@ -50,11 +53,16 @@ def _decode(path: str, raw: bytes) -> Any:
     if text.startswith("\ufeff"):  # a byte-order mark some editors write: not damage
         text, skip = text[1:], 3
     try:
-        return json.loads(text)
+        return _json.parse(json.loads, text)
     except json.JSONDecodeError as exc:
         detail = "the file is empty" if not raw else f"invalid JSON: {exc.msg}"
         offset = skip + len(text[: exc.pos].encode("utf-8"))
         raise CorruptFileError(path, detail, offset=offset, line=exc.lineno) from exc
+    except _json.TooDeep:
+        raise CorruptFileError(
+            path, "nested too deeply to parse (arrays and objects inside each other)",
+            offset=_json.deep_offset(raw, _PARSE_DEPTH),
+        ) from None
 
 
 def _lock_path(path: str) -> str:

@@ -22,6 +22,7 @@ from racefree._errors import FormatError, LockLost, LockTimeout, WouldBlock
 from racefree.lock.api import LockAPI
 from racefree.lock.registry import check_timeout, current_owner
 from racefree.lockfile import disk as _disk
+from racefree.lockfile import owner as _owner
 from racefree.lockfile import token as _token
 from racefree.lockfile.state import (
     Backoff,
@@ -35,16 +36,21 @@ from racefree.lockfile.state import (
 __all__ = ["LockFile"]
 
 
-def _lost_record(path: str, seen: _disk.Seen) -> bool:
-    """Whether ``seen`` is what a power loss leaves of an owner record: empty, or NUL bytes.
+def _judged_by_age(path: str, seen: _disk.Seen) -> bool:
+    """Whether a lock file that holds no valid owner record is still racefree's own.
 
-    The record is not fsynced before it is linked (``docs/lockfile.md``), so a
-    lock file can come back from a power loss with its name but not its data.
-    It is taken for one only beside the lock's token file, which every racefree
-    lock file has (a data file does not): then it is judged by age, as before.
+    Two kinds are: a record in racefree's format whose values no process could
+    have (``owner.impossible``: a pid past any pid, a time past any float), and
+    any content beside the lock's token file, which every path racefree has
+    locked has (a data file passed as the lock path by mistake does not). The
+    second covers what a power loss leaves of a record (empty, or NUL bytes:
+    the record is not fsynced before it is linked, ``docs/lockfile.md``) and a
+    damaged one. Both are judged by their age, as records that prove nothing
+    about their owner; anything else is never reclaimed (case 9 of
+    ``docs/security.md``).
     """
-    if seen.data is None or seen.data.strip(b"\0"):
-        return False
+    if seen.data is not None and _owner.impossible(seen.data):
+        return True
     try:
         st = _fs.stat(_token.token_path(path), follow_symlinks=False)
     except FileNotFoundError:
@@ -200,7 +206,7 @@ class LockFile(LockAPI):
             seen = _disk.inspect(path)
             if seen is None:
                 continue  # released meanwhile: try again at once
-            if seen.record is None and not _lost_record(path, seen):
+            if seen.record is None and not _judged_by_age(path, seen):
                 # Not an owner record of ours: a data file passed as the lock path by
                 # mistake, whatever its size, or a newer format. Reclaiming it by age
                 # would delete it, so it is never reclaimed.

@@ -13,6 +13,12 @@ the same pid namespace, so those are part of the record: ``host`` + ``boot_id``
 can be judged by its pid; any other record (another host, a rebooted machine, a
 container with its own pid namespace, macOS where the start time is not read)
 is judged by its age instead (see ``lockfile.disk``).
+
+A file at a lock's path that holds no valid record is never trusted for a pid
+judgement. It is judged by its age only if it is still racefree's own (a record
+with impossible values, :func:`impossible`, or any content beside the lock's
+token file); anything else is a file that is not a lock, and is never reclaimed
+(``LockFile`` raises ``FormatError``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ __all__ = [
 FORMAT = 1
 #: Records larger than this are not ours: they are judged as malformed.
 MAX_RECORD = 4096
+#: The largest pid a record may name (pid_t is a signed 32-bit int); larger is malformed.
+MAX_PID = (1 << 31) - 1
 
 class Verdict(enum.Enum):
     """What an owner record proves about its owner."""
@@ -103,11 +111,14 @@ def decode(data: bytes) -> OwnerRecord | None:
         return None
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: "[[[[..." nests deeper than the parser goes; a record is flat.
         return None
     if not isinstance(obj, dict) or obj.get("racefree") != FORMAT:
         return None
     pid, token = _nat(obj.get("pid")), _nat(obj.get("token"))
+    if pid is not None and pid > MAX_PID:
+        return None  # no process has it (pid_t is 32 bits): kill(pid, 0) would overflow
     host, boot = obj.get("host"), obj.get("boot_id")
     ns, start, created = obj.get("pid_ns"), obj.get("start_time"), obj.get("created")
     if not pid or token is None or not isinstance(host, str):
@@ -118,9 +129,40 @@ def decode(data: bytes) -> OwnerRecord | None:
         return None
     if isinstance(created, bool) or not isinstance(created, (int, float)):
         return None
-    if not math.isfinite(created):
+    try:
+        when = float(created)  # OverflowError: an int past any float
+    except OverflowError:
         return None
-    return OwnerRecord(pid, host, boot, ns, start, token, float(created))
+    if not math.isfinite(when):
+        return None
+    return OwnerRecord(pid, host, boot, ns, start, token, when)
+
+
+def impossible(data: bytes) -> bool:
+    """Whether ``data`` is an owner record in racefree's format whose values no process could have.
+
+    Every field is there with its type, but a pid past any pid (``pid_t`` is 32
+    bits) or a time past any float: a record racefree's format describes, from
+    a writer that was wrong, not a data file. Such a record is judged by its
+    age, like any record that proves nothing about its owner.
+    """
+    if len(data) > MAX_RECORD or decode(data) is not None:
+        return False
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    if not isinstance(obj, dict) or obj.get("racefree") != FORMAT:
+        return False
+    pid, token, created = obj.get("pid"), obj.get("token"), obj.get("created")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or _nat(token) is None:
+        return False
+    if not isinstance(obj.get("host"), str):
+        return False
+    if isinstance(created, bool) or not isinstance(created, (int, float)):
+        return False
+    far = not math.isfinite(created) if isinstance(created, float) else abs(created) > 1e308
+    return pid > MAX_PID or far
 
 
 def same_locality(rec: OwnerRecord) -> bool:

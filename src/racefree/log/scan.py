@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from racefree import _fs
+from racefree import _fs, _json
 from racefree._errors import CorruptFileError, FormatError
 from racefree.log import frame as _frame
 
@@ -56,6 +56,8 @@ def dumps(value: Any, what: str = "record") -> bytes:
         text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:  # ValueError: NaN, Infinity, a reference cycle
         raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:  # nested deeper than the encoder goes from this call stack
+        raise TypeError(f"{what} is not JSON-serialisable: it is nested too deeply") from None
     try:
         return text.encode()
     except UnicodeEncodeError:  # a lone surrogate: keep it as a \\u escape
@@ -73,13 +75,20 @@ def decode(path: str, offset: int, body: bytes) -> list[Any]:
         body = body[1:]
     try:
         if body[:1] != b"*":
-            return [_loads(body.decode())]
+            try:
+                return [_loads(body.decode())]
+            except RecursionError:  # a deep call stack: parsed again on a fresh one
+                return [_json.parse(_loads, body.decode())]
+        n = count(path, offset, body)
         space = body.index(b" ")
-        records = _loads(body[space + 1 :].decode())
-        if isinstance(records, list) and len(records) == int(body[1:space]):
+        records = _json.parse(_loads, body[space + 1 :].decode())
+        if isinstance(records, list) and len(records) == n:
             return records
     except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         pass
+    except _json.TooDeep:
+        raise CorruptFileError(path, "a record is nested too deeply to parse",
+                               offset=offset) from None
     raise CorruptFileError(path, "a record with a valid checksum is not valid JSON", offset=offset)
 
 
@@ -89,9 +98,16 @@ def count(path: str, offset: int, body: bytes) -> int:
         body = body[1:]
     if body[:1] != b"*":
         return 1
-    digits = body[1 : body.find(b" ")]
-    if digits.isdigit():
-        return int(digits)
+    space = body.find(b" ")
+    digits = body[1:space] if space > 0 else b""
+    if 0 < len(digits) <= 20 and digits.isdigit() and digits[:1] != b"0":
+        n = int(digits)
+        # n records in a JSON array take at least 2n + 1 bytes ("[" + n values and
+        # n - 1 commas + "]"): a count larger than that is damage, however its checksum
+        # came to agree (a batch count must never make len() or a reader believe in
+        # records that are not there).
+        if 2 * n + 1 <= len(body) - space - 1:
+            return n
     raise CorruptFileError(path, "a batch record has no valid count", offset=offset)
 
 
@@ -103,8 +119,8 @@ def header(gen: int, base: int) -> bytes:
 def _meta(path: str, body: bytes, key: str, fields: tuple[str, str]) -> tuple[int, int] | None:
     """The two integer ``fields`` of a header-like JSON object tagged ``key``, or None."""
     try:
-        obj = _loads(body.decode())
-    except ValueError:
+        obj = _json.parse(_loads, body.decode())
+    except (ValueError, _json.TooDeep):
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get(key), int):
         return None
@@ -174,9 +190,12 @@ def read_snapshot(path: str, *, state: bool) -> Snapshot | None:
     if second is None or second[1] != len(data):
         raise CorruptFileError(path, "the snapshot's state is damaged", offset=got[1], line=2)
     try:
-        value = _loads(second[0].decode())
+        value = _json.parse(_loads, second[0].decode())
     except ValueError:
         raise CorruptFileError(path, "the snapshot's state is not valid JSON",
+                               offset=got[1], line=2) from None
+    except _json.TooDeep:
+        raise CorruptFileError(path, "the snapshot's state is nested too deeply to parse",
                                offset=got[1], line=2) from None
     return Snapshot(meta[0], meta[1], value)
 

@@ -10,10 +10,12 @@ back whatever that call's transaction had done.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from racefree import _json
 from racefree.pg import driver as _pg
 
 __all__ = ["Pool"]
@@ -21,6 +23,10 @@ __all__ = ["Pool"]
 T = TypeVar("T")
 
 _inherited: list[Any] = []  # a forked child's copies of its parent's pools: never closed
+
+
+def _loads(data: str | bytes) -> Any:
+    return _json.parse(json.loads, data)
 
 
 class Pool:
@@ -61,6 +67,11 @@ class Pool:
         # lock_timeout, so that a writer waiting for a row lock waits instead
         # of failing spuriously (pitfall S8).
         commit = "on" if self._durable else "off"
+        # Documents come back parsed by psycopg: with racefree's parse, so that a
+        # get from a deep call stack never ends in RecursionError (racefree._json).
+        import psycopg.types.json
+
+        psycopg.types.json.set_json_loads(_loads, conn)
         conn.execute(
             f"SET synchronous_commit = {commit};"
             " SET default_transaction_isolation = 'read committed';"

@@ -55,6 +55,9 @@ GET_WITH_VERSION = (
 
 VERSION = "SELECT version FROM racefree_docs WHERE store = %s AND id = %s AND doc IS NOT NULL"
 
+# The version of a live document or a tombstone (a deleted id keeps its version).
+ANY_VERSION = "SELECT version FROM racefree_docs WHERE store = %s AND id = %s"
+
 # update(): the row lock makes the read-modify-write exclusive across every
 # client of the server; a tombstone row is locked too, and a never-seen id gets
 # a placeholder row (version 0, no document) inside the transaction to lock.

@@ -31,13 +31,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from racefree._errors import ConflictError, CorruptFileError, LockLost
+from racefree import _json
+from racefree._errors import ConflictError, CorruptFileError, LimitError, LockLost
 from racefree.pg import driver as _pg
 from racefree.pg import sql as sql
 from racefree.pg.batch import DELETE, PUT, Op, PgBatch, decode_id, encode_doc
 from racefree.pg.lock import FenceToken
 from racefree.pg.pool import Pool
-from racefree.storeapi.checks import check_expect, check_version, encode_id
+from racefree.storeapi.checks import (
+    MAX_VERSION,
+    check_expect,
+    check_version,
+    encode_id,
+    id_bytes,
+    version_limit,
+)
 from racefree.storeapi.protocol import StoreMixin
 
 __all__ = ["PgBatch", "PgStore", "PgStoreReport"]
@@ -56,13 +64,22 @@ class _Conflicted(Exception):
 _updating = threading.local()
 
 
+#: The longest store name, in bytes: with the longest id, a ``(store, id)`` index entry
+#: stays well under the btree's limit of about 2.7 kB.
+MAX_NAME = 255
+# numeric_value_out_of_range: "bigint out of range" when a version passes MAX_VERSION.
+_OUT_OF_RANGE = "22003"
+
+
 def _check_name(name: object) -> str:
     if not isinstance(name, str) or not name or "\x00" in name:
         raise ValueError(f"a store name is a non-empty str without NUL, not {name!r}")
     try:
-        name.encode("utf-8")
+        size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValueError(f"a store name must be valid Unicode text: {name!r}") from None
+    if size > MAX_NAME:
+        raise ValueError(f"a store name is at most {MAX_NAME} bytes, not {size}")
     return name
 
 
@@ -135,7 +152,7 @@ class PgStore(StoreMixin):
 
     # -- reads ----------------------------------------------------------------
     def _one(self, query: str, key: str) -> Any:
-        params = (self._name, encode_id(key))
+        params = (self._name, id_bytes(key))  # an id past the limit is simply not found
         return self._pool.read(lambda conn: conn.execute(query, params).fetchone())
 
     def get(self, id: str, default: Any = None) -> Any:
@@ -277,14 +294,33 @@ class PgStore(StoreMixin):
                 raise _Conflicted()
             return out
 
-        if len(ops) > 1:
-            try:
-                return self._pool.transaction(pipelined, one_statement=False)
-            except _Conflicted:  # rolled back: find the exact ConflictError
-                return self._pool.transaction(one_by_one, one_statement=False)
-        # A lone unfenced write is one conditional statement: no BEGIN/COMMIT
-        # (on a conflict, the version read after it is only for the message).
-        return self._pool.transaction(one_by_one, one_statement=not fences)
+        try:
+            if len(ops) > 1:
+                try:
+                    return self._pool.transaction(pipelined, one_statement=False)
+                except _Conflicted:  # rolled back: find the exact ConflictError
+                    return self._pool.transaction(one_by_one, one_statement=False)
+            # A lone unfenced write is one conditional statement: no BEGIN/COMMIT
+            # (on a conflict, the version read after it is only for the message).
+            return self._pool.transaction(one_by_one, one_statement=not fences)
+        except Exception as exc:
+            limit = self._version_limit(exc, [op[1] for op in ops])
+            if limit is None:
+                raise
+            raise limit from None
+
+    def _version_limit(self, exc: Exception, ids: list[str]) -> LimitError | None:
+        """The file store's LimitError for a write that overflowed ``bigint``, else None.
+
+        The statement failed, so its transaction rolled back: nothing was written.
+        """
+        if getattr(exc, "sqlstate", None) != _OUT_OF_RANGE:
+            return None
+        for key in ids:
+            row = self._one(sql.ANY_VERSION, key)
+            if row is not None and int(row[0]) == MAX_VERSION:
+                return version_limit(key)
+        return None
 
     def put(
         self,
@@ -366,7 +402,7 @@ class PgStore(StoreMixin):
             elif default is _MISSING:
                 raise KeyError(id)
             else:
-                current = json.loads(encode_doc(default))
+                current = _json.parse(json.loads, encode_doc(default))
             busy = getattr(_updating, "ids", None)
             if busy is None:
                 busy = _updating.ids = set()
@@ -376,10 +412,16 @@ class PgStore(StoreMixin):
             finally:
                 busy.discard((name, idb))
             conn.execute(sql.REPLACE_LOCKED, (text, name, idb))
-            result: dict[str, Any] = json.loads(text)
+            result: dict[str, Any] = _json.parse(json.loads, text)
             return result
 
-        return self._pool.transaction(body, one_statement=False)
+        try:
+            return self._pool.transaction(body, one_statement=False)
+        except Exception as exc:
+            limit = self._version_limit(exc, [id])
+            if limit is None:
+                raise
+            raise limit from None
 
     def batch(self) -> PgBatch:
         """``with store.batch() as b: b.put(...); b.delete(...)``: one transaction."""

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from racefree import _fs
+from racefree import _fs, _json
 from racefree._errors import CorruptFileError
 from racefree.store.core import Core
 from racefree.store.files import (
@@ -55,6 +55,7 @@ from racefree.store.segment import (
     last_nonzero,
     pack,
     unpack,
+    unsynced_loss,
 )
 
 _FLUSH = 1 << 20
@@ -72,12 +73,12 @@ class StoreReport:
     dead_bytes: int  #: bytes of overwritten or deleted documents (reclaimed by compact)
 
 
-class _Writer:
+class Writer:
     """Appends frames to fresh segments, buffered, rolling to a new one when full."""
 
-    def __init__(self, core: Core, st: State, first: int, live: int) -> None:
-        self.core = core
-        self.seg_size = core.first_size(live)
+    def __init__(self, directory: str, seg_size: int, st: State, first: int) -> None:
+        self.dir = directory
+        self.seg_size = seg_size
         self.st = st
         self.next = first
         self.seg = -1
@@ -86,12 +87,12 @@ class _Writer:
         self.buf_at = 0
         self.total = 0
 
-    def _new_segment(self, need: int) -> None:
+    def new_segment(self, need: int) -> None:
         self.flush()
         size = max(self.seg_size, need + SEG_HEADER.size)
         seg = self.next
         self.next += 1
-        fd = create_segment(self.core.dir, seg, size, zero_fill=True)
+        fd = create_segment(self.dir, seg, size, zero_fill=True)
         self.st.fds[seg] = fd
         self.st.maps[seg] = _fs.mmap(fd, size)
         self.st.segs.append(seg)
@@ -103,7 +104,7 @@ class _Writer:
         entry = ENTRY.pack(op, len(idb), version, len(doc)) + idb + doc
         n = PREFIX + len(entry)
         if self.seg < 0 or self.pos + n > self.size:
-            self._new_segment(n)
+            self.new_segment(n)
         # Each copy claims itself synced: it is, before the MANIFEST makes it live.
         self.buf += frame(self.seg << 40 | (self.pos + n), entry)
         at = self.pos + PREFIX + ENTRY.size + len(idb)
@@ -125,7 +126,7 @@ def compact_locked(core: Core, st: State) -> State:
     w = core.words
     gen = st.gen + 1
     new = State(gen, [], 0)
-    out = _Writer(core, new, st.segs[-1] + 1, max(0, w[W_TOTAL] - w[W_DEAD]))
+    out = Writer(core.dir, core.first_size(max(0, w[W_TOTAL] - w[W_DEAD])), new, st.segs[-1] + 1)
     w[W_INPROG] = gen
     committed = False
     try:
@@ -138,7 +139,7 @@ def compact_locked(core: Core, st: State) -> State:
             out.add(OP_DELETE, ident.encode("utf-8", "surrogatepass"), version, b"")
             new.tomb[ident] = version
         if out.seg < 0:
-            out._new_segment(0)
+            out.new_segment(0)
         out.flush()
         # The copies must be on disk before the manifest names them: after the
         # switch they are the only copy of every document (W1 for segments).
@@ -297,10 +298,12 @@ def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
     index: dict[str, int] = {}
     tomb: dict[str, int] = {}
     records = dead = total = torn_bytes = 0
+    ends: dict[int, int] = {}
     for seg in segs:
         mm = maps[seg]
         path = os.path.join(directory, seg_name(seg))
         end, torn, d, t = index_frames(mm, SEG_HEADER.size, len(mm), seg, index, tomb, path)
+        ends[seg] = end
         if torn and seg != segs[-1]:
             raise CorruptFileError(path, "damaged record in a sealed segment", offset=end)
         if torn:
@@ -315,6 +318,15 @@ def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
         while pos < end:
             records += 1
             pos += FRAME.size + FRAME.unpack_from(mm, pos)[1]
+    lost = unsynced_loss(segs, ends, maps)
+    if lost is not None:
+        seg, end, claimed = lost
+        raise CorruptFileError(
+            os.path.join(directory, seg_name(seg)),
+            f"records up to byte {claimed} were synced (the next segment says so) but the valid"
+            f" records end at {end}",
+            offset=end,
+        )
     _parse_all(directory, index, maps)
     report = StoreReport(
         documents=len(index),
@@ -333,10 +345,15 @@ def _parse_all(directory: str, index: dict[str, int], maps: dict[int, Any]) -> N
         raw = maps[seg][off:off + length]
         path = os.path.join(directory, seg_name(seg))
         try:
-            doc = json.loads(raw)
+            doc = _json.parse(json.loads, raw)
         except ValueError as exc:
             raise CorruptFileError(
                 path, f"document {ident!r} is not JSON: {exc}", offset=off
+            ) from None
+        except _json.TooDeep:
+            raise CorruptFileError(
+                path, f"document {ident!r} is nested too deeply to parse",
+                offset=off + _json.deep_offset(raw),
             ) from None
         if not isinstance(doc, dict):
             raise CorruptFileError(path, f"document {ident!r} is not an object", offset=off)

@@ -29,7 +29,15 @@ from racefree.store.files import (
 )
 from racefree.store.handle import _CLOSED, _EX, _UN, CLOSED_MESSAGE, POISON_MESSAGE, Handle
 from racefree.store.index import State
-from racefree.store.segment import M36, M40, SEG_HEADER, ZERO4, index_frames, last_nonzero
+from racefree.store.segment import (
+    M36,
+    M40,
+    SEG_HEADER,
+    ZERO4,
+    index_frames,
+    last_nonzero,
+    reclaim,
+)
 
 __all__ = ["CLOSED_MESSAGE", "Core"]
 
@@ -60,6 +68,10 @@ class Core(Handle):
         mm = st.maps[seg]
         if off + len(frame) > len(mm):
             seg, off = self._roll(st, len(frame)), SEG_HEADER.size
+            # The roll synced the sealed segment: this first record of the new one
+            # claims it, so that recovery knows where the sealed segment's synced
+            # records end (segment.unsynced_loss).
+            frame = reclaim(frame, self.words[W_SYNCED])
         fd = st.fds[seg]
         n = _fs.pwrite(fd, frame, off)
         if n != len(frame):

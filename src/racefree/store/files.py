@@ -26,7 +26,7 @@ import mmap
 import os
 from typing import Any
 
-from racefree import _fs
+from racefree import _fs, _json
 from racefree._errors import CorruptFileError, DurabilityError, FormatError
 from racefree.files.atomic import TEMP_SUFFIX, atomic_write
 from racefree.store.segment import SEG_HEADER, SEG_MAGIC
@@ -52,6 +52,9 @@ W_TOTAL = 6  # bytes of all records
 W_INPROG = 7  # a compaction to this generation is in flight (0: none)
 
 _ZERO_CHUNK = bytes(1 << 20)
+# A MANIFEST lists segment numbers: a few hundred bytes; one larger than this is damage.
+_MANIFEST_MAX = 1 << 20
+_SEG_MAX = (1 << 24) - 1  # segment numbers have 24 bits in the index (segment.pack)
 
 
 def seg_name(n: int) -> str:
@@ -65,15 +68,32 @@ def seg_number(name: str) -> int | None:
 
 
 def read_manifest(directory: str) -> tuple[int, list[int]]:
-    """``(gen, segments)`` from the MANIFEST; ``FormatError`` if it is not ours."""
+    """``(gen, segments)`` from the MANIFEST.
+
+    ``FormatError`` if it is not ours (or from a newer racefree); in a directory
+    that holds segments, a MANIFEST that does not parse as a store's is
+    :class:`CorruptFileError` (damage, never "not a store"), as is one larger
+    than any MANIFEST racefree writes (it is not read whole).
+    """
     path = os.path.join(directory, MANIFEST)
-    raw = _fs.read_file(path)
+    fd = _fs.open(path, os.O_RDONLY)
     try:
-        data: Any = json.loads(raw)
+        raw = _fs.pread(fd, _MANIFEST_MAX + 1, 0)
+    finally:
+        _fs.close(fd)
+    if len(raw) > _MANIFEST_MAX:
+        raise CorruptFileError(path, f"the MANIFEST is larger than {_MANIFEST_MAX} bytes: damaged")
+    try:
+        data: Any = _json.parse(json.loads, raw)
         ok = isinstance(data, dict) and data.get("racefree") == "store"
-    except ValueError:
+    except (ValueError, _json.TooDeep):
         ok = False
     if not ok:
+        # A store names itself in its MANIFEST; anything else in a directory that
+        # holds segments is a MANIFEST that was damaged (replaced, emptied, torn).
+        if _has_segments(directory):
+            raise CorruptFileError(path, "the MANIFEST is damaged: it does not name the store's"
+                                   " segments (racefree check --repair salvages them)")
         raise FormatError(path, "not a racefree store manifest")
     if data.get("format") != FORMAT:
         raise FormatError(path, f"store format {data.get('format')!r} is not supported")
@@ -83,11 +103,18 @@ def read_manifest(directory: str) -> tuple[int, list[int]]:
         not isinstance(gen, int)
         or not isinstance(segs, list)
         or not segs
-        or not all(isinstance(s, int) and s > 0 for s in segs)
+        or not all(isinstance(s, int) and 0 < s <= _SEG_MAX for s in segs)
         or segs != sorted(set(segs))
     ):
         raise CorruptFileError(path, "malformed manifest")
     return gen, segs
+
+
+def _has_segments(directory: str) -> bool:
+    try:
+        return any(seg_number(name) is not None for name in _fs.listdir(directory))
+    except OSError:
+        return False
 
 
 def write_manifest(directory: str, gen: int, segs: list[int]) -> None:

@@ -28,7 +28,7 @@ from racefree.store.files import (
     read_manifest,
     seg_number,
 )
-from racefree.store.segment import M40, SEG_HEADER, index_frames, last_nonzero
+from racefree.store.segment import M40, SEG_HEADER, index_frames, last_nonzero, unsynced_loss
 
 
 class Core(Protocol):
@@ -54,6 +54,15 @@ def _sealed_damage(core: Core, seg: int, offset: int) -> CorruptFileError:
     # A sealed segment was fdatasynced before the next one was used (and the first
     # opener syncs what it recovers): damage there is never a write in flight.
     return CorruptFileError(core.seg_path(seg), "damaged record in a sealed segment", offset=offset)
+
+
+def _lost_synced(core: Core, seg: int, end: int, claimed: int) -> CorruptFileError:
+    return CorruptFileError(
+        core.seg_path(seg),
+        f"records up to byte {claimed} were synced (the next segment says so) but the valid"
+        f" records end at {end}",
+        offset=end,
+    )
 
 
 class State:
@@ -112,6 +121,7 @@ def rebuild(core: Core) -> State:
                 _fs.unlink(os.path.join(core.dir, name))
     st = State(gen, list(segs), 0)
     dead = total = 0
+    ends: dict[int, int] = {}
     try:
         for seg in segs:
             core.map_segment(st, seg)
@@ -121,10 +131,15 @@ def rebuild(core: Core) -> State:
             )
             dead += d
             total += t
+            ends[seg] = end
             if torn and seg != segs[-1]:
                 raise _sealed_damage(core, seg, end)
-            if torn:
-                core.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+        lost = unsynced_loss(segs, ends, st.maps)
+        if lost is not None:
+            raise _lost_synced(core, *lost)
+        if torn:
+            mm = st.maps[seg]
+            core.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
         # Make what survived durable, so that the next records can claim it
         # (their ``synced`` field: how recovery tells damage from a torn write).
         for seg in segs:

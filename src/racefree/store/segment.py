@@ -38,6 +38,7 @@ version, the segment number, the doc's length and its offset in the segment.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -79,6 +80,12 @@ def frame(synced: int, entries: bytes) -> bytes:
     return FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
+def reclaim(record: bytes, synced: int) -> bytes:
+    """``record`` (a whole frame) with its ``synced`` field replaced (and its crc redone)."""
+    payload = SYNCED.pack(synced) + record[PREFIX:]
+    return FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
 def frame_at(buf: Any, pos: int) -> int:
     """The length of the valid frame at ``pos``; 0 at the end of the data; -1 if damaged."""
     if pos + 4 > len(buf) or buf[pos:pos + 4] == ZERO4:
@@ -114,28 +121,99 @@ def _valid_after(data: bytes, pos: int) -> int:
     return -1
 
 
-def _looks_torn(data: bytes, pos: int, stop: int, *, last: bool) -> bool:
-    """Whether the damaged frame at ``pos`` looks like a write a crash cut short.
+#: The smallest piece a write reaches the disk in: a write torn by a power loss keeps
+#: or loses each aligned piece of this many bytes (a disk sector is 512 or 4096
+#: bytes, a page 4096: unions of these pieces). The crash tests tear at 16 too.
+TEAR = 16
+_ZERO_RUN = re.compile(b"\0{%d,}" % TEAR)
+MIN_FRAME = PREFIX + ENTRY.size  # a frame holds at least one entry
 
-    Segments are zero-filled (and synced) before use, so a torn write leaves
-    zeros where its missing part should be: its head (the first byte is zero),
-    or its tail (the frame ends in a zero byte; or its header does, when the cut
-    went through the header). ``stop`` is where the next valid frame starts, or
-    the end of the data; with ``last`` (nothing valid follows), a header or a
-    declared length that runs past it is a file cut short. A whole frame whose
-    bytes are all there and only fail the crc is damage, not a torn write.
+
+def _zeros(data: bytes, lo: int, hi: int) -> bool:
+    return hi > lo and data.count(0, lo, hi) == hi - lo
+
+
+def _lost_piece(data: bytes, lo: int, hi: int, base: int) -> bool:
+    """Whether some piece of a write of ``data[lo:hi]`` never reached the disk (reads as zeros).
+
+    Pieces are cut at file offsets (``base`` + index) that are multiples of
+    :data:`TEAR`: the first and the last piece may be short, the others are whole.
     """
-    if data[pos] == 0:
-        return True  # the head never reached the disk
-    if pos + FRAME.size > stop:
-        return last  # the file ends inside the header
-    magic, plen, _ = FRAME.unpack_from(data, pos)
-    if magic != FRAME_MAGIC or plen < SYNCED.size + ENTRY.size:
-        return data[pos + FRAME.size - 1] == 0  # cut inside the header: its end is zeros
-    end: int = pos + FRAME.size + plen
-    if end > stop:
-        return last  # runs past the end of the data: the file was cut short
-    return data[end - 1] == 0  # the tail never reached the disk
+    first = min(hi, lo + TEAR - (base + lo) % TEAR)
+    last = max(lo, hi - 1 - (base + hi - 1) % TEAR)
+    if _zeros(data, lo, first) or _zeros(data, last, hi):
+        return True
+    for run in _ZERO_RUN.finditer(data, first, last):
+        aligned = run.start() + (-(base + run.start())) % TEAR
+        if aligned + TEAR <= run.end():
+            return True
+    return False
+
+
+def _whole_but_length(data: bytes, pos: int, stop: int, crc: int) -> bool:
+    """Whether the frame at ``pos`` is all there and only its length field is wrong.
+
+    Its entries are walked by their own lengths; if the payload up to the end of
+    some entry matches the frame's crc, every byte of it was written, so the
+    declared length is damage: a torn write's length field is whole or partly
+    zero (a subset of its bits), and then its crc field is zero too.
+    """
+    p = pos + PREFIX
+    running = zlib.crc32(data[pos + FRAME.size:p])
+    while p + ENTRY.size <= stop:
+        op, idlen, _, doclen = ENTRY.unpack_from(data, p)
+        q = p + ENTRY.size + idlen + doclen
+        if op not in (OP_PUT, OP_DELETE) or q > stop:
+            return False
+        running = zlib.crc32(data[p:q], running)
+        if running == crc:
+            return True
+        p = q
+    return False
+
+
+def explain(data: bytes, pos: int, stop: int, base: int) -> str | None:
+    """None if the damaged frame at ``pos`` can be a write a crash cut short; else why not.
+
+    ``stop`` is where the next valid frame starts, or the end of the segment.
+    Segments are zero-filled and synced before use, so what a write never got
+    to the disk reads as zeros. A power loss keeps or loses each aligned piece
+    of a write (:data:`TEAR`) independently, in any order, so a torn frame has
+    a piece that reads as zeros: its first piece, the one that cuts its header,
+    or, where its header is whole, a piece within its declared length. A
+    process killed between two parts of a short write leaves a prefix: the
+    frame ends in zeros. A whole header's length cannot run past ``stop`` (a
+    torn length field only loses bits, and segments are never shorter than a
+    frame in them), nor be the wrong length of a frame that is otherwise all
+    there. Anything else no crash leaves: damage.
+    """
+    if _zeros(data, pos, min(stop, pos + TEAR - (base + pos) % TEAR)):
+        return None  # the head never reached the disk
+    if pos + FRAME.size <= stop:
+        magic, plen, crc = FRAME.unpack_from(data, pos)
+        end = pos + FRAME.size + plen
+        if magic == FRAME_MAGIC and plen >= MIN_FRAME - FRAME.size:
+            if end > stop:
+                where = "the next valid record" if stop < len(data) else "the end of the segment"
+                return f"its length ({plen}) runs past {where}: no write leaves that length"
+            if _whole_but_length(data, pos, stop, crc):
+                return "the record is whole but its length field is damaged"
+            if data[end - 1] == 0 or _lost_piece(data, pos, end, base):
+                return None
+            return "damaged record (it does not look torn: no piece of it reads as unwritten)"
+    if pos + MIN_FRAME <= stop:
+        # The header is not whole. A power loss lost the piece that cuts it (the
+        # first piece is not zeros, see above), or a killed writer left a prefix
+        # that ends inside it: then the rest of the smallest frame is zeros.
+        cut = pos + TEAR - (base + pos) % TEAR
+        if cut < pos + FRAME.size and _zeros(data, cut, cut + TEAR):
+            return None
+        if _zeros(data, pos + FRAME.size, pos + MIN_FRAME):
+            return None
+        return "damaged record header (it does not look torn)"
+    if stop >= len(data):
+        return "a record header is cut short by the end of the segment: the file was cut"
+    return "damaged bytes too short for a record before the next valid record"
 
 
 def _classify(buf: Any, pos: int, limit: int, seg: int, path: str, base: int) -> bool:
@@ -146,9 +224,10 @@ def _classify(buf: Any, pos: int, limit: int, seg: int, path: str, base: int) ->
         if not data[pos:].rstrip(b"\0"):
             return False  # zeros (shorter than a header) up to the limit: the end of the data
         # Nothing valid after it: a write cut short by a crash, or damage.
-        if _looks_torn(data, pos, limit, last=True):
+        why = explain(data, pos, limit, base)
+        if why is None:
             return True
-        raise CorruptFileError(path, "damaged record (it does not look torn)", offset=base + pos)
+        raise CorruptFileError(path, why, offset=base + pos)
     claimed = 0
     at = after
     while at != -1:  # the newest claim is the largest: claims only grow
@@ -161,10 +240,11 @@ def _classify(buf: Any, pos: int, limit: int, seg: int, path: str, base: int) ->
             path, f"damaged record that was synced (a valid record follows at {base + after})",
             offset=base + pos,
         )
-    if _looks_torn(data, pos, after, last=False):
+    why = explain(data, pos, after, base)
+    if why is None:
         return True
     raise CorruptFileError(
-        path, f"damaged record (a valid record follows at {base + after})", offset=base + pos
+        path, f"{why} (a valid record follows at {base + after})", offset=base + pos
     )
 
 
@@ -208,11 +288,11 @@ def index_frames(
     dead = total = 0
     get = index.get
     try:
-        while pos + 4 <= limit:
+        while pos < limit:
             if pos + hsize <= limit:
                 magic, plen, crc = unpack_frame(buf, pos)
-            else:
-                magic, plen, crc = -1, 0, 0
+            else:  # fewer bytes left than a header: zeros, or a file cut short
+                magic, plen, crc = 0, 0, 0
             end = pos + hsize + plen
             if (
                 magic != FRAME_MAGIC
@@ -250,6 +330,29 @@ def index_frames(
         return pos, False, dead, total
     finally:
         view.release()
+
+
+def unsynced_loss(segs: list[int], ends: dict[int, int], maps: Any) -> tuple[int, int, int] | None:
+    """``(seg, end, claimed)`` if a segment's data ends before where a later one says it was synced.
+
+    A roll syncs the sealed segment and the next segment's first records claim
+    its end (``synced``): if the sealed segment's valid records now end sooner
+    (its last records zeroed, or the file cut at a record boundary), synced
+    records are gone. ``ends`` maps each segment to the end of its valid records.
+    """
+    for seg in segs[1:]:
+        mm = maps[seg]
+        claim, pos = 0, SEG_HEADER.size
+        for _ in range(2):  # the roll's own record, and the first written after the roll
+            n = frame_at(mm, pos)
+            if n <= 0:
+                break
+            claim = max(claim, SYNCED.unpack_from(mm, pos + FRAME.size)[0])
+            pos += n
+        cseg, coff = claim >> 40, claim & M40
+        if claim and cseg != seg and cseg in ends and coff > ends[cseg]:
+            return cseg, ends[cseg], coff
+    return None
 
 
 _ZEROS = bytes(1 << 20)

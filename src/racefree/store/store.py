@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from racefree import _json
 from racefree._errors import ConflictError, CorruptFileError, DurabilityError
 from racefree.store.batch import Op, StoreBatch
 from racefree.store.compact import StoreReport, check_state, compact_locked
@@ -22,11 +23,14 @@ from racefree.store.files import W_DEAD, W_END, W_SYNCED, W_TOTAL
 from racefree.store.index import State
 from racefree.store.segment import ENTRY, FRAME, M24, M36, M40, OP_DELETE, OP_PUT, PREFIX, frame
 from racefree.storeapi.checks import (
+    MAX_VERSION,
     check_expect,
     check_version,
     encode_doc,
     encode_id,
+    id_bytes,
     no_fence,
+    version_limit,
 )
 from racefree.storeapi.protocol import StoreMixin
 
@@ -42,6 +46,10 @@ COMPACT_MIN_DEAD = 16 << 20
 
 _scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _ENTRY_OVERHEAD = FRAME.size + ENTRY.size
+
+
+def _first_value(raw: bytes) -> Any:
+    return _scan_once(raw.decode("ascii"), 0)[0]
 
 
 class Store(StoreMixin):
@@ -103,6 +111,20 @@ class Store(StoreMixin):
             return _scan_once(raw.decode("ascii"), 0)[0]
         except (ValueError, StopIteration):
             raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
+        except RecursionError:
+            return self._parse_deep(raw, off)
+
+    def _parse_deep(self, raw: bytes, off: int) -> Any:
+        """Parse a document that overflowed this thread's stack (see ``racefree._json``)."""
+        try:
+            return _json.parse(_first_value, raw)
+        except (ValueError, StopIteration):
+            raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
+        except _json.TooDeep:
+            raise CorruptFileError(
+                self._path, "a document is nested too deeply to parse",
+                offset=off + _json.deep_offset(raw),
+            ) from None
 
     def get(self, id: str, default: Any = None) -> Any:
         """The document stored under ``id`` (a new object each call), or ``default``.
@@ -125,6 +147,8 @@ class Store(StoreMixin):
             return _scan_once(raw.decode("ascii"), 0)[0]
         except (ValueError, StopIteration):
             raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
+        except RecursionError:  # a deep call stack: parsed again on a fresh one
+            return self._parse_deep(raw, off)
 
     def __getitem__(self, id: str) -> dict[str, Any]:
         doc = self.get(id, _MISSING)
@@ -138,7 +162,7 @@ class Store(StoreMixin):
 
     def version(self, id: str) -> int | None:
         """The version of ``id``'s document (1 for its first put), or None if absent."""
-        encode_id(id)
+        id_bytes(id)  # TypeError for a non-str; a longer id than any stored is just absent
         value = self._current().index.get(id)
         return None if value is None else value >> 100
 
@@ -211,7 +235,12 @@ class Store(StoreMixin):
             if op == OP_DELETE and not exists:
                 results[key] = None
                 continue
-            version = exact if exact is not None else cur + 1
+            if exact is not None:
+                version = exact
+            elif cur >= MAX_VERSION:
+                raise version_limit(key)  # nothing written: the frame is not built yet
+            else:
+                version = cur + 1
             seen[key] = (op == OP_PUT, version)
             results[key] = version
             parts.append(ENTRY.pack(op, len(idb), version, len(doc)))
@@ -303,6 +332,8 @@ class Store(StoreMixin):
                 if expect is not None and expect != cur:
                     raise ConflictError(id, expect, cur)
                 dead = ((old >> 40) & M36) + len(idb) + _ENTRY_OVERHEAD
+            if cur >= MAX_VERSION:
+                raise version_limit(id)
             version = cur + 1
             entry = ENTRY.pack(OP_PUT, len(idb), version, len(data)) + idb + data
             record = frame(w[W_SYNCED], entry)
@@ -362,7 +393,7 @@ class Store(StoreMixin):
             elif default is _MISSING:
                 raise KeyError(id)
             else:
-                doc = json.loads(encode_doc(default))
+                doc = _json.parse(json.loads, encode_doc(default))
             data = encode_doc(fn(doc))
             # Still under the lock (reentrant): fn's own writes, if any, came first.
             _, end = self._commit_locked([(OP_PUT, id, idb, data, None, None)])
@@ -373,7 +404,7 @@ class Store(StoreMixin):
             core.release()
         if self._durable:
             core.sync(end)
-        result: dict[str, Any] = json.loads(data)
+        result: dict[str, Any] = _json.parse(json.loads, data)
         return result
 
     def batch(self) -> StoreBatch:

@@ -1,21 +1,22 @@
 """``FileLock``: one lock that excludes threads, asyncio tasks and processes together.
 
 See ``docs/locks.md`` for the design. This module holds the API and the
-uncontended fast paths; the per-process state is in ``_lockregistry`` and
-all the waiting in ``_lockwait``.
+uncontended fast paths; the per-process state is in ``registry`` and
+all the waiting in ``wait``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from types import TracebackType
 
-from racefree import _fs
+from racefree import _fork, _fs
 from racefree._errors import WouldBlock
 from racefree.lock import registry as _reg
-from racefree.lock.api import LockAPI
+from racefree.lock.api import ASYNC_CODE, Acquired, LockAPI, refuse_coroutine_caller
 from racefree.lock.registry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry, current_owner
 from racefree.lock.registry import check_timeout as _check_timeout
 from racefree.lock.wait import try_take, wait_async, wait_sync
@@ -25,6 +26,7 @@ __all__ = ["FileLock"]
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _get_ident = threading.get_ident
+_getframe = sys._getframe
 
 
 def _rebuild(path: str, shared: bool, timeout: float | None) -> FileLock:
@@ -99,6 +101,8 @@ class FileLock(LockAPI):
         return current_owner() in entry.holders
 
     def _get_entry(self) -> Entry:
+        if _fork.maybe_child:
+            _fork.check()  # a forked child resets before it touches an entry (L5)
         entry = self._entry
         if entry is None or entry.retired:
             entry = self._entry = _reg.bind(self, self._path)
@@ -117,26 +121,41 @@ class FileLock(LockAPI):
     # acquire() / release() and __enter__() / __exit__() repeat the same short
     # fast path on purpose: one Python call less per `with` block is a third
     # of the uncontended cost (so FileLock overrides LockAPI's __enter__ and
-    # __exit__). Anything that may wait is in _lockwait.
+    # __exit__). Anything that may wait is in ``wait``. A fork in progress
+    # (``_fork.maybe_child``) sends every call to the slow path, which resets a
+    # forked child's state before it is used, whatever ran first in the child.
 
-    def acquire(self, timeout: float | None = None) -> None:
-        """Wait until the current owner holds the lock.
+    def acquire(self, timeout: float | None = None) -> Acquired[FileLock]:
+        """Wait until the current owner holds the lock; returns an :class:`Acquired`.
 
         ``timeout`` (seconds) overrides the constructor's; None means the
         constructor's, whose None waits forever; 0 tries once. On timeout it
         raises :class:`LockTimeout` and nothing is held. Waiting blocks in the
         kernel or on a lock, never polls: a released lock is taken at once.
-        In a coroutine use ``async with`` or :meth:`acquire_async`: this call
-        blocks the event loop while it waits (and raises ``RuntimeError`` if it
-        would wait for another task of the same loop: a certain deadlock).
+
+        The result is true and a context manager that releases on exit:
+        ``with lock.acquire(timeout=5):`` holds the lock for the block.
+
+        Called straight from an ``async def`` while an asyncio loop runs it
+        raises ``TypeError`` before taking anything: it cannot tell
+        ``await lock.acquire()`` from a call that would stall the loop. Use
+        ``async with lock`` or :meth:`acquire_async` there. Called from
+        synchronous code that runs in a task, it blocks the loop while it waits
+        (and raises ``RuntimeError`` if it would wait for another task of the
+        same loop: a certain deadlock).
         """
         if timeout is not None:
             timeout = _check_timeout(timeout)  # before the fast path: bad values always raise
         entry = self._entry
-        if entry is None or entry.retired:
+        if entry is None or entry.retired or _fork.maybe_child:
             entry = self._get_entry()
         loop = _get_running_loop()  # current_owner(), inlined
-        owner = (loop is not None and _current_task(loop)) or _get_ident()
+        if loop is None:
+            owner: object = _get_ident()
+        else:
+            if _getframe(1).f_code.co_flags & ASYNC_CODE:
+                refuse_coroutine_caller(self._path)
+            owner = _current_task(loop) or _get_ident()
         mutex = entry.mutex
         mutex.acquire()
         try:
@@ -148,17 +167,18 @@ class FileLock(LockAPI):
                 else:
                     entry.holders[owner] = 1
                     entry.mode = self._op
-                    return
+                    return Acquired(self)
             elif try_take(entry, owner, self._op, self._path):
-                return
+                return Acquired(self)
         finally:
             mutex.release()
         wait_sync(entry, owner, self._op, self._path, self._timeout if timeout is None else timeout)
+        return Acquired(self)
 
     def __enter__(self) -> FileLock:
         """``with lock:`` is :meth:`acquire` with the constructor's timeout."""
         entry = self._entry
-        if entry is None or entry.retired:
+        if entry is None or entry.retired or _fork.maybe_child:
             entry = self._get_entry()
         loop = _get_running_loop()
         owner = (loop is not None and _current_task(loop)) or _get_ident()
@@ -181,30 +201,36 @@ class FileLock(LockAPI):
         wait_sync(entry, owner, self._op, self._path, self._timeout)
         return self
 
-    def acquire_nowait(self) -> None:
-        """Take the lock without waiting, or raise :class:`WouldBlock` (nothing held)."""
+    def acquire_nowait(self) -> Acquired[FileLock]:
+        """Take the lock without waiting, or raise :class:`WouldBlock` (nothing held).
+
+        Returns an :class:`Acquired`, as :meth:`acquire` does. It never waits,
+        so it may be called anywhere, coroutines included.
+        """
         entry = self._get_entry()
         owner = current_owner()
         with entry.mutex:
             if try_take(entry, owner, self._op, self._path):
-                return
+                return Acquired(self)
         raise WouldBlock(self._path)
 
-    async def acquire_async(self, timeout: float | None = None) -> None:
+    async def acquire_async(self, timeout: float | None = None) -> Acquired[FileLock]:
         """Wait until the current task holds the lock, without blocking the event loop.
 
-        The same guarantees as :meth:`acquire`. Cancelling the waiting task, or
-        a timeout (:class:`LockTimeout`), leaves nothing held (L9): a kernel
-        lock granted to a worker thread after its task gave up is released by
-        that worker at once.
+        The same guarantees as :meth:`acquire`, and the same result
+        (``async with await lock.acquire_async(timeout=5):`` releases on exit).
+        Cancelling the waiting task, or a timeout (:class:`LockTimeout`),
+        leaves nothing held (L9): a kernel lock granted to a worker thread after
+        its task gave up is released by that worker at once.
         """
         t = self._timeout if timeout is None else _check_timeout(timeout)
         entry = self._get_entry()
         owner = current_owner()
         with entry.mutex:
             if try_take(entry, owner, self._op, self._path):
-                return
+                return Acquired(self)
         await wait_async(entry, owner, self._op, self._path, t)
+        return Acquired(self)
 
     def release(self) -> None:
         """Drop one hold of the current owner; the last one unlocks the file.
@@ -214,7 +240,7 @@ class FileLock(LockAPI):
         the parent keeps its lock (L5).
         """
         entry = self._entry
-        if entry is not None and not entry.retired:
+        if entry is not None and not entry.retired and not _fork.maybe_child:
             loop = _get_running_loop()
             owner = (loop is not None and _current_task(loop)) or _get_ident()
             mutex = entry.mutex
@@ -240,7 +266,7 @@ class FileLock(LockAPI):
         tb: TracebackType | None,
     ) -> None:
         entry = self._entry
-        if entry is not None and not entry.retired:
+        if entry is not None and not entry.retired and not _fork.maybe_child:
             loop = _get_running_loop()
             owner = (loop is not None and _current_task(loop)) or _get_ident()
             mutex = entry.mutex

@@ -15,9 +15,9 @@ import math
 import os
 import time
 
-from racefree import _fs
+from racefree import _fork, _fs
 from racefree._errors import FormatError, LockLost, LockTimeout, WouldBlock
-from racefree.lock.api import LockAPI
+from racefree.lock.api import Acquired, LockAPI, refuse_coroutine_caller
 from racefree.lock.registry import check_timeout, current_owner
 from racefree.lockfile import disk as _disk
 from racefree.lockfile import owner as _owner
@@ -139,6 +139,8 @@ class LockFile(LockAPI):
         pid = os.getpid()
         if cached is not None and cached[0] == pid:
             return cached[1]
+        if _fork.maybe_child:
+            _fork.check()  # a forked child drops the parent's states before it looks one up
         if self._key is None:
             head, base = os.path.split(os.path.abspath(self._path))
             self._key = os.path.join(_fs.realpath(head), base)
@@ -227,16 +229,20 @@ class LockFile(LockAPI):
                 state.wake()
 
     # -- acquire / release ----------------------------------------------------
-    def acquire(self, timeout: float | None = None) -> None:
-        """Wait until this owner holds the lock.
+    def acquire(self, timeout: float | None = None) -> Acquired[LockFile]:
+        """Wait until this owner holds the lock; returns an :class:`~racefree.lock.api.Acquired`.
 
         ``timeout`` (seconds) overrides the constructor's; None means the
         constructor's, whose None waits forever; 0 tries once. On timeout it
         raises :class:`LockTimeout` and nothing is held; so does any error or
         interrupt while waiting. When it returns, the lock file holds this
-        process's record and :attr:`token` is published (fsynced). In
-        a coroutine use ``async with`` or :meth:`acquire_async`.
+        process's record and :attr:`token` is published (fsynced). The result
+        is true, and a context manager that releases on exit. Called straight
+        from an ``async def`` under asyncio it raises ``TypeError`` before
+        taking anything (``await lock.acquire()`` would stall the loop): use
+        ``async with`` or :meth:`acquire_async` there.
         """
+        refuse_coroutine_caller(self._path)
         state = self._get_state()
         owner = current_owner()
         t = self._timeout if timeout is None else check_timeout(timeout)
@@ -244,7 +250,7 @@ class LockFile(LockAPI):
         with state.cond:
             if state.owner == owner and state.depth:
                 state.depth += 1
-                return
+                return Acquired(self)
             while state.owner is not None:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -266,8 +272,9 @@ class LockFile(LockAPI):
         except BaseException:
             self._give_up(state, pending, hold)
             raise
+        return Acquired(self)
 
-    def acquire_nowait(self) -> None:
+    def acquire_nowait(self) -> Acquired[LockFile]:
         """Take the lock if that needs no waiting, or raise :class:`WouldBlock` (nothing held).
 
         A lock whose holder is provably dead is reclaimed on the way; a lock
@@ -278,7 +285,7 @@ class LockFile(LockAPI):
         with state.cond:
             if state.owner == owner and state.depth:
                 state.depth += 1
-                return
+                return Acquired(self)
             if state.owner is not None:
                 raise WouldBlock(self._path)
             state.owner = owner
@@ -292,8 +299,9 @@ class LockFile(LockAPI):
         except BaseException:
             self._give_up(state, pending, hold)
             raise
+        return Acquired(self)
 
-    async def acquire_async(self, timeout: float | None = None) -> None:
+    async def acquire_async(self, timeout: float | None = None) -> Acquired[LockFile]:
         """Wait until the current task holds the lock, without blocking the event loop.
 
         The same guarantees as :meth:`acquire`. Waiting is ``await``-ing (a
@@ -312,7 +320,7 @@ class LockFile(LockAPI):
             with state.cond:
                 if state.owner == owner and state.depth:
                     state.depth += 1
-                    return
+                    return Acquired(self)
                 if state.owner is None:
                     state.owner = owner
                     break
@@ -344,6 +352,7 @@ class LockFile(LockAPI):
         except BaseException:
             self._give_up(state, pending, hold)
             raise
+        return Acquired(self)
 
     def release(self) -> None:
         """Drop one hold of the current owner; the last one removes the lock file.

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from mmap import mmap
 from typing import Any, Literal
 
-from racefree import _fs
+from racefree import _fork, _fs
 from racefree._errors import DurabilityError
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, RotationFinisher, _Finish
@@ -77,8 +77,7 @@ def _after_fork_in_child() -> None:
         handler._forget_inherited()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.on_child(_after_fork_in_child)  # before any use in the child: see racefree._fork
 
 
 def _exists(path: str) -> bool:
@@ -277,6 +276,8 @@ class SharedFileHandler(RotationFinisher, _stdlib_logging.Handler):
         return rv
 
     def _append(self, data: bytes, record: _stdlib_logging.LogRecord | None) -> None:
+        if _fork.maybe_child:
+            _fork.check()  # a forked child drops the parent's descriptors first (L5)
         if self._failed is not None:
             raise self._failed
         control = self._control

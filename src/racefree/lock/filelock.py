@@ -17,6 +17,7 @@ from racefree import _fork, _fs
 from racefree._errors import WouldBlock
 from racefree.lock import registry as _reg
 from racefree.lock.api import ASYNC_CODE, Acquired, LockAPI, refuse_coroutine_caller
+from racefree.lock.create import check_mode, create_with_mode, make_parents
 from racefree.lock.registry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry, current_owner
 from racefree.lock.registry import check_timeout as _check_timeout
 from racefree.lock.wait import try_take, wait_async, wait_sync
@@ -29,16 +30,19 @@ _get_ident = threading.get_ident
 _getframe = sys._getframe
 
 
-def _rebuild(path: str, shared: bool, timeout: float | None) -> FileLock:
-    return FileLock(path, shared=shared, timeout=timeout)
+def _rebuild(path: str, shared: bool, timeout: float | None, mode: int | None) -> FileLock:
+    return FileLock(path, shared=shared, timeout=timeout, mode=mode)
 
 
 class FileLock(LockAPI):
     """A lock on a lock file that excludes other processes, threads and asyncio tasks.
 
     ``path`` is the lock file itself, a sidecar such as ``config.json.lock``,
-    not the file it protects. It is created if missing (mode ``0o666 & ~umask``)
-    and never deleted: deleting a lock file lets two holders in (pitfall L1).
+    not the file it protects. It is created if missing, with its missing
+    parent directories, and never deleted: deleting a lock file lets two
+    holders in (pitfall L1). A new lock file gets ``mode`` exactly (say
+    ``0o660`` for a group that shares it; the umask does not narrow it), or
+    ``0o666 & ~umask`` by default; an existing one keeps its mode.
 
     The owner of a hold is the running asyncio task, or else the thread.
     Holds are reentrant per owner (each ``acquire`` needs its ``release``), and
@@ -63,10 +67,15 @@ class FileLock(LockAPI):
     in the child waits until the parent releases (see ``docs/locks.md``).
     """
 
-    __slots__ = ("__weakref__", "_entry", "_op", "_op_nb", "_path", "_shared", "_timeout")
+    __slots__ = ("__weakref__", "_entry", "_mode", "_op", "_op_nb", "_path", "_shared", "_timeout")
 
     def __init__(
-        self, path: str | os.PathLike[str], *, shared: bool = False, timeout: float | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        mode: int | None = None,
     ) -> None:
         fspath = os.fspath(path)
         if not isinstance(fspath, str):
@@ -77,6 +86,7 @@ class FileLock(LockAPI):
         self._op = LOCK_SH if shared else LOCK_EX
         self._op_nb = self._op | LOCK_NB
         self._timeout = _check_timeout(timeout)
+        self._mode = check_mode(mode)
         self._entry: Entry | None = None
 
     # -- properties (``path`` and ``timeout``: LockAPI) ------------------------
@@ -84,6 +94,11 @@ class FileLock(LockAPI):
     def shared(self) -> bool:
         """True for a reader (shared) lock."""
         return self._shared
+
+    @property
+    def mode(self) -> int | None:
+        """The mode a new lock file is created with; None: ``0o666 & ~umask``."""
+        return self._mode
 
     @property
     def locked(self) -> bool:
@@ -105,12 +120,24 @@ class FileLock(LockAPI):
             _fork.check()  # a forked child resets before it touches an entry (L5)
         entry = self._entry
         if entry is None or entry.retired:
-            entry = self._entry = _reg.bind(self, self._path)
+            entry = self._entry = self._bind()
         return entry
+
+    def _bind(self) -> Entry:
+        """The registry entry of the lock file, after creating what is missing on its path."""
+        if self._mode is not None:
+            create_with_mode(self._path, self._mode)
+        try:
+            return _reg.bind(self, self._path)
+        except FileNotFoundError:
+            # A parent directory is missing (filelock creates them too): made
+            # here, not before every open, so the usual case costs no call.
+            make_parents(self._path)
+        return _reg.bind(self, self._path)
 
     def __reduce__(self) -> tuple[object, ...]:
         """Pickles as its arguments (for multiprocessing): the copy holds nothing."""
-        return (_rebuild, (self._path, self._shared, self._timeout))
+        return (_rebuild, (self._path, self._shared, self._timeout, self._mode))
 
     def __repr__(self) -> str:
         kind = "shared" if self._shared else "exclusive"

@@ -18,6 +18,7 @@ import time
 from racefree import _fork, _fs
 from racefree._errors import FormatError, LockLost, LockTimeout, WouldBlock
 from racefree.lock.api import Acquired, LockAPI, refuse_coroutine_caller
+from racefree.lock.create import check_mode, make_parents
 from racefree.lock.registry import check_timeout, current_owner
 from racefree.lockfile import disk as _disk
 from racefree.lockfile import owner as _owner
@@ -41,7 +42,11 @@ class LockFile(LockAPI):
     exists exactly while the lock is held, and holds a JSON owner record: pid,
     host, boot id, process start time and the fencing ``token``. Next to it,
     ``path + ".token"`` keeps the last token handed out (never delete it while
-    the lock is in use: tokens would start again from 1).
+    the lock is in use: tokens would start again from 1). Missing parent
+    directories are created. Both files get ``mode`` exactly (``0o644`` so
+    that other users can read who holds it, say; the umask does not narrow
+    it), or ``0o666 & ~umask`` by default. Other users taking the lock need
+    write permission on the directory only.
 
     The owner of a hold is the running asyncio task, or else the thread. Holds
     are reentrant per owner (each ``acquire`` needs its ``release``); one
@@ -65,7 +70,7 @@ class LockFile(LockAPI):
     never removes its parent's lock file.
     """
 
-    __slots__ = ("_key", "_path", "_stale_after", "_state", "_timeout")
+    __slots__ = ("_key", "_mode", "_path", "_stale_after", "_state", "_timeout")
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class LockFile(LockAPI):
         *,
         stale_after: float = 30.0,
         timeout: float | None = None,
+        mode: int | None = None,
     ) -> None:
         self._path = os.fspath(path)
         if not isinstance(self._path, str):
@@ -83,6 +89,7 @@ class LockFile(LockAPI):
             raise ValueError(f"stale_after must be > 0 and finite, not {stale_after!r}")
         self._stale_after = float(stale_after)
         self._timeout = check_timeout(timeout)
+        self._mode = check_mode(mode)
         self._key: str | None = None
         self._state: tuple[int, State] | None = None
 
@@ -161,7 +168,7 @@ class LockFile(LockAPI):
             if pending and pending[0].token != last + 1:
                 pending.pop().discard()
             if not pending:
-                pending.append(_disk.prepare(path, last + 1))
+                pending.append(self._prepare(last + 1))
             hold = _disk.create(path, pending[0])
             if hold is not None:
                 won = pending.pop()  # its descriptor is the hold's now
@@ -180,6 +187,14 @@ class LockFile(LockAPI):
             _disk.remove_stale(path, seen, self._stale_after, state.observer)
         return None
 
+    def _prepare(self, token: int) -> _disk.Pending:
+        """The owner record, ready to publish; a missing parent directory is created first."""
+        try:
+            return _disk.prepare(self._path, token, self._mode)
+        except FileNotFoundError:
+            make_parents(self._path)  # as FileLock does (and filelock's locks)
+        return _disk.prepare(self._path, token, self._mode)
+
     def _publish_token(self, hold: _disk.Hold, last: int, won: _disk.Pending) -> bool:
         """Make ``hold.token`` the last token handed out; False (hold dropped) if it is stale.
 
@@ -192,7 +207,7 @@ class LockFile(LockAPI):
         try:
             _disk.drop_name(won)
             if _token.read_token(self._path) == last:
-                _token.write_token(self._path, hold.token)
+                _token.write_token(self._path, hold.token, self._mode)
                 if _disk.still_held(hold):
                     return True
         except BaseException:

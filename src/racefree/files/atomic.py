@@ -10,6 +10,10 @@ The protocol (each step through the :mod:`racefree._fs` seam):
 5. ``rename`` it over the target (atomic on POSIX: a reader opens one inode or the other);
 6. ``fsync`` the directory, so the new name survives a power loss (W2).
 
+With ``overwrite=False``, step 5 is ``link`` instead (it fails if anything has the
+name), then the temp's name is removed: the file is published only if none
+exists, atomically, with the same durability.
+
 Any exception (``KeyboardInterrupt`` too) before step 5 removes the temp and leaves
 the target untouched. A SIGKILL can leave the temp behind; :func:`sweep` removes
 the temps whose writer is dead (W5). Nothing is coalesced or deferred: every call
@@ -106,15 +110,35 @@ def _resolve(path: str) -> tuple[str, os.stat_result | None]:
     return path, st
 
 
+def _new_only(path: str) -> tuple[str, None]:
+    """The target of an ``overwrite=False`` write: ``path`` itself, which must not exist.
+
+    Nothing at ``path`` is followed or looked into: a symlink there, even a
+    dangling one, is an existing name. This check only fails early; the
+    ``link`` that publishes is the atomic one.
+    """
+    try:
+        _fs.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return path, None
+    raise FileExistsError(errno.EEXIST, "File exists", path)
+
+
 class _Temp:
-    """One temp file on its way to replacing ``target``."""
+    """One temp file on its way to replacing ``target`` (or, ``overwrite=False``, creating it)."""
 
-    __slots__ = ("dirname", "fd", "replaced", "target", "tmp")
+    __slots__ = ("dirname", "fd", "overwrite", "replaced", "target", "tmp")
 
-    def __init__(self, path: str | os.PathLike[str], mode: int | None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], mode: int | None, overwrite: bool = True
+    ) -> None:
         if mode is not None and not 0 <= mode <= 0o7777:
             raise ValueError(f"mode must be permission bits (0 to 0o7777), not {mode!r}")
-        self.target, st = _resolve(os.fspath(path))
+        self.overwrite = overwrite
+        if overwrite:
+            self.target, st = _resolve(os.fspath(path))
+        else:
+            self.target, st = _new_only(os.fspath(path))
         self.dirname = os.path.dirname(self.target) or os.curdir
         self.replaced = False
         # When the mode will be set below, the temp starts private (0o600) so that the
@@ -163,8 +187,11 @@ class _Temp:
         # A failed close(2) still frees the descriptor: never close it twice.
         self.fd = -1
         _fs.close(fd)
-        _replace(self.tmp, self.target)
-        self.replaced = True
+        if self.overwrite:
+            _replace(self.tmp, self.target)
+            self.replaced = True
+        else:
+            self._link_new()
         if durable and not _WINDOWS:  # Windows cannot open a directory to sync it (untested)
             try:
                 _fs.fsync_dir(self.dirname)
@@ -176,6 +203,25 @@ class _Temp:
                     "the file was replaced but its directory could not be synced: "
                     "the new contents may or may not be committed",
                 ) from exc
+
+    def _link_new(self) -> None:
+        """``overwrite=False``: publish under the target's name only if nothing has it.
+
+        ``link`` fails with EEXIST if anything has the name (a file another
+        writer made since our first look too), so of racing writers exactly one
+        wins and nobody's file is replaced. The directory fsync that follows
+        covers the link and the removal of the temp's name.
+        """
+        _fs.link(self.tmp, self.target)  # FileExistsError: discard() removes the temp
+        self.replaced = True
+        try:
+            _fs.unlink(self.tmp)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"{self.target} was created, but its temp name {self.tmp} could not be"
+                f" removed: {exc.strerror}",
+            ) from exc
 
     def discard(self) -> None:
         """Close and remove the temp (the target is untouched). Used while an error propagates."""
@@ -206,6 +252,7 @@ def atomic_write(
     *,
     durable: bool = True,
     mode: int | None = None,
+    overwrite: bool = True,
 ) -> None:
     """Replace the file at ``path`` with ``data`` (``str`` is encoded as UTF-8), atomically.
 
@@ -233,9 +280,16 @@ def atomic_write(
     :class:`DurabilityError` saying the new contents may or may not be committed.
     A missing directory raises ``FileNotFoundError``; a directory at ``path``
     raises ``IsADirectoryError``.
+
+    ``overwrite=False`` publishes only if nothing exists at ``path`` (a symlink
+    counts, and is not followed): ``FileExistsError`` otherwise, before any
+    write if the name is taken already, else at the publish (another writer
+    created it meanwhile: of racing writers exactly one succeeds, and nobody's
+    file is replaced). Atomic the same way (``link``, then the temp's name is
+    removed: a crash leaves no file or the whole new one), and as durable.
     """
     buf = _as_bytes(data)
-    temp = _Temp(path, mode)
+    temp = _Temp(path, mode, overwrite)
     try:
         _fs.write_all(temp.fd, buf)
         temp.publish(durable)
@@ -280,6 +334,7 @@ def atomic_open(
     encoding: str = ...,
     errors: str = ...,
     newline: str | None = ...,
+    overwrite: bool = ...,
 ) -> contextlib.AbstractContextManager[TextIO]: ...
 
 
@@ -289,6 +344,7 @@ def atomic_open(
     mode: Literal["wb"],
     *,
     durable: bool = ...,
+    overwrite: bool = ...,
 ) -> contextlib.AbstractContextManager[BinaryIO]: ...
 
 
@@ -300,6 +356,7 @@ def atomic_open(
     encoding: str = "utf-8",
     errors: str = "strict",
     newline: str | None = None,
+    overwrite: bool = True,
 ) -> contextlib.AbstractContextManager[IO[str]] | contextlib.AbstractContextManager[IO[bytes]]:
     """``with atomic_open(path, "w") as f:`` - write a file that appears whole or not at all.
 
@@ -310,10 +367,15 @@ def atomic_open(
     raises anything (``KeyboardInterrupt`` too), nothing is published: the temp is
     removed, the old file stays byte-for-byte, and the exception propagates.
     Readers never see what the block has written until it exits.
+
+    ``overwrite=False``: as for :func:`atomic_write`, the file is published only
+    if nothing exists at ``path``; ``FileExistsError`` when the ``with``
+    statement starts if the name is taken, else at the end of the block if
+    another writer created it meanwhile (nothing is published then).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', not {mode!r}")
-    manager = _atomic_open(path, mode == "wb", durable, encoding, errors, newline)
+    manager = _atomic_open(path, mode == "wb", durable, encoding, errors, newline, overwrite)
     return cast("contextlib.AbstractContextManager[IO[str]]", manager)
 
 
@@ -325,8 +387,9 @@ def _atomic_open(
     encoding: str,
     errors: str,
     newline: str | None,
+    overwrite: bool,
 ) -> Iterator[IO[str] | IO[bytes]]:
-    temp = _Temp(path, None)
+    temp = _Temp(path, None, overwrite)
     raw = _SeamWriter(temp.fd)
     file: IO[str] | IO[bytes] | None = None
     try:

@@ -10,6 +10,10 @@ Layers that each work alone:
 - :class:`Store`, :class:`AsyncStore`: a JSON document store that many processes share;
 - :func:`open_store`, :func:`open_lock`: the same store and lock API on files or, for several
   machines, on PostgreSQL (:class:`PgStore`, :class:`PgLock`; ``pip install 'racefree[postgres]'``).
+
+``racefree.__version__`` is the installed package's version (its metadata,
+read on first use). Drop-in modules for programs written for filelock,
+fasteners and atomicwrites are in :mod:`racefree.compat`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from racefree._errors import (
 )
 
 if TYPE_CHECKING:
+    __version__: str
     from racefree.backends.dispatch import open_async_store, open_lock, open_store
     from racefree.files.atomic import atomic_open, atomic_write, sweep
     from racefree.files.jsonfile import JsonFile
@@ -68,6 +73,13 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # From the installed package's metadata, the one place the version is
+        # written (pyproject.toml); read on first use, not at import.
+        from importlib.metadata import version
+
+        value = globals()["__version__"] = version("racefree")
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'racefree' has no attribute {name!r}")

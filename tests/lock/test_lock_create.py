@@ -103,8 +103,11 @@ def test_mode_of_the_wrong_type_is_a_type_error(tmp_path: Path) -> None:
 
 
 def test_pickle_keeps_the_mode(tmp_path: Path) -> None:
-    lock = pickle.loads(pickle.dumps(FileLock(tmp_path / "x.lock", mode=0o660, shared=True)))
-    assert (lock.mode, lock.shared) == (0o660, True)
+    lock = FileLock(tmp_path / "d" / "x.lock", mode=0o660, shared=True, make_parents=False)
+    copy = pickle.loads(pickle.dumps(lock))
+    assert (copy.mode, copy.shared) == (0o660, True)
+    with pytest.raises(FileNotFoundError):
+        copy.acquire()  # make_parents=False came along
 
 
 class _Recorder(_fs.FileSystem):

@@ -213,7 +213,7 @@ def _truncate_torn_tail(log: AppendLog, keep: int, size: int) -> None:
 
     # ``{log}.lock`` is the FileLock every appender holds (docs/log.md): while we hold
     # it no append can land between the check and the cut.
-    with FileLock(log.path + ".lock"):
+    with FileLock(log.path + ".lock", make_parents=False):
         report = log.check()
         if report.size != size or report.size - report.torn != keep or not report.torn:
             return

@@ -117,7 +117,10 @@ class JsonFile:
         self._indent = indent
         # Two names of one file (a link and its target) must share one lock, or updates
         # through each name would not exclude each other (S1).
-        self._lock = FileLock(_fs.realpath(self._path) + ".lock", timeout=timeout)
+        # The file's directory must exist: its lock does not create it either.
+        self._lock = FileLock(
+            _fs.realpath(self._path) + ".lock", timeout=timeout, make_parents=False
+        )
         self._broken: DurabilityError | None = None
 
     @property

@@ -56,7 +56,7 @@ def make_parents(path: str) -> None:
             return
 
 
-def create_with_mode(path: str, mode: int) -> None:
+def create_with_mode(path: str, mode: int, parents: bool = True) -> None:
     """Create the lock file ``path`` with exactly ``mode`` (not narrowed by the umask), if missing.
 
     The file is made under a temp name, given its mode, then ``link``-ed to
@@ -64,7 +64,8 @@ def create_with_mode(path: str, mode: int) -> None:
     another user in the group never finds one it cannot open (with ``O_EXCL``
     and then ``fchmod`` it could, in between). If ``path`` exists already,
     nothing changes. The temp name is that of :func:`racefree.sweep`, which
-    removes one left by a killed process.
+    removes one left by a killed process. Missing directories are created
+    first unless ``parents`` is False (then: ``FileNotFoundError``).
     """
     try:
         _fs.stat(path, follow_symlinks=False)
@@ -76,6 +77,8 @@ def create_with_mode(path: str, mode: int) -> None:
     try:
         fd = _fs.open(tmp, _NEW, 0o600)
     except FileNotFoundError:
+        if not parents:
+            raise
         make_parents(path)
         fd = _fs.open(tmp, _NEW, 0o600)
     try:

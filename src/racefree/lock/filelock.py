@@ -30,8 +30,10 @@ _get_ident = threading.get_ident
 _getframe = sys._getframe
 
 
-def _rebuild(path: str, shared: bool, timeout: float | None, mode: int | None) -> FileLock:
-    return FileLock(path, shared=shared, timeout=timeout, mode=mode)
+def _rebuild(
+    path: str, shared: bool, timeout: float | None, mode: int | None, make_parents: bool
+) -> FileLock:
+    return FileLock(path, shared=shared, timeout=timeout, mode=mode, make_parents=make_parents)
 
 
 class FileLock(LockAPI):
@@ -42,7 +44,9 @@ class FileLock(LockAPI):
     parent directories, and never deleted: deleting a lock file lets two
     holders in (pitfall L1). A new lock file gets ``mode`` exactly (say
     ``0o660`` for a group that shares it; the umask does not narrow it), or
-    ``0o666 & ~umask`` by default; an existing one keeps its mode.
+    ``0o666 & ~umask`` by default; an existing one keeps its mode. With
+    ``make_parents=False`` a missing directory is a ``FileNotFoundError``
+    instead (for a sidecar of a data file, whose directory must exist).
 
     The owner of a hold is the running asyncio task, or else the thread.
     Holds are reentrant per owner (each ``acquire`` needs its ``release``), and
@@ -67,7 +71,10 @@ class FileLock(LockAPI):
     in the child waits until the parent releases (see ``docs/locks.md``).
     """
 
-    __slots__ = ("__weakref__", "_entry", "_mode", "_op", "_op_nb", "_path", "_shared", "_timeout")
+    __slots__ = (
+        "__weakref__", "_entry", "_make_parents", "_mode", "_op", "_op_nb", "_path", "_shared",
+        "_timeout",
+    )
 
     def __init__(
         self,
@@ -76,6 +83,7 @@ class FileLock(LockAPI):
         shared: bool = False,
         timeout: float | None = None,
         mode: int | None = None,
+        make_parents: bool = True,
     ) -> None:
         fspath = os.fspath(path)
         if not isinstance(fspath, str):
@@ -87,6 +95,7 @@ class FileLock(LockAPI):
         self._op_nb = self._op | LOCK_NB
         self._timeout = _check_timeout(timeout)
         self._mode = check_mode(mode)
+        self._make_parents = bool(make_parents)
         self._entry: Entry | None = None
 
     # -- properties (``path`` and ``timeout``: LockAPI) ------------------------
@@ -126,10 +135,12 @@ class FileLock(LockAPI):
     def _bind(self) -> Entry:
         """The registry entry of the lock file, after creating what is missing on its path."""
         if self._mode is not None:
-            create_with_mode(self._path, self._mode)
+            create_with_mode(self._path, self._mode, self._make_parents)
         try:
             return _reg.bind(self, self._path)
         except FileNotFoundError:
+            if not self._make_parents:
+                raise
             # A parent directory is missing (filelock creates them too): made
             # here, not before every open, so the usual case costs no call.
             make_parents(self._path)
@@ -137,7 +148,9 @@ class FileLock(LockAPI):
 
     def __reduce__(self) -> tuple[object, ...]:
         """Pickles as its arguments (for multiprocessing): the copy holds nothing."""
-        return (_rebuild, (self._path, self._shared, self._timeout, self._mode))
+        return (
+            _rebuild, (self._path, self._shared, self._timeout, self._mode, self._make_parents)
+        )
 
     def __repr__(self) -> str:
         kind = "shared" if self._shared else "exclusive"

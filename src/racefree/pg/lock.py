@@ -215,17 +215,14 @@ class PgLock(LockAPI):
 
     # -- acquire / release (threads) ---------------------------------------
     def acquire(self, timeout: float | None = None) -> Acquired[PgLock]:
-        """Wait until this owner holds the lock; returns an :class:`~racefree.lock.api.Acquired`.
+        """Wait until this owner holds the lock; returns an ``Acquired`` (as FileLock's).
 
         ``timeout`` (seconds) overrides the constructor's; None means the
         constructor's, whose None waits forever; 0 tries once. On timeout it
         raises :class:`LockTimeout` and nothing is held. A lost connection
         raises :class:`racefree.ConnectionLost` and nothing is held (the server
-        drops a session's locks with it). The result is true, and a context
-        manager that releases on exit (``with lock.acquire(timeout=5):``).
-        Called straight from an ``async def`` under asyncio it raises
-        ``TypeError`` before taking anything (``await lock.acquire()`` would
-        stall the loop): use ``async with`` or :meth:`acquire_async` there.
+        drops a session's locks with it). Straight from an ``async def`` it
+        raises ``TypeError`` before taking anything: use :meth:`acquire_async`.
         """
         refuse_coroutine_caller(self._path)
         t = self._timeout if timeout is None else check_timeout(timeout)
@@ -436,7 +433,6 @@ class PgLock(LockAPI):
                 target=cancel_statement, args=(attempt,), name="racefree-pglock-cancel",
                 daemon=True,
             ).start()
-
 
 
 _instances: weakref.WeakSet[PgLock] = weakref.WeakSet()

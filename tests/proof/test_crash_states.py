@@ -722,7 +722,8 @@ def test_in_flight_records_with_ordered_writes_open(tmp_path: Path, kind: str) -
 
 
 EXPECTED_OPERATIONS = {
-    "atomic_write", "atomic_write (new file)", "atomic_open", "JsonFile.update",
+    "atomic_write", "atomic_write (new file)", "atomic_write (overwrite=False)", "atomic_open",
+    "JsonFile.update",
     "AppendLog.append", "AppendLog.extend", "AppendLog.compact", "Store.put",
     "Store.put (awkward ids)", "Store.update", "Store.delete", "Store.batch", "Store.compact",
     "Store auto-compaction", "Store creation",

@@ -15,9 +15,9 @@ from types import TracebackType
 
 from racefree import _fork, _fs
 from racefree._errors import WouldBlock
+from racefree.lock import create as _create
 from racefree.lock import registry as _reg
 from racefree.lock.api import ASYNC_CODE, Acquired, LockAPI, refuse_coroutine_caller
-from racefree.lock.create import check_mode, create_with_mode, make_parents
 from racefree.lock.registry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry, current_owner
 from racefree.lock.registry import check_timeout as _check_timeout
 from racefree.lock.wait import try_take, wait_async, wait_sync
@@ -94,7 +94,7 @@ class FileLock(LockAPI):
         self._op = LOCK_SH if shared else LOCK_EX
         self._op_nb = self._op | LOCK_NB
         self._timeout = _check_timeout(timeout)
-        self._mode = check_mode(mode)
+        self._mode = _create.check_mode(mode)
         self._make_parents = bool(make_parents)
         self._entry: Entry | None = None
 
@@ -135,7 +135,7 @@ class FileLock(LockAPI):
     def _bind(self) -> Entry:
         """The registry entry of the lock file, after creating what is missing on its path."""
         if self._mode is not None:
-            create_with_mode(self._path, self._mode, self._make_parents)
+            _create.create_with_mode(self._path, self._mode, self._make_parents)
         try:
             return _reg.bind(self, self._path)
         except FileNotFoundError:
@@ -143,7 +143,7 @@ class FileLock(LockAPI):
                 raise
             # A parent directory is missing (filelock creates them too): made
             # here, not before every open, so the usual case costs no call.
-            make_parents(self._path)
+            _create.make_parents(self._path)
         return _reg.bind(self, self._path)
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -9,8 +9,8 @@ What docs/migrating.md says a mixed fleet does is what these tests show:
   only for short holds: each reads the other's lock file as a malformed record
   and takes it over by age (filelock after 2 s unchanged, racefree after
   ``stale_after``);
-- fasteners takes POSIX record locks, which Linux keeps apart from ``flock``:
-  no exclusion at all.
+- fasteners takes POSIX record locks, which Linux keeps apart from ``flock``,
+  and filelock's ``ReadWriteLock`` is an SQLite transaction: no exclusion at all.
 
 Each case runs real interpreters: one holds, another tries with a timeout.
 """
@@ -53,10 +53,17 @@ def test_peer_and_racefree_exclude_each_other(holder: str, contender: str, tmp_p
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock and lockf apart: Linux")
 @pytest.mark.parametrize(
     ("holder", "contender"),
-    [("fasteners", "compat.fasteners"), ("compat.fasteners", "fasteners")],
+    [
+        ("fasteners", "compat.fasteners"),
+        ("compat.fasteners", "fasteners"),
+        ("filelock.ReadWriteLock", "compat.ReadWriteLock"),
+        ("compat.ReadWriteLock", "filelock.ReadWriteLock"),
+    ],
 )
-def test_fasteners_and_racefree_do_not_exclude(holder: str, contender: str, tmp_path: Path) -> None:
-    """fasteners' lockf and racefree's flock on one file: both are granted at once."""
+def test_peer_and_racefree_do_not_exclude(holder: str, contender: str, tmp_path: Path) -> None:
+    """fasteners' lockf, or filelock's SQLite reader-writer lock, and racefree's flock on one
+    file: both sides are granted the (write) lock at once.
+    """
     path = tmp_path / "app.lock"
     with PeerHolder(holder, path) as held:
         assert peer_try(contender, path, 0.3) == "acquired"

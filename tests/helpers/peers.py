@@ -57,6 +57,28 @@ KINDS: dict[str, Kind] = {
         "from racefree.compat import filelock as mod", "mod.SoftFileLock(sys.argv[1])",
         "lock.acquire()", "lock.release()", _FILELOCK_TRY,
     ),
+    "filelock.ReadWriteLock": Kind(
+        "import filelock as mod", "mod.ReadWriteLock(sys.argv[1])", "lock.acquire_write()",
+        "lock.release()",
+        """
+try:
+    lock.acquire_write(timeout=timeout)
+    ok = True
+except mod.Timeout:
+    ok = False
+""",
+    ),
+    "compat.ReadWriteLock": Kind(
+        "from racefree.compat import filelock as mod", "mod.ReadWriteLock(sys.argv[1])",
+        "lock.acquire_write()", "lock.release()",
+        """
+try:
+    lock.acquire_write(timeout=timeout)
+    ok = True
+except mod.Timeout:
+    ok = False
+""",
+    ),
     "racefree.FileLock": Kind(
         "import racefree", "racefree.FileLock(sys.argv[1])", "lock.acquire()",
         "lock.release()", _RACEFREE_TRY,

@@ -10,6 +10,10 @@ Layers that each work alone:
 - :class:`Store`, :class:`AsyncStore`: a JSON document store that many processes share;
 - :func:`open_store`, :func:`open_lock`: the same store and lock API on files or, for several
   machines, on PostgreSQL (:class:`PgStore`, :class:`PgLock`; ``pip install 'racefree[postgres]'``).
+
+``racefree.__version__`` is the installed package's version (its metadata,
+read on first use). Drop-in modules for programs written for filelock,
+fasteners and atomicwrites are in :mod:`racefree.compat`.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from racefree._errors import (
 )
 
 if TYPE_CHECKING:
+    __version__: str
     from racefree.backends.dispatch import open_async_store, open_lock, open_store
-    from racefree.files.atomic import atomic_open, atomic_write, sweep
+    from racefree.files.atomic import atomic_open, atomic_write
     from racefree.files.jsonfile import JsonFile
+    from racefree.files.sweep import sweep
     from racefree.lock.filelock import FileLock
     from racefree.lockfile.lockfile import LockFile
     from racefree.log.appendlog import AppendLog
@@ -65,11 +71,18 @@ _LAZY = {
     "open_async_store": "racefree.backends.dispatch",
     "open_lock": "racefree.backends.dispatch",
     "open_store": "racefree.backends.dispatch",
-    "sweep": "racefree.files.atomic",
+    "sweep": "racefree.files.sweep",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # From the installed package's metadata, the one place the version is
+        # written (pyproject.toml); read on first use, not at import.
+        from importlib.metadata import version
+
+        value = globals()["__version__"] = version("racefree")
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'racefree' has no attribute {name!r}")

@@ -18,7 +18,7 @@ import pytest
 
 import racefree
 from racefree import DurabilityError, _fs
-from racefree.files.atomic import _TEMP_RE
+from racefree.files.sweep import _TEMP_RE
 
 TEMP = re.compile(r"\A\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{8}\.rftmp\Z")
 

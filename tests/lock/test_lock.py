@@ -419,6 +419,11 @@ def test_async_timeout_leaves_nothing_held(tmp_path: Path) -> None:
         assert try_in_child(path, 30) == "acquired"
 
 
+def _sync_acquire(lock: FileLock, timeout: float) -> None:
+    """Synchronous library code that takes the lock, called from a task."""
+    lock.acquire(timeout=timeout)
+
+
 def test_blocking_acquire_behind_a_task_of_the_same_loop_raises(tmp_path: Path) -> None:
     """A sync acquire() in a task, behind another task of its loop, raises instead of hanging."""
     lock = FileLock(tmp_path / "x.lock")
@@ -427,7 +432,7 @@ def test_blocking_acquire_behind_a_task_of_the_same_loop_raises(tmp_path: Path) 
         async with lock:
             async def other() -> None:
                 with pytest.raises(RuntimeError, match="deadlock"):
-                    lock.acquire(timeout=5)
+                    _sync_acquire(lock, 5)
 
             await asyncio.create_task(other())
         assert not lock.locked
@@ -448,7 +453,7 @@ def test_blocking_acquire_behind_a_task_waiting_in_the_kernel_raises(tmp_path: P
 
         async def other() -> None:
             with pytest.raises(RuntimeError, match="deadlock"):
-                lock.acquire(timeout=5)
+                _sync_acquire(lock, 5)
 
         await asyncio.create_task(other())
         waiter.cancel()

@@ -277,7 +277,7 @@ def test_async_with_and_cancel_leaves_nothing_held(url: str, name: str, admin: A
     a, b = PgLock(url, name), PgLock(url, name)
 
     async def main() -> None:
-        a.acquire()
+        a.acquire_nowait()  # free: never waits, so it may run in the coroutine
         task = asyncio.ensure_future(b.acquire_async())
         # The waiter is in the server's lock queue (not granted) before we cancel.
         await asyncio.get_running_loop().run_in_executor(
@@ -301,7 +301,7 @@ def test_async_with_and_cancel_leaves_nothing_held(url: str, name: str, admin: A
         async with b:
             assert b.held_by_me and b.token is not None
         with pytest.raises(LockTimeout):
-            a.acquire()
+            a.acquire_nowait()
             try:
                 await b.acquire_async(timeout=0.2)
             finally:

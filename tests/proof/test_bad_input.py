@@ -159,13 +159,20 @@ def test_filelock_timeout_of_wrong_type(tmp_path: Path, timeout: Any) -> None:
 
 
 def test_filelock_directory_and_missing_parent(tmp_path: Path) -> None:
-    """A directory as the lock file is IsADirectoryError; a missing parent FileNotFoundError."""
+    """A directory as the lock file is IsADirectoryError; a missing parent is created, or with
+    ``make_parents=False`` is FileNotFoundError.
+    """
     (tmp_path / "d").mkdir()
     with pytest.raises(IsADirectoryError):
         FileLock(tmp_path / "d").acquire(timeout=1)
     with pytest.raises(FileNotFoundError):
-        FileLock(tmp_path / "nope" / "l").acquire(timeout=1)
+        FileLock(tmp_path / "nope" / "l", make_parents=False).acquire(timeout=1)
+    with pytest.raises(FileNotFoundError):
+        FileLock(tmp_path / "nope" / "l", make_parents=False, mode=0o600).acquire(timeout=1)
     assert snapshot(tmp_path) == {"d": None}
+    with FileLock(tmp_path / "new" / "l").acquire(timeout=1):
+        pass
+    assert snapshot(tmp_path) == {"d": None, "new": None, "new/l": b""}
 
 
 # --------------------------------------------------------------------------- JsonFile
@@ -299,15 +306,16 @@ def test_lockfile_bad_timeout_and_stale_after(tmp_path: Path, value: float) -> N
 
 
 def test_lockfile_directory_and_missing_parent(tmp_path: Path) -> None:
-    """A directory as the lock file: IsADirectoryError; a missing parent: FileNotFoundError."""
+    """A directory as the lock file: IsADirectoryError; a missing parent is created."""
     from racefree import LockFile
 
     (tmp_path / "d").mkdir()
     with pytest.raises(IsADirectoryError):
         LockFile(tmp_path / "d", timeout=1).acquire()
-    with pytest.raises(FileNotFoundError):
-        LockFile(tmp_path / "nope" / "x.lock", timeout=1).acquire()
     assert snapshot(tmp_path) == {"d": None}
+    with LockFile(tmp_path / "new" / "x.lock", timeout=1).acquire():
+        pass
+    assert snapshot(tmp_path) == {"d": None, "new": None, "new/x.lock.token": b"1\n"}
 
 
 # --------------------------------------------------------------------------- AppendLog

@@ -95,6 +95,31 @@ def test_atomic_write_new_file(tmp_path: Path) -> None:
     run("atomic_write (new file)", rec, check, tmp_path, minimum=10, block=512)
 
 
+def test_atomic_write_no_overwrite(tmp_path: Path) -> None:
+    """overwrite=False (link, then unlink of the temp): absent or whole after any crash;
+    whole once acknowledged; no name but the file and, at most, the recognisable temp.
+    """
+    from racefree import atomic_write
+
+    base = tmp_path / "base"
+    base.mkdir()
+    data = _blob(2, 3100)
+    rec = Recorder(base)
+    with _fs.use(rec):
+        rec.checkpoint()
+        atomic_write(base / "made.bin", data, overwrite=False)
+        rec.mark("0")
+
+    def check(root: Path, state: CrashState) -> None:
+        target = root / "made.bin"
+        if state.acked or target.exists():
+            assert target.read_bytes() == data
+        others = [n for n in os.listdir(root) if n != "made.bin"]
+        assert all(n.endswith(".rftmp") for n in others), others
+
+    run("atomic_write (overwrite=False)", rec, check, tmp_path, minimum=10, block=512)
+
+
 def test_atomic_open_text(tmp_path: Path) -> None:
     """atomic_open("w") streaming several writes: old or new text, never a prefix."""
     from racefree import atomic_open

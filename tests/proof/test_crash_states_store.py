@@ -489,7 +489,8 @@ def test_store_operations_under_page_tears(tmp_path: Path) -> None:
 
 
 EXPECTED_OPERATIONS = {
-    "atomic_write", "atomic_write (new file)", "atomic_open", "JsonFile.update",
+    "atomic_write", "atomic_write (new file)", "atomic_write (overwrite=False)", "atomic_open",
+    "JsonFile.update",
     "AppendLog.append", "AppendLog.extend", "AppendLog.compact", "Store.put",
     "Store.put (awkward ids)", "Store.update", "Store.delete", "Store.batch", "Store.compact",
     "Store auto-compaction", "Store creation",

@@ -296,7 +296,7 @@ def _truncate_torn_tail(log: AppendLog, keep: int, size: int) -> bool:
 
     # ``{log}.lock`` is the FileLock every appender holds (docs/log.md): while we hold
     # it no append can land between the check and the cut.
-    with FileLock(log.path + ".lock"):
+    with FileLock(log.path + ".lock", make_parents=False):
         fd, st, _created = _trust.open_own(log.path, os.O_RDWR, create=False)
         try:
             if _torn_tail(log.path, fd) != (keep, size) or st.st_size != size:

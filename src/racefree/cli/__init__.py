@@ -26,9 +26,14 @@ _COMMANDS = ("demo", "torture", "crashcheck", "check", "log", "store")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import racefree
+
     parser = argparse.ArgumentParser(
         prog="racefree",
         description="File-based storage that never loses an update.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {racefree.__version__}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:

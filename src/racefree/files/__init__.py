@@ -7,7 +7,8 @@ power loss (the temp file and then its directory are fsynced); a JSON file's
 updates are locked read-modify-writes, so none is lost, and a corrupt file
 raises instead of being read as empty.
 
-Modules: ``atomic`` (the temp-file, fsync, rename, fsync protocol) and
+Modules: ``atomic`` (the temp-file, fsync, rename, fsync protocol), ``sweep``
+(removing the temps of killed writers) and
 ``jsonfile`` (``JsonFile``).
 
 May import: the root modules and ``racefree.lock``.

@@ -10,10 +10,14 @@ The protocol (each step through the :mod:`racefree._fs` seam):
 5. ``rename`` it over the target (atomic on POSIX: a reader opens one inode or the other);
 6. ``fsync`` the directory, so the new name survives a power loss (W2).
 
+With ``overwrite=False``, step 5 is ``link`` instead (it fails if anything has the
+name), then the temp's name is removed: the file is published only if none
+exists, atomically, with the same durability.
+
 Any exception (``KeyboardInterrupt`` too) before step 5 removes the temp and leaves
-the target untouched. A SIGKILL can leave the temp behind; :func:`sweep` removes
-the temps whose writer is dead (W5). Nothing is coalesced or deferred: every call
-that returns has written its bytes (W9).
+the target untouched. A SIGKILL can leave the temp behind; :func:`racefree.sweep`
+(``files.sweep``) removes the temps whose writer is dead (W5). Nothing is
+coalesced or deferred: every call that returns has written its bytes (W9).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import errno
 import io
 import os
 import random
-import re
 import stat
 import sys
 import time
@@ -32,27 +35,22 @@ from typing import IO, TYPE_CHECKING, BinaryIO, Literal, TextIO, cast, overload
 
 from racefree import _fs, _trust
 from racefree._errors import DurabilityError
-from racefree._process import pid_alive, start_time
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["TEMP_SUFFIX", "atomic_open", "atomic_write", "sweep"]
+__all__ = ["TEMP_SUFFIX", "atomic_open", "atomic_write"]
 
 #: Every temp file racefree creates ends with this suffix.
 TEMP_SUFFIX = ".rftmp"
 
-# ``.{name}.{pid}.{8 hex}.rftmp``: the pid lets sweep() tell a dead writer's temp
-# from a live one's. The name part is cut so that long names stay within NAME_MAX.
-_TEMP_RE = re.compile(r"\A\..*\.([0-9]{1,10})\.[0-9a-f]{8}\.rftmp\Z", re.DOTALL)
+# ``.{name}.{pid}.{8 hex}.rftmp`` (``sweep`` reads the pid back). The name part is
+# cut so that long names stay within NAME_MAX.
 _NAME_KEEP = 64
 _CREATE_FLAGS = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | _fs.O_NOFOLLOW | getattr(os, "O_BINARY", 0)
 )
 _WINDOWS = os.name == "nt"
-# How far apart a process's start time (from /proc, whole seconds at boot) and a
-# file's mtime may be and still be taken for "the same moment" (see _writer_alive).
-_CLOCK_SLACK = 2.0
 
 
 def _temp_path(dirname: str, name: str) -> str:
@@ -117,15 +115,40 @@ def _resolve(path: str) -> tuple[str, os.stat_result | None]:
     return where.path, st
 
 
+def _new_only(path: str) -> tuple[str, None]:
+    """The target of an ``overwrite=False`` write: ``path`` itself, which must not exist.
+
+    Nothing at ``path`` is followed or looked into: a symlink there, even a
+    dangling one, is an existing name. The directory part is resolved under
+    racefree's rule, as for any write. This check only fails early; the
+    ``link`` that publishes is the atomic one.
+    """
+    try:
+        where = _trust.resolve(path, follow_last=False)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            errno.ENOENT, f"No such directory: {os.path.dirname(path)!r}", path
+        ) from exc
+    if where.st is None:
+        return where.path, None
+    raise FileExistsError(errno.EEXIST, "File exists", path)
+
+
 class _Temp:
-    """One temp file on its way to replacing ``target``."""
+    """One temp file on its way to replacing ``target`` (or, ``overwrite=False``, creating it)."""
 
-    __slots__ = ("dirname", "fd", "replaced", "target", "tmp")
+    __slots__ = ("dirname", "fd", "overwrite", "replaced", "target", "tmp")
 
-    def __init__(self, path: str | os.PathLike[str], mode: int | None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], mode: int | None, overwrite: bool = True
+    ) -> None:
         if mode is not None and not 0 <= mode <= 0o7777:
             raise ValueError(f"mode must be permission bits (0 to 0o7777), not {mode!r}")
-        self.target, st = _resolve(os.fspath(path))
+        self.overwrite = overwrite
+        if overwrite:
+            self.target, st = _resolve(os.fspath(path))
+        else:
+            self.target, st = _new_only(os.fspath(path))
         self.dirname = os.path.dirname(self.target) or os.curdir
         self.replaced = False
         # When the mode will be set below, the temp starts private (0o600) so that the
@@ -174,8 +197,11 @@ class _Temp:
         # A failed close(2) still frees the descriptor: never close it twice.
         self.fd = -1
         _fs.close(fd)
-        _replace(self.tmp, self.target)
-        self.replaced = True
+        if self.overwrite:
+            _replace(self.tmp, self.target)
+            self.replaced = True
+        else:
+            self._link_new()
         if durable and not _WINDOWS:  # Windows cannot open a directory to sync it (untested)
             try:
                 _fs.fsync_dir(self.dirname)
@@ -187,6 +213,25 @@ class _Temp:
                     "the file was replaced but its directory could not be synced: "
                     "the new contents may or may not be committed",
                 ) from exc
+
+    def _link_new(self) -> None:
+        """``overwrite=False``: publish under the target's name only if nothing has it.
+
+        ``link`` fails with EEXIST if anything has the name (a file another
+        writer made since our first look too), so of racing writers exactly one
+        wins and nobody's file is replaced. The directory fsync that follows
+        covers the link and the removal of the temp's name.
+        """
+        _fs.link(self.tmp, self.target)  # FileExistsError: discard() removes the temp
+        self.replaced = True
+        try:
+            _fs.unlink(self.tmp)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"{self.target} was created, but its temp name {self.tmp} could not be"
+                f" removed: {exc.strerror}",
+            ) from exc
 
     def discard(self) -> None:
         """Close and remove the temp (the target is untouched). Used while an error propagates."""
@@ -217,6 +262,7 @@ def atomic_write(
     *,
     durable: bool = True,
     mode: int | None = None,
+    overwrite: bool = True,
 ) -> None:
     """Replace the file at ``path`` with ``data`` (``str`` is encoded as UTF-8), atomically.
 
@@ -250,9 +296,16 @@ def atomic_write(
     :class:`DurabilityError` saying the new contents may or may not be committed.
     A missing directory raises ``FileNotFoundError``; a directory at ``path``
     raises ``IsADirectoryError``; a FIFO, device or socket ``OSError(EINVAL)``.
+
+    ``overwrite=False`` publishes only if nothing exists at ``path`` (a symlink
+    counts, and is not followed): ``FileExistsError`` otherwise, before any
+    write if the name is taken already, else at the publish (another writer
+    created it meanwhile: of racing writers exactly one succeeds, and nobody's
+    file is replaced). Atomic the same way (``link``, then the temp's name is
+    removed: a crash leaves no file or the whole new one), and as durable.
     """
     buf = _as_bytes(data)
-    temp = _Temp(path, mode)
+    temp = _Temp(path, mode, overwrite)
     try:
         _fs.write_all(temp.fd, buf)
         temp.publish(durable)
@@ -297,6 +350,7 @@ def atomic_open(
     encoding: str = ...,
     errors: str = ...,
     newline: str | None = ...,
+    overwrite: bool = ...,
 ) -> contextlib.AbstractContextManager[TextIO]: ...
 
 
@@ -306,6 +360,7 @@ def atomic_open(
     mode: Literal["wb"],
     *,
     durable: bool = ...,
+    overwrite: bool = ...,
 ) -> contextlib.AbstractContextManager[BinaryIO]: ...
 
 
@@ -317,6 +372,7 @@ def atomic_open(
     encoding: str = "utf-8",
     errors: str = "strict",
     newline: str | None = None,
+    overwrite: bool = True,
 ) -> contextlib.AbstractContextManager[IO[str]] | contextlib.AbstractContextManager[IO[bytes]]:
     """``with atomic_open(path, "w") as f:`` - write a file that appears whole or not at all.
 
@@ -327,10 +383,15 @@ def atomic_open(
     raises anything (``KeyboardInterrupt`` too), nothing is published: the temp is
     removed, the old file stays byte-for-byte, and the exception propagates.
     Readers never see what the block has written until it exits.
+
+    ``overwrite=False``: as for :func:`atomic_write`, the file is published only
+    if nothing exists at ``path``; ``FileExistsError`` when the ``with``
+    statement starts if the name is taken, else at the end of the block if
+    another writer created it meanwhile (nothing is published then).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', not {mode!r}")
-    manager = _atomic_open(path, mode == "wb", durable, encoding, errors, newline)
+    manager = _atomic_open(path, mode == "wb", durable, encoding, errors, newline, overwrite)
     return cast("contextlib.AbstractContextManager[IO[str]]", manager)
 
 
@@ -342,8 +403,9 @@ def _atomic_open(
     encoding: str,
     errors: str,
     newline: str | None,
+    overwrite: bool,
 ) -> Iterator[IO[str] | IO[bytes]]:
-    temp = _Temp(path, None)
+    temp = _Temp(path, None, overwrite)
     raw = _SeamWriter(temp.fd)
     file: IO[str] | IO[bytes] | None = None
     try:
@@ -364,80 +426,3 @@ def _atomic_open(
                 file.close()
         temp.discard()
         raise
-
-
-# -- sweep -------------------------------------------------------------------
-
-
-def _boot_time() -> float | None:
-    try:
-        text = _fs.read_file("/proc/stat").decode("ascii", "replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    return None  # pragma: no cover - every Linux /proc/stat has btime
-
-
-def _writer_alive(pid: int, mtime: float, boot: float | None) -> bool:
-    # The pid and start-time probes are LockFile's (the same question: is that owner alive?).
-    if pid > 0x7FFFFFFF or not pid_alive(pid):  # no such pid can exist, or none does now
-        return False
-    ticks = start_time(pid) if boot is not None else None
-    if boot is None or ticks is None:
-        return True  # the pid is in use and we cannot tell by whom: keep the temp
-    # PID reuse: a process that started after the temp was last written cannot be
-    # the one that wrote it, so the writer is dead. Within the clock slack, keep it.
-    return mtime >= boot + ticks / os.sysconf("SC_CLK_TCK") - _CLOCK_SLACK
-
-
-def sweep(directory: str | os.PathLike[str]) -> list[str]:
-    """Remove the temp files in ``directory`` left by killed writers; return their paths.
-
-    Only racefree temps (``.{name}.{pid}.{random}.rftmp``, regular files) are
-    considered, and only those whose writer is dead: no process has that pid, or
-    (Linux) the process that has it started after the temp was last written (pid
-    reuse). Temps of live writers are never touched, so ``sweep`` is safe to run
-    at any time, beside running writers. Not recursive; removals are not fsynced
-    (a temp that reappears after a power loss is swept again).
-
-    In a shared directory (sticky, writable by others, such as ``/tmp``) only the
-    caller's and the directory owner's temps are considered: another user's file
-    is never removed, whatever its name.
-
-    Limits: pids are those of this host (do not sweep a directory that writers on
-    another host or in another pid namespace use while they run); where process
-    start times are unknown (macOS) a temp whose pid is in use is kept.
-    """
-    # Resolved under the trust rule: a planted link on the way is refused, not followed.
-    where = _trust.resolve(os.fspath(directory))
-    dirname, dir_st = where.path, where.st
-    if dir_st is None:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), dirname)
-    boot: float | None = None
-    boot_read = False
-    removed: list[str] = []
-    for name in sorted(_fs.listdir(dirname)):
-        match = _TEMP_RE.match(name)
-        if match is None:
-            continue
-        pid = int(match.group(1))
-        path = os.path.join(dirname, name)
-        try:
-            st = _fs.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # its writer published it or removed it meanwhile
-        if not stat.S_ISREG(st.st_mode) or pid == 0 or not _trust.trusted(st, dir_st):
-            continue  # not a temp, or another user's file in a shared directory: not ours
-        if not boot_read:
-            boot, boot_read = (_boot_time() if sys.platform.startswith("linux") else None), True
-        if _writer_alive(pid, st.st_mtime, boot):
-            continue
-        try:
-            _fs.unlink(path)
-        except FileNotFoundError:
-            continue  # another sweep removed it first
-        removed.append(path)
-    return removed
-

@@ -144,8 +144,9 @@ class JsonFile:
         # Two names of one file (a link and its target) must share one lock, or updates
         # through each name would not exclude each other (S1). The link is resolved under
         # racefree's rule: a link another user planted in a shared directory is refused
-        # here, before a lock file is created next to its target.
-        self._lock = FileLock(_lock_path(self._path), timeout=timeout)
+        # here, before a lock file is created next to its target. The file's directory
+        # must exist: its lock does not create it either.
+        self._lock = FileLock(_lock_path(self._path), timeout=timeout, make_parents=False)
         self._broken: DurabilityError | None = None
 
     @property

@@ -8,8 +8,10 @@ forked child never releases what its parent holds.
 
 Modules: ``filelock`` (the API and the uncontended fast paths), ``registry``
 (the per-process state of each lock file), ``wait`` (waiting), ``worker`` and
-``request`` (the abandonable kernel waits behind timeouts and asyncio), ``api``
-(what every lock of racefree shares, ``LockFile`` and ``PgLock`` included).
+``request`` (the abandonable kernel waits behind timeouts and asyncio),
+``create`` (a lock file's missing directories and its ``mode=``), ``api``
+(what every lock of racefree shares, ``LockFile`` and ``PgLock`` included:
+``with``, ``async with``, the ``Acquired`` that ``acquire()`` returns).
 
-May import: the root modules (``_errors``, ``_fs``, ``_trust``) only.
+May import: the root modules (``_errors``, ``_fs``, ``_trust``, ``_fork``) only.
 """

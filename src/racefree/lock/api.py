@@ -11,14 +11,88 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Hashable
+import inspect
+import sys
+from collections.abc import Callable, Generator, Hashable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-__all__ = ["LockAPI", "async_waker", "drop_one"]
+__all__ = ["Acquired", "LockAPI", "async_waker", "drop_one", "refuse_coroutine_caller"]
 
 _L = TypeVar("_L", bound="LockAPI")
 _K = TypeVar("_K", bound=Hashable)
+
+_get_running_loop = asyncio._get_running_loop
+_getframe = sys._getframe
+#: Code flags of an ``async def`` body (a coroutine or an async generator).
+ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+class Acquired(Generic[_L]):
+    """What ``acquire()`` returns once the lock is held: true, and a context manager.
+
+    ``with lock.acquire(timeout=5):`` (filelock's idiom) releases the hold on
+    exit; entering it does not acquire again. It is always true, so
+    ``if lock.acquire(timeout=t):`` (fasteners' idiom) reads as intended: a
+    timeout raises :class:`~racefree.LockTimeout` instead of returning. Awaiting
+    it returns it at once, so ``await`` on a call that has already taken the lock
+    leaves that hold with the awaiting task (which owned it anyway).
+    """
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: _L) -> None:
+        self.lock = lock
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __enter__(self) -> _L:
+        return self.lock
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.lock.release()
+
+    async def __aenter__(self) -> _L:
+        return self.lock
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.lock.release()
+
+    def __await__(self) -> Generator[Any, None, Acquired[_L]]:
+        return self
+        yield  # a generator that finishes at once: nothing to wait for
+
+    def __repr__(self) -> str:
+        return f"<Acquired {self.lock!r}>"
+
+
+def refuse_coroutine_caller(path: str, depth: int = 2) -> None:
+    """Raise TypeError if ``acquire()`` was called straight from an ``async def`` under asyncio.
+
+    ``await lock.acquire()`` (filelock's AsyncFileLock idiom) and a plain
+    ``lock.acquire()`` look the same to the callee: both would block the event
+    loop while they wait, and the first would then await the result. Refusing
+    before anything is taken is the only answer that is right for both
+    (``depth`` is the caller's frame as seen from here).
+    """
+    if _get_running_loop() is None:
+        return
+    if _getframe(depth).f_code.co_flags & ASYNC_CODE:
+        raise TypeError(
+            f"acquire() of {path} called in a coroutine: use 'await lock.acquire_async()'"
+            " or 'async with lock' (a blocking acquire() would stall the event loop)"
+        )
 
 
 class LockAPI:
@@ -31,9 +105,9 @@ class LockAPI:
 
     if TYPE_CHECKING:
 
-        def acquire(self, timeout: float | None = None) -> None: ...
+        def acquire(self, timeout: float | None = None) -> Any: ...
 
-        async def acquire_async(self, timeout: float | None = None) -> None: ...
+        async def acquire_async(self, timeout: float | None = None) -> Any: ...
 
         def release(self) -> None: ...
 

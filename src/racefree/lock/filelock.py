@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from types import TracebackType
 
-from racefree import _fs
+from racefree import _fork, _fs
 from racefree._errors import WouldBlock
+from racefree.lock import create as _create
 from racefree.lock import registry as _reg
-from racefree.lock.api import LockAPI
+from racefree.lock.api import ASYNC_CODE, Acquired, LockAPI, refuse_coroutine_caller
 from racefree.lock.registry import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, Entry, current_owner
 from racefree.lock.registry import check_timeout as _check_timeout
 from racefree.lock.wait import try_take, wait_async, wait_sync
@@ -25,18 +27,26 @@ __all__ = ["FileLock"]
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _get_ident = threading.get_ident
+_getframe = sys._getframe
 
 
-def _rebuild(path: str, shared: bool, timeout: float | None) -> FileLock:
-    return FileLock(path, shared=shared, timeout=timeout)
+def _rebuild(
+    path: str, shared: bool, timeout: float | None, mode: int | None, make_parents: bool
+) -> FileLock:
+    return FileLock(path, shared=shared, timeout=timeout, mode=mode, make_parents=make_parents)
 
 
 class FileLock(LockAPI):
     """A lock on a lock file that excludes other processes, threads and asyncio tasks.
 
     ``path`` is the lock file itself, a sidecar such as ``config.json.lock``,
-    not the file it protects. It is created if missing (mode ``0o666 & ~umask``)
-    and never deleted: deleting a lock file lets two holders in (pitfall L1).
+    not the file it protects. It is created if missing, with its missing
+    parent directories, and never deleted: deleting a lock file lets two
+    holders in (pitfall L1). A new lock file gets ``mode`` exactly (say
+    ``0o660`` for a group that shares it; the umask does not narrow it), or
+    ``0o666 & ~umask`` by default; an existing one keeps its mode. With
+    ``make_parents=False`` a missing directory is a ``FileNotFoundError``
+    instead (for a sidecar of a data file, whose directory must exist).
 
     The owner of a hold is the running asyncio task, or else the thread.
     Holds are reentrant per owner (each ``acquire`` needs its ``release``), and
@@ -61,10 +71,19 @@ class FileLock(LockAPI):
     in the child waits until the parent releases (see ``docs/locks.md``).
     """
 
-    __slots__ = ("__weakref__", "_entry", "_op", "_op_nb", "_path", "_shared", "_timeout")
+    __slots__ = (
+        "__weakref__", "_entry", "_make_parents", "_mode", "_op", "_op_nb", "_path", "_shared",
+        "_timeout",
+    )
 
     def __init__(
-        self, path: str | os.PathLike[str], *, shared: bool = False, timeout: float | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        mode: int | None = None,
+        make_parents: bool = True,
     ) -> None:
         fspath = os.fspath(path)
         if not isinstance(fspath, str):
@@ -75,6 +94,8 @@ class FileLock(LockAPI):
         self._op = LOCK_SH if shared else LOCK_EX
         self._op_nb = self._op | LOCK_NB
         self._timeout = _check_timeout(timeout)
+        self._mode = _create.check_mode(mode)
+        self._make_parents = bool(make_parents)
         self._entry: Entry | None = None
 
     # -- properties (``path`` and ``timeout``: LockAPI) ------------------------
@@ -82,6 +103,11 @@ class FileLock(LockAPI):
     def shared(self) -> bool:
         """True for a reader (shared) lock."""
         return self._shared
+
+    @property
+    def mode(self) -> int | None:
+        """The mode a new lock file is created with; None: ``0o666 & ~umask``."""
+        return self._mode
 
     @property
     def locked(self) -> bool:
@@ -99,14 +125,32 @@ class FileLock(LockAPI):
         return current_owner() in entry.holders
 
     def _get_entry(self) -> Entry:
+        if _fork.maybe_child:
+            _fork.check()  # a forked child resets before it touches an entry (L5)
         entry = self._entry
         if entry is None or entry.retired:
-            entry = self._entry = _reg.bind(self, self._path)
+            entry = self._entry = self._bind()
         return entry
+
+    def _bind(self) -> Entry:
+        """The registry entry of the lock file, after creating what is missing on its path."""
+        if self._mode is not None:
+            _create.create_with_mode(self._path, self._mode, self._make_parents)
+        try:
+            return _reg.bind(self, self._path)
+        except FileNotFoundError:
+            if not self._make_parents:
+                raise
+            # A parent directory is missing (filelock creates them too): made
+            # here, not before every open, so the usual case costs no call.
+            _create.make_parents(self._path)
+        return _reg.bind(self, self._path)
 
     def __reduce__(self) -> tuple[object, ...]:
         """Pickles as its arguments (for multiprocessing): the copy holds nothing."""
-        return (_rebuild, (self._path, self._shared, self._timeout))
+        return (
+            _rebuild, (self._path, self._shared, self._timeout, self._mode, self._make_parents)
+        )
 
     def __repr__(self) -> str:
         kind = "shared" if self._shared else "exclusive"
@@ -117,26 +161,41 @@ class FileLock(LockAPI):
     # acquire() / release() and __enter__() / __exit__() repeat the same short
     # fast path on purpose: one Python call less per `with` block is a third
     # of the uncontended cost (so FileLock overrides LockAPI's __enter__ and
-    # __exit__). Anything that may wait is in _lockwait.
+    # __exit__). Anything that may wait is in ``wait``. A fork in progress
+    # (``_fork.maybe_child``) sends every call to the slow path, which resets a
+    # forked child's state before it is used, whatever ran first in the child.
 
-    def acquire(self, timeout: float | None = None) -> None:
-        """Wait until the current owner holds the lock.
+    def acquire(self, timeout: float | None = None) -> Acquired[FileLock]:
+        """Wait until the current owner holds the lock; returns an :class:`Acquired`.
 
         ``timeout`` (seconds) overrides the constructor's; None means the
         constructor's, whose None waits forever; 0 tries once. On timeout it
         raises :class:`LockTimeout` and nothing is held. Waiting blocks in the
         kernel or on a lock, never polls: a released lock is taken at once.
-        In a coroutine use ``async with`` or :meth:`acquire_async`: this call
-        blocks the event loop while it waits (and raises ``RuntimeError`` if it
-        would wait for another task of the same loop: a certain deadlock).
+
+        The result is true and a context manager that releases on exit:
+        ``with lock.acquire(timeout=5):`` holds the lock for the block.
+
+        Called straight from an ``async def`` while an asyncio loop runs it
+        raises ``TypeError`` before taking anything: it cannot tell
+        ``await lock.acquire()`` from a call that would stall the loop. Use
+        ``async with lock`` or :meth:`acquire_async` there. Called from
+        synchronous code that runs in a task, it blocks the loop while it waits
+        (and raises ``RuntimeError`` if it would wait for another task of the
+        same loop: a certain deadlock).
         """
         if timeout is not None:
             timeout = _check_timeout(timeout)  # before the fast path: bad values always raise
         entry = self._entry
-        if entry is None or entry.retired:
+        if entry is None or entry.retired or _fork.maybe_child:
             entry = self._get_entry()
         loop = _get_running_loop()  # current_owner(), inlined
-        owner = (loop is not None and _current_task(loop)) or _get_ident()
+        if loop is None:
+            owner: object = _get_ident()
+        else:
+            if _getframe(1).f_code.co_flags & ASYNC_CODE:
+                refuse_coroutine_caller(self._path)
+            owner = _current_task(loop) or _get_ident()
         mutex = entry.mutex
         mutex.acquire()
         try:
@@ -148,17 +207,18 @@ class FileLock(LockAPI):
                 else:
                     entry.holders[owner] = 1
                     entry.mode = self._op
-                    return
+                    return Acquired(self)
             elif try_take(entry, owner, self._op, self._path):
-                return
+                return Acquired(self)
         finally:
             mutex.release()
         wait_sync(entry, owner, self._op, self._path, self._timeout if timeout is None else timeout)
+        return Acquired(self)
 
     def __enter__(self) -> FileLock:
         """``with lock:`` is :meth:`acquire` with the constructor's timeout."""
         entry = self._entry
-        if entry is None or entry.retired:
+        if entry is None or entry.retired or _fork.maybe_child:
             entry = self._get_entry()
         loop = _get_running_loop()
         owner = (loop is not None and _current_task(loop)) or _get_ident()
@@ -181,30 +241,36 @@ class FileLock(LockAPI):
         wait_sync(entry, owner, self._op, self._path, self._timeout)
         return self
 
-    def acquire_nowait(self) -> None:
-        """Take the lock without waiting, or raise :class:`WouldBlock` (nothing held)."""
+    def acquire_nowait(self) -> Acquired[FileLock]:
+        """Take the lock without waiting, or raise :class:`WouldBlock` (nothing held).
+
+        Returns an :class:`Acquired`, as :meth:`acquire` does. It never waits,
+        so it may be called anywhere, coroutines included.
+        """
         entry = self._get_entry()
         owner = current_owner()
         with entry.mutex:
             if try_take(entry, owner, self._op, self._path):
-                return
+                return Acquired(self)
         raise WouldBlock(self._path)
 
-    async def acquire_async(self, timeout: float | None = None) -> None:
+    async def acquire_async(self, timeout: float | None = None) -> Acquired[FileLock]:
         """Wait until the current task holds the lock, without blocking the event loop.
 
-        The same guarantees as :meth:`acquire`. Cancelling the waiting task, or
-        a timeout (:class:`LockTimeout`), leaves nothing held (L9): a kernel
-        lock granted to a worker thread after its task gave up is released by
-        that worker at once.
+        The same guarantees as :meth:`acquire`, and the same result
+        (``async with await lock.acquire_async(timeout=5):`` releases on exit).
+        Cancelling the waiting task, or a timeout (:class:`LockTimeout`),
+        leaves nothing held (L9): a kernel lock granted to a worker thread after
+        its task gave up is released by that worker at once.
         """
         t = self._timeout if timeout is None else _check_timeout(timeout)
         entry = self._get_entry()
         owner = current_owner()
         with entry.mutex:
             if try_take(entry, owner, self._op, self._path):
-                return
+                return Acquired(self)
         await wait_async(entry, owner, self._op, self._path, t)
+        return Acquired(self)
 
     def release(self) -> None:
         """Drop one hold of the current owner; the last one unlocks the file.
@@ -214,7 +280,7 @@ class FileLock(LockAPI):
         the parent keeps its lock (L5).
         """
         entry = self._entry
-        if entry is not None and not entry.retired:
+        if entry is not None and not entry.retired and not _fork.maybe_child:
             loop = _get_running_loop()
             owner = (loop is not None and _current_task(loop)) or _get_ident()
             mutex = entry.mutex
@@ -240,7 +306,7 @@ class FileLock(LockAPI):
         tb: TracebackType | None,
     ) -> None:
         entry = self._entry
-        if entry is not None and not entry.retired:
+        if entry is not None and not entry.retired and not _fork.maybe_child:
             loop = _get_running_loop()
             owner = (loop is not None and _current_task(loop)) or _get_ident()
             mutex = entry.mutex

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from fcntl import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN
 from typing import TYPE_CHECKING
 
-from racefree import _fs, _trust
+from racefree import _fork, _fs, _trust
 from racefree.lock.api import drop_one
 
 if TYPE_CHECKING:
@@ -250,14 +250,6 @@ def forget_inherited(key: tuple[int, int], owner: object) -> bool:
         return drop_one(_inherited, (key, owner))
 
 
-def _before_fork() -> None:
-    _registry_lock.acquire()
-
-
-def _after_fork_parent() -> None:
-    _registry_lock.release()
-
-
 def _after_fork_child() -> None:
     """Start the child with no locks: it must never unlock what the parent holds (L5).
 
@@ -288,8 +280,9 @@ def _after_fork_child() -> None:
             _fs.close(fd)
 
 
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_parent,
-    after_in_child=_after_fork_child,
-)
+# Through racefree._fork, not os.register_at_fork: the reset must run before a
+# hook registered ahead of racefree's uses a lock in the child, and no lock may
+# be held across the fork (that hook's `before` runs after ours). The registry
+# lock is not needed for a consistent snapshot: each of its changes is one
+# dict operation, and the child, alone, replaces the lock before use.
+_fork.on_child(_after_fork_child)

@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from racefree import _fs
+from racefree import _fork, _fs
 from racefree.lock.registry import Entry, open_lock_file
 from racefree.lock.request import Request, worker_fds
 
@@ -114,4 +114,4 @@ def _after_fork_child() -> None:
             _fs.close(fd)
 
 
-os.register_at_fork(after_in_child=_after_fork_child)
+_fork.on_child(_after_fork_child)  # before any use in the child: see racefree._fork

@@ -187,8 +187,10 @@ class Pending:
 
 # -- create ---------------------------------------------------------------------------
 
-def prepare(path: str, token: int) -> Pending:
+def prepare(path: str, token: int, mode: int | None = None) -> Pending:
     """Write the owner record for a hold with ``token`` to a fresh file, ready to publish.
+
+    ``mode``: the record file's exact permission bits (None: ``0o666 & ~umask``).
 
     The record is not fsynced: on a local disk every reader sees it from the
     page cache, and after a power loss the lock file is judged by age whatever
@@ -197,10 +199,12 @@ def prepare(path: str, token: int) -> Pending:
     reader on another client never sees a short record (close-to-open).
     """
     name = unique(path, "rec")
-    wfd = _fs.open(name, NEW, 0o666)
+    wfd = _fs.open(name, NEW, 0o666 if mode is None else 0o600)
     fd = -1
     try:
         try:
+            if mode is not None:
+                _fs.fchmod(wfd, mode)  # before it is published: P never has other bits
             _fs.write_all(wfd, _owner.encode(_owner.own_record(token)))
             # Kept open while held: refreshes go through it, and it pins the
             # inode (its number cannot be reused while we hold the lock).

@@ -17,9 +17,10 @@ import os
 import stat
 import time
 
-from racefree import _fs, _trust
+from racefree import _fork, _fs, _trust
 from racefree._errors import FormatError, LockLost, LockTimeout, WouldBlock
-from racefree.lock.api import LockAPI
+from racefree.lock.api import Acquired, LockAPI, refuse_coroutine_caller
+from racefree.lock.create import check_mode, make_parents
 from racefree.lock.registry import check_timeout, current_owner
 from racefree.lockfile import disk as _disk
 from racefree.lockfile import owner as _owner
@@ -65,7 +66,11 @@ class LockFile(LockAPI):
     exists exactly while the lock is held, and holds a JSON owner record: pid,
     host, boot id, process start time and the fencing ``token``. Next to it,
     ``path + ".token"`` keeps the last token handed out (never delete it while
-    the lock is in use: tokens would start again from 1).
+    the lock is in use: tokens would start again from 1). Missing parent
+    directories are created. Both files get ``mode`` exactly (``0o644`` so
+    that other users can read who holds it, say; the umask does not narrow
+    it), or ``0o666 & ~umask`` by default. Other users taking the lock need
+    write permission on the directory only.
 
     The owner of a hold is the running asyncio task, or else the thread. Holds
     are reentrant per owner (each ``acquire`` needs its ``release``); one
@@ -89,7 +94,7 @@ class LockFile(LockAPI):
     never removes its parent's lock file.
     """
 
-    __slots__ = ("_key", "_path", "_stale_after", "_state", "_timeout")
+    __slots__ = ("_key", "_mode", "_path", "_stale_after", "_state", "_timeout")
 
     def __init__(
         self,
@@ -97,6 +102,7 @@ class LockFile(LockAPI):
         *,
         stale_after: float = 30.0,
         timeout: float | None = None,
+        mode: int | None = None,
     ) -> None:
         self._path = os.fspath(path)
         if not isinstance(self._path, str):
@@ -107,6 +113,7 @@ class LockFile(LockAPI):
             raise ValueError(f"stale_after must be > 0 and finite, not {stale_after!r}")
         self._stale_after = float(stale_after)
         self._timeout = check_timeout(timeout)
+        self._mode = check_mode(mode)
         self._key: str | None = None
         self._state: tuple[int, State] | None = None
 
@@ -163,6 +170,8 @@ class LockFile(LockAPI):
         pid = os.getpid()
         if cached is not None and cached[0] == pid:
             return cached[1]
+        if _fork.maybe_child:
+            _fork.check()  # a forked child drops the parent's states before it looks one up
         state = state_for(self._where())
         self._state = (pid, state)
         return state
@@ -196,7 +205,7 @@ class LockFile(LockAPI):
             if pending and pending[0].token != last + 1:
                 pending.pop().discard()
             if not pending:
-                pending.append(_disk.prepare(path, last + 1))
+                pending.append(self._prepare(last + 1))
             hold = _disk.create(path, pending[0])
             if hold is not None:
                 won = pending.pop()  # its descriptor is the hold's now
@@ -220,6 +229,14 @@ class LockFile(LockAPI):
             _disk.remove_stale(path, seen, self._stale_after, state.observer)
         return None
 
+    def _prepare(self, token: int) -> _disk.Pending:
+        """The owner record, ready to publish; a missing parent directory is created first."""
+        try:
+            return _disk.prepare(self._path, token, self._mode)
+        except FileNotFoundError:
+            make_parents(self._path)  # as FileLock does (and filelock's locks)
+        return _disk.prepare(self._path, token, self._mode)
+
     def _publish_token(self, hold: _disk.Hold, last: int, won: _disk.Pending) -> bool:
         """Make ``hold.token`` the last token handed out; False (hold dropped) if it is stale.
 
@@ -232,7 +249,7 @@ class LockFile(LockAPI):
         try:
             _disk.drop_name(won)
             if _token.read_token(self._where()) == last:
-                _token.write_token(self._where(), hold.token)
+                _token.write_token(self._where(), hold.token, self._mode)
                 if _disk.still_held(hold):
                     return True
         except BaseException:
@@ -269,16 +286,20 @@ class LockFile(LockAPI):
                 state.wake()
 
     # -- acquire / release ----------------------------------------------------
-    def acquire(self, timeout: float | None = None) -> None:
-        """Wait until this owner holds the lock.
+    def acquire(self, timeout: float | None = None) -> Acquired[LockFile]:
+        """Wait until this owner holds the lock; returns an :class:`~racefree.lock.api.Acquired`.
 
         ``timeout`` (seconds) overrides the constructor's; None means the
         constructor's, whose None waits forever; 0 tries once. On timeout it
         raises :class:`LockTimeout` and nothing is held; so does any error or
         interrupt while waiting. When it returns, the lock file holds this
-        process's record and :attr:`token` is published (fsynced). In
-        a coroutine use ``async with`` or :meth:`acquire_async`.
+        process's record and :attr:`token` is published (fsynced). The result
+        is true, and a context manager that releases on exit. Called straight
+        from an ``async def`` under asyncio it raises ``TypeError`` before
+        taking anything (``await lock.acquire()`` would stall the loop): use
+        ``async with`` or :meth:`acquire_async` there.
         """
+        refuse_coroutine_caller(self._path)
         state = self._get_state()
         owner = current_owner()
         t = self._timeout if timeout is None else check_timeout(timeout)
@@ -286,7 +307,7 @@ class LockFile(LockAPI):
         with state.cond:
             if state.owner == owner and state.depth:
                 state.depth += 1
-                return
+                return Acquired(self)
             while state.owner is not None:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -308,8 +329,9 @@ class LockFile(LockAPI):
         except BaseException:
             self._give_up(state, pending, hold)
             raise
+        return Acquired(self)
 
-    def acquire_nowait(self) -> None:
+    def acquire_nowait(self) -> Acquired[LockFile]:
         """Take the lock if that needs no waiting, or raise :class:`WouldBlock` (nothing held).
 
         A lock whose holder is provably dead is reclaimed on the way; a lock
@@ -320,7 +342,7 @@ class LockFile(LockAPI):
         with state.cond:
             if state.owner == owner and state.depth:
                 state.depth += 1
-                return
+                return Acquired(self)
             if state.owner is not None:
                 raise WouldBlock(self._path)
             state.owner = owner
@@ -334,8 +356,9 @@ class LockFile(LockAPI):
         except BaseException:
             self._give_up(state, pending, hold)
             raise
+        return Acquired(self)
 
-    async def acquire_async(self, timeout: float | None = None) -> None:
+    async def acquire_async(self, timeout: float | None = None) -> Acquired[LockFile]:
         """Wait until the current task holds the lock, without blocking the event loop.
 
         The same guarantees as :meth:`acquire`. Waiting is ``await``-ing (a
@@ -354,7 +377,7 @@ class LockFile(LockAPI):
             with state.cond:
                 if state.owner == owner and state.depth:
                     state.depth += 1
-                    return
+                    return Acquired(self)
                 if state.owner is None:
                     state.owner = owner
                     break
@@ -386,6 +409,7 @@ class LockFile(LockAPI):
         except BaseException:
             self._give_up(state, pending, hold)
             raise
+        return Acquired(self)
 
     def release(self) -> None:
         """Drop one hold of the current owner; the last one removes the lock file.

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import threading
 import time
 import weakref
 
-from racefree import _fs
+from racefree import _fork, _fs
 from racefree.lock.api import async_waker, drop_one
 from racefree.lockfile import disk as _disk
 
@@ -196,7 +195,7 @@ def _after_fork_child() -> None:
     _held.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_child)
+_fork.on_child(_after_fork_child)  # before any use in the child: see racefree._fork
 
 
 def state_for(key: str) -> State:

@@ -49,13 +49,18 @@ def read_token(path: str) -> int:
     return int(text)
 
 
-def write_token(path: str, token: int) -> None:
-    """Publish ``token`` as the last one handed out: atomic and durable when it returns."""
+def write_token(path: str, token: int, mode: int | None = None) -> None:
+    """Publish ``token`` as the last one handed out: atomic and durable when it returns.
+
+    ``mode``: the token file's exact permission bits (None: ``0o666 & ~umask``).
+    """
     tpath = token_path(path)
     tmp = unique(path, "tok")
-    fd = _fs.open(tmp, NEW, 0o666)
+    fd = _fs.open(tmp, NEW, 0o666 if mode is None else 0o600)
     try:
         try:
+            if mode is not None:
+                _fs.fchmod(fd, mode)
             _fs.write_all(fd, b"%d\n" % token)
             _fs.fsync(fd)
         finally:

@@ -93,7 +93,8 @@ class AppendLog:
         self.path = os.fspath(path)
         self.durable = durable
         self._snapshot_path = self.path + ".snapshot"
-        self._lock = FileLock(self.path + ".lock")
+        # The log's directory must exist: its lock does not create it either.
+        self._lock = FileLock(self.path + ".lock", make_parents=False)
         self._mutex = threading.RLock()  # the cached segment; taken after _lock, never before
         self._seg: Segment | None = None
         self._pid = os.getpid()

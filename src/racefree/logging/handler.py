@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from racefree import _fs
+from racefree import _fork, _fs
 from racefree._errors import DurabilityError
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, RotationFinisher, _Finish
@@ -238,6 +238,8 @@ class SharedFileHandler(
                 self.handleError(record)
 
     def _append(self, data: bytes, record: _LogRecord | None) -> None:
+        if _fork.maybe_child:
+            _fork.check()  # a forked child drops the parent's descriptors first (L5)
         side = self._side
         n = len(data)
         at = self._at

@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from racefree import _fs, _trust
+from racefree import _fork, _fs, _trust
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _Finish
 from racefree.logging.sidecar import HEAD, OFF_DIRTY, Sidecar
@@ -32,8 +32,7 @@ def _after_fork_in_child() -> None:
         handler._forget_inherited()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.on_child(_after_fork_in_child)  # before any use in the child: see racefree._fork
 
 
 class Opening:

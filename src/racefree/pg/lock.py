@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 import time
 import weakref
 from typing import Any
 
+from racefree import _fork
 from racefree._errors import LockLost, LockTimeout, WouldBlock
-from racefree.lock.api import LockAPI, async_waker, drop_one
+from racefree.lock.api import Acquired, LockAPI, async_waker, drop_one, refuse_coroutine_caller
 from racefree.lock.registry import check_timeout, current_owner
 from racefree.pg import driver as _pg
 from racefree.pg.session import Attempt, Session, cancel_statement
@@ -113,11 +113,13 @@ class PgLock(LockAPI):
     @property
     def locked(self) -> bool:
         """Whether any owner in this process holds it through this instance."""
+        _after_fork()
         return bool(self._holders)
 
     @property
     def held_by_me(self) -> bool:
         """Whether the current owner (this asyncio task, else this thread) holds it."""
+        _after_fork()
         return current_owner() in self._holders
 
     @property
@@ -128,6 +130,7 @@ class PgLock(LockAPI):
         PostgreSQL store so that a holder that lost the lock cannot overwrite
         what a later holder wrote.
         """
+        _after_fork()
         return self._token if self._holders else None
 
     @property
@@ -138,6 +141,7 @@ class PgLock(LockAPI):
         the server's FATAL message, or TCP keepalive's verdict, shows up there.
         Stays True until the next successful acquire.
         """
+        _after_fork()
         with self._mutex:
             if not self._lost and self._holders and not self._busy:
                 self._lost = self._session.dead()
@@ -149,6 +153,7 @@ class PgLock(LockAPI):
 
     def close(self) -> None:
         """Close the lock's connection. A lock still held is released by the server."""
+        _after_fork()
         with self._mutex:
             self._holders.clear()
             self._token = None
@@ -209,24 +214,28 @@ class PgLock(LockAPI):
             self._wake_all()
 
     # -- acquire / release (threads) ---------------------------------------
-    def acquire(self, timeout: float | None = None) -> None:
-        """Wait until this owner holds the lock.
+    def acquire(self, timeout: float | None = None) -> Acquired[PgLock]:
+        """Wait until this owner holds the lock; returns an ``Acquired`` (as FileLock's).
 
         ``timeout`` (seconds) overrides the constructor's; None means the
         constructor's, whose None waits forever; 0 tries once. On timeout it
         raises :class:`LockTimeout` and nothing is held. A lost connection
         raises :class:`racefree.ConnectionLost` and nothing is held (the server
-        drops a session's locks with it). In a coroutine use ``async with`` or
-        :meth:`acquire_async`.
+        drops a session's locks with it). Straight from an ``async def`` it
+        raises ``TypeError`` before taking anything: use :meth:`acquire_async`.
         """
+        refuse_coroutine_caller(self._path)
         t = self._timeout if timeout is None else check_timeout(timeout)
         self._acquire(t, blocking=True)
+        return Acquired(self)
 
-    def acquire_nowait(self) -> None:
+    def acquire_nowait(self) -> Acquired[PgLock]:
         """Take the lock without waiting, or raise :class:`WouldBlock` (nothing held)."""
         self._acquire(0, blocking=False)
+        return Acquired(self)
 
     def _acquire(self, timeout: float | None, *, blocking: bool) -> None:
+        _after_fork()
         owner = current_owner()
         deadline = None if timeout is None else time.monotonic() + timeout
         wake = None
@@ -274,6 +283,7 @@ class PgLock(LockAPI):
         ``RuntimeError`` if the current owner holds nothing. In a forked child,
         releasing a hold the parent had at fork time only forgets it (L5).
         """
+        _after_fork()
         owner = current_owner()
         lost_with_others = False
         with self._mutex:
@@ -314,7 +324,7 @@ class PgLock(LockAPI):
             raise LockLost(self._path, reason)
 
     # -- asyncio ------------------------------------------------------------
-    async def acquire_async(self, timeout: float | None = None) -> None:
+    async def acquire_async(self, timeout: float | None = None) -> Acquired[PgLock]:
         """Wait until the current task holds the lock, without blocking the event loop.
 
         The same guarantees as :meth:`acquire`. The server wait runs in a worker
@@ -322,6 +332,7 @@ class PgLock(LockAPI):
         server (a cancel request) and, if the grant raced the cancel, the worker
         closes the session: a cancelled or timed-out waiter holds nothing (L9).
         """
+        _after_fork()
         t = self._timeout if timeout is None else check_timeout(timeout)
         owner = current_owner()
         loop = asyncio.get_running_loop()
@@ -332,7 +343,7 @@ class PgLock(LockAPI):
                 with self._mutex:
                     verdict = self._admit(owner)
                     if verdict is True:
-                        return
+                        return Acquired(self)
                     if verdict is None:
                         break
                     fut: asyncio.Future[None] = loop.create_future()
@@ -373,6 +384,7 @@ class PgLock(LockAPI):
         if attempt.token is None:  # pragma: no cover - the worker sets one or the other
             raise RuntimeError("lock worker ended without a result")
         self._record(owner, attempt.token)
+        return Acquired(self)
 
     def _server_lock_worker(
         self, timeout: float | None, attempt: Attempt, reported: float | None
@@ -423,8 +435,12 @@ class PgLock(LockAPI):
             ).start()
 
 
-
 _instances: weakref.WeakSet[PgLock] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    if _fork.maybe_child:
+        _fork.check()  # a forked child resets every lock before it uses one (L5)
 
 
 def _after_fork_child() -> None:
@@ -446,4 +462,4 @@ def _after_fork_child() -> None:
         lock._lost = False
 
 
-os.register_at_fork(after_in_child=_after_fork_child)
+_fork.on_child(_after_fork_child)  # before any use in the child: see racefree._fork

@@ -28,7 +28,7 @@ import weakref
 from mmap import mmap
 from typing import Any
 
-from racefree import _fs
+from racefree import _fork, _fs
 from racefree._errors import FormatError
 from racefree.store.files import (
     LOCK,
@@ -96,8 +96,7 @@ def _after_fork_in_child() -> None:
 
 _CLOSED = State(-2, [], -1)
 CLOSED_MESSAGE = "the store is closed"
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.on_child(_after_fork_in_child)  # before any use in the child: see racefree._fork
 
 
 class Handle:
@@ -231,6 +230,8 @@ class Handle:
         # The sync mutex too: a group commit running in another thread finishes on
         # its descriptors before they are closed (an fdatasync on a closed or reused
         # descriptor would fail as EBADF, and poison the store for every process).
+        if _fork.maybe_child:
+            _fork.check()  # a forked child resets first, whatever ran before it (L5)
         with self.mu, self.sync_mu:
             if self.state is _CLOSED:
                 return
@@ -265,6 +266,8 @@ class Handle:
 
     def refresh(self) -> State:
         """The current state, caught up with every write published before this call."""
+        if _fork.maybe_child:
+            _fork.check()  # a forked child resets first, whatever ran before it (L5)
         with self.mu:
             st = self.state
             if st is _CLOSED:
@@ -292,6 +295,8 @@ class Handle:
 
     def acquire(self) -> None:
         """Take the write lock: this thread first (RLock), then this process (flock)."""
+        if _fork.maybe_child:
+            _fork.check()  # a forked child resets first, whatever ran before it (L5)
         self.mu.acquire()
         if self.depth == 0:
             try:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from racefree import _json
+from racefree import _fork, _json
 from racefree._errors import ConflictError, CorruptFileError, DurabilityError
 from racefree.store.batch import Op, StoreBatch
 from racefree.store.compact import StoreReport, check_state, compact_locked
@@ -170,6 +170,8 @@ class Store(StoreMixin):
         return len(self._current().index)
 
     def _snapshot(self) -> tuple[State, list[tuple[str, int]]]:
+        if _fork.maybe_child:
+            _fork.check()  # before taking the mutex: a forked child replaces it first
         with self._core.mu:  # no catch-up may change the index while it is copied
             st = self._core.refresh()
             pairs = list(st.index.items())
@@ -443,6 +445,8 @@ class Store(StoreMixin):
         Returns a :class:`StoreReport`; raises :class:`CorruptFileError` (naming the
         file and offset) at the first damage. Changes nothing.
         """
+        if _fork.maybe_child:
+            _fork.check()  # before taking the mutex: a forked child replaces it first
         with self._core.mu:
             return check_state(self._core, self._core.refresh())
 

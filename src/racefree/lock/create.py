@@ -1,0 +1,128 @@
+"""Creating a lock file: its missing parent directories, and the mode it is created with.
+
+Both happen before the lock file is opened, as a step of their own (the
+opening itself is in ``registry``). Neither ever touches an existing file:
+a lock file that exists keeps its owner and its mode, whoever made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+
+from racefree import _fs, _trust
+
+__all__ = ["check_mode", "create_with_mode", "make_parents"]
+
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _fs.O_NOFOLLOW
+# Where a file system has no hard links, the file is created in place instead.
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
+
+
+def check_mode(mode: int | None) -> int | None:
+    """A lock file's ``mode=``: None (``0o666 & ~umask``) or permission bits."""
+    if mode is None:
+        return None
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise TypeError(f"mode must be an int (permission bits) or None, not {mode!r}")
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"mode must be permission bits (0 to 0o7777), not {oct(mode)}")
+    return mode
+
+
+def make_parents(path: str) -> None:
+    """Create the missing directories above the file ``path`` (mode ``0o777 & ~umask``).
+
+    The part of the path that exists is resolved under racefree's rule
+    (``racefree._trust``), so no directory is ever made through a link another
+    user planted in a shared directory (``UnsafePathError``), and each new
+    directory is looked at again before the next is made inside it. A
+    directory made meanwhile by another process is fine; anything else in the
+    way (a file where a directory should be) is left for the caller's ``open``
+    to report. The new directories are not fsynced: a lock file holds no data,
+    and after a power loss it is simply created again.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    missing: list[str] = []
+    while True:
+        try:
+            where = _trust.resolve(parent)
+        except FileNotFoundError:
+            parent, name = os.path.split(parent)
+            missing.append(name)
+            continue
+        if where.st is None:  # the last component is missing
+            parent, name = os.path.split(where.path)
+            missing.append(name)
+            continue
+        break
+    base = where.path
+    for name in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            _fs.mkdir(os.path.join(base, name), 0o777)
+        # Resolved again: what is there now (ours, or someone else's) must pass the rule.
+        base = _trust.resolve(os.path.join(base, name)).path
+
+
+def create_with_mode(path: str, mode: int, parents: bool = True) -> None:
+    """Create the lock file ``path`` with exactly ``mode`` (not narrowed by the umask), if missing.
+
+    The file is made under a temp name, given its mode, then ``link``-ed to
+    ``path``: the lock file never exists with any other mode, so a process of
+    another user in the group never finds one it cannot open (with ``O_EXCL``
+    and then ``fchmod`` it could, in between). If ``path`` exists already,
+    nothing changes. The temp name is that of :func:`racefree.sweep`, which
+    removes one left by a killed process. Missing directories are created
+    first unless ``parents`` is False (then: ``FileNotFoundError``).
+    """
+    try:
+        _fs.stat(path, follow_symlinks=False)
+        return
+    except FileNotFoundError:
+        pass
+    head, name = os.path.split(os.path.abspath(path))
+    try:
+        head = _trust.resolve(head).path  # no temp file through an untrusted link
+    except FileNotFoundError:
+        if not parents:
+            raise
+        make_parents(path)
+        head = _trust.resolve(head).path
+    path = os.path.join(head, name)
+    tmp = os.path.join(head, f".{name[:64]}.{os.getpid()}.{random.getrandbits(32):08x}.rftmp")
+    try:
+        fd = _fs.open(tmp, _NEW, 0o600)
+    except FileNotFoundError:
+        if not parents:
+            raise
+        make_parents(path)
+        fd = _fs.open(tmp, _NEW, 0o600)
+    try:
+        try:
+            _fs.fchmod(fd, mode)
+        finally:
+            _fs.close(fd)
+        try:
+            _fs.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: it is the lock file now
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            _create_in_place(path, mode)
+    finally:
+        _fs.unlink(tmp)  # the lock file, if we made it, is its other name
+
+
+def _create_in_place(path: str, mode: int) -> None:
+    # Without hard links: create, then set the bits (a short window with the umask's bits).
+    try:
+        fd = _fs.open(path, _NEW, 0o600)
+    except FileExistsError:
+        return
+    try:
+        _fs.fchmod(fd, mode)
+    finally:
+        _fs.close(fd)

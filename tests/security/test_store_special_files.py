@@ -27,7 +27,7 @@ _OPEN = """
 import sys
 from racefree import Store
 try:
-    with Store(sys.argv[1], readonly=sys.argv[2] == "ro") as s:
+    with Store(sys.argv[1], **({"readonly": True} if sys.argv[2] == "ro" else {})) as s:
         s.get("a")
     print("opened")
 except Exception as exc:

@@ -69,6 +69,14 @@ class FileSystem:
     def pread(self, fd: int, n: int, offset: int) -> bytes:
         return os.pread(fd, n, offset)
 
+    def preadinto(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
+        """One ``preadv`` into ``buf`` (reused by the caller); the number of bytes read."""
+        if hasattr(os, "preadv"):
+            return os.preadv(fd, [buf], offset)
+        data = os.pread(fd, len(buf), offset)  # pragma: no cover - every supported system
+        buf[: len(data)] = data  # pragma: no cover
+        return len(data)  # pragma: no cover
+
     def write(self, fd: int, data: bytes | memoryview) -> int:
         """One ``write(2)``: it may write fewer bytes than given (see :func:`write_all`)."""
         return os.write(fd, data)
@@ -190,7 +198,8 @@ class FileSystem:
 
 #: The names of the seam's operations, in the order of the class above.
 OPS: tuple[str, ...] = (
-    "open", "close", "read", "pread", "write", "pwrite", "lseek", "fsync", "fdatasync",
+    "open", "close", "read", "pread", "preadinto", "write", "pwrite", "lseek", "fsync",
+    "fdatasync",
     "ftruncate", "fallocate", "fstat", "fchmod", "fchown", "flock", "ofd_setlk", "ofd_getlk",
     "mmap",
     "stat", "replace", "link", "unlink", "mkdir", "rmdir", "listdir", "realpath", "fsync_dir",
@@ -207,6 +216,7 @@ open: Callable[..., int] = _REAL.open
 close: Callable[[int], None] = _REAL.close
 read: Callable[[int, int], bytes] = _REAL.read
 pread: Callable[[int, int, int], bytes] = _REAL.pread
+preadinto: Callable[[int, bytearray | memoryview, int], int] = _REAL.preadinto
 write: Callable[[int, bytes | memoryview], int] = _REAL.write
 pwrite: Callable[[int, bytes | memoryview, int], int] = _REAL.pwrite
 lseek: Callable[[int, int, int], int] = _REAL.lseek

@@ -26,10 +26,12 @@ from racefree.store.files import (
     create_segment,
     fdatasync,
     read_segment,
+    seg_name,
     write_manifest,
 )
 from racefree.store.handle import _CLOSED, CLOSED_MESSAGE, POISON_MESSAGE, Handle
 from racefree.store.index import State
+from racefree.store.owned import open_file
 from racefree.store.segment import M36, M40, SEG_HEADER, ZERO4, index_frames, last_nonzero
 
 __all__ = ["CLOSED_MESSAGE", "Core"]
@@ -194,7 +196,7 @@ class Core(Handle):
         # Not in this handle's state (closed meanwhile, or rolled by another
         # process after our write): sync the file by name.
         try:
-            fd = _fs.open(self.seg_path(seg), os.O_RDWR | _fs.O_NOFOLLOW)
+            fd = open_file(self.dir, seg_name(seg), os.O_RDWR, create=False)[0]
         except FileNotFoundError:
             return  # an orphan number: never named by the manifest, nothing to sync
         try:

@@ -192,6 +192,20 @@ def open_segment(directory: str, n: int, *, writable: bool = True) -> tuple[int,
     return fd, size
 
 
+def read_segment_into(fd: int, stop: int, buf: bytearray) -> memoryview:
+    """A segment's bytes from its start to ``stop`` (fewer if the file is shorter now),
+    read into ``buf`` (at least ``stop`` bytes, reused across segments: opening a large
+    store reads every segment, and a fresh buffer each time would fault in new memory)."""
+    view = memoryview(buf)
+    pos = 0
+    while pos < stop:
+        n = _fs.preadinto(fd, view[pos:stop], pos)
+        if n <= 0:
+            break
+        pos += n
+    return view[:pos]
+
+
 def read_segment(fd: int, start: int, stop: int) -> bytes:
     """The bytes of a segment from ``start`` to ``stop`` (fewer if the file is shorter now)."""
     parts: list[bytes] = []

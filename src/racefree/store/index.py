@@ -26,6 +26,7 @@ from racefree.store.files import (
     fsync_dir,
     read_manifest,
     read_segment,
+    read_segment_into,
     seg_number,
 )
 from racefree.store.owned import unlink_own
@@ -98,17 +99,21 @@ def _index_segments(core: Core, st: State, *, repair: bool) -> tuple[int, int]:
     """
     dead = total = 0
     end = SEG_HEADER.size
+    space = bytearray(max(st.sizes.values()))
     for seg in st.segs:
-        buf = read_segment(st.fds[seg], 0, st.sizes[seg])
-        end, torn, d, t = index_frames(
-            buf, SEG_HEADER.size, len(buf), seg, st.index, st.tomb, core.seg_path(seg)
-        )
-        dead += d
-        total += t
-        if torn and seg != st.segs[-1]:
-            raise _sealed_damage(core, seg, end)
-        if torn and repair:
-            core.zero(st, seg, end, last_nonzero(memoryview(buf), end, len(buf)))
+        buf = read_segment_into(st.fds[seg], st.sizes[seg], space)
+        try:
+            end, torn, d, t = index_frames(
+                buf, SEG_HEADER.size, len(buf), seg, st.index, st.tomb, core.seg_path(seg)
+            )
+            dead += d
+            total += t
+            if torn and seg != st.segs[-1]:
+                raise _sealed_damage(core, seg, end)
+            if torn and repair:
+                core.zero(st, seg, end, last_nonzero(buf, end, len(buf)))
+        finally:
+            buf.release()
     st.end = st.segs[-1] << 40 | end
     return dead, total
 
@@ -236,12 +241,16 @@ def _load_unlocked(core: Core) -> State | None:
             st.close()  # a compaction removed it after we read the manifest
             continue
         try:
+            space = bytearray(max(st.sizes.values()))
             for seg in st.segs:
-                stop = toff if seg == tseg else st.sizes[seg]
-                buf = read_segment(st.fds[seg], 0, stop)
-                end, torn, _, _ = index_frames(
-                    buf, SEG_HEADER.size, stop, seg, st.index, st.tomb, core.seg_path(seg)
-                )
+                stop = min(toff if seg == tseg else st.sizes[seg], len(space))
+                buf = read_segment_into(st.fds[seg], stop, space)
+                try:
+                    end, torn, _, _ = index_frames(
+                        buf, SEG_HEADER.size, stop, seg, st.index, st.tomb, core.seg_path(seg)
+                    )
+                finally:
+                    buf.release()
                 if torn and seg != tseg:
                     raise _sealed_damage(core, seg, end)
                 if seg == tseg and end != toff:

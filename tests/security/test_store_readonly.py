@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ class _Reader:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        assert ready, f"no answer to {command!r} in time"
         line = self.proc.stdout.readline()
         assert line, self.proc.stderr.read() if self.proc.stderr else "no answer"
         return json.loads(line)

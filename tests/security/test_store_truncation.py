@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.hostile import NOGROUP, attacker, shared_dir
@@ -58,6 +60,14 @@ def group_store() -> Iterator[Path]:
         yield store
 
 
+def _readline(stream: Any) -> str:
+    """One line from a child, bounded in time (a child that hangs fails the test)."""
+    ready, _, _ = select.select([stream], [], [], 60)
+    assert ready, "the child did not answer in time"
+    line: str = stream.readline()
+    return line
+
+
 def _hold_then_cut(store: Path, name: str, size: int) -> tuple[int, list[str]]:
     """A root process with the store open; ``nobody`` cuts ``name`` to ``size`` bytes;
     the process then calls get and put. Returns its exit status and what it saw."""
@@ -65,12 +75,12 @@ def _hold_then_cut(store: Path, name: str, size: int) -> tuple[int, list[str]]:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline() == "ready\n"
+        assert _readline(proc.stdout) == "ready\n"
         attacker(_TRUNCATE, str(store / name), str(size))
         assert os.stat(store / name).st_size == size  # the attack happened
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        line = proc.stdout.readline()
+        line = _readline(proc.stdout)
         status = proc.wait(timeout=60)
         return status, json.loads(line) if line else []
     finally:

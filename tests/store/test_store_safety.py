@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -107,6 +108,14 @@ s.close()
 """
 
 
+def _readline(stream: Any) -> str:
+    """One line from a child, bounded in time (a child that hangs fails the test)."""
+    ready, _, _ = select.select([stream], [], [], 60)
+    assert ready, "the child did not answer in time"
+    line: str = stream.readline()
+    return line
+
+
 def _cut_while_open(store: Path, name: str, size: int) -> tuple[bool, int, list[str]]:
     """A child with the store open; ``name`` is cut to ``size`` bytes; it calls get and put.
     Returns (its header was mapped, its exit status, what it saw)."""
@@ -114,11 +123,11 @@ def _cut_while_open(store: Path, name: str, size: int) -> tuple[bool, int, list[
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        mapped = json.loads(proc.stdout.readline())
+        mapped = json.loads(_readline(proc.stdout))
         os.truncate(store / name, size)
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        line = proc.stdout.readline()
+        line = _readline(proc.stdout)
         return mapped, proc.wait(timeout=60), json.loads(line) if line else []
     finally:
         reap([proc])

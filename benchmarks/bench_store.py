@@ -8,7 +8,9 @@ rounds. Puts overwrite random ids; gets read random ids and parse the JSON.
 Rows (durability level in its own column):
 
 - racefree ``Store`` with ``durable=True`` (fdatasync before put returns; concurrent
-  writers share one: group commit) and ``durable=False`` (survives kill -9);
+  writers share one: group commit) and ``durable=False`` (survives kill -9); and once
+  more with ``durable=False`` in a store its group may write (files 0664), where every
+  process reads the shared header with ``pread`` instead of a mapping;
 - ``sqlite3`` in WAL mode, one autocommit ``INSERT OR REPLACE`` per put, with
   ``synchronous=FULL`` (durable) and ``NORMAL``; a get is a point ``SELECT`` plus
   ``json.loads``. These are the reference for the ratio columns (FULL for durable
@@ -73,6 +75,18 @@ Ops = tuple[Callable[[str, dict[str, Any]], Any], Callable[[str], Any], Callable
 
 def open_racefree(path: str, durable: bool) -> Ops:
     s = racefree.Store(path, durable=durable)
+    return s.put, s.get, s.close
+
+
+def open_racefree_group(path: str, durable: bool) -> Ops:
+    """A store its group may write (files 0664): every process reads the shared header
+    with pread instead of a mapping (a mapped file that a group member truncates would
+    kill the process with SIGBUS), so each read costs one system call more."""
+    old = os.umask(0o002)
+    try:
+        s = racefree.Store(path, durable=durable)
+    finally:
+        os.umask(old)
     return s.put, s.get, s.close
 
 
@@ -201,6 +215,8 @@ BACKENDS: dict[str, tuple[Callable[[str, bool], Ops], bool, str, bool, int]] = {
     "lmdb sync=True": (open_lmdb, True, "fsync (power loss)", True, 1000),
     "raw floor (pwrite)": (open_floor, False, "none", False, 20000),
     "racefree Store durable=False": (open_racefree, False, "kill -9", True, 20000),
+    "racefree Store durable=False, group-writable (header read with pread)": (
+        open_racefree_group, False, "kill -9", True, 20000),
     "sqlite3 WAL synchronous=NORMAL": (open_sqlite_normal, False, "kill -9", True, 5000),
     "diskcache": (open_diskcache, False, "kill -9", True, 5000),
     "sqlitedict (autocommit)": (open_sqlitedict, False, "none (commit after return)", False, 5000),

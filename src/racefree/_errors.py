@@ -201,6 +201,42 @@ class UnsafePathError(RacefreeError, PermissionError):
         return f"{self.path}: {self.reason}"
 
 
+class ReadOnlyError(RacefreeError, PermissionError):
+    """A write through a store opened with ``readonly=True``. Nothing was written."""
+
+    def __init__(self, path: str | os.PathLike[str], detail: str = "") -> None:
+        self.path = _fspath(path)
+        self.detail = detail
+        super().__init__(errno.EROFS, detail or "the store is open read-only")
+        self.filename = self.path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.detail))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail or 'the store is open read-only'}"
+
+
+class InheritedLockError(RacefreeError, RuntimeError):
+    """A process forked while its parent held a write lock tried to write under that lock.
+
+    The lock belongs to the parent (it is released when the parent lets go, not
+    when the child does); a write in the child would run unlocked alongside the
+    parent's. Raised before anything is written. Once the child has left the
+    locked call it forked in, it takes the lock of its own at its next write.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = _fspath(path)
+        super().__init__(
+            f"{self.path}: this process was forked while its parent held the store's write"
+            " lock; it cannot write until it has left the locked call it was forked in"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path,))
+
+
 class ConnectionLost(RacefreeError, ConnectionError):
     """The connection to a database server failed during an operation (PostgreSQL backend).
 

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import mmap as _mmap
 import os
+import struct
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,6 +36,13 @@ __all__ = [
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Open-file-description record locks (Linux 3.15+): unlike flock they can be
+# queried without being taken (F_OFD_GETLK); unlike classic fcntl locks no
+# close() of another descriptor drops them.
+_F_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+_F_OFD_GETLK: int | None = getattr(fcntl, "F_OFD_GETLK", None)
+# struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
+_FLOCK = struct.Struct("@hhqqi4x")
 
 
 def _fdatasync(fd: int) -> None:
@@ -60,6 +68,14 @@ class FileSystem:
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
         return os.pread(fd, n, offset)
+
+    def preadinto(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
+        """One ``preadv`` into ``buf`` (reused by the caller); the number of bytes read."""
+        if hasattr(os, "preadv"):
+            return os.preadv(fd, [buf], offset)
+        data = os.pread(fd, len(buf), offset)  # pragma: no cover - every supported system
+        buf[: len(data)] = data  # pragma: no cover
+        return len(data)  # pragma: no cover
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         """One ``write(2)``: it may write fewer bytes than given (see :func:`write_all`)."""
@@ -109,6 +125,28 @@ class FileSystem:
 
     def flock(self, fd: int, op: int) -> None:
         fcntl.flock(fd, op)
+
+    def ofd_setlk(self, fd: int, kind: int, start: int = 0, length: int = 1) -> None:
+        """Take (``F_RDLCK`` / ``F_WRLCK``) or drop (``F_UNLCK``) a record lock, never waiting.
+
+        An open-file-description lock: held until dropped or until the last
+        descriptor of that open file is closed. ``BlockingIOError`` if another
+        holder's lock conflicts; ``OSError(ENOTSUP)`` where the system has none.
+        """
+        if _F_OFD_SETLK is None:  # pragma: no cover - Linux has them
+            raise OSError(errno.ENOTSUP, "no open-file-description locks on this system")
+        fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+
+    def ofd_getlk(self, fd: int, kind: int, start: int = 0, length: int = 1) -> int:
+        """The type of a lock another open file holds that ``kind`` would conflict with.
+
+        ``fcntl.F_UNLCK`` if there is none. Takes nothing: a pure question.
+        """
+        if _F_OFD_GETLK is None:  # pragma: no cover - Linux has them
+            raise OSError(errno.ENOTSUP, "no open-file-description locks on this system")
+        got = fcntl.fcntl(fd, _F_OFD_GETLK, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+        found: int = _FLOCK.unpack(got)[0]
+        return found
 
     def mmap(self, fd: int, length: int, *, writable: bool = False, offset: int = 0) -> _mmap.mmap:
         prot = _mmap.PROT_READ | (_mmap.PROT_WRITE if writable else 0)
@@ -160,8 +198,10 @@ class FileSystem:
 
 #: The names of the seam's operations, in the order of the class above.
 OPS: tuple[str, ...] = (
-    "open", "close", "read", "pread", "write", "pwrite", "lseek", "fsync", "fdatasync",
-    "ftruncate", "fallocate", "fstat", "fchmod", "fchown", "flock", "mmap",
+    "open", "close", "read", "pread", "preadinto", "write", "pwrite", "lseek", "fsync",
+    "fdatasync",
+    "ftruncate", "fallocate", "fstat", "fchmod", "fchown", "flock", "ofd_setlk", "ofd_getlk",
+    "mmap",
     "stat", "replace", "link", "unlink", "mkdir", "rmdir", "listdir", "realpath", "fsync_dir",
     "utime", "readlink",
 )
@@ -176,6 +216,7 @@ open: Callable[..., int] = _REAL.open
 close: Callable[[int], None] = _REAL.close
 read: Callable[[int, int], bytes] = _REAL.read
 pread: Callable[[int, int, int], bytes] = _REAL.pread
+preadinto: Callable[[int, bytearray | memoryview, int], int] = _REAL.preadinto
 write: Callable[[int, bytes | memoryview], int] = _REAL.write
 pwrite: Callable[[int, bytes | memoryview, int], int] = _REAL.pwrite
 lseek: Callable[[int, int, int], int] = _REAL.lseek
@@ -187,6 +228,8 @@ fstat: Callable[[int], os.stat_result] = _REAL.fstat
 fchmod: Callable[[int, int], None] = _REAL.fchmod
 fchown: Callable[[int, int, int], None] = _REAL.fchown
 flock: Callable[[int, int], None] = _REAL.flock
+ofd_setlk: Callable[..., None] = _REAL.ofd_setlk
+ofd_getlk: Callable[..., int] = _REAL.ofd_getlk
 mmap: Callable[..., _mmap.mmap] = _REAL.mmap
 stat: Callable[..., os.stat_result] = _REAL.stat
 replace: Callable[[str, str], None] = _REAL.replace
@@ -300,3 +343,5 @@ def read_file(path: str) -> bytes:
 O_DIRECTORY = _O_DIRECTORY
 O_NOFOLLOW = _O_NOFOLLOW
 O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: Whether :func:`ofd_setlk` and :func:`ofd_getlk` work here.
+HAS_OFD_LOCKS = _F_OFD_SETLK is not None and _F_OFD_GETLK is not None

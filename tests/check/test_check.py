@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +180,16 @@ def test_check_does_not_change_a_damaged_last_record(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout
     assert "DAMAGED  store" in proc.stdout and "does not look torn" in proc.stdout
     assert seg.read_bytes() == bytes(data)
+
+
+def test_check_never_blocks_on_a_fifo_at_a_manifest(tmp_path: Path) -> None:
+    """A FIFO at a store's MANIFEST name: ``check`` refuses it at once (it would have hung
+    reading it), like the store itself; the FIFO is left alone."""
+    import racefree
+
+    store = tmp_path / "s"
+    store.mkdir()
+    os.mkfifo(store / "MANIFEST")
+    with pytest.raises(racefree.UnsafePathError, match="FIFO"):
+        check_path(store)
+    assert stat.S_ISFIFO(os.lstat(store / "MANIFEST").st_mode)

@@ -230,3 +230,41 @@ def test_log_that_cannot_be_made_whole_is_not_touched(tmp_path: Path, where: str
     assert proc.returncode == 1, proc.stdout
     assert "not repaired, nothing changed: cannot be made whole:" in proc.stdout
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_log_salvage_never_writes_through_a_link_swapped_in(tmp_path: Path) -> None:
+    """A link to another file swapped in at the log's name after the salvage's last look
+    (driven through the seam, at the exact call): the salvaged log replaces the link
+    itself, never the link's target, which stays byte for byte (docs/security.md, 2)."""
+    from racefree import _fs
+
+    path = tmp_path / "l.log"
+    good = _log(path)
+    at = good.index(b'{"i":2}')
+    bad = bytearray(good)
+    bad[at + 5] ^= 0x01
+    path.write_bytes(bytes(bad))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"someone else's data\n")
+    swapped: list[bool] = []
+
+    class Swapper(_fs.FileSystem):
+        """After the salvage's last lstat of the log, a link takes its place."""
+
+        def stat(self, p: str, *, follow_symlinks: bool = True) -> os.stat_result:
+            st = super().stat(p, follow_symlinks=follow_symlinks)
+            if p == str(path) and not follow_symlinks and any(
+                n.startswith("damaged-") for n in os.listdir(tmp_path)
+            ) and not swapped:
+                os.rename(path, tmp_path / "moved.log")
+                os.symlink(victim, path)
+                swapped.append(True)
+            return st
+
+    with _fs.use(Swapper()):
+        [found] = check_path(path, repair=True)
+    assert swapped == [True] and found.repaired
+    assert victim.read_bytes() == b"someone else's data\n"
+    assert not path.is_symlink()
+    with AppendLog(path) as log:
+        assert list(log) == [{"i": i} for i in (0, 1, 3, 4, 5)]

@@ -551,3 +551,18 @@ def test_reader_never_sees_partial_content_while_writers_are_killed(tmp_path: Pa
     orphans = [str(tmp_path / name) for name in temps(tmp_path)]
     assert racefree.sweep(tmp_path) == orphans
     assert temps(tmp_path) == []
+
+
+def test_follow_symlinks_false_replaces_the_link_itself(tmp_path: Path) -> None:
+    """``follow_symlinks=False``: a link at the name is replaced by the new file (new mode,
+    not the target's); the link's target is byte for byte unchanged."""
+    target = tmp_path / "target"
+    target.write_bytes(b"target data")
+    os.chmod(target, 0o600)
+    link = tmp_path / "name"
+    link.symlink_to(target)
+    racefree.atomic_write(link, b"new", follow_symlinks=False)
+    assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert target.read_bytes() == b"target data"
+    racefree.atomic_write(link, b"newer", follow_symlinks=False)  # a file: replaced as ever
+    assert link.read_bytes() == b"newer"

@@ -787,39 +787,76 @@ class _HoldCompaction(_fs.FileSystem):
         return super().open(path, flags, mode)
 
 
-def test_reader_catches_up_without_waiting_for_a_compaction(tmp_path: Path) -> None:
-    """A handle one write behind, while another compacts (holding the write lock): its get
-    catches up in the old generation at once, and rebuilds nothing."""
-    from racefree.store import handle as _store_core
+_BEHIND_READER = """
+import json, sys
+from racefree import Store
+from racefree.store import handle
+rebuilds = []
+original = handle.rebuild
+handle.rebuild = lambda core: rebuilds.append(1) or original(core)
+r = Store(sys.argv[1], durable=False)
+assert r.get("k1") == {"v": 1}
+print("ready", flush=True)
+sys.stdin.readline()                      # the writer is one write ahead, compacting
+print(json.dumps([r.get("k1"), len(rebuilds)]), flush=True)
+sys.stdin.readline()
+print(json.dumps([r.get("k2"), r.keys() == sorted(f"k{i}" for i in range(50)), len(rebuilds)]),
+      flush=True)
+r.close()
+"""
 
-    a = Store(tmp_path / "s", durable=False)
-    r = Store(tmp_path / "s", durable=False)  # stands for another process
-    rebuilds: list[int] = []
-    original = _store_core.rebuild
+
+def _line(proc: Any, timeout: float = 60.0) -> str:
+    import select
+
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError("the reader process did not answer in time")
+    line: str = proc.stdout.readline()
+    return line
+
+
+def test_reader_catches_up_without_waiting_for_a_compaction(tmp_path: Path) -> None:
+    """A process one write behind, while another compacts (holding the write lock): its get
+    catches up in the old generation at once, and rebuilds nothing."""
+    import subprocess
+    import sys
+
+    from helpers.testkit import reap
+
+    d = tmp_path / "s"
+    a = Store(d, durable=False)
     hold = _HoldCompaction()
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _BEHIND_READER, str(d)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
     try:
         for i in range(50):
             a.put(f"k{i}", {"v": i})
-        assert r.get("k1") == {"v": 1}
-        a.put("k1", {"v": -1})  # r is now one write behind
-        _store_core.rebuild = lambda core: rebuilds.append(1) or original(core)  # type: ignore[assignment, func-returns-value]
+        assert _line(reader) == "ready\n"
+        a.put("k1", {"v": -1})  # the reader is now one write behind
         with _fs.use(hold):
             t = threading.Thread(target=a.compact)
             t.start()
             try:
                 assert hold.started.wait(timeout=30)
-                got = r.get("k1")
+                assert reader.stdin is not None
+                reader.stdin.write("go\n")
+                reader.stdin.flush()
+                answer = json.loads(_line(reader))
                 waited = hold.resumed.is_set()  # did the compaction go on before get returned?
             finally:
                 hold.release.set()
                 t.join(timeout=60)
-        assert (got, waited, rebuilds) == ({"v": -1}, False, [])
-        assert r.get("k2") == {"v": 2} and r.keys() == a.keys()
-        assert rebuilds == []
+        assert (answer, waited) == ([{"v": -1}, 0], False)
+        reader.stdin.write("again\n")
+        reader.stdin.flush()
+        assert json.loads(_line(reader)) == [{"v": 2}, True, 0]
+        assert reader.wait(timeout=60) == 0
     finally:
-        _store_core.rebuild = original
+        reap([reader])
         a.close()
-        r.close()
 
 
 def test_a_manifest_published_after_the_first_look_is_not_a_lost_manifest(tmp_path: Path) -> None:

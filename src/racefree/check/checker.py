@@ -117,10 +117,19 @@ def _walk(directory: str, repair: bool) -> Iterator[Found]:
 
 
 def _is_store(directory: str) -> bool:
+    # The MANIFEST's first bytes, read as the store reads its own files: never through
+    # a link, never blocking on a FIFO, never more than a few bytes (UnsafePathError for
+    # a link, a FIFO or a device there: the store would refuse to open too).
     try:
-        head = _fs.read_file(os.path.join(directory, "MANIFEST"))[:200]
+        fd, _st, _created = _trust.open_own(
+            os.path.join(directory, "MANIFEST"), os.O_RDONLY, create=False
+        )
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return False
+    try:
+        head = _fs.pread(fd, 200, 0)
+    finally:
+        _fs.close(fd)
     return b'"racefree"' in head and b'"store"' in head
 
 

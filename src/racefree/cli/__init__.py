@@ -18,6 +18,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from racefree._errors import RacefreeError
 
@@ -25,16 +26,29 @@ from racefree._errors import RacefreeError
 _COMMANDS = ("demo", "torture", "crashcheck", "check", "log", "store")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import racefree
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, read only when asked.
 
+    (Read at parser build time, a copy of racefree run from a source tree
+    without package metadata could not run any command.)
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print racefree's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        import racefree
+
+        print(f"{parser.prog} {racefree.__version__}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="racefree",
         description="File-based storage that never loses an update.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {racefree.__version__}"
-    )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)

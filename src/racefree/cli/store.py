@@ -8,6 +8,8 @@ Ids are printed as JSON strings (non-ASCII letters as they are), so that any
 id (newlines, NUL, ``../x``) prints unambiguously. ``put`` and ``rm`` take
 ``--expect VERSION`` (compare-and-set; 0: the id must not exist), before or
 after the other arguments; ``--`` ends the options (for an id ``--expect``).
+``ls``, ``get`` and ``check`` open a file store read-only (``readonly=True``):
+they work for a user who may only read the directory, and change nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ if TYPE_CHECKING:
 _ACTIONS = ("ls", "get", "put", "rm", "compact", "check")
 _ARGS = {"ls": 0, "get": 1, "put": 2, "rm": 1, "compact": 0, "check": 0}
 _EXPECT = ("put", "rm")  # the actions that take --expect VERSION
+_READS = ("ls", "get", "check")  # opened read-only: they change nothing, not even a torn tail
 
 
-def _open(location: str, *, create: bool) -> Any:
+def _open(location: str, *, create: bool, readonly: bool) -> Any:
+    """The store at ``location``; a file store is opened read-only for ``readonly``
+    (so that a user who may only read its directory can look into it)."""
     from racefree.backends.dispatch import open_store, parse_target
 
     kind, where = parse_target(location)
@@ -43,6 +48,8 @@ def _open(location: str, *, create: bool) -> Any:
         if create and not os.path.isdir(parent):
             raise ValueError(f"cannot create a store at {where!r}: its parent directory "
                              f"{parent!r} does not exist")
+        if readonly:
+            return open_store(location, readonly=True)
     return open_store(location)
 
 
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"'{action}' takes {_ARGS[action]} argument(s), got {len(words)}")
     if expect is not None and action not in _EXPECT:
         raise ValueError(f"--expect is for put and rm, not {action!r}")
-    store = _open(args.location, create=action == "put")
+    store = _open(args.location, create=action == "put", readonly=action in _READS)
     try:
         if action in _EXPECT:
             return int(_ACTION_FUNCS[action](store, *words, expect=expect))

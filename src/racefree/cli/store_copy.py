@@ -79,8 +79,11 @@ def _open_source(location: str) -> Any:
     from racefree.backends.dispatch import open_store, parse_target
 
     kind, where = parse_target(location)
-    if kind == "file" and not os.path.isfile(os.path.join(where, "MANIFEST")):
-        raise ValueError(f"no store at {where!r} (no MANIFEST there)")
+    if kind == "file":
+        if not os.path.isfile(os.path.join(where, "MANIFEST")):
+            raise ValueError(f"no store at {where!r} (no MANIFEST there)")
+        # Only read: a user who may only read the source store can copy it out.
+        return open_store(location, readonly=True)
     return open_store(location)
 
 

@@ -83,7 +83,7 @@ def _replace(src: str, dst: str) -> None:
             time.sleep(random.uniform(0.0, 0.001 * 2**attempt))
 
 
-def _resolve(path: str) -> tuple[str, os.stat_result | None]:
+def _resolve(path: str, follow: bool = True) -> tuple[str, os.stat_result | None]:
     """The file to replace (a symlink's target) and its status, or None if it is new.
 
     Links are followed under racefree's rule (``racefree._trust``): a link
@@ -96,13 +96,16 @@ def _resolve(path: str) -> tuple[str, os.stat_result | None]:
     swap one is trusted, so it still describes the file the rename replaces.
     """
     try:
-        where = _trust.resolve(path)
+        where = _trust.resolve(path, follow_last=follow)
     except FileNotFoundError as exc:
         raise FileNotFoundError(
             errno.ENOENT, f"No such directory: {os.path.dirname(path)!r}", path
         ) from exc
     st = where.st
     if st is None:  # new, or a dangling (trusted) link: its target is created
+        return where.path, None
+    if stat.S_ISLNK(st.st_mode):  # follow=False: the link itself is replaced, as any entry
+        _trust.check(where.path, st, where.dir_st, "replace")
         return where.path, None
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", where.path)
@@ -140,13 +143,14 @@ class _Temp:
     __slots__ = ("dirname", "fd", "overwrite", "replaced", "target", "tmp")
 
     def __init__(
-        self, path: str | os.PathLike[str], mode: int | None, overwrite: bool = True
+        self, path: str | os.PathLike[str], mode: int | None, overwrite: bool = True,
+        follow: bool = True,
     ) -> None:
         if mode is not None and not 0 <= mode <= 0o7777:
             raise ValueError(f"mode must be permission bits (0 to 0o7777), not {mode!r}")
         self.overwrite = overwrite
         if overwrite:
-            self.target, st = _resolve(os.fspath(path))
+            self.target, st = _resolve(os.fspath(path), follow)
         else:
             self.target, st = _new_only(os.fspath(path))
         self.dirname = os.path.dirname(self.target) or os.curdir
@@ -263,6 +267,7 @@ def atomic_write(
     durable: bool = True,
     mode: int | None = None,
     overwrite: bool = True,
+    follow_symlinks: bool = True,
 ) -> None:
     """Replace the file at ``path`` with ``data`` (``str`` is encoded as UTF-8), atomically.
 
@@ -303,9 +308,14 @@ def atomic_write(
     created it meanwhile: of racing writers exactly one succeeds, and nobody's
     file is replaced). Atomic the same way (``link``, then the temp's name is
     removed: a crash leaves no file or the whole new one), and as durable.
+
+    ``follow_symlinks=False`` replaces what has the name itself: a symbolic link
+    there is replaced by the new file, never followed (for a caller that reads
+    the file and writes it back, and must not be turned towards another file in
+    between: ``racefree check --repair``).
     """
     buf = _as_bytes(data)
-    temp = _Temp(path, mode, overwrite)
+    temp = _Temp(path, mode, overwrite, follow_symlinks)
     try:
         _fs.write_all(temp.fd, buf)
         temp.publish(durable)

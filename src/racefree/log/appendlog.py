@@ -207,7 +207,10 @@ class AppendLog:
             # old one still holds every record from `upto` on, so a crash between
             # the two writes leaves a whole log (readers skip what the snapshot covers).
             try:
-                atomic_write(self._snapshot_path, _frame.encode(meta) + _frame.encode(body))
+                # The snapshot is the log's own file: a link at its name is replaced, never
+                # followed (T1).
+                atomic_write(self._snapshot_path, _frame.encode(meta) + _frame.encode(body),
+                             follow_symlinks=False)
                 atomic_write(self.path, header(gen, upto) + carried)
             except DurabilityError as exc:  # W7: this handle writes no more
                 self._failed = exc

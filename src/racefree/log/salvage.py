@@ -149,16 +149,20 @@ def apply(path: str) -> tuple[LogPlan, str | None]:
     replacement. The copy directory is None when nothing was touched (see
     ``plan.problem``).
     """
-    with FileLock(path + ".lock", timeout=30):
-        before = _fs.stat(path)
+    # Nothing here follows a link at the log's name: it is read with O_NOFOLLOW, its
+    # identity compared by lstat, and the rebuilt log replaces the name itself. Another
+    # user who may swap the name for a link (a group directory's member) never turns
+    # the repair towards another file (docs/security.md, case 2).
+    with FileLock(path + ".lock", timeout=30, make_parents=False):
+        before = _fs.stat(path, follow_symlinks=False)
         out = plan(path)
         if out.problem is not None or not out.losses:
             return out, None
         directory = os.path.dirname(os.path.abspath(path))
         saved = _aside.copy_aside(directory, [os.path.basename(path)])
-        now = _fs.stat(path)
+        now = _fs.stat(path, follow_symlinks=False)
         if (now.st_dev, now.st_ino, now.st_size) != (before.st_dev, before.st_ino, before.st_size):
             out.problem = "the log changed while it was being salvaged; run it again"
             return out, saved
-        atomic_write(path, out.keep, durable=True)
+        atomic_write(path, out.keep, durable=True, follow_symlinks=False)
         return out, saved

@@ -7,11 +7,20 @@ fdatasyncs: group commit); a ``get`` sees every write acknowledged before it
 began, in any process; ``update`` is a locked read-modify-write; compaction
 never brings a deleted id back.
 
-Modules: ``segment`` (the record format), ``files`` (the store's files:
-segments, MANIFEST, the shared header), ``index`` (building and catching up a
-process's index), ``handle`` (opening, locks, refreshing), ``core`` (the write
-path and group commit), ``compact`` (compaction and verification), ``batch``,
-``store`` (the API) and ``asyncstore``.
+Against other local users (``docs/security.md``): every file of the store is
+opened under racefree's trust rule (never through a link, a FIFO or a device,
+never another user's file in a shared directory), a file cut short while in use
+is ``CorruptFileError`` (never a SIGBUS), and ``readonly=True`` serves a user who
+may only read the directory.
+
+Modules: ``segment`` (the record format), ``owned`` (opening, reading and
+replacing the store's files under the trust rule), ``files`` (segments,
+MANIFEST, the poison marker), ``header`` (the shared header: mapped or read with
+pread), ``locks`` (the per-process lock state that every handle on a directory
+shares), ``index`` (building and catching up a process's index), ``handle``
+(opening, refreshing, read-only handles, fork), ``core`` (the write path and
+group commit), ``compact`` (compaction and verification), ``batch``, ``store``
+(the API) and ``asyncstore``.
 
 May import: the root modules, ``racefree.storeapi``, ``racefree.files`` and
 ``racefree.lock``.

@@ -66,7 +66,7 @@ class AsyncStore(AsyncFacade["Store", None]):
     # -- reads ---------------------------------------------------------------------
     async def get(self, id: str, default: Any = None) -> Any:
         core = self._core
-        if core.words[1] == core.state.end:  # current: no lock, no system call
+        if core.fast[1] == core.state.end:  # current: no lock (mapped header: no system call)
             return self._store.get(id, default)
         return await self._run(self._store.get, id, default)
 

@@ -16,7 +16,6 @@ until they see the new generation, then reload their index.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -38,10 +37,12 @@ from racefree.store.files import (
     open_segment,
     poison_marker,
     read_manifest,
+    read_segment,
     seg_name,
     write_manifest,
 )
 from racefree.store.index import State
+from racefree.store.owned import unlink_own
 from racefree.store.segment import (
     ENTRY,
     FRAME,
@@ -50,6 +51,7 @@ from racefree.store.segment import (
     OP_PUT,
     PREFIX,
     SEG_HEADER,
+    first_claim,
     frame,
     index_frames,
     last_nonzero,
@@ -94,7 +96,7 @@ class Writer:
         self.next += 1
         fd = create_segment(self.dir, seg, size, zero_fill=True)
         self.st.fds[seg] = fd
-        self.st.maps[seg] = _fs.mmap(fd, size)
+        self.st.sizes[seg] = size
         self.st.segs.append(seg)
         self.seg, self.pos, self.size = seg, SEG_HEADER.size, size
         self.buf_at = self.pos
@@ -132,7 +134,7 @@ def compact_locked(core: Core, st: State) -> State:
     try:
         for ident, value in st.index.items():
             version, seg, length, off = unpack(value)
-            doc = st.maps[seg][off:off + length]
+            doc = read_doc(core, st, seg, off, length)
             at_seg, at = out.add(OP_PUT, ident.encode("utf-8", "surrogatepass"), version, doc)
             new.index[ident] = pack(version, at_seg, length, at)
         for ident, version in st.tomb.items():
@@ -148,17 +150,13 @@ def compact_locked(core: Core, st: State) -> State:
         write_manifest(core.dir, gen, list(new.segs))
         committed = True
         new.end = out.seg << 40 | out.pos
-        with core.sync_mu:
-            _fs.flock(core.sync_fd, fcntl.LOCK_EX)
-            try:
-                w[W_GEN] = gen
-                w[W_END] = new.end
-                w[W_SYNCED] = new.end
-                w[W_DEAD] = 0
-                w[W_TOTAL] = out.total
-                w[W_INPROG] = 0
-            finally:
-                _fs.flock(core.sync_fd, fcntl.LOCK_UN)
+        with core.locks.syncing():
+            w[W_GEN] = gen
+            w[W_END] = new.end
+            w[W_SYNCED] = new.end
+            w[W_DEAD] = 0
+            w[W_TOTAL] = out.total
+            w[W_INPROG] = 0
     except BaseException:
         if not committed and _manifest_gen(core.dir) == gen:
             # The rename happened and only its directory fsync failed: the new
@@ -174,10 +172,25 @@ def compact_locked(core: Core, st: State) -> State:
         raise
     core.state = new
     for seg in st.segs:
-        # Retired: processes that still map them keep reading until they reload.
-        with contextlib.suppress(FileNotFoundError):
-            _fs.unlink(os.path.join(core.dir, seg_name(seg)))
+        # Retired: processes that still have them open keep reading until they reload.
+        unlink_own(core.dir, seg_name(seg), keep_untrusted=True)
     return new
+
+
+def read_doc(core: Core, st: State, seg: int, off: int, length: int) -> bytes:
+    """A document's bytes, read with ``pread``; a segment cut short is CorruptFileError."""
+    raw = _fs.pread(st.fds[seg], length, off)
+    if len(raw) != length:
+        raise cut_short(core, seg, off)
+    return raw
+
+
+def cut_short(core: Core, seg: int, off: int) -> CorruptFileError:
+    """The error for a record missing from a segment someone truncated while it was open."""
+    return CorruptFileError(
+        core.seg_path(seg), "the segment is shorter than when it was opened (cut short by"
+        " someone)", offset=off,
+    )
 
 
 def _manifest_gen(directory: str) -> int | None:
@@ -196,12 +209,13 @@ def check_state(core: Core, st: State) -> StoreReport:
     tomb: dict[str, int] = {}
     records = dead = total = 0
     tseg, toff = st.end >> 40, st.end & M40
+    bufs: dict[int, bytes] = {}
     for seg in st.segs:
         if seg > tseg:
             break  # rolled to after this state's end: being written, not ours to check
-        mm = st.maps[seg]
         path = os.path.join(core.dir, seg_name(seg))
-        stop = toff if seg == tseg else len(mm)
+        stop = toff if seg == tseg else st.sizes[seg]
+        mm = bufs[seg] = read_segment(st.fds[seg], 0, stop)
         end, torn, d, t = index_frames(mm, SEG_HEADER.size, stop, seg, index, tomb, path)
         if torn and seg != tseg:
             raise CorruptFileError(path, "damaged record in a sealed segment", offset=end)
@@ -213,7 +227,7 @@ def check_state(core: Core, st: State) -> StoreReport:
         while pos < end:
             records += 1
             pos += FRAME.size + FRAME.unpack_from(mm, pos)[1]
-    _parse_all(core.dir, index, st.maps)
+    _parse_all(core.dir, index, bufs)
     if index != st.index or tomb != st.tomb:
         raise CorruptFileError(core.dir, "the index does not match the segments")
     return StoreReport(
@@ -272,26 +286,22 @@ def check_files(directory: str) -> FilesReport:
         maps: dict[int, Any] = {}
         try:
             for seg in segs:
-                maps[seg] = _map_readonly(directory, seg)
+                maps[seg] = _read_readonly(directory, seg)
         except FileNotFoundError:
-            for mm in maps.values():
-                mm.close()
             if read_manifest(directory)[0] != gen:
                 continue  # a compaction retired them meanwhile: look again
             raise CorruptFileError(directory, "a segment the MANIFEST names is missing") from None
-        try:
-            return _scan(directory, segs, maps)
-        finally:
-            for mm in maps.values():
-                with contextlib.suppress(BufferError):
-                    mm.close()
+        return _scan(directory, segs, maps)
     raise CorruptFileError(directory, "the store's segments kept changing while checked")
 
 
-def _map_readonly(directory: str, seg: int) -> Any:
-    fd, mm = open_segment(directory, seg, writable=False)
-    _fs.close(fd)  # the map keeps the file's pages; check() holds no descriptor
-    return mm
+def _read_readonly(directory: str, seg: int) -> bytes:
+    # Read, not mapped: a segment someone truncates meanwhile is a short read.
+    fd, size = open_segment(directory, seg, writable=False)
+    try:
+        return read_segment(fd, 0, size)
+    finally:
+        _fs.close(fd)
 
 
 def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
@@ -307,18 +317,14 @@ def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
         if torn and seg != segs[-1]:
             raise CorruptFileError(path, "damaged record in a sealed segment", offset=end)
         if torn:
-            view = memoryview(mm)
-            try:
-                torn_bytes = last_nonzero(view, end, len(mm)) - end
-            finally:
-                view.release()
+            torn_bytes = last_nonzero(memoryview(mm), end, len(mm)) - end
         dead += d
         total += t
         pos = SEG_HEADER.size
         while pos < end:
             records += 1
             pos += FRAME.size + FRAME.unpack_from(mm, pos)[1]
-    lost = unsynced_loss(segs, ends, maps)
+    lost = unsynced_loss(segs, ends, {seg: first_claim(maps[seg]) for seg in segs})
     if lost is not None:
         seg, end, claimed = lost
         raise CorruptFileError(

@@ -15,7 +15,7 @@ import errno
 import os
 
 from racefree import _fs
-from racefree._errors import DurabilityError
+from racefree._errors import CorruptFileError, DurabilityError, InheritedLockError, ReadOnlyError
 from racefree.store.files import (
     W_DEAD,
     W_END,
@@ -25,10 +25,13 @@ from racefree.store.files import (
     W_TOTAL,
     create_segment,
     fdatasync,
+    read_segment,
+    seg_name,
     write_manifest,
 )
-from racefree.store.handle import _CLOSED, _EX, _UN, CLOSED_MESSAGE, POISON_MESSAGE, Handle
+from racefree.store.handle import _CLOSED, CLOSED_MESSAGE, POISON_MESSAGE, Handle
 from racefree.store.index import State
+from racefree.store.owned import open_file
 from racefree.store.segment import (
     M36,
     M40,
@@ -45,8 +48,24 @@ __all__ = ["CLOSED_MESSAGE", "Core"]
 class Core(Handle):
     """A store handle that writes: every method here runs under the write lock but ``sync``."""
 
+    def acquire_write(self) -> None:
+        """Take the write lock to write: ``ReadOnlyError`` at once for a read-only handle."""
+        if self.readonly:
+            raise ReadOnlyError(self.dir, "the store was opened with readonly=True")
+        self.acquire()
+
     def writable(self, poisoned_ok: bool = False) -> State:
-        """The caught-up state, for a writer holding the write lock."""
+        """The caught-up state, for a writer holding the write lock.
+
+        Refuses before anything is written: a read-only handle
+        (:class:`ReadOnlyError`), a child forked inside a locked call whose lock
+        is its parent's (:class:`InheritedLockError`), a poisoned store
+        (:class:`DurabilityError`), a segment cut short (:class:`CorruptFileError`).
+        """
+        if self.readonly:
+            raise ReadOnlyError(self.dir)
+        if self.locks.inherited:
+            raise InheritedLockError(self.dir)
         w = self.words
         if (self.poisoned or w[W_POISON]) and not poisoned_ok:
             raise DurabilityError(self.dir, errno.EIO, POISON_MESSAGE.format(self.dir))
@@ -54,19 +73,25 @@ class Core(Handle):
             self.rebuilt()  # a compactor died between its manifest and its publish
         st = self.refresh()
         seg, off = st.end >> 40, st.end & M40
-        mm = st.maps[seg]
-        if off + 4 <= len(mm) and mm[off:off + 4] != ZERO4:
-            # Bytes past the published end: a writer died after its pwrite (a whole
-            # frame: adopt it, it was checked under the lock) or in the middle of it
-            # (a torn frame: zero it). Done before the caller checks any version.
-            self._repair_tail(st, seg, off)
+        if off + 4 <= st.sizes[seg]:
+            # One pread, not a mapped load: a segment cut short is a short read here.
+            head = _fs.pread(st.fds[seg], 4, off)
+            if len(head) < 4:
+                raise CorruptFileError(
+                    self.seg_path(seg), "the segment is shorter than when it was opened (cut"
+                    " short by someone)", offset=off,
+                )
+            if head != ZERO4:
+                # Bytes past the published end: a writer died after its pwrite (a whole
+                # frame: adopt it, it was checked under the lock) or in the middle of it
+                # (a torn frame: zero it). Done before the caller checks any version.
+                self._repair_tail(st, seg, off)
         return st
 
     def append(self, st: State, frame: bytes) -> tuple[int, int]:
         """Write ``frame`` at the end (not yet published); returns ``(seg, offset)``."""
         seg, off = st.end >> 40, st.end & M40
-        mm = st.maps[seg]
-        if off + len(frame) > len(mm):
+        if off + len(frame) > st.sizes[seg]:
             seg, off = self._roll(st, len(frame)), SEG_HEADER.size
             # The roll synced the sealed segment: this first record of the new one
             # claims it, so that recovery knows where the sealed segment's synced
@@ -79,15 +104,16 @@ class Core(Handle):
         return seg, off
 
     def _repair_tail(self, st: State, seg: int, off: int) -> None:
-        mm = st.maps[seg]
+        buf = read_segment(st.fds[seg], off, st.sizes[seg])
         path = self.seg_path(seg)
         index: dict[str, int] = {}
         tomb: dict[str, int] = {}
-        end, torn, _, total = index_frames(
-            mm, off, len(mm), seg, index, tomb, path, unpublished=True
+        rel, torn, _, total = index_frames(
+            buf, 0, len(buf), seg, index, tomb, path, base=off, unpublished=True
         )
+        end = off + rel
         if torn:
-            self.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+            self.zero(st, seg, end, off + last_nonzero(memoryview(buf), rel, len(buf)))
             # Synced before anything is written over it: a power loss that tore the
             # next record must find zeros under it, not this garbage (which would
             # make a torn write look like damage).
@@ -145,27 +171,22 @@ class Core(Handle):
             self.poison()  # W7: never retried; no process writes any more
             raise
         sealed = st.end
-        with self.sync_mu:
-            _fs.flock(self.sync_fd, _EX)
-            try:
-                if sealed > self.words[W_SYNCED]:
-                    self.words[W_SYNCED] = sealed
-            finally:
-                _fs.flock(self.sync_fd, _UN)
+        with self.locks.syncing():
+            if sealed > self.words[W_SYNCED]:
+                self.words[W_SYNCED] = sealed
         # Segments grow by doubling up to segment_size, so that a small store stays
         # small on disk and a large one rolls rarely.
-        grown = min(self.segment_size, 2 * len(st.maps[old]))
+        grown = min(self.segment_size, 2 * st.sizes[old])
         size = max(grown, need + SEG_HEADER.size)
         fd = create_segment(self.dir, new, size, zero_fill=True)
         try:
-            mm = _fs.mmap(fd, size)
             # The manifest names the segment before any process is told to use it.
             write_manifest(self.dir, st.gen, [*st.segs, new])
         except BaseException:
             _fs.close(fd)
             raise
         st.fds[new] = fd
-        st.maps[new] = mm
+        st.sizes[new] = size
         st.segs = [*st.segs, new]
         self.publish(st, new << 40 | SEG_HEADER.size, 0, 0)
         return new
@@ -187,7 +208,7 @@ class Core(Handle):
         # Not in this handle's state (closed meanwhile, or rolled by another
         # process after our write): sync the file by name.
         try:
-            fd = _fs.open(self.seg_path(seg), os.O_RDWR | _fs.O_NOFOLLOW)
+            fd = open_file(self.dir, seg_name(seg), os.O_RDWR, create=False)[0]
         except FileNotFoundError:
             return  # an orphan number: never named by the manifest, nothing to sync
         try:
@@ -200,19 +221,21 @@ class Core(Handle):
 
         Called after the write lock is released. One process at a time (the sync
         lock) fdatasyncs everything published so far and records it in the shared
-        header; a writer whose end is already covered returns without a system call.
+        header; a writer whose end is already covered returns without a system call
+        (when the header is mapped: a header read with pread is only trusted for
+        this under the sync lock, where nobody writes the synced end).
         """
-        w = self.words
-        if w[W_SYNCED] >= endw:
+        hdr = self.hdr
+        if hdr is not None and hdr.mapped and self.words[W_SYNCED] >= endw:
             return
-        with self.sync_mu:
+        locks = self.locks
+        with locks.sync_mu:
             if self.state is _CLOSED:
                 # Closed by another thread after this write was published: it was
                 # written, but its fdatasync did not run.
                 raise ValueError(CLOSED_MESSAGE + " (the write was made, not yet synced)")
             w = self.words
-            _fs.flock(self.sync_fd, _EX)
-            try:
+            with locks.syncing_held():
                 if w[W_SYNCED] >= endw:
                     return
                 if self.poisoned or w[W_POISON]:
@@ -235,5 +258,3 @@ class Core(Handle):
                         raise
                 if target > w[W_SYNCED]:
                     w[W_SYNCED] = target
-            finally:
-                _fs.flock(self.sync_fd, _UN)

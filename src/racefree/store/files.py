@@ -15,6 +15,10 @@ A store directory holds::
                         It is a cache of the files: the first process to open the store
                         rebuilds it from them (it holds a shared flock on it while open,
                         so "exclusive flock succeeds" means "nobody else has it open").
+    POISONED            present once an fsync failed (writes refused until it is cleared)
+
+Every one of them is opened through ``store.owned``: never through a link, a
+FIFO or a device, and only if the trust rule trusts it (see ``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import mmap
 import os
+import stat
 from typing import Any
 
-from racefree import _fs, _json
-from racefree._errors import CorruptFileError, DurabilityError, FormatError
-from racefree.files.atomic import TEMP_SUFFIX, atomic_write
+from racefree import _fs, _json, _trust
+from racefree._errors import CorruptFileError, DurabilityError, FormatError, UnsafePathError
+from racefree.files.atomic import TEMP_SUFFIX
+from racefree.store.owned import open_file, read_small, replace_file, unlink_own
 from racefree.store.segment import SEG_HEADER, SEG_MAGIC
 
 MANIFEST = "MANIFEST"
@@ -52,8 +57,10 @@ W_TOTAL = 6  # bytes of all records
 W_INPROG = 7  # a compaction to this generation is in flight (0: none)
 
 _ZERO_CHUNK = bytes(1 << 20)
-# A MANIFEST lists segment numbers: a few hundred bytes; one larger than this is damage.
-_MANIFEST_MAX = 1 << 20
+#: A MANIFEST larger than this is damage (it lists segment numbers: a few hundred bytes
+#: usually; a million segments would fit).
+MANIFEST_LIMIT = 16 << 20
+_READ_CHUNK = 1 << 20
 _SEG_MAX = (1 << 24) - 1  # segment numbers have 24 bits in the index (segment.pack)
 
 
@@ -76,13 +83,7 @@ def read_manifest(directory: str) -> tuple[int, list[int]]:
     than any MANIFEST racefree writes (it is not read whole).
     """
     path = os.path.join(directory, MANIFEST)
-    fd = _fs.open(path, os.O_RDONLY)
-    try:
-        raw = _fs.pread(fd, _MANIFEST_MAX + 1, 0)
-    finally:
-        _fs.close(fd)
-    if len(raw) > _MANIFEST_MAX:
-        raise CorruptFileError(path, f"the MANIFEST is larger than {_MANIFEST_MAX} bytes: damaged")
+    raw = read_small(directory, MANIFEST, MANIFEST_LIMIT)
     try:
         data: Any = _json.parse(json.loads, raw)
         ok = isinstance(data, dict) and data.get("racefree") == "store"
@@ -118,9 +119,13 @@ def _has_segments(directory: str) -> bool:
 
 
 def write_manifest(directory: str, gen: int, segs: list[int]) -> None:
-    """Replace the MANIFEST atomically and durably (always fsynced: it names durable data)."""
+    """Replace the MANIFEST atomically and durably (always fsynced: it names durable data).
+
+    Never through a link: a temp file of its own is renamed over the name
+    (``owned.replace_file``); a link or another user's file there is refused.
+    """
     body = {"racefree": "store", "format": FORMAT, "gen": gen, "segments": segs}
-    atomic_write(os.path.join(directory, MANIFEST), json.dumps(body) + "\n", durable=True)
+    replace_file(directory, MANIFEST, (json.dumps(body) + "\n").encode())
 
 
 def create_segment(directory: str, n: int, size: int, *, zero_fill: bool) -> int:
@@ -132,13 +137,18 @@ def create_segment(directory: str, n: int, size: int, *, zero_fill: bool) -> int
     Without it the file is sparse (``ftruncate``). Either way the header is
     written and the file and directory entry are synced before this returns, so a
     MANIFEST that lists the segment never names a missing or headerless file.
-    The caller holds the write lock, so any file already at this name is an
-    orphan of a dead writer and is replaced.
+    The caller holds the write lock, so any file of ours already at this name is
+    an orphan of a dead writer and is replaced; an entry the trust rule does not
+    trust is left alone (``UnsafePathError``), and the new file is created with
+    ``O_EXCL``, so nothing planted there is ever written through.
     """
-    path = os.path.join(directory, seg_name(n))
-    with contextlib.suppress(FileNotFoundError):
-        _fs.unlink(path)
-    fd = _fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _fs.O_NOFOLLOW, 0o666)
+    name = seg_name(n)
+    path = os.path.join(directory, name)
+    unlink_own(directory, name)
+    fd, _, created = open_file(directory, name, os.O_RDWR, create=True)
+    if not created:
+        _fs.close(fd)
+        raise FileExistsError(errno.EEXIST, "a segment appeared under the write lock", path)
     try:
         _fs.pwrite_all(fd, SEG_HEADER.pack(SEG_MAGIC, n), 0)
         if zero_fill:
@@ -175,46 +185,58 @@ def fdatasync(fd: int, path: str) -> None:
         raise DurabilityError(path, exc.errno or errno.EIO) from exc
 
 
-def open_segment(directory: str, n: int, *, writable: bool = True) -> tuple[int, mmap.mmap]:
-    """Open and map segment ``n``; checks its header.
+def open_segment(directory: str, n: int, *, writable: bool = True) -> tuple[int, int]:
+    """Open segment ``n`` and check its header: ``(fd, size)``.
 
-    ``writable=False`` opens the file read-only (for checks that must change nothing);
-    the map itself is read-only either way (records are written with ``pwrite``).
+    Never through a link, a FIFO or a device (``owned.open_file``); the file is
+    read with ``pread``, never mapped, so a segment that someone truncates is a
+    short read (:class:`CorruptFileError`), never a SIGBUS. ``writable=False``
+    opens it read-only (checks, read-only handles).
     """
     path = os.path.join(directory, seg_name(n))
-    fd = _fs.open(path, (os.O_RDWR if writable else os.O_RDONLY) | _fs.O_NOFOLLOW)
+    fd, st, _ = open_file(directory, seg_name(n), os.O_RDWR if writable else os.O_RDONLY,
+                          create=False)
     try:
-        size = _fs.fstat(fd).st_size
-        if size < SEG_HEADER.size:
+        size = st.st_size
+        head = _fs.pread(fd, SEG_HEADER.size, 0)
+        if size < SEG_HEADER.size or len(head) < SEG_HEADER.size:
             raise CorruptFileError(path, f"segment is {size} bytes, shorter than its header")
-        mm = _fs.mmap(fd, size)
-        magic, number = SEG_HEADER.unpack_from(mm, 0)
+        magic, number = SEG_HEADER.unpack(head)
         if magic != SEG_MAGIC:
-            mm.close()
             raise FormatError(path, "not a racefree store segment")
         if number != n:
-            mm.close()
             raise CorruptFileError(path, f"segment header says {number}, expected {n}", offset=0)
     except BaseException:
         _fs.close(fd)
         raise
-    return fd, mm
+    return fd, size
 
 
-def open_shm(directory: str) -> tuple[int, mmap.mmap]:
-    """Open (creating if needed) and map the shared header (no lock needed: creating it and
-    growing it to ``SHM_SIZE`` are idempotent, and its contents are only trusted once a
-    first opener has rebuilt it under the write lock)."""
-    path = os.path.join(directory, SHM)
-    fd = _fs.open(path, os.O_RDWR | os.O_CREAT | _fs.O_NOFOLLOW, 0o666)
-    try:
-        if _fs.fstat(fd).st_size < SHM_SIZE:
-            _fs.ftruncate(fd, SHM_SIZE)
-        mm = _fs.mmap(fd, SHM_SIZE, writable=True)
-    except BaseException:
-        _fs.close(fd)
-        raise
-    return fd, mm
+def read_segment_into(fd: int, stop: int, buf: bytearray) -> memoryview:
+    """A segment's bytes from its start to ``stop`` (fewer if the file is shorter now),
+    read into ``buf`` (at least ``stop`` bytes, reused across segments: opening a large
+    store reads every segment, and a fresh buffer each time would fault in new memory)."""
+    view = memoryview(buf)
+    pos = 0
+    while pos < stop:
+        n = _fs.preadinto(fd, view[pos:stop], pos)
+        if n <= 0:
+            break
+        pos += n
+    return view[:pos]
+
+
+def read_segment(fd: int, start: int, stop: int) -> bytes:
+    """The bytes of a segment from ``start`` to ``stop`` (fewer if the file is shorter now)."""
+    parts: list[bytes] = []
+    pos = start
+    while pos < stop:
+        block = _fs.pread(fd, min(stop - pos, 32 * _READ_CHUNK), pos)
+        if not block:
+            break
+        parts.append(block)
+        pos += len(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def is_store_dir_empty(directory: str) -> bool:
@@ -256,7 +278,7 @@ def is_store_dir_empty(directory: str) -> bool:
 
 def _manifest_exists(directory: str) -> bool:
     try:
-        _fs.stat(os.path.join(directory, MANIFEST))
+        _fs.stat(os.path.join(directory, MANIFEST), follow_symlinks=False)
     except FileNotFoundError:
         return False
     return True
@@ -265,20 +287,44 @@ def _manifest_exists(directory: str) -> bool:
 def _unused_first_segment(directory: str) -> bool:
     """Whether segment 1 holds no record: a store creation that never finished."""
     try:
-        data = _fs.read_file(os.path.join(directory, seg_name(1)))
+        fd, st, _ = open_file(directory, seg_name(1), os.O_RDONLY, create=False)
     except FileNotFoundError:
         return True  # a racing creator replaced it (under the write lock): look again there
-    header = SEG_HEADER.pack(SEG_MAGIC, 1)
-    whole_or_torn = all(b in (0, e) for b, e in zip(data[: SEG_HEADER.size], header, strict=False))
-    return whole_or_torn and not data[SEG_HEADER.size:].rstrip(b"\0")
+    try:
+        header = SEG_HEADER.pack(SEG_MAGIC, 1)
+        data = _fs.pread(fd, SEG_HEADER.size, 0)
+        if not all(b in (0, e) for b, e in zip(data, header, strict=False)):
+            return False
+        # Read in chunks up to the size fstat gave: bounded, whatever the file does.
+        pos = SEG_HEADER.size
+        while pos < st.st_size:
+            block = _fs.pread(fd, min(_READ_CHUNK, st.st_size - pos), pos)
+            if not block:
+                break
+            if block.rstrip(b"\0"):
+                return False
+            pos += len(block)
+        return True
+    finally:
+        _fs.close(fd)
 
 
 def poison_marker(directory: str) -> bool:
-    """Whether an earlier fsync failed (the ``POISONED`` marker exists)."""
+    """Whether an earlier fsync failed (the ``POISONED`` marker exists).
+
+    A marker must be a regular file the trust rule trusts: anything else at the
+    name is :class:`UnsafePathError` (it could neither be trusted nor replaced by
+    a real marker when the next fsync fails).
+    """
+    path = os.path.join(directory, POISONED)
     try:
-        _fs.stat(os.path.join(directory, POISONED))
+        st = _fs.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return False
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(path, "is not a regular file; the store cannot tell whether it"
+                              " is poisoned")
+    _trust.check(path, st, _fs.stat(directory, follow_symlinks=False), "use")
     return True
 
 
@@ -289,9 +335,9 @@ def write_poison_marker(directory: str, reason: str) -> None:
     pages and marked them clean; a later fdatasync then succeeds and later records
     would claim "synced" past a hole. The marker outlives every handle.
     """
-    path = os.path.join(directory, POISONED)
-    fd = _fs.open(path, os.O_WRONLY | os.O_CREAT | _fs.O_NOFOLLOW, 0o666)
+    fd = open_file(directory, POISONED, os.O_WRONLY, create=True)[0]
     try:
+        _fs.ftruncate(fd, 0)
         _fs.write_all(fd, (reason + "\n").encode("utf-8", "backslashreplace"))
         _fs.fsync(fd)
     finally:
@@ -301,6 +347,5 @@ def write_poison_marker(directory: str, reason: str) -> None:
 
 def clear_poison_marker(directory: str) -> None:
     """Remove the ``POISONED`` marker durably (after the data was rewritten and synced)."""
-    with contextlib.suppress(FileNotFoundError):
-        _fs.unlink(os.path.join(directory, POISONED))
+    unlink_own(directory, POISONED)
     fsync_dir(directory)

@@ -2,20 +2,24 @@
 
 Each process keeps its own index (``id -> packed int``, see ``segment.pack``)
 and learns what other processes wrote from the shared header ``store.shm``: a
-read compares one u64 there (the published end) with the end its index covers,
-with no system call; only when they differ does it read the new frames
-(``refresh``). Writers serialise on an flock (``store.lock``), catch up, check
-versions, ``pwrite`` one frame at the end, publish the new end, release the
-lock and then share one fdatasync (``sync``, group commit): that write path is
-:class:`racefree.store.core.Core`, a ``Handle`` that writes.
+read compares one u64 there (the published end) with the end its index covers
+(a memory load when the header is mapped, see ``store.header``); only when they
+differ does it read the new frames (``refresh``). Writers serialise on an flock
+(``store.lock``), catch up, check versions, ``pwrite`` one frame at the end,
+publish the new end, release the lock and then share one fdatasync (``sync``,
+group commit): that write path is :class:`racefree.store.core.Core`, a
+``Handle`` that writes.
 
 Locks: raw ``flock`` on the store's own lock files, not :class:`racefree.FileLock`,
 because a put takes the lock once per call (two system calls here, the cost of
 one ``get``), and because the shared header needs an exclusive-try-then-shared
 flock on ``store.shm`` ("am I the only process with the store open?"), which
-FileLock does not offer. The threads of one process are excluded by an RLock
-first (flock is per open file description: two threads on one descriptor
-would both "hold" it - pitfall L3).
+FileLock does not offer. The lock state is shared by every handle on the
+directory in this process (``store.locks``).
+
+Read-only handles (``readonly=True``) open every file for reading only and
+never write the header; how they follow other processes' writes is in
+``store.readonly``.
 """
 
 from __future__ import annotations
@@ -23,34 +27,34 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import threading
 import weakref
-from mmap import mmap
 from typing import Any
 
 from racefree import _fork, _fs
-from racefree._errors import FormatError
+from racefree._errors import FormatError, InheritedLockError
+from racefree.store import files, readonly
 from racefree.store.files import (
-    LOCK,
     MANIFEST,
     SHM_MAGIC,
-    SYNC_LOCK,
     W_END,
     W_GEN,
     W_MAGIC,
     W_POISON,
+    W_SYNCED,
     clear_poison_marker,
     create_segment,
     fsync_dir,
     is_store_dir_empty,
-    open_segment,
-    open_shm,
     poison_marker,
+    read_manifest,
     seg_name,
     write_manifest,
     write_poison_marker,
 )
+from racefree.store.header import Header, mark_live, open_header
 from racefree.store.index import State, catch_up, load, rebuild
+from racefree.store.locks import StoreLocks, acquire_locks, release_locks
+from racefree.store.owned import resolve_dir
 
 POISON_MESSAGE = (
     "an earlier fsync failed, so the store refuses writes: what it holds may differ from"
@@ -75,23 +79,16 @@ _CORES: weakref.WeakSet[Handle] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    # Another thread may have held a Core's RLock or been half-way through
-    # updating its index when fork copied the process: the child starts over
-    # with fresh locks and reopens lazily (see Core.refresh). Pitfall L5: the
-    # inherited descriptors are closed at once, never unlocked: they share the
-    # parent's open file descriptions, so the parent keeps whatever flock it
-    # holds, and once the parent dies no idle child keeps its write lock alive
-    # (a prefork worker that never touches the store would otherwise block every
-    # writer until it exits). They are set to -1 so that nothing closes a reused
-    # descriptor number later.
+    # Another thread may have been half-way through updating an index when fork
+    # copied the process: the child starts over and reopens lazily (see
+    # refresh). Pitfall L5: the inherited descriptors are closed at once, never
+    # unlocked (they share the parent's open file descriptions, whose flocks
+    # stay the parent's); the lock files are handled by ``store.locks``.
     for core in list(_CORES):
-        core.mu = threading.RLock()
-        core.sync_mu = threading.Lock()
-        core.depth = 0
         if core.state is not _CLOSED:
             old, core.state = core.state, _DEAD_STATE
             old.close()
-            core._close_fds()
+            core._close_header()
 
 
 _CLOSED = State(-2, [], -1)
@@ -102,21 +99,38 @@ _fork.on_child(_after_fork_in_child)  # before any use in the child: see racefre
 class Handle:
     """Files, locks and the index of one open store handle (the write path is :class:`Core`)."""
 
-    def __init__(self, directory: str, durable: bool, segment_size: int) -> None:
-        self.dir = directory
+    def __init__(
+        self, directory: str, durable: bool, segment_size: int, *, readonly: bool = False
+    ) -> None:
         self.durable = durable
         self.segment_size = segment_size
-        self.mu = threading.RLock()
-        self.sync_mu = threading.Lock()
-        self.depth = 0
+        self.readonly = readonly
         self.poisoned = False
         self.state: State = _DEAD_STATE
         self.words: Any = _NO_WORDS
-        self.lock_fd = self.sync_fd = self.shm_fd = -1
-        self.shm: mmap | None = None
+        self.fast: Any = _NO_WORDS  # the same words, for the hot path (``Header.fast``)
+        self.hdr: Header | None = None
+        self.attached = False  # read-only: trusts the header (holds its shared flock)
+        self.seen: tuple[int, ...] | None = None  # read-only, detached: the words last seen
         self.pid = os.getpid()
-        self._open()
+        self.dir, dir_st = resolve_dir(directory, create=not readonly)
+        self.locks: StoreLocks = acquire_locks((dir_st.st_dev, dir_st.st_ino), self.dir)
+        self.released = False
+        try:
+            self._open()
+        except BaseException:
+            self._release_locks()
+            raise
         _CORES.add(self)
+
+    @property
+    def mu(self) -> Any:
+        """The write lock's in-process part (an RLock), shared by this directory's handles."""
+        return self.locks.mu
+
+    @property
+    def sync_mu(self) -> Any:
+        return self.locks.sync_mu
 
     def first_size(self, data: int) -> int:
         """The size of a first segment for ``data`` bytes: a power of two >= 1 MiB."""
@@ -132,65 +146,71 @@ class Handle:
         Every open handle holds a shared flock on ``store.shm``. An exclusive try
         that succeeds means nobody else has the store open: the header may be stale
         (power loss) or half-written (a crash), so it is rebuilt from the segments
-        under the write lock. Otherwise the header is live and the index is read
+        under the write lock. Otherwise the header is live, and the index is read
         without the write lock, so opening (and a forked child's reopen) never
         waits for a writer, nor for a parent that holds the lock.
         """
+        if self.readonly:
+            readonly.open_readonly(self)
+            return
+        names = _fs.listdir(self.dir)
+        # Checked again under the lock; this first look creates nothing in a
+        # directory that is not a store, nor next to a MANIFEST that is not ours
+        # (a link, a FIFO, another user's file: UnsafePathError).
+        if MANIFEST in names:
+            read_manifest(self.dir)
+        elif not is_store_dir_empty(self.dir):
+            raise FormatError(self.dir, "not a racefree store (no MANIFEST), and not empty")
+        locks = self.locks
+        locks.open_files(create=True)
+        hdr = self.hdr = open_header(self.dir)
+        self.words, self.fast = hdr.words, hdr.fast
         try:
-            names = _fs.listdir(self.dir)
-        except FileNotFoundError:
-            with contextlib.suppress(FileExistsError):
-                _fs.mkdir(self.dir)
-        else:
-            # Checked again under the lock; this first look creates nothing in a
-            # directory that is not a store.
-            if MANIFEST not in names and not is_store_dir_empty(self.dir):
-                raise FormatError(self.dir, "not a racefree store (no MANIFEST), and not empty")
-        flags = os.O_RDWR | os.O_CREAT | _fs.O_NOFOLLOW
-        self.lock_fd = _fs.open(os.path.join(self.dir, LOCK), flags, 0o666)
-        try:
-            self.sync_fd = _fs.open(os.path.join(self.dir, SYNC_LOCK), flags, 0o666)
-            self.shm_fd, self.shm = open_shm(self.dir)
-            self.words = memoryview(self.shm).cast("Q")
             try:
-                _fs.flock(self.shm_fd, _EX | _NB)
+                _fs.flock(hdr.fd, _EX | _NB)
                 first = True
             except BlockingIOError:
                 first = False
             if not first:
-                _fs.flock(self.shm_fd, _SH)  # waits while a first opener rebuilds
+                _fs.flock(hdr.fd, _SH)  # waits while a first opener rebuilds
                 if self.words[W_MAGIC] == SHM_MAGIC:
                     self.state = load(self)
                     self._check_poison()
+                    mark_live(hdr.fd)
                     return
-            _fs.flock(self.lock_fd, _EX)
-            try:
-                self._create_if_new()
-                if first:
-                    self.words[W_POISON] = 0
-                self.words[W_MAGIC] = 0
-                state = rebuild(self)
-                self.words[W_MAGIC] = SHM_MAGIC
-                if first:
-                    _fs.flock(self.shm_fd, _SH)
-            finally:
-                _fs.flock(self.lock_fd, _UN)
+            with locks.mu:
+                locks.take(create=True)
+                try:
+                    if locks.inherited:
+                        raise InheritedLockError(self.dir)
+                    self._create_if_new()
+                    if first:
+                        self.words[W_POISON] = 0
+                    self.words[W_MAGIC] = 0
+                    state = rebuild(self)
+                    self.words[W_MAGIC] = SHM_MAGIC
+                    if first:
+                        _fs.flock(hdr.fd, _SH)
+                finally:
+                    locks.drop()
             self.state = state
             self._check_poison()
+            mark_live(hdr.fd)
         except BaseException:
-            self._close_fds()
+            self._close_header()
             raise
 
     def _check_poison(self) -> None:
         # An fsync failed in some earlier life of the store (the marker survives every
         # close): writes stay refused until the data is verified (W7, fsyncgate).
+        # (A read-only handle writes nothing, so it never looks.)
         if poison_marker(self.dir):
             self.poisoned = True
             self.words[W_POISON] = 1
 
     def _create_if_new(self) -> None:
         try:
-            _fs.stat(os.path.join(self.dir, MANIFEST))
+            _fs.stat(os.path.join(self.dir, MANIFEST), follow_symlinks=False)
             return
         except FileNotFoundError:
             pass
@@ -202,29 +222,27 @@ class Handle:
         # The store's directory may have just been made (by this process or by a
         # racing first opener): its name in the parent must survive a power loss
         # too, or an acknowledged durable put could vanish with the whole store (W2).
-        fsync_dir(os.path.dirname(os.path.abspath(self.dir)))
+        fsync_dir(os.path.dirname(self.dir))
 
-    def _close_fds(self) -> None:
-        # The view is dropped, not released: a thread that loaded it just before
-        # (a get's fast path, a sync) keeps reading a valid mapping, which is
-        # unmapped once the last such reference is gone.
-        self.words = _NO_WORDS
-        if self.shm is not None:
-            with contextlib.suppress(BufferError, ValueError):
-                self.shm.close()
-            self.shm = None
-        for fd in (self.lock_fd, self.sync_fd, self.shm_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    _fs.close(fd)
-        self.lock_fd = self.sync_fd = self.shm_fd = -1
+    def _close_header(self) -> None:
+        self.words = self.fast = _NO_WORDS
+        self.attached = False
+        hdr, self.hdr = self.hdr, None
+        if hdr is not None:
+            hdr.close()  # closing the descriptor drops its flock and its liveness lock
+
+    def _release_locks(self) -> None:
+        if not self.released:
+            self.released = True
+            release_locks(self.locks)
 
     def __del__(self) -> None:
         # A Store that was never closed: release its descriptors (and so its flocks).
         with contextlib.suppress(Exception):
             if self.state is not _CLOSED:
                 self.state.close()
-                self._close_fds()
+                self._close_header()
+                self._release_locks()
 
     def close(self) -> None:
         # The sync mutex too: a group commit running in another thread finishes on
@@ -232,16 +250,18 @@ class Handle:
         # descriptor would fail as EBADF, and poison the store for every process).
         if _fork.maybe_child:
             _fork.check()  # a forked child resets first, whatever ran before it (L5)
-        with self.mu, self.sync_mu:
+        locks = self.locks
+        with locks.mu, locks.sync_mu:
             if self.state is _CLOSED:
                 return
             self.state.close()
             self.state = _CLOSED
-            self._close_fds()
+            self._close_header()
+        self._release_locks()
 
     def _reopen_after_fork(self) -> None:
         # The inherited descriptors were closed by the fork hook (L5); new ones are ours.
-        self._close_fds()
+        self._close_header()
         self.pid = os.getpid()
         self._open()
 
@@ -249,17 +269,27 @@ class Handle:
     def seg_path(self, seg: int) -> str:
         return os.path.join(self.dir, seg_name(seg))
 
-    def map_segment(self, st: State, seg: int) -> None:
-        fd, mm = open_segment(self.dir, seg)
+    def open_segment(self, st: State, seg: int) -> None:
+        fd, size = files.open_segment(self.dir, seg, writable=not self.readonly)
         st.fds[seg] = fd
-        st.maps[seg] = mm
+        st.sizes[seg] = size
 
     def zero(self, st: State, seg: int, start: int, stop: int) -> None:
         """Overwrite a torn tail (bytes of a write that never completed) with zeros."""
         if stop > start:
             _fs.pwrite_all(st.fds[seg], bytes(stop - start), start)
 
+    def set_synced(self, value: int) -> None:
+        """Record that everything before ``value`` is fdatasynced (under the sync lock:
+        a header read with pread is only read there, so it never sees half a store)."""
+        with self.locks.syncing():
+            self.words[W_SYNCED] = value
+
     def rebuilt(self) -> State:
+        if self.readonly:
+            return readonly.detach(self)  # only a writer may finish a dead compactor's switch
+        if self.locks.inherited:
+            raise InheritedLockError(self.dir)
         st = rebuild(self)
         self.state = st
         return st
@@ -276,6 +306,8 @@ class Handle:
                 if self.pid != os.getpid():
                     self._reopen_after_fork()
                 st = self.state
+            if self.readonly and not self.attached:
+                return readonly.refresh_detached(self)
             w = self.words
             endw = w[W_END]
             if endw == st.end:
@@ -294,29 +326,31 @@ class Handle:
             return new
 
     def acquire(self) -> None:
-        """Take the write lock: this thread first (RLock), then this process (flock)."""
+        """Take the write lock: this thread first (RLock), then this process (flock).
+
+        Shared with every handle on the directory in this process: reentrant for
+        the thread that holds it, whichever handle it came through.
+        """
         if _fork.maybe_child:
             _fork.check()  # a forked child resets first, whatever ran before it (L5)
-        self.mu.acquire()
-        if self.depth == 0:
-            try:
-                if self.state is _CLOSED:
-                    raise ValueError(CLOSED_MESSAGE)
-                if self.state is _DEAD_STATE and self.pid != os.getpid():
-                    self._reopen_after_fork()
-                _fs.flock(self.lock_fd, _EX)
-            except BaseException:
-                self.mu.release()
-                raise
-        self.depth += 1
+        locks = self.locks
+        locks.mu.acquire()
+        try:
+            if self.state is _CLOSED:
+                raise ValueError(CLOSED_MESSAGE)
+            if self.state is _DEAD_STATE and self.pid != os.getpid():
+                self._reopen_after_fork()
+            locks.take(create=not self.readonly)
+        except BaseException:
+            locks.mu.release()
+            raise
 
     def release(self) -> None:
-        self.depth -= 1
+        locks = self.locks
         try:
-            if self.depth == 0 and self.lock_fd >= 0:  # closed inside a write: already free
-                _fs.flock(self.lock_fd, _UN)
+            locks.drop()
         finally:
-            self.mu.release()
+            locks.mu.release()
 
     def poison(self) -> None:
         """After any DurabilityError: no process writes to this store again (W7, fsyncgate).
@@ -327,7 +361,7 @@ class Handle:
         """
         first = not self.poisoned
         self.poisoned = True
-        if isinstance(self.words, memoryview):
+        if self.hdr is not None:
             self.words[W_POISON] = 1
         if first:
             # Best effort on a disk that just failed an fsync: the DurabilityError

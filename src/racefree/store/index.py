@@ -2,16 +2,16 @@
 
 Each process keeps its own index (``State``). ``rebuild`` scans every live
 segment under the write lock (the first opener, or after a compactor died at its
-commit point) and resets the shared header; ``load`` builds an index without
-any lock, retrying if a compaction races it; ``catch_up`` applies the records
-other processes published since the index was last current.
+commit point) and resets the shared header; ``scan`` does the same without
+writing anything (a read-only handle that cannot trust the header); ``load``
+builds an index without any lock, retrying if a compaction races it;
+``catch_up`` applies the records other processes published since the index was
+last current. Segments are read with ``pread`` (never mapped).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-from mmap import mmap
 from typing import Any, Protocol
 
 from racefree import _fs
@@ -21,14 +21,23 @@ from racefree.store.files import (
     W_END,
     W_GEN,
     W_INPROG,
-    W_SYNCED,
     W_TOTAL,
     fdatasync,
     fsync_dir,
     read_manifest,
+    read_segment,
+    read_segment_into,
     seg_number,
 )
-from racefree.store.segment import M40, SEG_HEADER, index_frames, last_nonzero, unsynced_loss
+from racefree.store.owned import unlink_own
+from racefree.store.segment import (
+    M40,
+    SEG_HEADER,
+    first_claim,
+    index_frames,
+    last_nonzero,
+    unsynced_loss,
+)
 
 
 class Core(Protocol):
@@ -46,8 +55,9 @@ class Core(Protocol):
     def rebuilt(self) -> State: ...
     def poison(self) -> None: ...
     def seg_path(self, seg: int) -> str: ...
-    def map_segment(self, st: State, seg: int) -> None: ...
+    def open_segment(self, st: State, seg: int) -> None: ...
     def zero(self, st: State, seg: int, start: int, stop: int) -> None: ...
+    def set_synced(self, value: int) -> None: ...
 
 
 def _sealed_damage(core: Core, seg: int, offset: int) -> CorruptFileError:
@@ -66,9 +76,14 @@ def _lost_synced(core: Core, seg: int, end: int, claimed: int) -> CorruptFileErr
 
 
 class State:
-    """One consistent view: the index and the segments it points into."""
+    """One consistent view: the index and the segments it points into.
 
-    __slots__ = ("end", "fds", "gen", "index", "maps", "segs", "tomb")
+    Segments are read with ``pread`` on ``fds`` (never mapped: a segment that
+    someone truncates is a short read, reported as damage, never a SIGBUS);
+    ``sizes`` is each one's size when it was opened or made.
+    """
+
+    __slots__ = ("end", "fds", "gen", "index", "segs", "sizes", "tomb")
 
     def __init__(self, gen: int, segs: list[int], end: int) -> None:
         self.gen = gen
@@ -76,7 +91,7 @@ class State:
         self.end = end  # the published position this index covers (seg << 40 | offset)
         self.index: dict[str, int] = {}
         self.tomb: dict[str, int] = {}  # deleted id -> its tombstone's version
-        self.maps: dict[int, mmap] = {}
+        self.sizes: dict[int, int] = {}
         self.fds: dict[int, int] = {}
 
     def close(self) -> None:
@@ -90,6 +105,46 @@ class State:
         # group-commit fdatasync may still be running on its descriptors).
         self.close()
 
+
+def _index_segments(core: Core, st: State, *, repair: bool) -> tuple[int, int]:
+    """Index every segment of ``st`` (opened already) to the end of its data.
+
+    Damage in a sealed segment raises, and so does a sealed segment whose
+    records end before where the next one says it was synced
+    (``segment.unsynced_loss``); a torn tail of the last one is zeroed with
+    ``repair`` (a writer under the write lock), else only left out. Nothing is
+    changed on disk before every segment was judged. Returns the dead and total
+    bytes (hints for auto-compaction); sets ``st.end``.
+    """
+    dead = total = 0
+    end = SEG_HEADER.size
+    ends: dict[int, int] = {}
+    claims: dict[int, int] = {}
+    torn_to = -1
+    space = bytearray(max(st.sizes.values()))
+    for seg in st.segs:
+        buf = read_segment_into(st.fds[seg], st.sizes[seg], space)
+        try:
+            end, torn, d, t = index_frames(
+                buf, SEG_HEADER.size, len(buf), seg, st.index, st.tomb, core.seg_path(seg)
+            )
+            dead += d
+            total += t
+            ends[seg] = end
+            claims[seg] = first_claim(buf)
+            if torn and seg != st.segs[-1]:
+                raise _sealed_damage(core, seg, end)
+            if torn:
+                torn_to = last_nonzero(buf, end, len(buf))
+        finally:
+            buf.release()
+    lost = unsynced_loss(st.segs, ends, claims)
+    if lost is not None:
+        raise _lost_synced(core, *lost)
+    if torn_to >= 0 and repair:
+        core.zero(st, st.segs[-1], end, torn_to)
+    st.end = st.segs[-1] << 40 | end
+    return dead, total
 
 
 def rebuild(core: Core) -> State:
@@ -117,29 +172,13 @@ def rebuild(core: Core) -> State:
             core.poison()
             orphans = []
         for name in orphans:
-            with contextlib.suppress(FileNotFoundError):
-                _fs.unlink(os.path.join(core.dir, name))
+            # Another user's file at a segment's name is not ours to remove.
+            unlink_own(core.dir, name, keep_untrusted=True)
     st = State(gen, list(segs), 0)
-    dead = total = 0
-    ends: dict[int, int] = {}
     try:
         for seg in segs:
-            core.map_segment(st, seg)
-            mm = st.maps[seg]
-            end, torn, d, t = index_frames(
-                mm, SEG_HEADER.size, len(mm), seg, st.index, st.tomb, core.seg_path(seg)
-            )
-            dead += d
-            total += t
-            ends[seg] = end
-            if torn and seg != segs[-1]:
-                raise _sealed_damage(core, seg, end)
-        lost = unsynced_loss(segs, ends, st.maps)
-        if lost is not None:
-            raise _lost_synced(core, *lost)
-        if torn:
-            mm = st.maps[seg]
-            core.zero(st, seg, end, last_nonzero(memoryview(mm), end, len(mm)))
+            core.open_segment(st, seg)
+        dead, total = _index_segments(core, st, repair=True)
         # Make what survived durable, so that the next records can claim it
         # (their ``synced`` field: how recovery tells damage from a torn write).
         for seg in segs:
@@ -148,14 +187,38 @@ def rebuild(core: Core) -> State:
         st.close()
         raise
     w = core.words
-    st.end = seg << 40 | end
     w[W_GEN] = gen
     w[W_END] = st.end
-    w[W_SYNCED] = st.end
+    core.set_synced(st.end)
     w[W_DEAD] = dead
     w[W_TOTAL] = total
     w[W_INPROG] = 0
     return st
+
+
+def scan(core: Core) -> State:
+    """An index built from the segments alone, changing nothing (a read-only handle).
+
+    What ``rebuild`` does without writing: a torn tail is left out, not zeroed;
+    orphans stay; the header is neither trusted nor written. Retried if a
+    compaction retires the segments meanwhile.
+    """
+    for _ in range(20):
+        gen, segs = read_manifest(core.dir)
+        st = State(gen, list(segs), 0)
+        try:
+            for seg in segs:
+                core.open_segment(st, seg)
+        except FileNotFoundError:
+            st.close()
+            continue  # a compaction retired them after we read the MANIFEST
+        try:
+            _index_segments(core, st, repair=False)
+        except BaseException:
+            st.close()
+            raise
+        return st
+    raise CorruptFileError(core.dir, "the store's segments kept changing while read")
 
 
 def load(core: Core) -> State:
@@ -202,17 +265,21 @@ def _load_unlocked(core: Core) -> State | None:
         st = State(gen, [s for s in segs if s <= tseg], endw)
         try:
             for seg in st.segs:
-                core.map_segment(st, seg)
+                core.open_segment(st, seg)
         except FileNotFoundError:
             st.close()  # a compaction removed it after we read the manifest
             continue
         try:
+            space = bytearray(max(st.sizes.values()))
             for seg in st.segs:
-                mm = st.maps[seg]
-                stop = toff if seg == tseg else len(mm)
-                end, torn, _, _ = index_frames(
-                    mm, SEG_HEADER.size, stop, seg, st.index, st.tomb, core.seg_path(seg)
-                )
+                stop = min(toff if seg == tseg else st.sizes[seg], len(space))
+                buf = read_segment_into(st.fds[seg], stop, space)
+                try:
+                    end, torn, _, _ = index_frames(
+                        buf, SEG_HEADER.size, stop, seg, st.index, st.tomb, core.seg_path(seg)
+                    )
+                finally:
+                    buf.release()
                 if torn and seg != tseg:
                     raise _sealed_damage(core, seg, end)
                 if seg == tseg and end != toff:
@@ -234,18 +301,20 @@ def catch_up(core: Core, st: State, endw: int) -> bool:
     tseg, toff = endw >> 40, endw & M40
     while seg != tseg:
         # ``seg`` was sealed by a roll: finish it up to the end of its frames.
-        mm = st.maps[seg]
-        end, torn, _, _ = index_frames(mm, off, len(mm), seg, st.index, st.tomb, core.seg_path(seg))
+        buf = read_segment(st.fds[seg], off, st.sizes[seg])
+        end, torn, _, _ = index_frames(
+            buf, 0, len(buf), seg, st.index, st.tomb, core.seg_path(seg), base=off
+        )
         if torn:
-            raise _sealed_damage(core, seg, end)
+            raise _sealed_damage(core, seg, off + end)
         later = [s for s in st.segs if s > seg]
         if not later:
             gen, segs = read_manifest(core.dir)
             if gen != st.gen:
                 return False
             for s in segs:
-                if s > seg and s not in st.maps:
-                    core.map_segment(st, s)
+                if s > seg and s not in st.fds:
+                    core.open_segment(st, s)
             st.segs = list(segs)
             later = [s for s in segs if s > seg]
         seg, off = later[0], SEG_HEADER.size
@@ -263,4 +332,3 @@ def catch_up(core: Core, st: State, endw: int) -> bool:
     st.end = endw
     return True
 
-# -- writing -------------------------------------------------------------------

@@ -364,9 +364,6 @@ def _rewrite(out: Plan) -> None:
         write_manifest(directory, out.gen + 1, list(new.segs))
     finally:
         new.close()
-        for mm in new.maps.values():
-            with contextlib.suppress(BufferError):
-                mm.close()
     for seg in out.segments:
         with contextlib.suppress(FileNotFoundError):
             _fs.unlink(os.path.join(directory, seg_name(seg)))

@@ -332,23 +332,35 @@ def index_frames(
         view.release()
 
 
-def unsynced_loss(segs: list[int], ends: dict[int, int], maps: Any) -> tuple[int, int, int] | None:
+def first_claim(buf: Any) -> int:
+    """How far the store was synced, as a segment's first records claim it (0 if none).
+
+    The roll's own record (re-stamped by :func:`reclaim`) and the first record
+    written after the roll: the larger ``synced`` of the two.
+    """
+    claim, pos = 0, SEG_HEADER.size
+    for _ in range(2):
+        n = frame_at(buf, pos)
+        if n <= 0:
+            break
+        claim = max(claim, SYNCED.unpack_from(buf, pos + FRAME.size)[0])
+        pos += n
+    return int(claim)
+
+
+def unsynced_loss(
+    segs: list[int], ends: dict[int, int], claims: dict[int, int]
+) -> tuple[int, int, int] | None:
     """``(seg, end, claimed)`` if a segment's data ends before where a later one says it was synced.
 
     A roll syncs the sealed segment and the next segment's first records claim
-    its end (``synced``): if the sealed segment's valid records now end sooner
-    (its last records zeroed, or the file cut at a record boundary), synced
-    records are gone. ``ends`` maps each segment to the end of its valid records.
+    its end (``synced``, :func:`first_claim` of each segment in ``claims``): if
+    the sealed segment's valid records now end sooner (its last records zeroed,
+    or the file cut at a record boundary), synced records are gone. ``ends``
+    maps each segment to the end of its valid records.
     """
     for seg in segs[1:]:
-        mm = maps[seg]
-        claim, pos = 0, SEG_HEADER.size
-        for _ in range(2):  # the roll's own record, and the first written after the roll
-            n = frame_at(mm, pos)
-            if n <= 0:
-                break
-            claim = max(claim, SYNCED.unpack_from(mm, pos + FRAME.size)[0])
-            pos += n
+        claim = claims.get(seg, 0)
         cseg, coff = claim >> 40, claim & M40
         if claim and cseg != seg and cseg in ends and coff > ends[cseg]:
             return cseg, ends[cseg], coff

@@ -14,10 +14,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from racefree import _fork, _json
+from racefree import _fork, _fs, _json
 from racefree._errors import ConflictError, CorruptFileError, DurabilityError
 from racefree.store.batch import Op, StoreBatch
-from racefree.store.compact import StoreReport, check_state, compact_locked
+from racefree.store.compact import StoreReport, check_state, compact_locked, cut_short, read_doc
 from racefree.store.core import Core
 from racefree.store.files import W_DEAD, W_END, W_SYNCED, W_TOTAL
 from racefree.store.index import State
@@ -75,9 +75,18 @@ class Store(StoreMixin):
       keep growing across a delete (a re-created id never repeats a version).
     - Garbage is reclaimed automatically once dead bytes reach both
       ``COMPACT_MIN_DEAD`` (16 MiB) and half of all bytes; deleted ids never come back.
+    - Other users (``docs/security.md``): no file of the store is opened through a
+      link, a FIFO or a device, nor trusted if another user planted it in a shared
+      directory (:class:`UnsafePathError`); a file cut short while in use is
+      :class:`CorruptFileError`, never a SIGBUS. ``readonly=True`` opens every file
+      for reading only (writes raise :class:`ReadOnlyError`).
 
     Fork: a child process reopens its own descriptors at its first call and never
-    releases a lock its parent holds (L5). Threads may share one Store.
+    releases a lock its parent holds (L5); a child forked inside a locked call
+    (``update``'s ``fn``) raises :class:`InheritedLockError` at any write until it
+    has left that call. Threads may share one Store; several Store objects on one
+    directory in one process share its lock state (a write through one inside
+    another's ``update`` on the same thread is reentrant).
     """
 
     def __init__(
@@ -85,6 +94,7 @@ class Store(StoreMixin):
         directory: str | os.PathLike[str],
         *,
         durable: bool = True,
+        readonly: bool = False,
         _segment_size: int = SEGMENT_SIZE,
         _compact_min: int = COMPACT_MIN_DEAD,
     ) -> None:
@@ -93,20 +103,26 @@ class Store(StoreMixin):
             raise TypeError("a store directory is a str path")
         self._path = path
         self._durable = bool(durable)
+        self._readonly = bool(readonly)
         self._compact_min = _compact_min
-        self._core = Core(path, self._durable, _segment_size)
+        self._core = Core(path, self._durable, _segment_size, readonly=self._readonly)
+
+    @property
+    def readonly(self) -> bool:
+        """Whether this handle was opened with ``readonly=True`` (its writes raise)."""
+        return self._readonly
 
     # -- reads -------------------------------------------------------------------
     def _current(self) -> State:
         core = self._core
         st = core.state
-        if core.words[W_END] != st.end:
+        if core.fast[W_END] != st.end:
             st = core.refresh()
         return st
 
     def _read(self, st: State, value: int) -> Any:
         off = value & M40
-        raw = st.maps[(value >> 76) & M24][off:off + ((value >> 40) & M36)]
+        raw = read_doc(self._core, st, (value >> 76) & M24, off, (value >> 40) & M36)
         try:
             return _scan_once(raw.decode("ascii"), 0)[0]
         except (ValueError, StopIteration):
@@ -129,12 +145,13 @@ class Store(StoreMixin):
     def get(self, id: str, default: Any = None) -> Any:
         """The document stored under ``id`` (a new object each call), or ``default``.
 
-        Never blocks on writers: no lock, and no system call unless another
-        process wrote since this process last looked.
+        Never blocks on other processes' writers: no lock; one ``pread`` of the
+        document (a segment cut short: :class:`CorruptFileError`), more only if
+        another process wrote since this process last looked.
         """
         core = self._core
         st = core.state
-        if core.words[1] != st.end:  # W_END: changed by any process's write
+        if core.fast[1] != st.end:  # W_END: changed by any process's write
             st = core.refresh()
         value = st.index.get(id)
         if value is None:
@@ -142,7 +159,10 @@ class Store(StoreMixin):
                 raise TypeError(f"store ids are str, not {type(id).__name__}")
             return default
         off = value & M40
-        raw = st.maps[(value >> 76) & M24][off:off + ((value >> 40) & M36)]
+        length = (value >> 40) & M36
+        raw = _fs.pread(st.fds[(value >> 76) & M24], length, off)
+        if len(raw) != length:
+            raise cut_short(core, (value >> 76) & M24, off)
         try:
             return _scan_once(raw.decode("ascii"), 0)[0]
         except (ValueError, StopIteration):
@@ -201,7 +221,7 @@ class Store(StoreMixin):
         an absent id). ConflictError (nothing written) if any check fails.
         """
         core = self._core
-        core.acquire()
+        core.acquire_write()
         try:
             results, end = self._commit_locked(ops)
         except DurabilityError:
@@ -315,7 +335,7 @@ class Store(StoreMixin):
         data = encode_doc(doc)
         expect = check_expect(expect_version)
         core = self._core
-        core.acquire()
+        core.acquire_write()
         try:
             st = core.writable()
             w = core.words
@@ -386,7 +406,7 @@ class Store(StoreMixin):
         no_fence(fence)
         idb = encode_id(id)
         core = self._core
-        core.acquire()
+        core.acquire_write()
         try:
             st = core.writable()
             value = st.index.get(id)
@@ -430,7 +450,7 @@ class Store(StoreMixin):
         are fdatasynced before they replace the old (always, even if not durable).
         """
         core = self._core
-        core.acquire()
+        core.acquire_write()
         try:
             compact_locked(core, core.writable())
         except DurabilityError:
@@ -460,5 +480,6 @@ class Store(StoreMixin):
         self._core.close()
 
     def __repr__(self) -> str:
-        return f"<Store {self._path!r} durable={self._durable}>"
+        ro = " readonly=True" if self._readonly else ""
+        return f"<Store {self._path!r} durable={self._durable}{ro}>"
 

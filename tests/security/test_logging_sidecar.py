@@ -202,3 +202,28 @@ def test_the_handler_logs_normally_in_a_shared_directory(tmp_path: Path) -> None
         assert (shared / "app.log").read_bytes() == b"bbbbbbbb\n"
         assert stat.S_IMODE((shared / ".app.log.lock").stat().st_mode) == 0o600
         assert stat.S_IMODE((shared / "app.log").stat().st_mode) == 0o644  # as it was
+
+
+@pytest.mark.parametrize(("log_mode", "mapped"), [(0o644, True), (0o600, True), (0o664, False),
+                                                   (0o666, False)])
+def test_the_control_block_is_mapped_only_where_its_owner_alone_may_write_it(
+    tmp_path: Path, log_mode: int, mapped: bool
+) -> None:
+    """The writers' hot path reads the control words from a read-only mapping only when no
+    one but this user may write the sidecar (only they, or root, could then cut it short
+    under the mapping); a log its group or others may write is read with pread."""
+    from racefree.logging import RotatingFileHandler
+
+    log = tmp_path / "app.log"
+    log.touch()
+    log.chmod(log_mode)
+    handler = RotatingFileHandler(log, maxBytes=1 << 20, backupCount=2)
+    try:
+        handler.emit(logging.LogRecord("t", logging.INFO, __file__, 1, "one", None, None))
+        side = handler._side
+        assert side is not None and (side.words is not None) == mapped
+        sidecar_mode = stat.S_IMODE((tmp_path / ".app.log.lock").stat().st_mode)
+        assert bool(sidecar_mode & 0o022) != mapped
+    finally:
+        handler.close()
+    assert log.read_bytes() == b"one\n"

@@ -136,6 +136,7 @@ class SharedFileHandler(
         self._fd = -1
         self._gen = -1
         self._head = b""
+        self._live_gen = -1  # the generation our descriptor is current in; -1: none
         self._at: float | None = None  # timed handlers: the rollover time of this generation
         self._truncate = mode == "w"  # at the first open only, as the stdlib does
         self._failed: DurabilityError | None = None
@@ -212,14 +213,16 @@ class SharedFileHandler(
         is released, so they block neither other processes nor other threads.
         """
         rv = self.filter(record)
-        if isinstance(rv, _LogRecord):  # Python 3.12+: a filter may return a record
+        if rv is not True and isinstance(rv, _LogRecord):  # 3.12+: a filter may return one
             record = rv
         if rv:
-            self.acquire()
-            try:
+            # Handler.acquire()/release() without their two extra calls: the hot path.
+            lock = self.lock
+            if lock is None:
                 self.emit(record)
-            finally:
-                self.release()
+            else:
+                with lock:
+                    self.emit(record)
             if self._finish or self._deferred:
                 self._after_record(record)
         return rv
@@ -254,9 +257,16 @@ class SharedFileHandler(
             side._wait(_LOCK_SH)  # a rotation or a large record: bounded wait
         self._writing = True
         try:
-            # Generation unchanged and no torn record to repair: one compare of raw bytes.
-            head = _fs.pread(lock_fd, 16, 0)
-            if head == self._head or self._follow_shared(head):
+            # Generation unchanged and no torn record to repair: two mapped words, or
+            # one compare of the bytes a pread gave (see sidecar.Sidecar.words).
+            words = side.words
+            if words is not None:
+                fresh = words[0] == self._live_gen and not words[1]
+                head = b"" if fresh else side.read(16)
+            else:
+                head = _fs.pread(lock_fd, 16, 0)
+                fresh = head == self._head
+            if fresh or self._follow_shared(head):
                 fd = self._fd
                 limit = self._limit
                 # Other writers may append between this lseek and the write:
@@ -372,6 +382,7 @@ class SharedFileHandler(
             # kernel dropped the dirty pages. The handler refuses further records.
             self._failed = DurabilityError(path, exc.errno or errno.EIO, "log handler")
             self._head = b""
+            self._live_gen = -1
             raise self._failed from exc
 
     # -- the rest of the Handler API --------------------------------------

@@ -50,6 +50,7 @@ class Opening:
     _fd: int
     _gen: int
     _head: bytes
+    _live_gen: int
     _truncate: bool
     _failed: BaseException | None
     _writing: bool
@@ -132,6 +133,7 @@ class Opening:
         # What the fast path compares the control block's first bytes with;
         # after a failed fsync, nothing: every record takes the slow path and is refused.
         self._head = HEAD.pack(gen, 0) if self._failed is None else b""
+        self._live_gen = gen if self._failed is None else -1
 
     def _opened_locked(self) -> None:
         """A new descriptor of the log, under the lock: subclasses read their shared state."""

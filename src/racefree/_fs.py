@@ -331,6 +331,15 @@ def read_all(fd: int, chunk: int = 1 << 20) -> bytes:
         parts.append(block)
 
 
+def exists(path: str) -> bool:
+    """Whether ``path`` names something (a ``stat`` that follows links, as ``os.path.exists``)."""
+    try:
+        stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def read_file(path: str) -> bytes:
     """The whole contents of the file at ``path``."""
     fd = open(path, os.O_RDONLY)

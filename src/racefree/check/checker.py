@@ -154,12 +154,6 @@ def _lost_manifest(directory: str, repair: bool) -> Found | None:
     if repair:
         return _salvage_store(directory)
     return Found(directory, "store", False, detail + _SALVAGE_HINT)
-def _exists(path: str) -> bool:
-    try:
-        _fs.stat(path)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _head(path: str, n: int = 64) -> bytes:
@@ -189,7 +183,7 @@ def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
                      "removes it once its writer is dead)")
     if name.endswith(_OWN_SUFFIXES) and not explicit:
         return None  # the store's shared header, a LockFile's token counter: racefree's own
-    if name.endswith(".snapshot") and _exists(path[: -len(".snapshot")]):
+    if name.endswith(".snapshot") and _fs.exists(path[: -len(".snapshot")]):
         return None  # checked with its log
     head = _head(path)
     if _is_log(path, head):
@@ -197,7 +191,7 @@ def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
     if name.endswith(".lock"):
         return _check_lock(path)
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if name.endswith(".json") or (stripped[:1] in (b"{", b"[") and _exists(path + ".lock")):
+    if name.endswith(".json") or (stripped[:1] in (b"{", b"[") and _fs.exists(path + ".lock")):
         return _check_json(path)
     if explicit and stripped[:1] in (b"{", b"["):
         found = _check_json(path)

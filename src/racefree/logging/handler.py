@@ -69,12 +69,6 @@ _LOCK_UN = fcntl.LOCK_UN
 _SEEK_END = os.SEEK_END
 _LogRecord = _stdlib_logging.LogRecord
 
-def _exists(path: str) -> bool:
-    try:
-        _fs.stat(path)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 class SharedFileHandler(

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 from racefree import _fs
-from racefree.logging.handler import Durable, SharedFileHandler, _exists
+from racefree.logging.handler import Durable, SharedFileHandler
 
 __all__ = ["RotatingFileHandler"]
 
@@ -194,7 +194,7 @@ class RotatingFileHandler(SharedFileHandler):
 
     def _present(self, path: str, listed: set[str]) -> bool:
         # A namer may put backups in another directory than the one listed.
-        return path in listed if os.path.dirname(path) == self._dir else _exists(path)
+        return path in listed if os.path.dirname(path) == self._dir else _fs.exists(path)
 
     def _rotated_candidates(self, path: str) -> Iterator[str]:
         # Backups fill slots 1, 2, ... without gaps (a shift stops at the first

@@ -157,6 +157,7 @@ class Core(Handle):
             if tomb:
                 for key in puts:
                     tomb.pop(key, None)
+        st.cache.drop_keys([*puts, *deletes])  # before st.end moves: see store.cache
         st.end = endw
 
     def _roll(self, st: State, need: int) -> int:

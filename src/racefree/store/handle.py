@@ -105,9 +105,11 @@ class Handle:
     """Files, locks and the index of one open store handle (the write path is :class:`Core`)."""
 
     def __init__(
-        self, directory: str, durable: bool, segment_size: int, *, readonly: bool = False
+        self, directory: str, durable: bool, segment_size: int, *, readonly: bool = False,
+        cache_bytes: int = 0,
     ) -> None:
         self.durable = durable
+        self.cache_bytes = cache_bytes  # the bound of each State's document cache
         self.segment_size = segment_size
         self.readonly = readonly
         self.poisoned = False

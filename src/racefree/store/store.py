@@ -9,6 +9,7 @@ system call, whether anything was written since its index was built. See
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 from racefree import _fork, _fs, _json
 from racefree._errors import ConflictError, CorruptFileError, DurabilityError
 from racefree.store.batch import Op, StoreBatch
+from racefree.store.cache import copy_doc
 from racefree.store.compact import StoreReport, check_state, compact_locked, cut_short, read_doc
 from racefree.store.core import Core
 from racefree.store.files import W_DEAD, W_END, W_SYNCED, W_TOTAL
@@ -43,6 +45,9 @@ SEGMENT_SIZE = 32 << 20
 #: Automatic compaction runs when dead bytes are at least this many and at least half
 #: of all record bytes.
 COMPACT_MIN_DEAD = 16 << 20
+#: The default bound of a handle's cache of decoded documents (estimated bytes; see
+#: ``store.cache``).
+CACHE_BYTES = 32 << 20
 
 _scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _ENTRY_OVERHEAD = FRAME.size + ENTRY.size
@@ -95,17 +100,24 @@ class Store(StoreMixin):
         *,
         durable: bool = True,
         readonly: bool = False,
+        cache_bytes: int = CACHE_BYTES,
         _segment_size: int = SEGMENT_SIZE,
         _compact_min: int = COMPACT_MIN_DEAD,
     ) -> None:
         path = os.fspath(directory)
         if not isinstance(path, str):
             raise TypeError("a store directory is a str path")
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int):
+            raise TypeError(f"cache_bytes must be an int, not {cache_bytes!r}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, not {cache_bytes}")
         self._path = path
         self._durable = bool(durable)
         self._readonly = bool(readonly)
         self._compact_min = _compact_min
-        self._core = Core(path, self._durable, _segment_size, readonly=self._readonly)
+        self._core = Core(
+            path, self._durable, _segment_size, readonly=self._readonly, cache_bytes=cache_bytes
+        )
 
     @property
     def readonly(self) -> bool:
@@ -145,30 +157,53 @@ class Store(StoreMixin):
     def get(self, id: str, default: Any = None) -> Any:
         """The document stored under ``id`` (a new object each call), or ``default``.
 
-        Never blocks on other processes' writers: no lock; one ``pread`` of the
-        document (a segment cut short: :class:`CorruptFileError`), more only if
-        another process wrote since this process last looked.
+        Never blocks on other processes' writers: no lock. A document this handle
+        read before and nobody changed since comes from its cache (``cache_bytes``):
+        no system call, no parse (a copy: every dict and list new). Otherwise one
+        ``pread`` of the document (a segment cut short: :class:`CorruptFileError`),
+        more only if another process wrote since this process last looked.
         """
         core = self._core
         st = core.state
         if core.fast[1] != st.end:  # W_END: changed by any process's write
             st = core.refresh()
+        hit = st.cache.young.get(id)
+        if hit is not None:
+            plan = hit[1]
+            if not plan:
+                return hit[0].copy()
+            try:
+                return copy_doc(hit[0], plan)
+            except RecursionError:  # a deep call stack: read and parsed below
+                pass
+        return self._get_slow(st, id, default)
+
+    def _get_slow(self, st: State, id: str, default: Any) -> Any:
         value = st.index.get(id)
         if value is None:
             if not isinstance(id, str):
                 raise TypeError(f"store ids are str, not {type(id).__name__}")
             return default
+        cache = st.cache
+        if cache.old:
+            hit = cache.promote(id)
+            if hit is not None:
+                with contextlib.suppress(RecursionError):
+                    return copy_doc(hit[0], hit[1]) if hit[1] else hit[0].copy()
         off = value & M40
         length = (value >> 40) & M36
         raw = _fs.pread(st.fds[(value >> 76) & M24], length, off)
         if len(raw) != length:
-            raise cut_short(core, (value >> 76) & M24, off)
+            raise cut_short(self._core, (value >> 76) & M24, off)
         try:
-            return _scan_once(raw.decode("ascii"), 0)[0]
+            doc = _scan_once(raw.decode("ascii"), 0)[0]
         except (ValueError, StopIteration):
             raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
         except RecursionError:  # a deep call stack: parsed again on a fresh one
             return self._parse_deep(raw, off)
+        if not cache.half:
+            return doc
+        return cache.add(id, doc, length, st.index, value)
 
     def __getitem__(self, id: str) -> dict[str, Any]:
         doc = self.get(id, _MISSING)
@@ -365,6 +400,7 @@ class Store(StoreMixin):
             )
             if old is None and st.tomb:
                 st.tomb.pop(id, None)
+            st.cache.drop(id)  # before publish moves st.end: see store.cache
             core.publish(st, seg << 40 | (off + len(record)), dead, len(record))
             end = st.end
         except DurabilityError:

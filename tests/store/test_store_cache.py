@@ -116,6 +116,20 @@ def test_cache_bytes_zero_turns_the_cache_off_and_bad_values_are_refused(tmp_pat
         Store(tmp_path / "t", cache_bytes=1.5)  # type: ignore[arg-type]
 
 
+def test_ids_read_once_are_not_cached(tmp_path: Path) -> None:
+    """An id is cached at its second read: reads that never repeat keep nothing alive."""
+    with Store(tmp_path / "s", durable=False) as s:
+        with s.batch() as b:
+            for i in range(100):
+                b.put(f"k{i}", {"n": i, "l": [i]})
+        for i in range(100):
+            assert s.get(f"k{i}") == {"n": i, "l": [i]}
+        cache = s._core.state.cache
+        assert not cache.young and not cache.old and len(cache.seen) == 100
+        assert s.get("k7") == {"n": 7, "l": [7]}
+        assert list(cache.young) == ["k7"]
+
+
 def test_memory_stays_within_the_bound(tmp_path: Path) -> None:
     """Reading 3,000 distinct 1 KiB documents through a 1 MiB cache: the estimate of each
     generation stays within half the bound, and the memory the process holds (traced)
@@ -130,8 +144,8 @@ def test_memory_stays_within_the_bound(tmp_path: Path) -> None:
         tracemalloc.start()
         try:
             base = tracemalloc.get_traced_memory()[0]
-            for i in range(3000):
-                assert s.get(f"k{i}") == doc
+            for i in range(6000):  # each id twice: cached at its second read
+                assert s.get(f"k{i % 3000}") == doc
                 assert cache.used <= limit // 2
                 assert sum(e[2] for e in cache.old.values()) <= limit // 2
             held = tracemalloc.get_traced_memory()[0] - base
@@ -152,7 +166,8 @@ def test_a_document_read_before_its_segment_is_cut_short_is_served_from_memory(
         s.put("filler", {"pad": "f" * 8192})
         s.put("a", {"n": 1})
         s.put("b", {"n": 2})
-        assert s.get("a") == {"n": 1}
+        assert s.get("a") == {"n": 1} and s.get("a") == {"n": 1}  # cached at the second
+        assert "a" in s._core.state.cache.young
         os.truncate(d / "seg-00000001.rfs", 16)
         assert s.get("a") == {"n": 1}
         with pytest.raises(CorruptFileError):
@@ -211,6 +226,7 @@ def test_a_read_that_overlaps_a_write_does_not_cache_the_old_document(tmp_path: 
 
     with Store(tmp_path / "s", durable=False) as s:
         s.put("x", {"n": 1})
+        assert s.get("x") == {"n": 1}  # the next read of "x" caches it
         out: list[Any] = []
         with _fs.use(HoldReader()):
             t = threading.Thread(target=lambda: out.append(s.get("x")))
@@ -292,7 +308,9 @@ def test_cached_documents_follow_another_process(tmp_path: Path, peer: Peer) -> 
     with Store(tmp_path / "s", durable=False) as s:
         s.put("a", {"v": 1})
         s.put("b", {"v": 1})
-        assert s.get("a") == {"v": 1} and s.get("b") == {"v": 1}  # cached
+        for _ in range(2):  # cached at the second read
+            assert s.get("a") == {"v": 1} and s.get("b") == {"v": 1}
+        assert {"a", "b"} <= set(s._core.state.cache.young)
         peer("put", "a", {"v": 2})
         assert s.get("a") == {"v": 2}
         peer("delete", "b")

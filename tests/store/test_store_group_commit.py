@@ -12,7 +12,6 @@ was written and ended before the put returned.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

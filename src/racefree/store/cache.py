@@ -35,7 +35,8 @@ the entry itself; it is within a few percent of what ``tracemalloc`` measures
 for typical documents, and above it for documents of many small numbers
 (``True``, ``False``, ``None`` and small ints are not new objects). A document
 whose estimate is more than an eighth of the limit, or nested more than
-:data:`PLAN_DEPTH` deep, is not cached.
+:data:`PLAN_DEPTH` deep, is not cached. Besides, a cache remembers the hashes of
+up to :data:`SEEN` ids read once (about 1 MiB): an id is cached at its second read.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["PLAN_DEPTH", "DocCache", "copy_doc", "plan_of"]
+__all__ = ["PLAN_DEPTH", "SEEN", "DocCache", "copy_doc", "plan_of"]
 
 #: Documents nested deeper than this are not cached (copying them recurses once per level).
 PLAN_DEPTH = 32
 _LEAF = 48  # an object header (str 49 + its characters, int 28, float 24)
 _ENTRY = 160  # the dict slot, the entry tuple, the plan's tuples (typical)
+#: How many ids read once a cache remembers (their hashes: about 1 MiB at most).
+SEEN = 16384
 
 Plan = tuple[tuple[Any, Any], ...]
 _getsizeof = sys.getsizeof
@@ -107,10 +110,11 @@ class DocCache:
     size)``. Every other method takes the cache's lock.
     """
 
-    __slots__ = ("half", "mu", "old", "used", "young")
+    __slots__ = ("half", "mu", "old", "seen", "used", "young")
 
     def __init__(self, limit: int) -> None:
         self.half = limit // 2
+        self.seen: set[int] = set()  # hashes of ids read once (admission: see ``add``)
         self.young: dict[str, tuple[Any, Plan, int]] = {}
         self.old: dict[str, tuple[Any, Plan, int]] = {}
         self.used = 0  # estimated bytes in ``young``
@@ -142,7 +146,20 @@ class DocCache:
     def add(self, key: str, doc: Any, raw: int, index: dict[str, int], value: int) -> Any:
         """Cache ``doc`` (parsed from ``raw`` bytes at index value ``value``); return a copy
         of it for the caller (the cached one is never handed out), or ``doc`` itself when
-        it is not cached."""
+        it is not cached.
+
+        Only an id read a second time is cached: the first read only notes its hash
+        (at most :data:`SEEN` of them, forgotten all at once when full), so reads that
+        never repeat pay no copy and keep no document alive (each one kept is work for
+        the garbage collector, whatever the cache's size).
+        """
+        h = hash(key)
+        seen = self.seen
+        if h not in seen:
+            if len(seen) >= SEEN:
+                seen.clear()
+            seen.add(h)
+            return doc
         found = plan_of(doc)
         if found is None:
             return doc

@@ -20,8 +20,8 @@ pread), ``locks`` (the per-process lock state that every handle on a directory
 shares), ``cache`` (each handle's bounded cache of decoded documents),
 ``index`` (building and catching up a process's index), ``handle`` (opening,
 refreshing, read-only handles, fork), ``commit`` (group commit), ``core`` (the
-write path), ``compact`` (compaction and verification), ``batch``, ``store``
-(the API) and ``asyncstore``.
+write path), ``compact`` (compaction and verification), ``batch``, ``reads``
+(the read calls), ``store`` (the API) and ``asyncstore``.
 
 May import: the root modules, ``racefree.storeapi``, ``racefree.files`` and
 ``racefree.lock``.

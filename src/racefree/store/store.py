@@ -71,6 +71,10 @@ class Store(StoreReads, StoreMixin):
     - Ids are data, never paths (any ``str``, pitfall S9); documents are compact
       JSON, never pickle (S7). Versions start at 1 and grow by one per write, and
       keep growing across a delete (a re-created id never repeats a version).
+    - ``get`` returns a new object each call (every dict and list in it new). A
+      handle keeps the documents read more than once decoded, in a cache bounded by
+      ``cache_bytes`` of estimated memory (default 32 MiB; 0 turns it off), coherent
+      with every process's writes: a hit makes no system call (``store.cache``).
     - Garbage is reclaimed automatically once dead bytes reach both
       ``COMPACT_MIN_DEAD`` (16 MiB) and half of all bytes; deleted ids never come back.
     - Other users (``docs/security.md``): no file of the store is opened through a

@@ -2,7 +2,8 @@
 
 Steps: put (with and without expect_version), delete, update, batch, compact,
 close + reopen, and a second handle's read. After every step the store and the
-model agree on every id's document and version.
+model agree on every id's document and version, and two gets of each id return
+the model's document even when the first result was changed in between.
 """
 
 from __future__ import annotations
@@ -125,6 +126,16 @@ def _machine(make: Callable[..., Any]) -> type[RuleBasedStateMachine]:
             for key in ["a", "b", "", "../x", "\0", "é"]:
                 expected = self.versions[key] if key in self.docs else None
                 assert self.store.version(key) == expected
+                # A get (a cache hit, the second time) is the model's document, and
+                # changing what it returned changes no later get.
+                got = self.store.get(key)
+                assert got == self.docs.get(key)
+                if got is not None:
+                    got["changed"] = [got.pop(next(iter(got)), None)] if got else [1]
+                    for value in got.values():
+                        if isinstance(value, list):
+                            value.append("changed")
+                assert self.store.get(key) == self.docs.get(key)
 
         def teardown(self) -> None:
             if self.store is not None:

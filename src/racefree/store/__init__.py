@@ -17,10 +17,11 @@ Modules: ``segment`` (the record format), ``owned`` (opening, reading and
 replacing the store's files under the trust rule), ``files`` (segments,
 MANIFEST, the poison marker), ``header`` (the shared header: mapped or read with
 pread), ``locks`` (the per-process lock state that every handle on a directory
-shares), ``index`` (building and catching up a process's index), ``handle``
-(opening, refreshing, read-only handles, fork), ``core`` (the write path and
-group commit), ``compact`` (compaction and verification), ``batch``, ``store``
-(the API) and ``asyncstore``.
+shares), ``cache`` (each handle's bounded cache of decoded documents),
+``index`` (building and catching up a process's index), ``handle`` (opening,
+refreshing, read-only handles, fork), ``commit`` (group commit), ``core`` (the
+write path), ``compact`` (compaction and verification), ``batch``, ``reads``
+(the read calls), ``store`` (the API) and ``asyncstore``.
 
 May import: the root modules, ``racefree.storeapi``, ``racefree.files`` and
 ``racefree.lock``.

@@ -3,10 +3,10 @@
 Every call that may wait (for the write lock, an fdatasync, or catching up with
 other processes' writes) runs in a thread of the loop's default executor (or
 the one given), through the facade of ``storeapi.facade``. A ``get`` whose index
-is already current runs inline: it is a dictionary lookup, a copy out of a
-mapped file and a JSON parse, with no lock and no system call (a page of the
-mapping that is not in memory costs a disk read, as any access to a mapped file
-does).
+is already current runs inline, with no lock: a hit in the handle's cache of
+decoded documents is a dictionary lookup and a copy (no system call); a miss is
+one ``pread`` of the document (a disk read if its page is not in memory) and a
+JSON parse.
 
 Cancellation: cancelling an awaiting call does not stop its thread; the write
 completes (or fails) on its own, atomically, exactly as the synchronous call

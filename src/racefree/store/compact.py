@@ -127,7 +127,7 @@ def compact_locked(core: Core, st: State) -> State:
     """Rewrite ``st``'s live data into new segments and switch to them (write lock held)."""
     w = core.words
     gen = st.gen + 1
-    new = State(gen, [], 0)
+    new = State(gen, [], 0, core.cache_bytes)
     out = Writer(core.dir, core.first_size(max(0, w[W_TOTAL] - w[W_DEAD])), new, st.segs[-1] + 1)
     w[W_INPROG] = gen
     committed = False

@@ -12,26 +12,25 @@ retried: the store is poisoned for every process (W7).
 from __future__ import annotations
 
 import errno
-import os
 
 from racefree import _fs
 from racefree._errors import CorruptFileError, DurabilityError, InheritedLockError, ReadOnlyError
+from racefree.store import commit
 from racefree.store.files import (
     W_DEAD,
     W_END,
     W_INPROG,
     W_POISON,
+    W_SLOT0,
     W_SYNCED,
     W_TOTAL,
     create_segment,
     fdatasync,
     read_segment,
-    seg_name,
     write_manifest,
 )
 from racefree.store.handle import _CLOSED, CLOSED_MESSAGE, POISON_MESSAGE, Handle
 from racefree.store.index import State
-from racefree.store.owned import open_file
 from racefree.store.segment import (
     M36,
     M40,
@@ -147,6 +146,8 @@ class Core(Handle):
         if total:
             w[W_TOTAL] += total
         w[W_END] = endw
+        if self.slot >= 0:
+            w[W_SLOT0 + self.slot] = endw  # for group commit: this handle has a record to sync
         index, tomb = st.index, st.tomb
         for key, version in deletes.items():
             index.pop(key, None)
@@ -156,6 +157,7 @@ class Core(Handle):
             if tomb:
                 for key in puts:
                     tomb.pop(key, None)
+        st.cache.drop_keys([*puts, *deletes])  # before st.end moves: see store.cache
         st.end = endw
 
     def _roll(self, st: State, need: int) -> int:
@@ -199,62 +201,24 @@ class Core(Handle):
         if total:
             w[W_TOTAL] += total
         w[W_END] = endw
+        if self.slot >= 0:
+            w[W_SLOT0 + self.slot] = endw  # for group commit: this handle has a record to sync
         st.end = endw
-
-    def _sync_segment(self, fd: int, seg: int) -> None:
-        if fd >= 0:
-            fdatasync(fd, self.seg_path(seg))
-            return
-        # Not in this handle's state (closed meanwhile, or rolled by another
-        # process after our write): sync the file by name.
-        try:
-            fd = open_file(self.dir, seg_name(seg), os.O_RDWR, create=False)[0]
-        except FileNotFoundError:
-            return  # an orphan number: never named by the manifest, nothing to sync
-        try:
-            fdatasync(fd, self.seg_path(seg))
-        finally:
-            _fs.close(fd)
 
     def sync(self, endw: int) -> None:
         """Group commit: return once every byte before ``endw`` is fdatasynced.
 
-        Called after the write lock is released. One process at a time (the sync
-        lock) fdatasyncs everything published so far and records it in the shared
-        header; a writer whose end is already covered returns without a system call
-        (when the header is mapped: a header read with pread is only trusted for
-        this under the sync lock, where nobody writes the synced end).
+        Called after the write lock is released (see ``store.commit``). A writer
+        whose end is already covered returns without a system call (when the
+        header is mapped: a header read with pread is only trusted for this under
+        the sync lock, where nobody writes the synced end).
         """
         hdr = self.hdr
         if hdr is not None and hdr.mapped and self.words[W_SYNCED] >= endw:
             return
-        locks = self.locks
-        with locks.sync_mu:
+        with self.locks.sync_mu:
             if self.state is _CLOSED:
                 # Closed by another thread after this write was published: it was
                 # written, but its fdatasync did not run.
                 raise ValueError(CLOSED_MESSAGE + " (the write was made, not yet synced)")
-            w = self.words
-            with locks.syncing_held():
-                if w[W_SYNCED] >= endw:
-                    return
-                if self.poisoned or w[W_POISON]:
-                    raise DurabilityError(self.dir, errno.EIO, POISON_MESSAGE.format(self.dir))
-                # Everything published before this load was written before it: one
-                # fdatasync covers every writer that published so far (group commit).
-                target = max(w[W_END], endw)
-                st = self.state
-                # W_SYNCED < endw: no compaction ran since our write (it would have
-                # set W_SYNCED past it), so these segments all still exist.
-                for seg in range(w[W_SYNCED] >> 40, (target >> 40) + 1):
-                    fd = st.fds.get(seg, -1)
-                    if fd < 0 and seg != target >> 40 and seg not in st.segs:
-                        continue  # a number no segment of this generation has
-                    try:
-                        self._sync_segment(fd, seg)
-                    except DurabilityError:
-                        # W7: never retried; no process writes to this store again.
-                        self.poison()
-                        raise
-                if target > w[W_SYNCED]:
-                    w[W_SYNCED] = target
+            commit.sync(self, endw, POISON_MESSAGE.format(self.dir))

@@ -55,6 +55,12 @@ W_POISON = 4  # an fdatasync failed: no process writes any more (pitfall W7)
 W_DEAD = 5  # bytes of overwritten and deleted records (a hint for auto-compaction)
 W_TOTAL = 6  # bytes of all records
 W_INPROG = 7  # a compaction to this generation is in flight (0: none)
+# Group commit (``store.commit``): which durable handles to wait for before an fdatasync.
+W_RECENT = 8  # bitmap of the slots that published around the last sync
+W_SLOTS = 9  # bitmap of the slots claimed since the header was made
+W_SLOT0 = 16  # word of slot i (W_SLOT0 + i): the end of that handle's last published record
+#: Durable handles that can hold a slot at once (more work, without being waited for).
+SLOTS = 64
 
 _ZERO_CHUNK = bytes(1 << 20)
 #: A MANIFEST larger than this is damage (it lists segment numbers: a few hundred bytes

@@ -33,13 +33,18 @@ from typing import Any
 from racefree import _fork, _fs
 from racefree._errors import FormatError, InheritedLockError
 from racefree.store import files, readonly
+from racefree.store.commit import claim_slot
 from racefree.store.files import (
     MANIFEST,
     SHM_MAGIC,
+    SLOTS,
     W_END,
     W_GEN,
     W_MAGIC,
     W_POISON,
+    W_RECENT,
+    W_SLOT0,
+    W_SLOTS,
     W_SYNCED,
     clear_poison_marker,
     create_segment,
@@ -100,12 +105,16 @@ class Handle:
     """Files, locks and the index of one open store handle (the write path is :class:`Core`)."""
 
     def __init__(
-        self, directory: str, durable: bool, segment_size: int, *, readonly: bool = False
+        self, directory: str, durable: bool, segment_size: int, *, readonly: bool = False,
+        cache_bytes: int = 0,
     ) -> None:
         self.durable = durable
+        self.cache_bytes = cache_bytes  # the bound of each State's document cache
         self.segment_size = segment_size
         self.readonly = readonly
         self.poisoned = False
+        self.slot = -1  # group commit: this handle's slot in the header (store.commit)
+        self.sync_cost = 0.0  # seconds an fdatasync took here lately (store.commit)
         self.state: State = _DEAD_STATE
         self.words: Any = _NO_WORDS
         self.fast: Any = _NO_WORDS  # the same words, for the hot path (``Header.fast``)
@@ -177,6 +186,7 @@ class Handle:
                     self.state = load(self)
                     self._check_poison()
                     mark_live(hdr.fd)
+                    self._claim_slot()
                     return
             with locks.mu:
                 locks.take(create=True)
@@ -186,6 +196,8 @@ class Handle:
                     self._create_if_new()
                     if first:
                         self.words[W_POISON] = 0
+                        for i in range(W_RECENT, W_SLOT0 + SLOTS):
+                            self.words[i] = 0  # no slot is held: nobody has the store open
                     self.words[W_MAGIC] = 0
                     state = rebuild(self)
                     self.words[W_MAGIC] = SHM_MAGIC
@@ -196,9 +208,19 @@ class Handle:
             self.state = state
             self._check_poison()
             mark_live(hdr.fd)
+            self._claim_slot()
         except BaseException:
             self._close_header()
             raise
+
+    def _claim_slot(self) -> None:
+        # Group commit (store.commit): a durable handle is waited for by the other
+        # writers' fdatasyncs; its slot is a record lock the kernel drops at close.
+        if self.durable and self.hdr is not None:
+            self.slot = claim_slot(self.hdr.fd)
+            if self.slot >= 0:
+                with self.locks.syncing():  # a bitmap other processes update too
+                    self.words[W_SLOTS] |= 1 << self.slot
 
     def _check_poison(self) -> None:
         # An fsync failed in some earlier life of the store (the marker survives every
@@ -226,6 +248,7 @@ class Handle:
 
     def _close_header(self) -> None:
         self.words = self.fast = _NO_WORDS
+        self.slot = -1  # its record lock goes with the descriptor
         self.attached = False
         hdr, self.hdr = self.hdr, None
         if hdr is not None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from racefree import _fs
 from racefree._errors import CorruptFileError, DurabilityError
+from racefree.store.cache import DocCache
 from racefree.store.files import (
     W_DEAD,
     W_END,
@@ -49,6 +50,7 @@ class Core(Protocol):
     dir: str
     state: State
     words: Any
+    cache_bytes: int
 
     def acquire(self) -> None: ...
     def release(self) -> None: ...
@@ -80,12 +82,14 @@ class State:
 
     Segments are read with ``pread`` on ``fds`` (never mapped: a segment that
     someone truncates is a short read, reported as damage, never a SIGBUS);
-    ``sizes`` is each one's size when it was opened or made.
+    ``sizes`` is each one's size when it was opened or made. ``cache`` holds
+    decoded documents of this view (``store.cache``: empty for a new view, so a
+    new generation never serves a document of an old one).
     """
 
-    __slots__ = ("end", "fds", "gen", "index", "segs", "sizes", "tomb")
+    __slots__ = ("cache", "end", "fds", "gen", "index", "segs", "sizes", "tomb")
 
-    def __init__(self, gen: int, segs: list[int], end: int) -> None:
+    def __init__(self, gen: int, segs: list[int], end: int, cache_bytes: int = 0) -> None:
         self.gen = gen
         self.segs = segs
         self.end = end  # the published position this index covers (seg << 40 | offset)
@@ -93,6 +97,7 @@ class State:
         self.tomb: dict[str, int] = {}  # deleted id -> its tombstone's version
         self.sizes: dict[int, int] = {}
         self.fds: dict[int, int] = {}
+        self.cache = DocCache(cache_bytes)
 
     def close(self) -> None:
         fds, self.fds = self.fds, {}
@@ -174,7 +179,7 @@ def rebuild(core: Core) -> State:
         for name in orphans:
             # Another user's file at a segment's name is not ours to remove.
             unlink_own(core.dir, name, keep_untrusted=True)
-    st = State(gen, list(segs), 0)
+    st = State(gen, list(segs), 0, core.cache_bytes)
     try:
         for seg in segs:
             core.open_segment(st, seg)
@@ -205,7 +210,7 @@ def scan(core: Core) -> State:
     """
     for _ in range(20):
         gen, segs = read_manifest(core.dir)
-        st = State(gen, list(segs), 0)
+        st = State(gen, list(segs), 0, core.cache_bytes)
         try:
             for seg in segs:
                 core.open_segment(st, seg)
@@ -262,7 +267,7 @@ def _load_unlocked(core: Core) -> State | None:
         tseg, toff = endw >> 40, endw & M40
         if tseg not in segs:
             continue  # a segment roll raced the manifest read
-        st = State(gen, [s for s in segs if s <= tseg], endw)
+        st = State(gen, [s for s in segs if s <= tseg], endw, core.cache_bytes)
         try:
             for seg in st.segs:
                 core.open_segment(st, seg)
@@ -295,6 +300,31 @@ def _load_unlocked(core: Core) -> State | None:
     return None
 
 
+def _apply(core: Core, st: State, buf: Any, seg: int, base: int) -> tuple[int, bool]:
+    """Apply the frames of ``buf`` (from segment offset ``base``) to ``st``: ``(end, torn)``.
+
+    Into fresh dicts first, so that the ids they change are known: their cached
+    documents are dropped (``store.cache``) before the caller moves ``st.end``.
+    """
+    puts: dict[str, int] = {}
+    deletes: dict[str, int] = {}
+    end, torn, _, _ = index_frames(
+        buf, 0, len(buf), seg, puts, deletes, core.seg_path(seg), base=base
+    )
+    # An id is in at most one of the two: its last record decides.
+    index, tomb = st.index, st.tomb
+    for key, version in deletes.items():
+        index.pop(key, None)
+        tomb[key] = version
+    if puts:
+        index.update(puts)
+        if tomb:
+            for key in puts:
+                tomb.pop(key, None)
+    st.cache.drop_keys([*puts, *deletes])
+    return end, torn
+
+
 def catch_up(core: Core, st: State, endw: int) -> bool:
     """Apply the records between ``st.end`` and ``endw``; False if the generation moved."""
     seg, off = st.end >> 40, st.end & M40
@@ -302,9 +332,7 @@ def catch_up(core: Core, st: State, endw: int) -> bool:
     while seg != tseg:
         # ``seg`` was sealed by a roll: finish it up to the end of its frames.
         buf = read_segment(st.fds[seg], off, st.sizes[seg])
-        end, torn, _, _ = index_frames(
-            buf, 0, len(buf), seg, st.index, st.tomb, core.seg_path(seg), base=off
-        )
+        end, torn = _apply(core, st, buf, seg, off)
         if torn:
             raise _sealed_damage(core, seg, off + end)
         later = [s for s in st.segs if s > seg]
@@ -322,13 +350,10 @@ def catch_up(core: Core, st: State, endw: int) -> bool:
         # Read through pread, not the mapping: the system call orders this read
         # after the load of the published end on any memory model.
         buf = _fs.pread(st.fds[seg], toff - off, off)
-        end, _, _, _ = index_frames(
-            buf, 0, len(buf), seg, st.index, st.tomb, core.seg_path(seg), base=off
-        )
+        end, _ = _apply(core, st, buf, seg, off)
         if end != toff - off:
             raise CorruptFileError(
                 core.seg_path(seg), "a published record does not check", offset=off + end
             )
     st.end = endw
     return True
-

@@ -14,21 +14,21 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from racefree import _fork, _fs, _json
-from racefree._errors import ConflictError, CorruptFileError, DurabilityError
+from racefree import _fork, _json
+from racefree._errors import ConflictError, DurabilityError
 from racefree.store.batch import Op, StoreBatch
-from racefree.store.compact import StoreReport, check_state, compact_locked, cut_short, read_doc
+from racefree.store.compact import StoreReport, check_state, compact_locked
 from racefree.store.core import Core
-from racefree.store.files import W_DEAD, W_END, W_SYNCED, W_TOTAL
+from racefree.store.files import W_DEAD, W_SYNCED, W_TOTAL
 from racefree.store.index import State
-from racefree.store.segment import ENTRY, FRAME, M24, M36, M40, OP_DELETE, OP_PUT, PREFIX, frame
+from racefree.store.reads import StoreReads
+from racefree.store.segment import ENTRY, FRAME, M36, OP_DELETE, OP_PUT, PREFIX, frame
 from racefree.storeapi.checks import (
     MAX_VERSION,
     check_expect,
     check_version,
     encode_doc,
     encode_id,
-    id_bytes,
     no_fence,
     version_limit,
 )
@@ -43,16 +43,14 @@ SEGMENT_SIZE = 32 << 20
 #: Automatic compaction runs when dead bytes are at least this many and at least half
 #: of all record bytes.
 COMPACT_MIN_DEAD = 16 << 20
+#: The default bound of a handle's cache of decoded documents (estimated bytes; see
+#: ``store.cache``).
+CACHE_BYTES = 32 << 20
 
-_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _ENTRY_OVERHEAD = FRAME.size + ENTRY.size
 
 
-def _first_value(raw: bytes) -> Any:
-    return _scan_once(raw.decode("ascii"), 0)[0]
-
-
-class Store(StoreMixin):
+class Store(StoreReads, StoreMixin):
     """A JSON document store in ``directory``: string ids, JSON-object documents.
 
     Guarantees (each write is one record, appended under an flock):
@@ -73,6 +71,10 @@ class Store(StoreMixin):
     - Ids are data, never paths (any ``str``, pitfall S9); documents are compact
       JSON, never pickle (S7). Versions start at 1 and grow by one per write, and
       keep growing across a delete (a re-created id never repeats a version).
+    - ``get`` returns a new object each call (every dict and list in it new). A
+      handle keeps the documents read more than once decoded, in a cache bounded by
+      ``cache_bytes`` of estimated memory (default 32 MiB; 0 turns it off), coherent
+      with every process's writes: a hit makes no system call (``store.cache``).
     - Garbage is reclaimed automatically once dead bytes reach both
       ``COMPACT_MIN_DEAD`` (16 MiB) and half of all bytes; deleted ids never come back.
     - Other users (``docs/security.md``): no file of the store is opened through a
@@ -95,122 +97,29 @@ class Store(StoreMixin):
         *,
         durable: bool = True,
         readonly: bool = False,
+        cache_bytes: int = CACHE_BYTES,
         _segment_size: int = SEGMENT_SIZE,
         _compact_min: int = COMPACT_MIN_DEAD,
     ) -> None:
         path = os.fspath(directory)
         if not isinstance(path, str):
             raise TypeError("a store directory is a str path")
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int):
+            raise TypeError(f"cache_bytes must be an int, not {cache_bytes!r}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, not {cache_bytes}")
         self._path = path
         self._durable = bool(durable)
         self._readonly = bool(readonly)
         self._compact_min = _compact_min
-        self._core = Core(path, self._durable, _segment_size, readonly=self._readonly)
+        self._core = Core(
+            path, self._durable, _segment_size, readonly=self._readonly, cache_bytes=cache_bytes
+        )
 
     @property
     def readonly(self) -> bool:
         """Whether this handle was opened with ``readonly=True`` (its writes raise)."""
         return self._readonly
-
-    # -- reads -------------------------------------------------------------------
-    def _current(self) -> State:
-        core = self._core
-        st = core.state
-        if core.fast[W_END] != st.end:
-            st = core.refresh()
-        return st
-
-    def _read(self, st: State, value: int) -> Any:
-        off = value & M40
-        raw = read_doc(self._core, st, (value >> 76) & M24, off, (value >> 40) & M36)
-        try:
-            return _scan_once(raw.decode("ascii"), 0)[0]
-        except (ValueError, StopIteration):
-            raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
-        except RecursionError:
-            return self._parse_deep(raw, off)
-
-    def _parse_deep(self, raw: bytes, off: int) -> Any:
-        """Parse a document that overflowed this thread's stack (see ``racefree._json``)."""
-        try:
-            return _json.parse(_first_value, raw)
-        except (ValueError, StopIteration):
-            raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
-        except _json.TooDeep:
-            raise CorruptFileError(
-                self._path, "a document is nested too deeply to parse",
-                offset=off + _json.deep_offset(raw),
-            ) from None
-
-    def get(self, id: str, default: Any = None) -> Any:
-        """The document stored under ``id`` (a new object each call), or ``default``.
-
-        Never blocks on other processes' writers: no lock; one ``pread`` of the
-        document (a segment cut short: :class:`CorruptFileError`), more only if
-        another process wrote since this process last looked.
-        """
-        core = self._core
-        st = core.state
-        if core.fast[1] != st.end:  # W_END: changed by any process's write
-            st = core.refresh()
-        value = st.index.get(id)
-        if value is None:
-            if not isinstance(id, str):
-                raise TypeError(f"store ids are str, not {type(id).__name__}")
-            return default
-        off = value & M40
-        length = (value >> 40) & M36
-        raw = _fs.pread(st.fds[(value >> 76) & M24], length, off)
-        if len(raw) != length:
-            raise cut_short(core, (value >> 76) & M24, off)
-        try:
-            return _scan_once(raw.decode("ascii"), 0)[0]
-        except (ValueError, StopIteration):
-            raise CorruptFileError(self._path, "a document is not JSON", offset=off) from None
-        except RecursionError:  # a deep call stack: parsed again on a fresh one
-            return self._parse_deep(raw, off)
-
-    def __getitem__(self, id: str) -> dict[str, Any]:
-        doc = self.get(id, _MISSING)
-        if doc is _MISSING:
-            raise KeyError(id)
-        result: dict[str, Any] = doc
-        return result
-
-    def __contains__(self, id: object) -> bool:
-        return isinstance(id, str) and id in self._current().index
-
-    def version(self, id: str) -> int | None:
-        """The version of ``id``'s document (1 for its first put), or None if absent."""
-        id_bytes(id)  # TypeError for a non-str; a longer id than any stored is just absent
-        value = self._current().index.get(id)
-        return None if value is None else value >> 100
-
-    def __len__(self) -> int:
-        return len(self._current().index)
-
-    def _snapshot(self) -> tuple[State, list[tuple[str, int]]]:
-        if _fork.maybe_child:
-            _fork.check()  # before taking the mutex: a forked child replaces it first
-        with self._core.mu:  # no catch-up may change the index while it is copied
-            st = self._core.refresh()
-            pairs = list(st.index.items())
-        pairs.sort()
-        return st, pairs
-
-    def keys(self) -> list[str]:
-        """Every id, sorted (code point order = UTF-8 byte order), from one snapshot."""
-        return [key for key, _ in self._snapshot()[1]]
-
-    def items(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every ``(id, document)`` pair, sorted by id, from one consistent snapshot."""
-        st, pairs = self._snapshot()
-        return [(key, self._read(st, value)) for key, value in pairs]
-
-    def items_with_versions(self) -> list[tuple[str, int, dict[str, Any]]]:
-        """Every ``(id, version, document)``, from one snapshot (``racefree store copy``)."""
-        st, pairs = self._snapshot()
-        return [(key, value >> 100, self._read(st, value)) for key, value in pairs]
 
     # -- writes --------------------------------------------------------------------
     def _commit(self, ops: list[Op]) -> Any:
@@ -365,6 +274,7 @@ class Store(StoreMixin):
             )
             if old is None and st.tomb:
                 st.tomb.pop(id, None)
+            st.cache.drop(id)  # before publish moves st.end: see store.cache
             core.publish(st, seg << 40 | (off + len(record)), dead, len(record))
             end = st.end
         except DurabilityError:

@@ -117,6 +117,10 @@ class FileSystem:
     def fstat(self, fd: int) -> os.stat_result:
         return os.fstat(fd)
 
+    def set_blocking(self, fd: int, blocking: bool) -> None:
+        """Set or clear ``O_NONBLOCK`` on an open descriptor (``fcntl(F_SETFL)``)."""
+        os.set_blocking(fd, blocking)
+
     def fchmod(self, fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
 
@@ -200,7 +204,8 @@ class FileSystem:
 OPS: tuple[str, ...] = (
     "open", "close", "read", "pread", "preadinto", "write", "pwrite", "lseek", "fsync",
     "fdatasync",
-    "ftruncate", "fallocate", "fstat", "fchmod", "fchown", "flock", "ofd_setlk", "ofd_getlk",
+    "ftruncate", "fallocate", "fstat", "set_blocking", "fchmod", "fchown", "flock", "ofd_setlk",
+    "ofd_getlk",
     "mmap",
     "stat", "replace", "link", "unlink", "mkdir", "rmdir", "listdir", "realpath", "fsync_dir",
     "utime", "readlink",
@@ -225,6 +230,7 @@ fdatasync: Callable[[int], None] = _REAL.fdatasync
 ftruncate: Callable[[int, int], None] = _REAL.ftruncate
 fallocate: Callable[[int, int, int], None] = _REAL.fallocate
 fstat: Callable[[int], os.stat_result] = _REAL.fstat
+set_blocking: Callable[[int, bool], None] = _REAL.set_blocking
 fchmod: Callable[[int, int], None] = _REAL.fchmod
 fchown: Callable[[int, int, int], None] = _REAL.fchown
 flock: Callable[[int, int], None] = _REAL.flock
@@ -253,6 +259,7 @@ _FAST: dict[str, Any] = {
     "fsync": os.fsync,
     "ftruncate": os.ftruncate,
     "fstat": os.fstat,
+    "set_blocking": os.set_blocking,
     "fchmod": os.fchmod,
     "fchown": os.fchown,
     "flock": fcntl.flock,

@@ -103,7 +103,7 @@ def _walk(directory: str, repair: bool) -> Iterator[Found]:
             continue
         if not _trust.trusted(st, dir_st):
             # Another user's entry of a shared directory (/tmp): not racefree's data.
-            yield Found(full, "skipped", True, f"{_trust.describe(st)} of uid {st.st_uid} in "
+            yield Found(full, "skipped", True, f"{_trust.describe(st)} owned by uid {st.st_uid} in "
                         "a shared directory: not trusted, not read (docs/security.md)")
             continue
         if stat.S_ISDIR(st.st_mode):

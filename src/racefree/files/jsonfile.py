@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from racefree import _fs, _trust
-from racefree._errors import DurabilityError
+from racefree._errors import DurabilityError, UnsafePathError
 from racefree.files.atomic import atomic_write
 from racefree.files.jsontext import decode, encode
 from racefree.lock.create import prepare_data_lock
@@ -41,18 +41,26 @@ _EDITING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 )
 
 
-def _lock_path(path: str) -> str:
-    """``{the file, links resolved under the rule}.lock``."""
-    return _resolved(path) + ".lock"
+def _lock_path(path: str) -> tuple[str, UnsafePathError | None]:
+    """``{the file, links resolved under the rule}.lock``, and why it may not be used, if so.
 
-
-def _resolved(path: str) -> str:
+    The lock is racefree's own file, so it is never made or used below a directory
+    another user made in a shared directory (``strict`` resolution): such a file
+    may still be read (as the kernel would read it), but every write refuses.
+    """
     try:
-        return _trust.resolve(path).path
+        return _resolved(path, strict=True) + ".lock", None
+    except UnsafePathError as exc:
+        return _resolved(path, strict=False) + ".lock", exc
+
+
+def _resolved(path: str, *, strict: bool) -> str:
+    try:
+        return _trust.resolve(path, strict=strict).path
     except FileNotFoundError:
         # A directory on the way does not exist (yet): resolve what does, keep the rest.
         head, tail = os.path.split(os.path.abspath(path))
-        return os.path.join(_resolved(head), tail)
+        return os.path.join(_resolved(head, strict=strict), tail)
 
 
 async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
@@ -110,7 +118,9 @@ class JsonFile:
     once the file has been checked.
     """
 
-    __slots__ = ("_broken", "_default", "_durable", "_indent", "_lock", "_lock_ready", "_path")
+    __slots__ = (
+        "_broken", "_default", "_durable", "_indent", "_lock", "_lock_ready", "_path", "_refused",
+    )
 
     def __init__(
         self,
@@ -131,7 +141,8 @@ class JsonFile:
         # racefree's rule: a link another user planted in a shared directory is refused
         # here, before a lock file is created next to its target. The file's directory
         # must exist: its lock does not create it either.
-        self._lock = FileLock(_lock_path(self._path), timeout=timeout, make_parents=False)
+        lock_path, self._refused = _lock_path(self._path)
+        self._lock = FileLock(lock_path, timeout=timeout, make_parents=False)
         self._lock_ready = False
         self._broken: DurabilityError | None = None
 
@@ -154,6 +165,8 @@ class JsonFile:
         or a new file's), and an older, more open one the caller owns is narrowed
         (``lock.create.prepare_data_lock``).
         """
+        if self._refused is not None:
+            raise UnsafePathError(self._refused.path or self._path, self._refused.reason)
         if not self._lock_ready:
             data = self._lock.path[: -len(".lock")]  # the file, its links resolved
             try:

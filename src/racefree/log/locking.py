@@ -73,8 +73,16 @@ class LogLock:
         A user who may not open the lock file (it may only read the log, and the
         lock's mode keeps it out) looks again without the lock: if a writer was
         repairing a torn tail at that very moment, the read may show damage that is
-        gone when it reads again (docs/log.md). Any other error propagates.
+        gone when it reads again (docs/log.md). A reader never creates the lock
+        file either: where there is none, no writer ever held it (writers make it
+        before their first write), so it looks again without it. Any other error
+        propagates.
         """
+        try:
+            _fs.stat(self._file.path, follow_symlinks=False)
+        except FileNotFoundError:
+            yield  # no writer has ever written this log: nothing is mid-way
+            return
         try:
             lock = self.lock
             lock.acquire()

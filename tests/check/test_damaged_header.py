@@ -1,4 +1,4 @@
-"""A log whose header line is damaged: reported as a damaged log, and rebuilt by a salvage.
+"""Case 18 (docs/security.md): a log whose header line is damaged: reported, and rebuilt.
 
 A flipped bit in the header line (``39 8afa8dbf {"racefree_log":1,...}``) used to make
 ``racefree check`` skip the file as "not a racefree file" and exit 0, while

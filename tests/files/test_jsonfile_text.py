@@ -1,4 +1,4 @@
-"""Case 10: every way a JSON document fails to read or write is a typed error.
+"""Case 19 (docs/security.md): every way a JSON document fails to read or write is a typed error.
 
 Reading: valid JSON that Python will not turn into values (an integer longer than
 ``sys.get_int_max_str_digits()``) raised a bare ``ValueError`` and aborted

@@ -1,4 +1,4 @@
-"""Cases 5, 6 and 12: another local user against ``AppendLog`` and what reads its files.
+"""Cases 12, 13 and 17: another local user against ``AppendLog`` and what reads its files.
 
 racefree runs as root, the attacker as ``nobody`` (``helpers.hostile``) in a directory
 like ``/tmp`` (sticky, world-writable). The log used to be opened by path (links
@@ -55,7 +55,7 @@ def audit(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("op", list(OPS))
-def test_case5_another_users_log_file_is_never_adopted(shared: Path, op: str) -> None:
+def test_case12_another_users_log_file_is_never_adopted(shared: Path, op: str) -> None:
     """nobody's own app.log (a valid empty log, mode 0666) in the shared directory: every
     call raises UnsafePathError; the file keeps nobody's bytes and owner (before: root
     appended its records into it, readable by nobody)."""
@@ -70,7 +70,7 @@ def test_case5_another_users_log_file_is_never_adopted(shared: Path, op: str) ->
 
 
 @pytest.mark.parametrize("op", list(OPS))
-def test_case5_a_planted_link_at_the_log_is_never_followed(
+def test_case12_a_planted_link_at_the_log_is_never_followed(
     shared: Path, audit: Path, op: str
 ) -> None:
     """nobody plants app.log -> root's 0600 audit.log: UnsafePathError, the audit log byte
@@ -91,7 +91,7 @@ READS_SNAPSHOT = {"list", "check", "compact"}
 
 @pytest.mark.parametrize("where", ["log", "snapshot of a new log", "snapshot"])
 @pytest.mark.parametrize("op", list(OPS))
-def test_case5_a_fifo_at_the_log_or_its_snapshot_never_blocks(
+def test_case12_a_fifo_at_the_log_or_its_snapshot_never_blocks(
     shared: Path, where: str, op: str
 ) -> None:
     """nobody's FIFO at the log's name, or at its snapshot's (with no log yet, or next to
@@ -152,7 +152,7 @@ class SwapsLogForLink(_fs.FileSystem):
         return super().open(path, flags, mode)
 
 
-def test_case5_a_link_swapped_in_after_the_resolution_is_not_followed(
+def test_case12_a_link_swapped_in_after_the_resolution_is_not_followed(
     shared: Path, audit: Path
 ) -> None:
     """Deterministic (through the seam): the log turns into nobody's link between its
@@ -184,7 +184,7 @@ def test_trusted_links_and_group_directories_keep_working(tmp_path: Path, audit:
         assert hostile.owner(group / "team.log") == hostile.NOBODY
 
 
-def test_case12_another_users_json_file_is_not_read(shared: Path) -> None:
+def test_case17_another_users_json_file_is_not_read(shared: Path) -> None:
     """nobody plants config.json in the shared directory: root's JsonFile.read refuses it
     (UnsafePathError) instead of returning nobody's JSON (write() was refused already)."""
     path = shared / "config.json"
@@ -197,7 +197,7 @@ def test_case12_another_users_json_file_is_not_read(shared: Path) -> None:
 CLI = [sys.executable, "-m", "racefree"]
 
 
-def test_case6_check_and_log_commands_never_hang_on_a_fifo_snapshot(shared: Path) -> None:
+def test_case13_check_and_log_commands_never_hang_on_a_fifo_snapshot(shared: Path) -> None:
     """A FIFO (nobody's) at a.log.snapshot next to root's log: ``racefree check DIR``,
     ``check --repair DIR``, ``log FILE tail`` and ``log FILE check`` end at once: the log
     cannot be used (exit 1, one line naming the FIFO); nothing is written."""

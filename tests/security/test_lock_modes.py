@@ -1,4 +1,4 @@
-"""Case 4 (the class): a user who may only read cannot hold racefree's own locks.
+"""Case 16: a user who may only read cannot hold racefree's own locks (the class of case 4).
 
 ``flock`` works on a descriptor opened for reading only, so a lock file that a user
 may read is a lock that user can hold for ever: root's ``Store`` writers,
@@ -74,7 +74,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
-def test_a_user_who_may_only_read_can_neither_open_nor_hold_the_locks(data: Path) -> None:
+def test_case16_a_user_who_may_only_read_can_neither_open_nor_hold_the_locks(data: Path) -> None:
     """nobody may read the data (0644) but not open any of the five lock files (0600), so
     root's store put, log append and JSON update all complete while nobody tries to hold
     them (before: each lock held by nobody blocked root for ever)."""
@@ -125,7 +125,9 @@ def test_the_user_who_may_only_read_still_reads_everything(data: Path) -> None:
 
 
 @pytest.mark.parametrize("name", LOCKS)
-def test_an_older_world_readable_lock_is_narrowed_by_its_owner(data: Path, name: str) -> None:
+def test_case16_an_older_world_readable_lock_is_narrowed_by_its_owner(
+    data: Path, name: str
+) -> None:
     """A lock file an older racefree made 0644 is narrowed to 0600 by root's next write
     (the owner may change its mode; the data is only root's to write)."""
     os.chmod(data / name, 0o644)

@@ -27,7 +27,7 @@ FUTURE = ("app.log.2099-12-31_23-59-58", "app.log.2099-12-31_23-59-59")
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_another_users_backup_names_neither_count_nor_are_deleted(compress: bool) -> None:
+def test_case21_another_users_backup_names_neither_count_nor_are_deleted(compress: bool) -> None:
     """nobody plants two backups dated 2099; root rotates three times with backupCount=2:
     root keeps exactly its two newest backups, nobody's files are untouched (before: root's
     backups were all deleted, the planted ones kept as the "newest")."""

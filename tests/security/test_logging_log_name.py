@@ -48,7 +48,7 @@ print(repr(got), flush=True)
 
 
 @pytest.mark.parametrize("kind", list(HANDLERS))
-def test_a_fifo_planted_at_the_log_name_never_gets_a_record(kind: str) -> None:
+def test_case20_a_fifo_planted_at_the_log_name_never_gets_a_record(kind: str) -> None:
     """nobody plants app.log as a FIFO it reads: the handler refuses it (UnsafePathError)
     and the attacker reads nothing (before: every record root logged)."""
     with hostile.shared_dir("tmp") as shared:
@@ -69,7 +69,7 @@ def test_a_fifo_planted_at_the_log_name_never_gets_a_record(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", list(HANDLERS))
-def test_a_fifo_without_a_reader_at_the_log_name_never_blocks(kind: str) -> None:
+def test_case20_a_fifo_without_a_reader_at_the_log_name_never_blocks(kind: str) -> None:
     """nobody plants app.log as a FIFO nobody reads: the constructor raises UnsafePathError
     at once (before: it blocked for ever in open(2)); a FIFO of root's own with no reader
     is OSError(ENXIO) at once, not a hang."""
@@ -110,8 +110,8 @@ class SwapsFifoForLink(_fs.FileSystem):
 
 
 @pytest.mark.parametrize("kind", list(HANDLERS))
-def test_a_fifo_swapped_for_a_link_is_never_followed(tmp_path: Path, kind: str) -> None:
-    """Finding 1, deterministic: the FIFO seen by the lstat is a link to a root-only file
+def test_case20_a_fifo_swapped_for_a_link_is_never_followed(tmp_path: Path, kind: str) -> None:
+    """Case 20, deterministic: the FIFO seen by the lstat is a link to a root-only file
     at the open (through the seam): UnsafePathError, the victim byte for byte unchanged
     (before: the open followed the link and root's records were appended to it)."""
     victim = tmp_path / "shadow"
@@ -162,8 +162,8 @@ print(n, flush=True)
 """
 
 
-def test_a_real_fifo_and_link_swapper_never_gets_a_record(tmp_path: Path) -> None:
-    """Finding 1, for real: nobody swaps app.log between its FIFO and a link to a root-only
+def test_case20_a_real_fifo_and_link_swapper_never_gets_a_record(tmp_path: Path) -> None:
+    """Case 20, for real: nobody swaps app.log between its FIFO and a link to a root-only
     file as fast as it can while root opens a handler 300 times. Every open is refused
     (UnsafePathError: the FIFO and the link are nobody's) and the victim is unchanged.
     (The old code opened the FIFO and logged into it every time the lstat and the open both

@@ -1,4 +1,4 @@
-"""Cases 3 and 11: directories another user owns, or made first in a shared directory.
+"""Cases 14 and 15: directories another user owns, or made first in a shared directory.
 
 The rule (``racefree._trust``, docs/security.md): racefree does nothing of its own
 initiative in a directory another user could change under it. ``racefree check``
@@ -80,7 +80,7 @@ class SwapsNewDirectory(_fs.FileSystem):
         os.symlink(self.victim, path)
 
 
-def test_case3_check_repair_never_descends_into_another_users_directory(
+def test_case14_check_repair_never_descends_into_another_users_directory(
     top: Path, victim_dir: Path
 ) -> None:
     """root runs check --repair over a tree holding nobody's directory with a damaged
@@ -99,7 +99,7 @@ def test_case3_check_repair_never_descends_into_another_users_directory(
     assert sorted(os.listdir(victim_dir)) == ["secret"]
 
 
-def test_case3_a_repair_named_in_another_users_directory_is_refused(
+def test_case14_a_repair_named_in_another_users_directory_is_refused(
     top: Path, victim_dir: Path
 ) -> None:
     """root names nobody's damaged log itself: it is checked (DAMAGED), but the repair is
@@ -124,7 +124,7 @@ def test_case3_a_repair_named_in_another_users_directory_is_refused(
     assert sorted(os.listdir(victim_dir)) == ["secret"]
 
 
-def test_case3_repairs_in_a_group_directory_are_refused(tmp_path: Path) -> None:
+def test_case14_repairs_in_a_group_directory_are_refused(tmp_path: Path) -> None:
     """A group directory without the sticky bit: its members may rename any entry, so a
     repair there is refused (a damaged log, a damaged store), and nothing changes."""
     with hostile.shared_dir("group") as d:
@@ -151,7 +151,7 @@ def test_case3_repairs_in_a_group_directory_are_refused(tmp_path: Path) -> None:
         assert not [n for n in os.listdir(d / "s") if n.startswith("damaged-")]
 
 
-def test_case3_copy_aside_never_copies_into_a_directory_swapped_in(
+def test_case14_copy_aside_never_copies_into_a_directory_swapped_in(
     tmp_path: Path, victim_dir: Path
 ) -> None:
     """Defence in depth: even where only root could swap it (a held directory), the copy
@@ -176,7 +176,7 @@ os.symlink(target, os.path.join(d, "locks"))
 """
 
 
-def test_case11_racefree_files_are_never_made_below_another_users_directory(
+def test_case15_racefree_files_are_never_made_below_another_users_directory(
     victim_dir: Path,
 ) -> None:
     """nobody makes app/ in the shared directory (first, as if racefree were about to)
@@ -219,7 +219,7 @@ class OtherUserMakesItFirst(_fs.FileSystem):
 
 
 @pytest.mark.parametrize("what", ["FileLock", "LockFile", "Store"])
-def test_case11_a_directory_another_user_made_first_is_never_adopted(
+def test_case15_a_directory_another_user_made_first_is_never_adopted(
     victim_dir: Path, what: str
 ) -> None:
     """racefree is about to make a missing directory in the shared directory; nobody

@@ -135,7 +135,7 @@ def test_readonly_store_follows_every_acknowledged_write(
 ) -> None:
     """Case 11: ``Store(DIR, readonly=True)`` as ``nobody`` while root writes: the shared
     header and the lock files are closed to it (their mode: only those who may write the
-    store may open them, case 4), so it indexes the files itself and follows them (the
+    store may open them, case 16), so it indexes the files itself and follows them (the
     MANIFEST and the bytes after its last frame): it sees every write root acknowledged
     before each read, across a compaction and writers coming and going; its put raises
     ReadOnlyError; it changes no byte of the store."""

@@ -39,6 +39,9 @@ PASSWORD_FORMS = [
     ("postgresql://app:zq9?xk7@127.0.0.1:1/db", ["zq9?xk7", "zq9", "xk7"]),
     ("postgresql://app:zq9@xk7@127.0.0.1:1/db", ["zq9@xk7", "zq9", "xk7"]),
     ("postgresql://app:S3cr/et#p@ss%w rd@127.0.0.1:1/db", ["S3cr", "et#p", "ss%w", "w rd"]),
+    # A nested URL percent-encoded twice: messages quote it decoded once.
+    ("postgresql://127.0.0.1:1/?dbname=postgresql%253A%252F%252Fu%253Ah2x4v%2540h%252Fdb",
+     ["h2x4v"]),
 ]
 # The password each raw spelling above means, as libpq must read it.
 MEANT = {
@@ -113,6 +116,19 @@ def test_case7_failed_connection_names_no_password(url: str, secrets: list[str])
     with pytest.raises(Exception) as info:  # ConnectionLost, or the driver's own error
         racefree.open_store(url, connect_timeout=2)
     assert leaks(everything_said(info.value), secrets) == []
+
+
+def test_case7_a_nested_url_encoded_twice_is_scrubbed_where_the_server_quotes_it(
+    url: str,
+) -> None:
+    """Case 7: ``dbname`` holding a URL percent-encoded twice: the server's "database ...
+    does not exist" quotes it decoded once, password included: scrubbed."""
+    nested = (url.split("?")[0] + "?dbname="
+              + "postgresql%253A%252F%252Fu%253Ah2x4v%2540127.0.0.1%252Fnodb")
+    with pytest.raises(Exception) as info:
+        racefree.open_store(nested, connect_timeout=5)
+    said = everything_said(info.value)
+    assert "does not exist" in said and "h2x4v" not in said
 
 
 def test_case7_driver_error_quoting_the_url_is_scrubbed(url: str) -> None:

@@ -245,6 +245,10 @@ def secrets_in(text: str, _depth: int = 0) -> list[str]:
                 found += [raw, value]
             else:
                 found += secrets_in(value, _depth + 1)
+    if "%" in text and not is_pg_url(text):
+        # A URL percent-encoded once more (a dbname= of a dbname=): the server's messages
+        # quote it decoded once, with the password inside.
+        found += secrets_in(urllib.parse.unquote(text), _depth + 1)
     # As they may be spelled again in a URL or a message: percent-encoded, or with "+".
     found += [q(s, safe="") for s in found for q in (urllib.parse.quote, urllib.parse.quote_plus)]
     return [s for s in dict.fromkeys(found) if s]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import hostile
 
-from racefree.logging import TimedRotatingFileHandler
+from racefree.logging import RotatingFileHandler, TimedRotatingFileHandler
 
 PLANT = (
     "import sys\n"
@@ -60,3 +60,24 @@ def _read(path: Path) -> bytes:
 
         return gzip.decompress(path.read_bytes())
     return path.read_bytes()
+
+
+def test_case21_another_users_file_at_a_size_backup_name_is_never_shifted_into_the_log() -> None:
+    """nobody plants app.log.1 holding a fake record; root's RotatingFileHandler rotates
+    twice with backupCount=3: nobody's file is never moved along the backups (its lines
+    would pass for root's); every backup is root's and holds root's records only."""
+    with hostile.shared_dir("tmp") as shared:
+        hostile.attacker("import sys; open(sys.argv[1], 'w').write('FAKE root record\\n')",
+                         str(shared / "app.log.1"))
+        assert hostile.owner(shared / "app.log.1") == hostile.NOBODY
+        handler = RotatingFileHandler(shared / "app.log", maxBytes=10, backupCount=3)
+        try:
+            for i in range(3):
+                handler.emit(logging.makeLogRecord({"msg": f"record {i}"}))
+        finally:
+            handler.close()
+        names = sorted(n for n in os.listdir(shared) if n.startswith("app.log"))
+        assert names == ["app.log", "app.log.1", "app.log.2"]
+        assert all(hostile.owner(shared / n) == 0 for n in names)
+        assert [(shared / n).read_bytes() for n in names] == [
+            b"record 2\n", b"record 1\n", b"record 0\n"]

@@ -57,14 +57,15 @@ class LogLock:
         return self._file
 
     def __enter__(self) -> LogLock:
-        self.lock.acquire()
+        # FileLock's own with-statement fast path: this runs once per append.
+        (self._file if self._ready else self.lock).__enter__()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._file.release()
+        self._file.__exit__(exc_type, exc, tb)
 
     @contextlib.contextmanager
     def looking_again(self) -> Iterator[None]:

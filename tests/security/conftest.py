@@ -39,7 +39,8 @@ def _naive_open_own(path: str | os.PathLike[str], flags: int, mode: int = 0o666,
     return fd, _fs.fstat(fd), created
 
 
-def _naive_open_followed(path: str | os.PathLike[str], flags: int) -> tuple[int, os.stat_result]:
+def _naive_open_followed(path: str | os.PathLike[str], flags: int, *,
+                         special: bool = False) -> tuple[int, os.stat_result]:
     fd = _fs.open(os.fspath(path), flags)
     st = _fs.fstat(fd)
     if stat.S_ISDIR(st.st_mode):

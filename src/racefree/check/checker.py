@@ -113,12 +113,20 @@ def _walk(directory: str, repair: bool) -> Iterator[Found]:
                 yield Found(full, "skipped", True, f"a directory owned by uid {st.st_uid}: not "
                             "descended into (racefree checks below PATH only what the caller "
                             "or root owns; name it to check it)")
-            elif _is_store(full):
-                yield _check_store(full, repair)
-            elif (lost := _lost_manifest(full, repair)) is not None:
-                yield lost
-            elif not name.startswith("damaged-"):  # what a salvage copied aside: not live
-                yield from _walk(full, repair)
+            else:
+                try:
+                    store = _is_store(full)
+                except UnsafePathError as exc:
+                    # A link, a FIFO or another user's file at its MANIFEST: a store that
+                    # cannot be used (it would refuse to open); the walk goes on.
+                    yield Found(full, "store", False, f"cannot be used: {exc}")
+                    continue
+                if store:
+                    yield _check_store(full, repair)
+                elif (lost := _lost_manifest(full, repair)) is not None:
+                    yield lost
+                elif not name.startswith("damaged-"):  # a salvage's copies: not live
+                    yield from _walk(full, repair)
         elif stat.S_ISREG(st.st_mode):
             try:
                 found = _check_file(full, repair, explicit=False)

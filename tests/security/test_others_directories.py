@@ -200,6 +200,18 @@ def test_case15_racefree_files_are_never_made_below_another_users_directory(
     assert sorted(os.listdir(victim_dir)) == ["secret"]
 
 
+def test_case15_torture_never_works_below_another_users_directory(victim_dir: Path) -> None:
+    """``racefree torture`` in a directory nobody made in the shared directory: refused at
+    once (one line, exit 1); nothing is made there (its files are racefree's own)."""
+    from racefree.cli import main
+
+    with hostile.shared_dir("tmp") as shared:
+        hostile.attacker(PLANT_DIR_LINK, str(shared / "app"), str(victim_dir))
+        assert main(["torture", str(shared / "app"), "--seconds", "1"]) == 1
+        assert sorted(os.listdir(shared / "app")) == ["locks"]
+    assert sorted(os.listdir(victim_dir)) == ["secret"]
+
+
 class OtherUserMakesItFirst(_fs.FileSystem):
     """The race make_parents (or a store) loses: right before racefree's mkdir of
     ``name``, nobody makes it (mode 0777) with a link inside to the victim directory."""

@@ -117,6 +117,10 @@ class FileSystem:
     def fstat(self, fd: int) -> os.stat_result:
         return os.fstat(fd)
 
+    def set_blocking(self, fd: int, blocking: bool) -> None:
+        """Set or clear ``O_NONBLOCK`` on an open descriptor (``fcntl(F_SETFL)``)."""
+        os.set_blocking(fd, blocking)
+
     def fchmod(self, fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
 
@@ -187,6 +191,29 @@ class FileSystem:
         else:
             os.utime(path, ns=ns)
 
+    def umask(self) -> int:
+        """The process's file-mode creation mask, read without changing it.
+
+        Linux (4.7 and later) shows it in ``/proc/self/status``; elsewhere it is
+        read with the ``umask`` call pair, which sets it for an instant (a file
+        another thread creates in that instant gets mode ``0o077``'s narrowing).
+        """
+        try:
+            fd = os.open("/proc/self/status", os.O_RDONLY | _O_CLOEXEC)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                text = os.read(fd, 1 << 16)
+            finally:
+                os.close(fd)
+            for line in text.splitlines():
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+        mask = os.umask(0o077)  # pragma: no cover - every Linux this runs on has the field
+        os.umask(mask)  # pragma: no cover
+        return mask  # pragma: no cover
+
     def fsync_dir(self, path: str) -> None:
         """Make the directory's entries (creates, renames, unlinks) durable."""
         fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
@@ -200,10 +227,11 @@ class FileSystem:
 OPS: tuple[str, ...] = (
     "open", "close", "read", "pread", "preadinto", "write", "pwrite", "lseek", "fsync",
     "fdatasync",
-    "ftruncate", "fallocate", "fstat", "fchmod", "fchown", "flock", "ofd_setlk", "ofd_getlk",
+    "ftruncate", "fallocate", "fstat", "set_blocking", "fchmod", "fchown", "flock", "ofd_setlk",
+    "ofd_getlk",
     "mmap",
     "stat", "replace", "link", "unlink", "mkdir", "rmdir", "listdir", "realpath", "fsync_dir",
-    "utime", "readlink",
+    "utime", "readlink", "umask",
 )
 
 _REAL = FileSystem()
@@ -225,6 +253,7 @@ fdatasync: Callable[[int], None] = _REAL.fdatasync
 ftruncate: Callable[[int, int], None] = _REAL.ftruncate
 fallocate: Callable[[int, int, int], None] = _REAL.fallocate
 fstat: Callable[[int], os.stat_result] = _REAL.fstat
+set_blocking: Callable[[int, bool], None] = _REAL.set_blocking
 fchmod: Callable[[int, int], None] = _REAL.fchmod
 fchown: Callable[[int, int, int], None] = _REAL.fchown
 flock: Callable[[int, int], None] = _REAL.flock
@@ -242,6 +271,7 @@ realpath: Callable[[str], str] = _REAL.realpath
 fsync_dir: Callable[[str], None] = _REAL.fsync_dir
 utime: Callable[..., None] = _REAL.utime
 readlink: Callable[[str], str] = _REAL.readlink
+umask: Callable[[], int] = _REAL.umask
 
 _FAST: dict[str, Any] = {
     "close": os.close,
@@ -253,6 +283,7 @@ _FAST: dict[str, Any] = {
     "fsync": os.fsync,
     "ftruncate": os.ftruncate,
     "fstat": os.fstat,
+    "set_blocking": os.set_blocking,
     "fchmod": os.fchmod,
     "fchown": os.fchown,
     "flock": fcntl.flock,

@@ -1,39 +1,63 @@
-"""The one rule racefree follows before it follows a link, replaces or adopts a file, or trusts one.
+"""The rule racefree follows before it follows a link, uses a file or a directory, or writes.
 
 Another local user who may create entries in a directory racefree uses (the
 system's temporary directory, a shared project directory) can plant a symbolic
-link, a FIFO or a file of their own at a name racefree is about to use, or swap
-one in between a check and a use. The kernel has rules against the classic
-cases (``fs.protected_symlinks``, ``fs.protected_regular``), but they depend on
-sysctls, and racefree resolves links and renames files in ways they do not see
-(a rename over a planted file gets past ``protected_regular``). So racefree
-applies the same rule itself, whatever the sysctls say:
+link, a FIFO, a file or a directory of their own at a name racefree is about to
+use, or swap one in between a check and a use. The kernel has rules against the
+classic cases (``fs.protected_symlinks``, ``fs.protected_regular``), but they
+depend on sysctls, and racefree resolves links and renames files in ways they do
+not see (a rename over a planted file gets past ``protected_regular``). So
+racefree applies its own rule, whatever the sysctls say. It has three parts.
 
-    An entry of a *shared* directory (sticky, and writable by its group or by
-    others) is trusted only if it belongs to the caller (the effective uid) or
-    to the directory's owner. Entries of any other directory are trusted: only
-    the users who may write that directory could have made them, and they may
-    replace any entry of it anyway.
+1. **Entries of shared directories.** An entry of a *shared* directory
+   (sticky, and writable by its group or by others) is trusted only if it
+   belongs to the caller (the effective uid) or to the directory's owner.
+   Entries of any other directory are trusted: only the users who may write
+   that directory could have made them, and they may replace any entry of it
+   anyway. racefree never follows an untrusted link (anywhere in a path),
+   never replaces, adopts or reads as data an untrusted file, never opens an
+   untrusted file as one of its own (a lock file, a sidecar, a snapshot, a
+   store's files), and never reaches one of its own files, nor a directory it
+   creates, through an untrusted directory (``strict`` resolution): a directory
+   another user made in ``/tmp`` is theirs, and racefree does not adopt it as
+   one it "just created" (``make_parents``, a store's directory).
+2. **Directories another user owns.** For the files the caller names (the
+   data of ``atomic_write``, ``JsonFile``, ``AppendLog``, a log handler),
+   racefree goes where the kernel would: links in a directory that is not
+   shared are followed whoever made them, as the kernel follows them (their
+   owner could change the directory anyway). What racefree does on its own
+   initiative stays out of other users' directories: ``racefree check`` does
+   not descend into a directory owned by a user other than the caller or root
+   (it reports it as skipped), and a repair (``check --repair``, a salvage and
+   its copy aside) writes only in a *held* directory: one that every
+   directory from ``/`` down to it is owned by the caller or root and is either
+   sticky or writable by no one else (:func:`check_held`), so that nobody else
+   can swap a name racefree writes under.
+3. **What racefree opens it checks on the descriptor.** Its own files are
+   opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat`` on the
+   descriptor it then uses (a regular file, trusted, created with ``O_EXCL``
+   when new); the caller's files likewise after their links were resolved
+   under part 1, so nothing is swapped between the check and the use, and a
+   FIFO never blocks an open.
 
-"Trusted" is what racefree needs before it follows a symbolic link (anywhere
-in a path), replaces an existing file or adopts its mode and owner, or opens a
-file it owns (a lock sidecar, a MANIFEST, a temp file) that already exists.
-Everything else raises :class:`~racefree.UnsafePathError` (a ``PermissionError``)
-naming the path and the reason, before anything is written.
+Everything the rule refuses raises :class:`~racefree.UnsafePathError` (a
+``PermissionError``) naming the path and the reason, before anything is written.
 
 Why a check here is not a time-of-check-to-time-of-use race: in a shared
 directory, the sticky bit lets only an entry's owner and the directory's owner
 rename or remove it, and those are exactly the users the rule trusts; in any
-other directory, everyone who could swap an entry is trusted. What racefree
-opens itself is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with
-``fstat`` on the descriptor it then uses, so nothing is swapped between the
-check and the use. See ``docs/security.md`` for the threat model.
+other directory, everyone who could swap an entry is trusted; in a held
+directory, no one but the caller or root can swap anything. See
+``docs/security.md`` for the threat model.
 
 The calls: :func:`resolve` (a path resolved as the kernel would, every link
-checked before it is followed), :func:`check` (refuse an untrusted entry),
-:func:`open_own` (open or create one of racefree's own files) and
-:func:`open_followed` (open a file the caller named, such as a JSON file, for
-reading or writing in place: links followed under the rule, never blocking).
+checked before it is followed; ``strict``: every directory on the way too),
+:func:`check` (refuse an untrusted entry), :func:`open_own` (open or create
+one of racefree's own files), :func:`open_followed` (open a file the caller
+named, such as a JSON file or a log, for reading or writing in place: links
+followed under the rule, the file trusted, never blocking), :func:`foreign`
+(a directory another user owns) and :func:`check_held` (a directory only the
+caller or root can change, for repairs).
 """
 
 from __future__ import annotations
@@ -49,8 +73,11 @@ from racefree._errors import UnsafePathError
 __all__ = [
     "Resolved",
     "check",
+    "check_held",
     "describe",
     "enforce",
+    "foreign",
+    "held",
     "open_followed",
     "open_own",
     "resolve",
@@ -82,6 +109,54 @@ def trusted(entry_st: os.stat_result, dir_st: os.stat_result) -> bool:
         return True
     uid = entry_st.st_uid
     return uid == os.geteuid() or uid == dir_st.st_uid
+
+
+def foreign(st: os.stat_result) -> bool:
+    """Whether an entry belongs to a user other than the caller and root (part 2 of the rule)."""
+    return enforce and st.st_uid not in (0, os.geteuid())
+
+
+def held(dir_st: os.stat_result) -> bool:
+    """Whether only the caller or root may rename or remove entries of this directory.
+
+    Owned by the caller or root, and either sticky (others may add entries but
+    not touch the caller's or root's) or writable by neither its group nor others.
+    """
+    if foreign(dir_st):
+        return False
+    mode = dir_st.st_mode
+    return bool(mode & stat.S_ISVTX) or not mode & _SHARED_WRITE or not enforce
+
+
+def check_held(path: str | os.PathLike[str], action: str = "write in") -> str:
+    """The directory ``path``, resolved, if it and every directory above it are :func:`held`.
+
+    For what racefree writes on its own initiative (a repair, a salvage's copy
+    aside): there, nobody but the caller or root can rename a component or
+    swap a name racefree writes under, so writing by path is safe. Raises
+    :class:`UnsafePathError` naming the first directory that is not held (it
+    belongs to another user, or its group or others may replace its entries),
+    ``FileNotFoundError`` if it is missing, ``NotADirectoryError`` for a file.
+    """
+    where = resolve(path)
+    if where.st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
+    if not stat.S_ISDIR(where.st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), where.path)
+    current, st = where.path, where.st
+    while True:
+        if not held(st):
+            who = (f"owned by uid {st.st_uid}" if foreign(st)
+                   else "writable by others without the sticky bit")
+            raise UnsafePathError(
+                current,
+                f"refusing to {action} {where.path}: the directory {current} is {who}, so"
+                " someone other than the caller or root could change it under racefree",
+            )
+        if current == "/":
+            return where.path
+        current = os.path.dirname(current)
+        st = _fs.stat(current, follow_symlinks=False)
 
 
 def describe(st: os.stat_result) -> str:
@@ -129,7 +204,9 @@ class Resolved(NamedTuple):
     dir_st: os.stat_result  # stat of the directory that holds it
 
 
-def resolve(path: str | os.PathLike[str], *, follow_last: bool = True) -> Resolved:
+def resolve(
+    path: str | os.PathLike[str], *, follow_last: bool = True, strict: bool = False
+) -> Resolved:
     """Resolve ``path`` as the kernel would, checking every symbolic link it follows.
 
     Each link is looked at in the directory that holds it and followed only if
@@ -138,6 +215,12 @@ def resolve(path: str | os.PathLike[str], *, follow_last: bool = True) -> Resolv
     With ``follow_last=False`` a link at the last component is returned as is.
     The last component may be missing (``st`` is None); a missing directory on
     the way raises ``FileNotFoundError``, a file there ``NotADirectoryError``.
+
+    ``strict`` (racefree's own files, and the directories it creates): every
+    directory passed through, and the last component if it is a directory,
+    must be trusted in its parent too, so nothing of racefree's is ever made
+    or used below a directory another user made in a shared directory, where
+    that user could point it anywhere with a link of their own.
     """
     text = os.fspath(path)
     if not text:
@@ -188,6 +271,8 @@ def resolve(path: str | os.PathLike[str], *, follow_last: bool = True) -> Resolv
             continue
         if not stat.S_ISDIR(mode) and (not last or want_dir):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), nxt)
+        if strict and stat.S_ISDIR(mode):
+            check(nxt, st, cur_st, "use")
         if last:
             return Resolved(nxt, st, cur_st)
         cur, cur_st = nxt, st
@@ -212,10 +297,12 @@ def open_own(
 ) -> tuple[int, os.stat_result, bool]:
     """Open a file racefree owns (a lock file, a MANIFEST, a sidecar): never through a link.
 
-    The directory part of ``path`` is resolved under the rule; the file itself
-    is opened with ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO or a device never blocks
-    the open) and checked with ``fstat`` on the returned descriptor: it must be
-    a regular file, and an existing one must be trusted. Created with
+    The directory part of ``path`` is resolved under the rule, strictly (no
+    untrusted link, and no directory another user made in a shared directory,
+    on the way); the file itself is opened with ``O_NOFOLLOW | O_NONBLOCK``
+    (a FIFO or a device never blocks the open) and checked with ``fstat`` on
+    the returned descriptor: it must be a regular file, and an existing one
+    must be trusted. Created with
     ``O_CREAT | O_EXCL`` when missing (if ``create``), so racefree never opens
     a file someone planted in the instant between "missing" and "create".
     ``flags`` must not hold ``O_CREAT``, ``O_EXCL`` or ``O_TRUNC`` (truncate
@@ -231,7 +318,7 @@ def open_own(
     head, name = os.path.split(_absolute(text))
     if name in ("", ".", ".."):
         raise IsADirectoryError(errno.EISDIR, "names a directory, not a file", text)
-    where = resolve(head or "/")
+    where = resolve(head or "/", strict=True)
     if where.st is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
     if not stat.S_ISDIR(where.st.st_mode):
@@ -266,20 +353,29 @@ def open_own(
         return fd, st, created
 
 
-def open_followed(path: str | os.PathLike[str], flags: int) -> tuple[int, os.stat_result]:
+def open_followed(
+    path: str | os.PathLike[str], flags: int, *, special: bool = False
+) -> tuple[int, os.stat_result]:
     """Open a file the caller named (a JSON file, a log): links followed under the rule.
 
     ``path`` is resolved with :func:`resolve` (every link on the way must be
     trusted), then the file it names is opened with ``O_NOFOLLOW |
-    O_NONBLOCK`` and checked with ``fstat`` to be a regular file: a FIFO or a
-    device never blocks the open or a read, and a link swapped in after the
-    resolution is never followed (it is resolved again, at most a few times).
-    ``flags`` must not hold ``O_CREAT`` (create files with :func:`open_own` or
-    an atomic write). Returns ``(fd, fstat)``.
+    O_NONBLOCK`` and checked with ``fstat``: it must be a regular file, and a
+    trusted entry of its directory (in a shared directory such as ``/tmp``,
+    another user's file is not racefree's data, to read or to write). A FIFO
+    or a device never blocks the open or a read, and a link swapped in after
+    the resolution is never followed (it is resolved again, at most a few
+    times). ``flags`` must not hold ``O_CREAT`` (create files with
+    :func:`open_own` or an atomic write). Returns ``(fd, fstat)``.
+
+    ``special=True`` (a log handler given ``/dev/null`` or a FIFO, as the
+    standard library allows) also accepts a trusted FIFO or character device;
+    a FIFO no process reads is ``OSError(ENXIO)`` rather than a blocking open.
+    The descriptor keeps ``O_NONBLOCK``: the caller clears it if it must block.
 
     Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for
-    a directory, :class:`UnsafePathError` for an untrusted link, a FIFO, a
-    device or a socket.
+    a directory, :class:`UnsafePathError` for an untrusted link or file, or
+    for what is not a regular file (unless ``special``).
     """
     if flags & (os.O_CREAT | os.O_EXCL):
         raise ValueError("open_followed takes no O_CREAT or O_EXCL")
@@ -297,13 +393,24 @@ def open_followed(path: str | os.PathLike[str], flags: int) -> tuple[int, os.sta
                 continue  # a link appeared since: resolve it again, under the rule
             if exc.errno == errno.EISDIR:
                 raise
+            if special and exc.errno == errno.ENXIO:
+                # A FIFO without a reader (O_WRONLY | O_NONBLOCK): whose is it?
+                check(where.path, _fs.stat(where.path, follow_symlinks=False), where.dir_st,
+                      "use")
+                raise OSError(errno.ENXIO, "a FIFO that no process reads (racefree does not"
+                              " wait for a reader)", where.path) from None
             raise _refusal(where.path, exc) from None
         try:
             st = _fs.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), where.path)
-            if not stat.S_ISREG(st.st_mode):
+            if not (stat.S_ISREG(mode)
+                    or (special and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)))):
                 raise UnsafePathError(where.path, f"is {describe(st)}, not a regular file")
+            # The descriptor's own owner, checked where the resolution found the name: a
+            # file swapped in since belongs to someone the rule trusts, or is refused here.
+            check(where.path, st, where.dir_st, "use")
         except BaseException:
             _fs.close(fd)
             raise

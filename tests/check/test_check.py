@@ -193,3 +193,17 @@ def test_check_never_blocks_on_a_fifo_at_a_manifest(tmp_path: Path) -> None:
     with pytest.raises(racefree.UnsafePathError, match="FIFO"):
         check_path(store)
     assert stat.S_ISFIFO(os.lstat(store / "MANIFEST").st_mode)
+
+
+def test_check_of_a_tree_reports_a_store_with_a_fifo_manifest_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Below PATH, a store whose MANIFEST is a FIFO is reported as unusable (not ok), never
+    a hang, and the walk goes on to the other files (before: the refusal ended the run)."""
+    store = tmp_path / "s"
+    store.mkdir()
+    os.mkfifo(store / "MANIFEST")
+    (tmp_path / "ok.json").write_bytes(b"[1]")
+    found = {Path(f.path).name: (f.kind, f.ok) for f in check_path(tmp_path)}
+    assert found == {"s": ("store", False), "ok.json": ("json", True)}
+    assert stat.S_ISFIFO(os.lstat(store / "MANIFEST").st_mode)

@@ -12,6 +12,8 @@ needs root; :func:`need_root` skips a test elsewhere with one line.
   (the test's own interpreter may live where ``nobody`` cannot read) and waits
   for it; :func:`attacker_process` starts it and returns the ``Popen`` (reap it
   with ``helpers.testkit.reap``).
+- :func:`bounded` runs a call that must not block on a FIFO, and fails the test
+  (after unblocking it) if it does.
 - :func:`racefree_path` gives ``nobody`` a readable copy of the package under
   test, for an attacker (or a read-only user) that runs racefree itself.
 """
@@ -26,7 +28,8 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ NOBODY = pwd.getpwnam("nobody").pw_uid if os.name == "posix" else -1
 NOGROUP = grp.getgrnam("nogroup").gr_gid if os.name == "posix" else -1
 #: The interpreter the attacker runs: readable and executable by every user.
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/usr/local/bin:/bin") or "python3"
+HANG_LIMIT = 3.0  # seconds before a call that should fail at once counts as hung
 SETPRIV = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 
 
@@ -123,3 +127,31 @@ def owner(path: Path) -> int:
 
 def is_link(path: Path) -> bool:
     return stat.S_ISLNK(os.lstat(path).st_mode)
+
+
+def bounded(call: Callable[[], Any], fifo: Path) -> BaseException | None:
+    """Run ``call``; what it raised (None if nothing). If it is still blocked after
+    HANG_LIMIT (a FIFO opened or read without O_NONBLOCK), unblock it by opening the FIFO's
+    other end, and fail: racefree must never block there."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # the outcome is what the test asserts on
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG_LIMIT)
+    hung = thread.is_alive()
+    while thread.is_alive():
+        for flags in (os.O_WRONLY | os.O_NONBLOCK, os.O_RDONLY | os.O_NONBLOCK):
+            # Opening the other end unblocks it; ENXIO (no reader yet) is expected.
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, flags))
+        thread.join(0.1)
+    if hung:
+        pytest.fail(f"blocked for more than {HANG_LIMIT}s on the FIFO {fifo}")
+    return outcome[0]

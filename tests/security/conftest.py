@@ -39,7 +39,8 @@ def _naive_open_own(path: str | os.PathLike[str], flags: int, mode: int = 0o666,
     return fd, _fs.fstat(fd), created
 
 
-def _naive_open_followed(path: str | os.PathLike[str], flags: int) -> tuple[int, os.stat_result]:
+def _naive_open_followed(path: str | os.PathLike[str], flags: int, *,
+                         special: bool = False) -> tuple[int, os.stat_result]:
     fd = _fs.open(os.fspath(path), flags)
     st = _fs.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
@@ -68,7 +69,7 @@ def _old_truncate_torn_tail(log: Any, keep: int, size: int) -> bool:
 @pytest.fixture(autouse=True)
 def _rule_switch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     if RULE_OFF:
-        from racefree.check import checker
+        from racefree.check import logs
         from racefree.lockfile import lockfile
         from racefree.lockfile.owner import MAX_RECORD
 
@@ -76,5 +77,5 @@ def _rule_switch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setattr(_trust, "open_own", _naive_open_own)
         monkeypatch.setattr(_trust, "open_followed", _naive_open_followed)
         monkeypatch.setattr(lockfile, "_lost_record", lambda path, seen: seen.size <= MAX_RECORD)
-        monkeypatch.setattr(checker, "_truncate_torn_tail", _old_truncate_torn_tail)
+        monkeypatch.setattr(logs, "truncate_torn_tail", _old_truncate_torn_tail)
     yield

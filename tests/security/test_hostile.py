@@ -12,17 +12,23 @@ here to fail then.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers.hostile import NOBODY, attacker, attacker_process, is_link, owner, shared_dir
+from helpers.hostile import (
+    NOBODY,
+    attacker,
+    attacker_process,
+    bounded,
+    is_link,
+    owner,
+    shared_dir,
+)
 from helpers.testkit import reap
 
 import racefree
@@ -37,7 +43,6 @@ PRECREATE = (
     " os.write(fd, sys.argv[2].encode()); os.close(fd); os.chmod(sys.argv[1], 0o666)"
 )
 MKFIFO = "import os, sys; os.mkfifo(sys.argv[1], 0o666)"
-HANG_LIMIT = 3.0  # seconds before a call that should fail at once counts as hung
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,34 +81,6 @@ def plant_link(link: Path, target: Path) -> None:
     attacker(PLANT_LINK, str(target), str(link))
     assert is_link(link) and owner(link) == NOBODY  # the attack is in place
     assert os.readlink(link) == str(target)
-
-
-def bounded(call: Callable[[], Any], fifo: Path) -> BaseException | None:
-    """Run ``call``; what it raised (None if nothing). If it is still blocked after
-    HANG_LIMIT (a FIFO opened or read without O_NONBLOCK), unblock it by opening the FIFO's
-    other end, and fail: racefree must never block there."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as exc:  # the outcome is what the test asserts on
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(HANG_LIMIT)
-    hung = thread.is_alive()
-    while thread.is_alive():
-        for flags in (os.O_WRONLY | os.O_NONBLOCK, os.O_RDONLY | os.O_NONBLOCK):
-            # Opening the other end unblocks it; ENXIO (no reader yet) is expected.
-            with contextlib.suppress(OSError):
-                os.close(os.open(fifo, flags))
-        thread.join(0.1)
-    if hung:
-        pytest.fail(f"blocked for more than {HANG_LIMIT}s on the FIFO {fifo}")
-    return outcome[0]
 
 
 # -- case 1: atomic_write and JsonFile follow a link another user planted ----------------

@@ -32,7 +32,25 @@ PASSWORD_FORMS = [
     ("postgresql://127.0.0.1:1/?dbname=postgresql://u:n3sted@h/db", ["n3sted"]),
     ("postgresql://127.0.0.1:1/?dbname=" + "host%3Dh%20password%3D%27q%20w3rd%27",
      ["q w3rd", "q%20w3rd", "w3rd"]),
+    # Raw "/", "#", "?" and "@" in the password: no parser's reading may put a piece of
+    # it where a message quotes it (a port, a host, a database name).
+    ("postgresql://app:zq9/xk7@127.0.0.1:1/db", ["zq9/xk7", "zq9", "xk7"]),
+    ("postgresql://app:zq9#xk7@127.0.0.1:1/db", ["zq9#xk7", "zq9", "xk7"]),
+    ("postgresql://app:zq9?xk7@127.0.0.1:1/db", ["zq9?xk7", "zq9", "xk7"]),
+    ("postgresql://app:zq9@xk7@127.0.0.1:1/db", ["zq9@xk7", "zq9", "xk7"]),
+    ("postgresql://app:S3cr/et#p@ss%w rd@127.0.0.1:1/db", ["S3cr", "et#p", "ss%w", "w rd"]),
+    # A nested URL percent-encoded twice: messages quote it decoded once.
+    ("postgresql://127.0.0.1:1/?dbname=postgresql%253A%252F%252Fu%253Ah2x4v%2540h%252Fdb",
+     ["h2x4v"]),
 ]
+# The password each raw spelling above means, as libpq must read it.
+MEANT = {
+    "postgresql://app:zq9/xk7@127.0.0.1:1/db": "zq9/xk7",
+    "postgresql://app:zq9#xk7@127.0.0.1:1/db": "zq9#xk7",
+    "postgresql://app:zq9?xk7@127.0.0.1:1/db": "zq9?xk7",
+    "postgresql://app:zq9@xk7@127.0.0.1:1/db": "zq9@xk7",
+    "postgresql://app:S3cr/et#p@ss%w rd@127.0.0.1:1/db": "S3cr/et#p@ss%w rd",
+}
 
 
 def leaks(text: str, secrets: list[str]) -> list[str]:
@@ -58,6 +76,38 @@ def test_case7_parsed_url_shows_no_password(url: str, secrets: list[str]) -> Non
         lock.close()
 
 
+@pytest.mark.parametrize(("url", "password"), list(MEANT.items()))
+def test_case7_raw_delimiters_in_a_password_are_read_as_meant(url: str, password: str) -> None:
+    """Case 7: a password with a raw "/", "#", "?" or "@" is read up to the "@" before
+    the host, and libpq gets it percent-encoded: it reads that very password, the user,
+    the host, the port and the database (before: libpq took "zq9" for a port, "xk7@..."
+    for a database or a host, and messages quoted them)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    parsed = driver.parse_url(url)
+    assert conninfo_to_dict(parsed.conninfo) == {
+        "user": "app", "password": password, "host": "127.0.0.1", "port": "1", "dbname": "db"}
+    assert parsed.display == "postgresql://app@127.0.0.1:1/db"
+    said = f"could not connect with {url} (x)"
+    scrubbed = "could not connect with postgresql://app:***@127.0.0.1:1/db (x)"
+    assert driver.redact(said, parsed.secrets) == scrubbed
+    if " " not in password:  # the shape-based second line of defence, without the secrets
+        assert driver.redact(said) == scrubbed
+
+
+def test_case7_a_url_that_reads_two_ways_is_refused_without_its_password() -> None:
+    """Case 7: "app:12/34@h/db" reads validly as host "app", port 12, database "34@h/db",
+    and as the password "12/34": refused (ValueError, scrubbed, saying what to encode),
+    never handed to libpq, which would quote the port in its messages."""
+    url = "postgresql://app:12/34@127.0.0.1:1/db"
+    with pytest.raises(ValueError, match="percent-encode") as info:
+        driver.parse_url(url)
+    assert leaks(everything_said(info.value), ["12/34", "34@"]) == []
+    proc = run_cli("store", url, "ls")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert leaks(proc.stdout + proc.stderr, ["12/34", "34@"]) == []
+
+
 @pytest.mark.parametrize(("url", "secrets"), PASSWORD_FORMS)
 def test_case7_failed_connection_names_no_password(url: str, secrets: list[str]) -> None:
     """Case 7: opening a store on a closed port (or a URL libpq rejects) raises an error
@@ -66,6 +116,19 @@ def test_case7_failed_connection_names_no_password(url: str, secrets: list[str])
     with pytest.raises(Exception) as info:  # ConnectionLost, or the driver's own error
         racefree.open_store(url, connect_timeout=2)
     assert leaks(everything_said(info.value), secrets) == []
+
+
+def test_case7_a_nested_url_encoded_twice_is_scrubbed_where_the_server_quotes_it(
+    url: str,
+) -> None:
+    """Case 7: ``dbname`` holding a URL percent-encoded twice: the server's "database ...
+    does not exist" quotes it decoded once, password included: scrubbed."""
+    nested = (url.split("?")[0] + "?dbname="
+              + "postgresql%253A%252F%252Fu%253Ah2x4v%2540127.0.0.1%252Fnodb")
+    with pytest.raises(Exception) as info:
+        racefree.open_store(nested, connect_timeout=5)
+    said = everything_said(info.value)
+    assert "does not exist" in said and "h2x4v" not in said
 
 
 def test_case7_driver_error_quoting_the_url_is_scrubbed(url: str) -> None:

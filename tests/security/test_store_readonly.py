@@ -133,10 +133,12 @@ class _Reader:
 def test_readonly_store_follows_every_acknowledged_write(
     where: tuple[Path, dict[str, str]],
 ) -> None:
-    """Case 11: ``Store(DIR, readonly=True)`` as ``nobody`` while root writes: opened with
-    no writer (it indexes the files itself), it sees root's writes once a writer comes
-    (and follows the header from then on), across a compaction and a writer that closed;
-    its put raises ReadOnlyError; it changes no byte of the store."""
+    """Case 11: ``Store(DIR, readonly=True)`` as ``nobody`` while root writes: the shared
+    header and the lock files are closed to it (their mode: only those who may write the
+    store may open them, case 16), so it indexes the files itself and follows them (the
+    MANIFEST and the bytes after its last frame): it sees every write root acknowledged
+    before each read, across a compaction and writers coming and going; its put raises
+    ReadOnlyError; it changes no byte of the store."""
     store, env = where
     with Store(store) as s:
         s.put("a", {"n": 1})
@@ -151,16 +153,24 @@ def test_readonly_store_follows_every_acknowledged_write(
         with Store(store) as s:
             assert s.put("a", {"n": 2}) == 2
             assert reader.ask("get a") == {"n": 2}
-            assert reader.ask("attached") is True
+            assert reader.ask("attached") is False  # the header is closed to nobody
             s.put("b", {"n": 1})
+            assert reader.ask("keys") == ["a", "b"]
             s.delete("a")
             assert reader.ask("keys") == ["b"]
             s.compact()
             assert reader.ask("get b") == {"n": 1}
             assert reader.ask("keys") == ["b"]
-        with Store(store) as s:  # the reader kept the header live: this opener trusts it
+            for i in range(300):  # past the first segment: a roll, then appends after it
+                s.put(f"k{i}", {"pad": "p" * 4000})
+            assert len(list(store.glob("seg-*.rfs"))) >= 2
+            assert reader.ask("get k299") == {"pad": "p" * 4000}
+            s.put("b", {"n": 2})
+            assert reader.ask("get b") == {"n": 2}
+        with Store(store) as s:  # a new first opener: it rebuilds the header
             s.put("c", {"n": 3})
-        assert reader.ask("keys") == ["b", "c"]
+        assert reader.ask("get c") == {"n": 3}
+        assert len(reader.ask("keys")) == 302
         assert reader.ask("put z") == "ReadOnlyError"
         assert reader.close() == 0
     finally:

@@ -246,16 +246,24 @@ def test_open_own_refuses_what_is_not_a_regular_file(tmp_path: Path, kind: str) 
     assert victim.read_bytes() == b"keep"
 
 
-def test_open_own_refuses_another_users_file_in_a_shared_directory(tmpdir1777: Path) -> None:
-    """Another user's existing file in a shared directory is refused; in a non-shared one, and
-    the directory owner's, it is used."""
+def test_open_own_refuses_another_users_file_in_a_shared_directory(
+    tmpdir1777: Path, tmp_path: Path
+) -> None:
+    """Another user's existing file in a shared directory is refused; the directory owner's
+    (a sticky directory of theirs, itself in a directory only root writes) is used."""
     theirs = tmpdir1777 / "theirs.lock"
     theirs.touch()
     os.chown(theirs, NOBODY, -1)
     with pytest.raises(racefree.UnsafePathError, match="refusing to use a regular file"):
         _trust.open_own(theirs, os.O_RDONLY)
-    os.chown(tmpdir1777, NOBODY, -1)  # now it is the directory owner's file
-    fd, _st, created = _trust.open_own(theirs, os.O_RDONLY)
+    their_dir = tmp_path / "theirs"
+    their_dir.mkdir()
+    os.chmod(their_dir, 0o1777)
+    os.chown(their_dir, NOBODY, -1)
+    owners = their_dir / "x.lock"
+    owners.touch()
+    os.chown(owners, NOBODY, -1)  # the directory owner's file
+    fd, _st, created = _trust.open_own(owners, os.O_RDONLY)
     os.close(fd)
     assert created is False
 

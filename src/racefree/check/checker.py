@@ -11,7 +11,10 @@ alone):
   and no MANIFEST at all, is not);
 - a **log**: a file whose first line is an :class:`~racefree.AppendLog` header;
   verified by :meth:`racefree.AppendLog.check` (framing, checksums, JSON,
-  the snapshot against the segment). Its ``.snapshot`` is checked with it;
+  the snapshot against the segment). Its ``.snapshot`` is checked with it.
+  A log whose header is damaged is still recognised (by what is left of the
+  header, by the frames after it, or by its snapshot: :mod:`racefree.check.logs`)
+  and reported as damaged, not skipped;
 - a **lock file**: an empty ``*.lock`` (a :class:`~racefree.FileLock`'s) or one
   holding a :class:`~racefree.LockFile` owner record;
 - a **JSON file**: a ``*.json`` file, one that a :class:`~racefree.JsonFile`
@@ -25,6 +28,13 @@ it is not racefree's to judge. The store's shared header and token counters
 are racefree's own and not listed; a leftover temp file (``*.rftmp``) is a
 note, not damage.
 
+Other users (``docs/security.md``): below PATH, another user's entry of a
+shared directory (``/tmp``) is not read, and a directory owned by a user other
+than the caller or root is not descended into: both are reported as skipped,
+with the reason. PATH itself is checked whoever owns it (the caller named it);
+a file PATH names that is another user's in a shared directory, a FIFO or a
+device raises :class:`~racefree.UnsafePathError`.
+
 Checking writes nothing.
 
 ``repair=True`` repairs what a crash leaves (a log's or a store's incomplete
@@ -34,7 +44,10 @@ last record, under its lock) and clears a poisoned store (see
 copied aside to ``damaged-<time>/``, every intact record is kept, the damaged
 ones are dropped and named in ``lost``, and the result is rebuilt durably.
 When it cannot be made whole, nothing is touched and ``problem`` says why.
-Nothing in a JSON file is ever changed.
+Nothing in a JSON file is ever changed. Repairs write only in a directory that
+nobody but the caller or root can change, from ``/`` down
+(``racefree._trust.check_held``); elsewhere nothing is changed and the report
+says why.
 """
 
 from __future__ import annotations
@@ -44,31 +57,15 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from racefree import _fs, _trust
-from racefree._errors import CorruptFileError, FormatError
-
-if TYPE_CHECKING:
-    from racefree.log.appendlog import AppendLog
+from racefree._errors import CorruptFileError, FormatError, UnsafePathError
+from racefree.check.logs import HEAD, SALVAGE_HINT, check_log, looks_like_log
+from racefree.check.report import Found, not_held
 
 __all__ = ["Found", "check_path"]
 
 _OWN_SUFFIXES = (".token", ".shm")
-_SALVAGE_HINT = " (racefree check --repair salvages every intact record)"
-_LOG_MAGIC_PREFIX = b"racefree-log"
-
-
-@dataclasses.dataclass
-class Found:
-    """One thing ``check`` found: what it is, whether it is whole, and the details."""
-
-    path: str
-    kind: str  # "store" | "log" | "json" | "lock" | "temp" | "skipped"
-    ok: bool
-    detail: str
-    repaired: bool = False
-    lost: list[str] = dataclasses.field(default_factory=list)  #: what a salvage dropped
 
 
 def check_path(path: str | os.PathLike[str], *, repair: bool = False) -> list[Found]:
@@ -95,6 +92,7 @@ def check_path(path: str | os.PathLike[str], *, repair: bool = False) -> list[Fo
 
 
 def _walk(directory: str, repair: bool) -> Iterator[Found]:
+    dir_st = _fs.stat(directory, follow_symlinks=False)
     for name in sorted(_fs.listdir(directory)):
         full = os.path.join(directory, name)
         try:
@@ -103,15 +101,38 @@ def _walk(directory: str, repair: bool) -> Iterator[Found]:
             continue  # removed while we looked
         if stat.S_ISLNK(st.st_mode):
             continue
+        if not _trust.trusted(st, dir_st):
+            # Another user's entry of a shared directory (/tmp): not racefree's data.
+            yield Found(full, "skipped", True, f"{_trust.describe(st)} owned by uid {st.st_uid} in "
+                        "a shared directory: not trusted, not read (docs/security.md)")
+            continue
         if stat.S_ISDIR(st.st_mode):
-            if _is_store(full):
-                yield _check_store(full, repair)
-            elif (lost := _lost_manifest(full, repair)) is not None:
-                yield lost
-            elif not name.startswith("damaged-"):  # what a salvage copied aside: not live
-                yield from _walk(full, repair)
+            if _trust.foreign(st):
+                # Theirs to change under us at any moment: racefree does nothing there on
+                # its own initiative (name it to check it; repairs stay refused).
+                yield Found(full, "skipped", True, f"a directory owned by uid {st.st_uid}: not "
+                            "descended into (racefree checks below PATH only what the caller "
+                            "or root owns; name it to check it)")
+            else:
+                try:
+                    store = _is_store(full)
+                except UnsafePathError as exc:
+                    # A link, a FIFO or another user's file at its MANIFEST: a store that
+                    # cannot be used (it would refuse to open); the walk goes on.
+                    yield Found(full, "store", False, f"cannot be used: {exc}")
+                    continue
+                if store:
+                    yield _check_store(full, repair)
+                elif (lost := _lost_manifest(full, repair)) is not None:
+                    yield lost
+                elif not name.startswith("damaged-"):  # a salvage's copies: not live
+                    yield from _walk(full, repair)
         elif stat.S_ISREG(st.st_mode):
-            found = _check_file(full, repair, explicit=False)
+            try:
+                found = _check_file(full, repair, explicit=False)
+            except UnsafePathError as exc:
+                # Swapped for a link, a FIFO or another user's file since the listing.
+                found = Found(full, "skipped", True, f"not read: {exc.reason}")
             if found is not None:
                 yield found
 
@@ -152,28 +173,17 @@ def _lost_manifest(directory: str, repair: bool) -> Found | None:
             return Found(directory, "store", True,
                          "an unfinished store creation (no MANIFEST, no data)")
     if repair:
-        return _salvage_store(directory)
-    return Found(directory, "store", False, detail + _SALVAGE_HINT)
+        return _salvage_store(directory, detail)
+    return Found(directory, "store", False, detail + SALVAGE_HINT)
 
 
-def _head(path: str, n: int = 64) -> bytes:
+def _head(path: str, n: int = HEAD) -> bytes:
     # Never blocks on a FIFO, never follows a link another user planted (UnsafePathError).
     fd, _st = _trust.open_followed(path, os.O_RDONLY)
     try:
         return _fs.pread(fd, n, 0)
     finally:
         _fs.close(fd)
-
-
-def _is_log(path: str, head: bytes) -> bool:
-    from racefree.log.scan import read_header
-
-    try:
-        return read_header(head) is not None
-    except (ValueError, CorruptFileError, FormatError):
-        # A first line that names itself a log header but does not check: a damaged log.
-        line = head.split(b"\n", 1)[0]
-        return b'{"racefree_log":' in line
 
 
 def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
@@ -186,8 +196,8 @@ def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
     if name.endswith(".snapshot") and _fs.exists(path[: -len(".snapshot")]):
         return None  # checked with its log
     head = _head(path)
-    if _is_log(path, head):
-        return _check_log(path, repair)
+    if not name.endswith(".json") and looks_like_log(path, head):
+        return check_log(path, repair)
     if name.endswith(".lock"):
         return _check_lock(path)
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -203,7 +213,7 @@ def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
 def _check_lock(path: str) -> Found:
     from racefree.lockfile.owner import MAX_RECORD, decode
 
-    fd = _fs.open(path, os.O_RDONLY | _fs.O_NOFOLLOW | _fs.O_NONBLOCK)
+    fd, _st, _created = _trust.open_own(path, os.O_RDONLY, create=False)
     try:
         data = _fs.pread(fd, MAX_RECORD + 1, 0)
     finally:
@@ -231,108 +241,6 @@ def _check_json(path: str) -> Found:
     return Found(path, "json", True, f"valid JSON ({kind}, {_fs.stat(path).st_size} bytes)")
 
 
-def _check_log(path: str, repair: bool) -> Found:
-    from racefree.log.appendlog import AppendLog
-
-    log = AppendLog(path)
-    try:
-        try:
-            report = log.check()
-        except (CorruptFileError, FormatError) as exc:
-            if repair:
-                return _salvage_log(path)
-            return Found(path, "log", False, str(exc) + _SALVAGE_HINT)
-        detail = (f"{report.records} records (sequence {report.first}..{report.next - 1}), "
-                  f"{report.size} bytes")
-        if report.snapshot_upto is not None:
-            detail += f", snapshot up to {report.snapshot_upto}"
-        if not report.torn:
-            return Found(path, "log", True, detail)
-        if not repair:
-            return Found(path, "log", True, f"{detail}; an incomplete last record of "
-                         f"{report.torn} bytes (invisible; the next append or --repair removes it)")
-        try:
-            cut = _truncate_torn_tail(log, report.size - report.torn, report.size)
-        except (CorruptFileError, FormatError) as exc:
-            return Found(path, "log", False, str(exc))
-        if not cut:
-            return Found(path, "log", True, f"{detail}; the file changed before the repair (an "
-                         "append repaired it, or it was replaced): nothing was cut")
-        return Found(path, "log", True, f"{detail}; removed an incomplete last record of "
-                     f"{report.torn} bytes", repaired=True)
-    finally:
-        log.close()
-
-
-def _salvage_log(path: str) -> Found:
-    from racefree.log.appendlog import AppendLog
-    from racefree.log.salvage import apply
-
-    plan, saved = apply(path)
-    if plan.problem is not None or saved is None:
-        why = plan.problem or "nothing could be salvaged"
-        return Found(path, "log", False, f"not repaired, nothing changed: {why}")
-    with AppendLog(path) as log:
-        try:
-            report = log.check()
-        except (CorruptFileError, FormatError) as exc:
-            return Found(path, "log", False, f"salvaged into a log that does not check: {exc}",
-                         lost=plan.report())
-    return Found(path, "log", True, f"salvaged: kept {plan.records} records (sequence "
-                 f"{report.first}..{report.next - 1}); the damaged file was copied to {saved}",
-                 repaired=True, lost=plan.report())
-
-
-def _truncate_torn_tail(log: AppendLog, keep: int, size: int) -> bool:
-    """Cut the log back to ``keep`` bytes, under its writers' lock, if it is still ``size``.
-
-    True if it cut; False if the file changed meanwhile (nothing was cut).
-
-    Re-checked under the lock: an append that landed meanwhile means the tail
-    was repaired by its writer, and nothing is cut. The check and the cut are
-    made on one descriptor, opened once without following a link: the path is
-    never opened again between them, so a file swapped in at the path (a link
-    to another file, pitfall T2) is at most checked, never cut unless it is
-    this very log with this very torn tail.
-    """
-    from racefree.lock.filelock import FileLock
-
-    # ``{log}.lock`` is the FileLock every appender holds (docs/log.md): while we hold
-    # it no append can land between the check and the cut.
-    with FileLock(log.path + ".lock", make_parents=False):
-        fd, st, _created = _trust.open_own(log.path, os.O_RDWR, create=False)
-        try:
-            if _torn_tail(log.path, fd) != (keep, size) or st.st_size != size:
-                return False
-            _fs.ftruncate(fd, keep)
-            _fs.fsync(fd)
-            return True
-        finally:
-            _fs.close(fd)
-
-
-def _torn_tail(path: str, fd: int) -> tuple[int, int] | None:
-    """``(end of the last valid frame, file size)`` of the log open at ``fd``; None if none.
-
-    None when ``fd`` is not a log, or nothing is torn, or the damage is a hole
-    before valid records (which is never cut). Damage is raised as
-    :class:`CorruptFileError` (the caller holds the writers' lock).
-    """
-    from racefree.log.frame import Reader
-    from racefree.log.scan import Segment, read_header, synced
-
-    size = _fs.fstat(fd).st_size
-    if read_header(_fs.pread(fd, 4096, 0), path) is None:
-        return None
-    seg = Segment(path, fd, True)
-    reader = Reader(path, fd, seg.start, confirmed=True, proves=synced)
-    for _frames in reader:
-        pass
-    if reader.held or not reader.torn or reader.end + reader.torn != size:
-        return None
-    return reader.end, size
-
-
 def _check_store(directory: str, repair: bool) -> Found:
     from racefree.store.compact import check_files
 
@@ -342,10 +250,14 @@ def _check_store(directory: str, repair: bool) -> Found:
         found = check_files(directory)
     except (CorruptFileError, FormatError) as exc:
         if repair and not _newer_format(exc):
-            return _salvage_store(directory)
-        return Found(directory, "store", False, str(exc) + _SALVAGE_HINT)
+            return _salvage_store(directory, str(exc))
+        return Found(directory, "store", False, str(exc) + SALVAGE_HINT)
     if repair and (found.torn_bytes or found.poisoned):
-        return _repair_store(directory)
+        refused = not_held(directory)
+        if refused is None:
+            return _repair_store(directory)
+        return Found(directory, "store", not found.poisoned,
+                     f"{_describe(found.report)}; not repaired: {refused}")
     detail = _describe(found.report)
     if found.torn_bytes:
         detail += (f"; an incomplete last record of {found.torn_bytes} bytes (invisible; the "
@@ -361,10 +273,13 @@ def _newer_format(exc: Exception) -> bool:
     return isinstance(exc, FormatError) and "not supported" in exc.detail
 
 
-def _salvage_store(directory: str) -> Found:
+def _salvage_store(directory: str, damage: str) -> Found:
     from racefree.store.salvage import apply
     from racefree.store.store import Store
 
+    refused = not_held(directory)
+    if refused is not None:
+        return Found(directory, "store", False, f"{damage}; not repaired: {refused}")
     plan, saved = apply(directory)
     if plan.problem is not None or saved is None:
         why = plan.problem or "nothing could be salvaged"

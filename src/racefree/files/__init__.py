@@ -8,8 +8,8 @@ updates are locked read-modify-writes, so none is lost, and a corrupt file
 raises instead of being read as empty.
 
 Modules: ``atomic`` (the temp-file, fsync, rename, fsync protocol), ``sweep``
-(removing the temps of killed writers) and
-``jsonfile`` (``JsonFile``).
+(removing the temps of killed writers), ``jsontext`` (a JSON file's text: every
+failure to read or write it typed) and ``jsonfile`` (``JsonFile``).
 
 May import: the root modules and ``racefree.lock``.
 """

@@ -18,20 +18,18 @@ import contextvars
 import copy
 import functools
 import inspect
-import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
-from racefree import _fs, _json, _trust
-from racefree._errors import CorruptFileError, DurabilityError
+from racefree import _fs, _trust
+from racefree._errors import DurabilityError, UnsafePathError
 from racefree.files.atomic import atomic_write
+from racefree.files.jsontext import decode, encode
+from racefree.lock.create import prepare_data_lock
 from racefree.lock.filelock import FileLock
 
 __all__ = ["JsonFile"]
-
-# Roughly the nesting at which Python's parser gives up, for the offset in the message.
-_PARSE_DEPTH = 900
 
 _T = TypeVar("_T")
 
@@ -43,40 +41,26 @@ _EDITING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 )
 
 
-def _decode(path: str, raw: bytes) -> Any:
-    """Parse ``raw``; anything that is not one whole JSON document is CorruptFileError."""
+def _lock_path(path: str) -> tuple[str, UnsafePathError | None]:
+    """``{the file, links resolved under the rule}.lock``, and why it may not be used, if so.
+
+    The lock is racefree's own file, so it is never made or used below a directory
+    another user made in a shared directory (``strict`` resolution): such a file
+    may still be read (as the kernel would read it), but every write refuses.
+    """
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CorruptFileError(path, f"not UTF-8 ({exc.reason})", offset=exc.start) from exc
-    skip = 0
-    if text.startswith("\ufeff"):  # a byte-order mark some editors write: not damage
-        text, skip = text[1:], 3
+        return _resolved(path, strict=True) + ".lock", None
+    except UnsafePathError as exc:
+        return _resolved(path, strict=False) + ".lock", exc
+
+
+def _resolved(path: str, *, strict: bool) -> str:
     try:
-        return _json.parse(json.loads, text)
-    except json.JSONDecodeError as exc:
-        detail = "the file is empty" if not raw else f"invalid JSON: {exc.msg}"
-        offset = skip + len(text[: exc.pos].encode("utf-8"))
-        raise CorruptFileError(path, detail, offset=offset, line=exc.lineno) from exc
-    except _json.TooDeep:
-        raise CorruptFileError(
-            path, "nested too deeply to parse (arrays and objects inside each other)",
-            offset=_json.deep_offset(raw, _PARSE_DEPTH),
-        ) from None
-
-
-def _lock_path(path: str) -> str:
-    """``{the file, links resolved under the rule}.lock``."""
-    return _resolved(path) + ".lock"
-
-
-def _resolved(path: str) -> str:
-    try:
-        return _trust.resolve(path).path
+        return _trust.resolve(path, strict=strict).path
     except FileNotFoundError:
         # A directory on the way does not exist (yet): resolve what does, keep the rest.
         head, tail = os.path.split(os.path.abspath(path))
-        return os.path.join(_resolved(head), tail)
+        return os.path.join(_resolved(head, strict=strict), tail)
 
 
 async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
@@ -110,22 +94,33 @@ class JsonFile:
     (:class:`~racefree.LockTimeout`, nothing written); None waits forever.
 
     The lock is the sidecar file ``{realpath(path)}.lock``, so a symlink and its
-    target share one lock. It is never deleted (see ``docs/locks.md``). Links
-    are followed only under racefree's rule (``docs/security.md``): a link or
-    a file another user planted in a shared directory such as ``/tmp`` raises
+    target share one lock. It is never deleted (see ``docs/locks.md``). Its mode
+    gives read and write access only to the classes (owner, group, others) that
+    may write the JSON file (``flock`` needs only read access: a user who could
+    open the lock could hold it for ever); an older, more open one the caller
+    owns is narrowed at the first write. Links are followed only under
+    racefree's rule (``docs/security.md``): a link or a file another user
+    planted in a shared directory such as ``/tmp`` raises
     :class:`~racefree.UnsafePathError` (here, or at the first read or write),
-    and nothing is written through it.
+    and nothing is read from it or written through it.
 
     Values are written with ``allow_nan=False``: NaN and infinities are not JSON,
     and writing them raises ``ValueError`` before anything is written. Reading
     accepts them (Python's ``json`` does), so a file another program wrote opens.
+    A document nested deeper than Python can encode raises
+    :class:`~racefree.LimitError` (a ``ValueError``) before anything is written; a
+    string holding a lone surrogate is written as a JSON ``\\u`` escape (the
+    document is then written with ASCII escapes) and reads back equal. See
+    :mod:`racefree.files.jsontext`.
 
     After a :class:`~racefree.DurabilityError` the object refuses further writes
     (the state of the disk is unknown); reads still work. Open a new ``JsonFile``
     once the file has been checked.
     """
 
-    __slots__ = ("_broken", "_default", "_durable", "_indent", "_lock", "_path")
+    __slots__ = (
+        "_broken", "_default", "_durable", "_indent", "_lock", "_lock_ready", "_path", "_refused",
+    )
 
     def __init__(
         self,
@@ -137,7 +132,7 @@ class JsonFile:
         timeout: float | None = None,
     ) -> None:
         self._path = os.fspath(path)
-        json.dumps(default, allow_nan=False)  # a default that cannot be written fails here
+        encode(default, None)  # a default that cannot be written fails here
         self._default = copy.deepcopy(default)
         self._durable = durable
         self._indent = indent
@@ -146,7 +141,9 @@ class JsonFile:
         # racefree's rule: a link another user planted in a shared directory is refused
         # here, before a lock file is created next to its target. The file's directory
         # must exist: its lock does not create it either.
-        self._lock = FileLock(_lock_path(self._path), timeout=timeout, make_parents=False)
+        lock_path, self._refused = _lock_path(self._path)
+        self._lock = FileLock(lock_path, timeout=timeout, make_parents=False)
+        self._lock_ready = False
         self._broken: DurabilityError | None = None
 
     @property
@@ -157,6 +154,27 @@ class JsonFile:
     @property
     def lock(self) -> FileLock:
         """The lock every write takes; hold it to make several calls one step."""
+        return self._locking()
+
+    def _locking(self) -> FileLock:
+        """The lock, its file made (once per object) with the mode of a data lock.
+
+        ``flock`` needs only read access: a lock file others may read lets them
+        hold it for ever and stop every writer. So it gives read and write only to
+        the classes (owner, group, others) that may write the JSON file (its mode,
+        or a new file's), and an older, more open one the caller owns is narrowed
+        (``lock.create.prepare_data_lock``).
+        """
+        if self._refused is not None:
+            raise UnsafePathError(self._refused.path or self._path, self._refused.reason)
+        if not self._lock_ready:
+            data = self._lock.path[: -len(".lock")]  # the file, its links resolved
+            try:
+                data_mode: int | None = _fs.stat(data, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                data_mode = None
+            prepare_data_lock(self._lock.path, data_mode)
+            self._lock_ready = True
         return self._lock
 
     def __repr__(self) -> str:
@@ -179,12 +197,12 @@ class JsonFile:
             raw = _fs.read_all(fd)
         finally:
             _fs.close(fd)
-        return _decode(self._path, raw)
+        return decode(self._path, raw)
 
     def _encode(self, obj: Any) -> bytes:
-        # TypeError (not serialisable) or ValueError (NaN, a cycle) here, before any write.
-        text = json.dumps(obj, indent=self._indent, ensure_ascii=False, allow_nan=False)
-        return (text + "\n").encode("utf-8")
+        # TypeError (not serialisable), ValueError (NaN, a cycle, an integer too long to
+        # convert) or LimitError (nested too deeply) here, before any write.
+        return encode(obj, self._indent)
 
     def _check_nesting(self) -> None:
         # Checked before taking the lock: an owner that already holds it and is inside an
@@ -228,21 +246,25 @@ class JsonFile:
 
         Takes no lock: every publish is an atomic rename, so the file read is one
         whole version. Raises :class:`~racefree.CorruptFileError` (with the byte
-        offset and line) if the file is not one valid UTF-8 JSON document; an
-        empty file is corrupt too, never "no data".
+        offset and line) if the file is not one valid UTF-8 JSON document that
+        Python can read (nested too deeply, an integer of more digits than
+        Python converts); an empty file is corrupt too, never "no data".
+        :class:`~racefree.UnsafePathError` for another user's file (or link) in a
+        shared directory, a FIFO or a device: nothing is read from them.
         """
         return self._load()
 
     def write(self, obj: Any) -> None:
         """Replace the document with ``obj``, under the lock.
 
-        ``obj`` is serialised first: ``TypeError``/``ValueError`` leave the file
-        untouched. Atomic; durable when it returns if ``durable=True``. Does not
-        read the file, so it replaces even a corrupt one.
+        ``obj`` is serialised first: ``TypeError``/``ValueError`` (``LimitError``
+        for a document nested too deeply) leave the file untouched. Atomic;
+        durable when it returns if ``durable=True``. Does not read the file, so
+        it replaces even a corrupt one.
         """
         data = self._encode(obj)
         self._check_nesting()
-        with self._lock:
+        with self._locking():
             self._check_writable()
             self._publish(data)
 
@@ -259,7 +281,7 @@ class JsonFile:
         an exception from ``fn`` writes nothing.
         """
         self._check_nesting()
-        with self._lock:
+        with self._locking():
             self._check_writable()
             with self._editing():
                 value = fn(self._load())
@@ -280,7 +302,7 @@ class JsonFile:
         (a dict or list; pass ``default={}`` for a file that may not exist yet).
         """
         self._check_nesting()
-        with self._lock:
+        with self._locking():
             self._check_writable()
             with self._editing():
                 data = self._load()
@@ -301,7 +323,7 @@ class JsonFile:
         """
         data = self._encode(obj)
         self._check_nesting()
-        async with self._lock:
+        async with self._locking():
             self._check_writable()
             await _in_thread(self._publish, data)
 
@@ -313,7 +335,7 @@ class JsonFile:
         written; during it the write finishes, then ``CancelledError`` is raised.
         """
         self._check_nesting()
-        async with self._lock:
+        async with self._locking():
             self._check_writable()
             with self._editing():
                 value = fn(await _in_thread(self._load))
@@ -336,7 +358,7 @@ class JsonFile:
         cancellation inside the block publishes nothing.
         """
         self._check_nesting()
-        async with self._lock:
+        async with self._locking():
             self._check_writable()
             with self._editing():
                 data = await _in_thread(self._load)

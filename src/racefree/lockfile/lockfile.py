@@ -11,7 +11,6 @@ See ``docs/lockfile.md``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import stat
@@ -186,9 +185,14 @@ class LockFile(LockAPI):
         """
         if self._key is None:
             head, base = os.path.split(os.path.abspath(self._path))
-            # A missing directory stays as given: the first acquire raises FileNotFoundError.
-            with contextlib.suppress(FileNotFoundError):
-                head = _trust.resolve(head).path
+            try:
+                # Strictly: racefree's own files, never below a directory another user
+                # made in a shared directory either.
+                head = _trust.resolve(head, strict=True).path
+            except FileNotFoundError:
+                # A missing directory: named as given until it exists (made by _prepare,
+                # or FileNotFoundError at the first acquire); resolved then, not cached.
+                return os.path.join(head, base)
             self._key = os.path.join(head, base)
         return self._key
 
@@ -231,11 +235,13 @@ class LockFile(LockAPI):
 
     def _prepare(self, token: int) -> _disk.Pending:
         """The owner record, ready to publish; a missing parent directory is created first."""
+        # Named from the resolved lock path, as every other file of the protocol: the
+        # record is then linked into the directory that was checked, never elsewhere.
         try:
-            return _disk.prepare(self._path, token, self._mode)
+            return _disk.prepare(self._where(), token, self._mode)
         except FileNotFoundError:
             make_parents(self._path)  # as FileLock does (and filelock's locks)
-        return _disk.prepare(self._path, token, self._mode)
+        return _disk.prepare(self._where(), token, self._mode)
 
     def _publish_token(self, hold: _disk.Hold, last: int, won: _disk.Pending) -> bool:
         """Make ``hold.token`` the last token handed out; False (hold dropped) if it is stale.

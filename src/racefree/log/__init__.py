@@ -7,7 +7,9 @@ corruption; compaction into a snapshot never loses an append that lands
 meanwhile.
 
 Modules: ``frame`` (one record per line: length, CRC-32, body), ``scan`` (the
-segment and snapshot format, and reading it), ``appendlog`` (``AppendLog``).
+segment and snapshot format, and reading it), ``locking`` (the writers' lock,
+closed to users who may only read), ``appendlog`` (``AppendLog``) and
+``salvage`` (what ``racefree check --repair`` keeps of a damaged log).
 
 May import: the root modules, ``racefree.lock`` and ``racefree.files``.
 """

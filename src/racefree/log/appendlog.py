@@ -16,11 +16,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree._errors import CorruptFileError, DurabilityError
 from racefree.files.atomic import atomic_write
-from racefree.lock.filelock import FileLock
 from racefree.log import frame as _frame
+from racefree.log.locking import LogLock
 from racefree.log.scan import (
     FORMAT,
     MARK_EVERY,
@@ -94,7 +94,7 @@ class AppendLog:
         self.durable = durable
         self._snapshot_path = self.path + ".snapshot"
         # The log's directory must exist: its lock does not create it either.
-        self._lock = FileLock(self.path + ".lock", make_parents=False)
+        self._lock = LogLock(self.path)
         self._mutex = threading.RLock()  # the cached segment; taken after _lock, never before
         self._seg: Segment | None = None
         self._pid = os.getpid()
@@ -377,7 +377,7 @@ class AppendLog:
                 return self._refresh(locked=False, write=False)
             except _frame.Suspect:
                 pass
-        with self._lock, self._mutex:
+        with self._lock.looking_again(), self._mutex:
             return self._refresh(locked=True, write=False)
 
     def _refresh(self, *, locked: bool, write: bool) -> Segment | None:
@@ -422,7 +422,10 @@ class AppendLog:
         return seg
 
     def _open_segment(self, write: bool) -> Segment:
-        fd = _fs.open(self.path, os.O_RDWR if write else os.O_RDONLY)
+        # The log is the caller's file: trusted links followed, never blocking, and a
+        # FIFO, another user's file in a shared directory or a link they planted refused
+        # (UnsafePathError). Opened once per file, not per append (see _refresh).
+        fd, _st = _trust.open_followed(self.path, os.O_RDWR if write else os.O_RDONLY)
         try:
             seg = Segment(self.path, fd, write)
         except BaseException:
@@ -451,7 +454,7 @@ class AppendLog:
                     yield offset, body, seq, n
                     seq += n
         except _frame.Suspect:
-            with self._lock:  # collect the rest under the lock; yield it after releasing
+            with self._lock.looking_again():  # collect the rest under the lock; yield it after
                 reader = _frame.Reader(self.path, fd, reader.end, confirmed=True, limit=limit,
                                        proves=synced)
                 rest = [frame for frames in reader for frame in frames]
@@ -465,4 +468,4 @@ class AppendLog:
             tail.append(reader)
 
     def _open_view(self, *, state: bool) -> View | None:
-        return open_view(self.path, self._snapshot_path, self._lock, state=state)
+        return open_view(self.path, self._snapshot_path, self._lock.looking_again(), state=state)

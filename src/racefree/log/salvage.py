@@ -10,24 +10,32 @@ compaction.
 
 Sequence numbers are positions, so the records after a lost one move down:
 the report says which numbers were lost and by how much the later ones moved.
-A log whose header or snapshot is damaged cannot be made whole (the sequence
-numbers, or the records folded into the snapshot, are unknown): nothing is
-touched then.
+A damaged header line is rebuilt when what it held is known: from the
+snapshot (a compacted log's generation and first record are the snapshot's),
+or, with no snapshot, from what is left of the line (a log that was never
+compacted starts at record 0, generation 0); the report says which. A log
+whose snapshot is damaged, or whose header says it was compacted but has no
+snapshot, cannot be made whole (the records folded into the snapshot are
+unknown): nothing is touched then, and ``problem`` says why.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
-from racefree import _aside, _fs
+from racefree import _aside, _fs, _json
 from racefree._errors import CorruptFileError, FormatError
 from racefree.files.atomic import atomic_write
-from racefree.lock.filelock import FileLock
 from racefree.log import frame as _frame
-from racefree.log.scan import count, decode, read_header, read_snapshot
+from racefree.log.locking import LogLock
+from racefree.log.scan import Snapshot, count, decode, read_header, read_snapshot
+from racefree.log.scan import header as _header
 
 __all__ = ["LogLoss", "LogPlan", "apply", "plan"]
+
+_loads = json.JSONDecoder().decode
 
 
 @dataclass(frozen=True)
@@ -58,13 +66,15 @@ class LogPlan:
     records: int = 0  #: records kept after the snapshot
     losses: list[LogLoss] = field(default_factory=list)
     problem: str | None = None
+    header: str | None = None  #: how a damaged header line was rebuilt, if it was
 
     @property
     def damaged(self) -> bool:
-        return any(not loss.torn for loss in self.losses)
+        return self.header is not None or any(not loss.torn for loss in self.losses)
 
     def report(self) -> list[str]:
-        lines = [f"lost {loss.describe()}" for loss in self.losses]
+        lines = [] if self.header is None else [self.header]
+        lines += [f"lost {loss.describe()}" for loss in self.losses]
         shift = 0
         for loss in self.losses:
             shift += loss.records
@@ -79,15 +89,20 @@ def plan(path: str) -> LogPlan:
     out = LogPlan(path)
     data = _aside.read_regular(path)
     try:
-        head = read_header(data[:4096], path)
-        read_snapshot(path + ".snapshot", state=True)
+        snap = read_snapshot(path + ".snapshot", state=True)
+        try:
+            head = read_header(data[:4096], path)
+        except FormatError as exc:
+            if "newer racefree" in exc.detail:
+                raise
+            head = _rebuilt_header(path, data, snap, out)
     except (CorruptFileError, FormatError) as exc:
         out.problem = f"cannot be made whole: {exc}"
         return out
     if head is None:
         return out
-    _, base, start = head
-    parts = [data[:start]]
+    gen, base, start = head
+    parts = [data[:start] if out.header is None else _header(gen, base)]
     seq, pos = base, start
     while pos < len(data):
         frames, end = _frame.scan(data, pos)
@@ -123,6 +138,48 @@ def plan(path: str) -> LogPlan:
     return out
 
 
+def _rebuilt_header(path: str, data: bytes, snap: Snapshot | None,
+                    out: LogPlan) -> tuple[int, int, int]:
+    """``(generation, base, offset of the first record)`` for a log whose first line is damaged.
+
+    The first line is the header (racefree writes it first, whole, with
+    ``atomic_write``). Its values come from the snapshot when there is one:
+    compaction writes the snapshot's ``segment`` and ``upto`` as the new
+    segment's generation and base. Without one the log was never compacted, so
+    it starts at record 0; the damaged line may still tell the generation.
+    Sets ``out.header``; :class:`FormatError` if it cannot be rebuilt.
+    """
+    nl = data.find(b"\n", 0, 4096)
+    if nl < 0:
+        raise FormatError(path, "not a racefree log: no header line in its first 4096 bytes")
+    if snap is not None:
+        gen, base, source = snap.gen, snap.upto, "from its snapshot"
+    else:
+        gen, base = _left_of(data[:nl])
+        if base:
+            raise FormatError(path, f"the header is damaged and says the log was compacted "
+                              f"(its first record is {base}), but it has no snapshot")
+        source = "no snapshot: the log was never compacted, so it starts at record 0"
+    out.header = (f"rebuilt the damaged header (line 1, bytes 0-{nl + 1}): generation {gen}, "
+                  f"first record {base} ({source})")
+    return gen, base, nl + 1
+
+
+def _left_of(line: bytes) -> tuple[int, int]:
+    """``(segment, base)`` from what is left of a damaged header line; ``(0, 0)`` if unreadable."""
+    body = line.split(b" ", 2)[-1]
+    try:
+        obj = _json.parse(_loads, body.decode())
+    except (ValueError, _json.TooDeep):
+        return 0, 0
+    if not isinstance(obj, dict):
+        return 0, 0
+    gen, base = obj.get("segment"), obj.get("base")
+    if type(gen) is int and type(base) is int and gen >= 0 and base >= 0:
+        return gen, base
+    return 0, 0
+
+
 def _line(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
@@ -153,10 +210,10 @@ def apply(path: str) -> tuple[LogPlan, str | None]:
     # identity compared by lstat, and the rebuilt log replaces the name itself. Another
     # user who may swap the name for a link (a group directory's member) never turns
     # the repair towards another file (docs/security.md, case 2).
-    with FileLock(path + ".lock", timeout=30, make_parents=False):
+    with LogLock(path, timeout=30):
         before = _fs.stat(path, follow_symlinks=False)
         out = plan(path)
-        if out.problem is not None or not out.losses:
+        if out.problem is not None or not (out.losses or out.header):
             return out, None
         directory = os.path.dirname(os.path.abspath(path))
         saved = _aside.copy_aside(directory, [os.path.basename(path)])

@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from racefree import _fs, _json
+from racefree import _fs, _json, _trust
 from racefree._errors import CorruptFileError, FormatError
 from racefree.log import frame as _frame
 
@@ -170,10 +170,13 @@ class Snapshot(NamedTuple):
 def read_snapshot(path: str, *, state: bool) -> Snapshot | None:
     """The snapshot file at ``path``, all of it (``state``) or only its first line; None if absent.
 
-    It is written with ``atomic_write``, so any damage is corruption.
+    It is written with ``atomic_write``, so any damage is corruption. It is
+    racefree's own file: opened with ``_trust.open_own`` (never through a link,
+    never blocking on a FIFO, a regular file of a trusted owner, or
+    :class:`~racefree.UnsafePathError`).
     """
     try:
-        fd = _fs.open(path, os.O_RDONLY)
+        fd, _st, _created = _trust.open_own(path, os.O_RDONLY, create=False)
     except FileNotFoundError:
         return None
     try:
@@ -239,7 +242,7 @@ def open_view(path: str, snapshot_path: str, lock: AbstractContextManager[object
 
 def _try_view(path: str, snapshot_path: str, state: bool) -> View | None:
     try:
-        fd = _fs.open(path, os.O_RDONLY)
+        fd, _st = _trust.open_followed(path, os.O_RDONLY)  # the caller's file: see AppendLog
     except FileNotFoundError:
         if read_snapshot(snapshot_path, state=False) is not None:
             raise CorruptFileError(path, f"the log is missing but {snapshot_path} exists") from None

@@ -85,12 +85,7 @@ class Opening:
 
     def _open_shared(self) -> None:
         where = _trust.resolve(self.baseFilename)
-        if where.st is not None and not stat.S_ISREG(where.st.st_mode):
-            # bpo-45401: the stdlib never rotates what is not a regular file;
-            # no sidecar either (it would need a writable /dev for os.devnull).
-            self._fd = _fs.open(where.path, os.O_WRONLY | os.O_APPEND)
-            self._plain = True
-            _LIVE.add(self)
+        if where.st is not None and not stat.S_ISREG(where.st.st_mode) and self._open_plain():
             return
         fd, st, _ = self._open_log()
         try:
@@ -127,6 +122,33 @@ class Opening:
             raise
         self._writing = False
         side.unlock()
+
+    def _open_plain(self) -> bool:
+        """Open a log that is not a regular file (``os.devnull``, a FIFO); False if it now is.
+
+        bpo-45401: the stdlib never rotates what is not a regular file; no
+        sidecar either (it would need a writable ``/dev`` for ``os.devnull``).
+        The path is opened as the caller's file (``_trust.open_followed``): a
+        link or a FIFO another user planted in a shared directory is refused,
+        a link swapped in after the lstat above is never followed (it is
+        resolved again, under the rule), the descriptor is checked with
+        ``fstat``, and the open never blocks (a FIFO nobody reads is
+        ``OSError(ENXIO)``). Writes then block as the stdlib's do.
+        """
+        fd, st = _trust.open_followed(self.baseFilename, os.O_WRONLY | os.O_APPEND, special=True)
+        if stat.S_ISREG(st.st_mode):
+            # Replaced by a regular file since the lstat: shared and rotated as any log.
+            _fs.close(fd)
+            return False
+        try:
+            _fs.set_blocking(fd, True)
+        except BaseException:
+            _fs.close(fd)
+            raise
+        self._fd = fd
+        self._plain = True
+        _LIVE.add(self)
+        return True
 
     def _set_gen(self, gen: int) -> None:
         self._gen = gen

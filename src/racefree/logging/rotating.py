@@ -6,7 +6,7 @@ import logging as _stdlib_logging
 import os
 from collections.abc import Iterator
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree.logging.handler import Durable, SharedFileHandler
 
 __all__ = ["RotatingFileHandler"]
@@ -149,7 +149,14 @@ class RotatingFileHandler(SharedFileHandler):
         return self.rotation_filename(f"{self.baseFilename}.{i}")
 
     def _rotate_locked(self) -> None:
-        """Shift ``app.log.i`` to ``app.log.i+1``, rename ``app.log`` to ``app.log.1``, reopen."""
+        """Shift ``app.log.i`` to ``app.log.i+1``, rename ``app.log`` to ``app.log.1``, reopen.
+
+        Only entries the trust rule trusts are backups (``racefree._trust``): in a
+        shared directory such as ``/tmp``, a file another user made at a backup's
+        name is never shifted into this log's backups (its lines would pass for
+        the log's own); its slot counts as free, and the next backup to reach it
+        takes the name.
+        """
         # One listdir instead of a stat per name; kept up to date as we rename.
         present = {
             os.path.join(self._dir, n) for n in _fs.listdir(self._dir)
@@ -193,8 +200,15 @@ class RotatingFileHandler(SharedFileHandler):
         self._switch_locked(dest)
 
     def _present(self, path: str, listed: set[str]) -> bool:
+        """Whether this log has a backup at ``path``: a trusted entry (see ``_rotate_locked``)."""
         # A namer may put backups in another directory than the one listed.
-        return path in listed if os.path.dirname(path) == self._dir else _fs.exists(path)
+        if os.path.dirname(path) == self._dir and path not in listed:
+            return False
+        try:
+            st = _fs.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False  # removed since the listing
+        return _trust.trusted(st, _fs.stat(os.path.dirname(path), follow_symlinks=False))
 
     def _rotated_candidates(self, path: str) -> Iterator[str]:
         # Backups fill slots 1, 2, ... without gaps (a shift stops at the first

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree.logging.handler import Durable, SharedFileHandler
 
 __all__ = ["TimedRotatingFileHandler"]
@@ -219,7 +219,28 @@ class TimedRotatingFileHandler(SharedFileHandler):
         the namer makes it from a time found in it (as the stdlib does since
         3.13), so a namer that moves the time into the middle of the name
         still has its backups pruned.
+
+        Only entries the trust rule trusts count (``racefree._trust``): in a
+        shared directory such as ``/tmp``, a file another user made under a
+        backup's name (``app.log.2099-12-31``) is not a backup, so it neither
+        pushes this log's own backups out of ``backupCount`` nor is deleted.
         """
+        found = self._backup_names(listing)
+        if not found:
+            return found
+        dir_st = _fs.stat(self._dir, follow_symlinks=False)
+        kept = []
+        for entry in found:
+            try:
+                st = _fs.stat(os.path.join(self._dir, entry), follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since the listing
+            if _trust.trusted(st, dir_st):
+                kept.append(entry)
+        return kept
+
+    def _backup_names(self, listing: Iterable[str]) -> list[str]:
+        """The names in ``listing`` that are shaped like backups of this log."""
         base = self.baseFilename
         prefix = os.path.basename(base) + "."
         namer = self.namer

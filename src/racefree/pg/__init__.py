@@ -7,7 +7,8 @@ one transaction, ``update`` under a row lock, durable with
 session ends, with a fencing token that the store checks. psycopg is imported
 only when a PostgreSQL store or lock is used (``pip install 'racefree[postgres]'``).
 
-Modules: ``driver`` (the driver, URLs, the schema, lost connections), ``pool``,
+Modules: ``driver`` (the driver, URLs, the schema, lost connections), ``userinfo``
+(a URL's user part as its writer meant it, whatever its password holds), ``pool``,
 ``session`` (a lock's own connection), ``sql``, ``lock``, ``batch``, ``store``
 and ``asyncstore``.
 

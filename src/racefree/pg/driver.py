@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from racefree._errors import ConnectionLost
+from racefree.pg import userinfo as _userinfo
 
 if TYPE_CHECKING:
     import psycopg
@@ -137,10 +138,20 @@ class PgUrl:
 
 
 def parse_url(url: str) -> PgUrl:
-    """Split ``url``; a ValueError names a malformed one (without its password)."""
+    """Split ``url``; a ValueError names a malformed one (without its password).
+
+    The user part is read as its writer meant it (:mod:`racefree.pg.userinfo`):
+    from ``://`` to the ``@`` before the host, whatever raw ``/``, ``?``, ``#``
+    or ``@`` the password holds, and handed to libpq percent-encoded, so that
+    libpq reads the same password (and never quotes a piece of it as a port, a
+    host or a database). A URL that reads validly both ways (``app:12/34@h/db``:
+    the host ``app``, port 12, or the password ``12/34``) is refused: percent-encode
+    the password (``%2F``) or the database name.
+    """
     if not is_pg_url(url):
         raise ValueError(f"not a postgresql:// URL: {redact(repr(url), secrets_in(url))}")
     secrets = tuple(secrets_in(url))
+    url = _with_userinfo_encoded(url, secrets)
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     own = {k: v for k, v in query if k in _OWN_PARAMS}
@@ -160,6 +171,29 @@ def parse_url(url: str) -> PgUrl:
     return PgUrl(conninfo, display, own, secrets)
 
 
+def _with_userinfo_encoded(url: str, secrets: tuple[str, ...]) -> str:
+    """``url`` with its user part (as meant: ``pg.userinfo``) percent-encoded for libpq."""
+    scheme, _, rest = url.partition("://")
+    netloc = urllib.parse.urlsplit(url).netloc
+    plain = netloc.rpartition("@")[0] if "@" in netloc else None
+    meant = _userinfo.intended(rest)
+    if meant is None:
+        return url
+    userinfo, after = meant
+    if userinfo != plain:
+        if ":" not in userinfo:
+            return url  # no password at stake: the usual reading stands
+        if _userinfo.host_list(netloc.rpartition("@")[2]):
+            raise ValueError(
+                "ambiguous postgresql:// URL: percent-encode a '/', '?', '#' or '@' in the"
+                " password (%2F, %3F, %23, %40), or an '@' in the database name: "
+                + redact(repr(url), secrets)
+            )
+    elif not re.search(r"[/?#@]", userinfo):
+        return url  # read alike by every parser: handed on as written
+    return f"{scheme}://{_userinfo.encode(userinfo)}@{after}"
+
+
 # -- secrets: found by parsing, removed from every message ----------------------------
 #
 # A password can reach libpq in many forms: the user part of a URL (percent-encoded
@@ -170,7 +204,8 @@ def parse_url(url: str) -> PgUrl:
 # redact() replaces every one (raw and decoded) in a text, then anything still shaped
 # like a password, as a second line of defence.
 
-_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/?#@\s'\"]*:)[^@/\s'\"]*(@)")
+# Greedy to the last "@" of the token: a password may hold a raw "/", "?", "#" or "@".
+_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/?#@\s'\"]*:)[^\s'\"]*(@)")
 _KEYWORD = re.compile(
     r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&'\"]+)"
 )
@@ -188,6 +223,9 @@ def secrets_in(text: str, _depth: int = 0) -> list[str]:
         userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
         if ":" in userinfo:
             raw = userinfo.partition(":")[2]
+            found += [raw, urllib.parse.unquote(raw)]
+        # Every other reading of the user part (raw "/", "?", "#" or "@" in it).
+        for raw in _userinfo.candidate_passwords(text.partition("://")[2]):
             found += [raw, urllib.parse.unquote(raw)]
         for pair in parts.query.split("&"):
             key, _, raw = pair.partition("=")
@@ -207,6 +245,10 @@ def secrets_in(text: str, _depth: int = 0) -> list[str]:
                 found += [raw, value]
             else:
                 found += secrets_in(value, _depth + 1)
+    if "%" in text and not is_pg_url(text):
+        # A URL percent-encoded once more (a dbname= of a dbname=): the server's messages
+        # quote it decoded once, with the password inside.
+        found += secrets_in(urllib.parse.unquote(text), _depth + 1)
     # As they may be spelled again in a URL or a message: percent-encoded, or with "+".
     found += [q(s, safe="") for s in found for q in (urllib.parse.quote, urllib.parse.quote_plus)]
     return [s for s in dict.fromkeys(found) if s]

@@ -121,6 +121,7 @@ class Handle:
         self.hdr: Header | None = None
         self.attached = False  # read-only: trusts the header (holds its shared flock)
         self.seen: tuple[int, ...] | None = None  # read-only, detached: the words last seen
+        self.header_closed = False  # read-only: store.shm is closed to this user (its mode)
         self.pid = os.getpid()
         self.dir, dir_st = resolve_dir(directory, create=not readonly)
         self.locks: StoreLocks = acquire_locks((dir_st.st_dev, dir_st.st_ino), self.dir)

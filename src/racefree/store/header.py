@@ -39,7 +39,7 @@ from typing import Any
 from racefree import _fs
 from racefree._errors import CorruptFileError
 from racefree.store.files import SHM, SHM_SIZE
-from racefree.store.owned import header_mappable, open_file
+from racefree.store.owned import header_mappable, open_lock
 
 __all__ = [
     "Header",
@@ -137,7 +137,7 @@ def open_header(directory: str) -> Header:
     and the contents are only trusted once a first opener rebuilt them under
     the write lock.
     """
-    fd, st, _ = open_file(directory, SHM, os.O_RDWR, create=True)
+    fd, st, _ = open_lock(directory, SHM, os.O_RDWR, create=True)
     try:
         if st.st_size < SHM_SIZE:
             _fs.ftruncate(fd, SHM_SIZE)
@@ -153,10 +153,11 @@ def open_header_readonly(directory: str) -> Header | None:
     """Open the shared header for reading only; None if there is no complete one yet.
 
     (None: no writer has finished opening the store since it was made, so there
-    is nothing to follow.)
+    is nothing to follow.) ``PermissionError`` for a user its mode keeps out
+    (one who may not write the store: ``owned.open_lock``).
     """
     try:
-        fd, st, _ = open_file(directory, SHM, os.O_RDONLY, create=False)
+        fd, st, _ = open_lock(directory, SHM, os.O_RDONLY, create=False)
     except FileNotFoundError:
         return None
     try:

@@ -21,14 +21,16 @@ and every write path raises :class:`racefree.InheritedLockError` meanwhile.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
 from collections.abc import Iterator
 
 from racefree import _fork, _fs
+from racefree._errors import UnsafePathError
 from racefree.store.files import LOCK, SYNC_LOCK
-from racefree.store.owned import open_file
+from racefree.store.owned import open_lock
 
 __all__ = ["StoreLocks", "acquire_locks", "release_locks"]
 
@@ -69,18 +71,24 @@ class StoreLocks:
 
         Read-only handles open ``store.lock`` for reading (flock needs no write
         access) and only if it exists; its absence means no writer has opened
-        the store, so there is nothing to wait for.
+        the store, so there is nothing to wait for. Its mode keeps out users who
+        may not write the store (``owned.open_lock``): a read-only handle of
+        theirs does without it (it never attaches to the header either, which
+        is closed to them the same way, so it never takes this lock).
         """
         with self.open_mu:
             if self.lock_fd < 0:
                 flags = os.O_RDWR if create else os.O_RDONLY
                 try:
-                    self.lock_fd = open_file(self.dir, LOCK, flags, create=create)[0]
+                    self.lock_fd = open_lock(self.dir, LOCK, flags, create=create)[0]
                 except FileNotFoundError:
                     if create:
                         raise
+                except PermissionError as exc:
+                    if create or isinstance(exc, UnsafePathError) or exc.errno != errno.EACCES:
+                        raise
             if create and self.sync_fd < 0:
-                self.sync_fd = open_file(self.dir, SYNC_LOCK, os.O_RDWR, create=True)[0]
+                self.sync_fd = open_lock(self.dir, SYNC_LOCK, os.O_RDWR, create=True)[0]
 
     def take(self, *, create: bool) -> None:
         """One more hold of the write lock by the thread holding ``mu`` (flock on the first)."""

@@ -34,10 +34,12 @@ import stat
 
 from racefree import _fs, _trust
 from racefree._errors import CorruptFileError, DurabilityError, UnsafePathError
+from racefree.lock.create import data_lock_mode
 
 __all__ = [
     "header_mappable",
     "open_file",
+    "open_lock",
     "read_small",
     "replace_file",
     "resolve_dir",
@@ -47,6 +49,7 @@ __all__ = [
 #: Temp files of :func:`replace_file` end like every racefree temp (``sweep`` knows them).
 _TEMP_SUFFIX = ".rftmp"
 _GROUP_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
+_WRITING = os.O_WRONLY | os.O_RDWR
 
 
 def resolve_dir(path: str, *, create: bool) -> tuple[str, os.stat_result]:
@@ -59,7 +62,9 @@ def resolve_dir(path: str, *, create: bool) -> tuple[str, os.stat_result]:
     if it is missing (and not ``create``); ``NotADirectoryError`` for a file.
     """
     for _attempt in range(8):
-        where = _trust.resolve(path)
+        # Strictly: never through (or into) a directory another user made in a shared
+        # directory, so one made there first, in place of ours, is refused, not adopted.
+        where = _trust.resolve(path, strict=True)
         if where.st is None:
             if not create:
                 raise FileNotFoundError(errno.ENOENT, "no store directory", path)
@@ -90,7 +95,7 @@ def _check_ancestors(path: str, st: os.stat_result, parent_st: os.stat_result) -
 
 
 def open_file(
-    directory: str, name: str, flags: int, *, create: bool
+    directory: str, name: str, flags: int, *, create: bool, mode: int = 0o666
 ) -> tuple[int, os.stat_result, bool]:
     """Open the store's file ``name``: ``(fd, fstat, created)``; never through a link.
 
@@ -98,7 +103,44 @@ def open_file(
     regular file checked on the descriptor, trusted if it existed, ``O_EXCL``
     if new (``create``). ``UnsafePathError`` otherwise, with nothing changed.
     """
-    return _trust.open_own(os.path.join(directory, name), flags, 0o666, create=create)
+    return _trust.open_own(os.path.join(directory, name), flags, mode, create=create)
+
+
+def open_lock(
+    directory: str, name: str, flags: int, *, create: bool
+) -> tuple[int, os.stat_result, bool]:
+    """Open one of the store's lock files (``store.lock``, ``sync.lock``, ``store.shm``).
+
+    As :func:`open_file`, with the mode of a data lock: read and write only for
+    the classes (owner, group, others) that may write the store's data (the
+    MANIFEST's mode, or a new file's). ``flock`` needs only read access, so a
+    user who could open one of them could hold it for ever and stop every
+    writer. A new one is created with that mode; an older, more open one the
+    caller owns is narrowed to it when opened for writing. A user it keeps out
+    gets ``PermissionError``.
+    """
+    try:
+        manifest = _fs.stat(os.path.join(directory, "MANIFEST"), follow_symlinks=False)
+        data_mode: int | None = manifest.st_mode if stat.S_ISREG(manifest.st_mode) else None
+    except FileNotFoundError:
+        data_mode = None
+    mode = data_lock_mode(data_mode)
+    fd, st, created = open_file(directory, name, flags, create=create, mode=mode)
+    try:
+        have = stat.S_IMODE(st.st_mode)
+        if created and have != mode:
+            _fs.fchmod(fd, mode)  # created narrower (the umask): widened to the mode, never past
+            st = _fs.fstat(fd)
+        elif flags & _WRITING and st.st_uid == os.geteuid() and have & 0o777 & ~mode:
+            # Made by an older racefree (0o666 & ~umask), readable by users who may not
+            # write the store: closed to them (by a writer: a read-only handle changes
+            # nothing).
+            _fs.fchmod(fd, have & ~(0o777 & ~mode))
+            st = _fs.fstat(fd)
+    except BaseException:
+        _fs.close(fd)
+        raise
+    return fd, st, created
 
 
 def read_small(directory: str, name: str, limit: int) -> bytes:

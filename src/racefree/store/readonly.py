@@ -21,20 +21,33 @@ and record locks both work on descriptors opened for reading. Two states:
 
 An attached reader that finds a compactor died between its MANIFEST and its
 publish (which only a writer may finish) detaches until a writer has.
+
+A user who may only read a store that only its owner (or group) may write
+cannot open the header at all: its mode, like the lock files', gives access
+only to those who may write the store, because ``flock`` needs no more than
+read access and a reader holding it exclusively would stop every writer. Such
+a handle stays detached and follows the files instead of the header: at each
+call it compares the MANIFEST's identity (a segment roll or a compaction
+replaces it) and reads the 4 bytes after the last frame it indexed (zeros
+until a writer appends there: every frame starts with a non-zero magic), and
+scans again when either changed, so it still sees every write acknowledged
+before the call began (one ``lstat`` and one ``pread`` per call).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from typing import Any, Protocol
 
 from racefree import _fs
-from racefree._errors import FormatError
+from racefree._errors import FormatError, UnsafePathError
 from racefree.store.files import MANIFEST, SHM_MAGIC, W_END, W_GEN, W_INPROG, W_MAGIC
 from racefree.store.header import Header, is_live, mark_live, open_header_readonly, unmark_live
 from racefree.store.index import Core, State, load, scan
 from racefree.store.locks import StoreLocks
+from racefree.store.segment import M40, ZERO4
 
 __all__ = ["attach", "detach", "open_readonly", "refresh_detached"]
 
@@ -49,6 +62,7 @@ class Handle(Core, Protocol):
     hdr: Header | None
     attached: bool
     seen: tuple[int, ...] | None
+    header_closed: bool
     locks: StoreLocks
 
     def _close_header(self) -> None: ...
@@ -61,7 +75,8 @@ def open_readonly(h: Handle) -> None:
     except FileNotFoundError:
         raise FormatError(h.dir, "not a racefree store (no MANIFEST)") from None
     h.locks.open_files(create=False)
-    h.hdr = open_header_readonly(h.dir)
+    h.header_closed = False
+    h.hdr = _open_header(h)
     try:
         if h.hdr is not None:
             h.words, h.fast = h.hdr.words, h.hdr.fast
@@ -73,9 +88,33 @@ def open_readonly(h: Handle) -> None:
         raise
 
 
+def _open_header(h: Handle) -> Header | None:
+    """The header, read-only; None if there is none yet, or if its mode keeps this user out."""
+    try:
+        return open_header_readonly(h.dir)
+    except PermissionError as exc:
+        if isinstance(exc, UnsafePathError) or exc.errno != errno.EACCES:
+            raise
+        h.header_closed = True  # followed through the files instead (module docstring)
+        return None
+
+
 def _look(h: Handle) -> tuple[int, ...] | None:
+    if h.header_closed:
+        m = _fs.stat(os.path.join(h.dir, MANIFEST), follow_symlinks=False)
+        return (m.st_dev, m.st_ino)
     w = h.words
     return None if h.hdr is None else (w[W_MAGIC], w[W_END], w[W_GEN], w[W_INPROG])
+
+
+def _appended(h: Handle) -> bool:
+    """Without the header: whether anything was written after the last frame indexed."""
+    st = h.state
+    fd = st.fds.get(st.end >> 40)
+    if fd is None:
+        return True
+    # Empty at the end of a full segment: the next write rolls, replacing the MANIFEST.
+    return _fs.pread(fd, len(ZERO4), st.end & M40) not in (ZERO4, b"")
 
 
 def attach(h: Handle) -> bool:
@@ -121,9 +160,15 @@ def detach(h: Handle) -> State:
 
 def refresh_detached(h: Handle) -> State:
     """A detached handle's state, caught up (``h.mu`` held)."""
+    if h.header_closed:
+        if _look(h) == h.seen and not _appended(h):
+            return h.state
+        return detach(h)
     if h.hdr is None:
-        h.hdr = open_header_readonly(h.dir)
+        h.hdr = _open_header(h)
         if h.hdr is None:
+            if h.header_closed:
+                return detach(h)
             return h.state  # still no header: no writer has opened the store since
         h.words, h.fast = h.hdr.words, h.hdr.fast
     if _look(h) == h.seen:

@@ -144,8 +144,10 @@ def run(opts: Options, show: Callable[[Progress], None] | None = None) -> Result
     seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(1 << 31)
     rng = random.Random(seed)
     # Links on the way are followed under racefree's rule: one that another user planted
-    # in a shared directory is refused (UnsafePathError), not followed.
-    where = _trust.resolve(os.fspath(opts.directory))
+    # in a shared directory is refused (UnsafePathError), not followed. Strictly: the
+    # files torture makes are racefree's own, never made below a directory another user
+    # made in a shared directory (they could swap torture's directory for a link).
+    where = _trust.resolve(os.fspath(opts.directory), strict=True)
     if where.st is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
     base = where.path

@@ -105,7 +105,12 @@ def _slots(bits: int) -> list[int]:
 
 def _gather(core: Core, w: Any, synced: int) -> None:
     """Wait (briefly) until every other slot active around the last sync has published again."""
-    others = [i for i in _slots(w[W_RECENT]) if i != core.slot]
+    recent = w[W_RECENT]
+    if core.slot >= 0:
+        recent &= ~(1 << core.slot)
+    if not recent:
+        return  # nobody else wrote around the last sync: the common single-writer case
+    others = _slots(recent)
     budget = min(core.sync_cost / 2, GATHER_MAX)
     if not others or budget <= 0:
         return
@@ -130,7 +135,10 @@ def _active(w: Any, since: int) -> int:
 
 def _sync_segment(core: Core, fd: int, seg: int) -> None:
     if fd >= 0:
-        fdatasync(fd, core.seg_path(seg))
+        try:
+            _fs.fdatasync(fd)
+        except OSError as exc:  # W7: reported (the path built only now), never retried
+            raise DurabilityError(core.seg_path(seg), exc.errno or errno.EIO) from exc
         return
     # Not in this handle's state (closed meanwhile, or rolled by another
     # process after our write): sync the file by name.
@@ -147,8 +155,12 @@ def _sync_segment(core: Core, fd: int, seg: int) -> None:
 def sync(core: Core, endw: int, poisoned_message: str) -> None:
     """Return once every byte before ``endw`` is fdatasynced (the caller holds ``sync_mu``
     and has checked that the handle is open)."""
-    with core.locks.syncing_held():
+    fd = core.locks.sync_lock_fd()
+    _fs.flock(fd, fcntl.LOCK_EX)  # the processes' half of the sync lock (sync_mu: threads')
+    try:
         _lead(core, endw, poisoned_message)
+    finally:
+        _fs.flock(fd, fcntl.LOCK_UN)
 
 
 def _lead(core: Core, endw: int, poisoned_message: str) -> None:

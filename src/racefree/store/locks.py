@@ -118,13 +118,18 @@ class StoreLocks:
     @contextlib.contextmanager
     def syncing_held(self) -> Iterator[None]:
         """The processes' half of :meth:`syncing`, for a caller that holds ``sync_mu``."""
-        if self.sync_fd < 0:
-            self.open_files(create=True)
-        _fs.flock(self.sync_fd, _EX)
+        fd = self.sync_lock_fd()
+        _fs.flock(fd, _EX)
         try:
             yield
         finally:
-            _fs.flock(self.sync_fd, _UN)
+            _fs.flock(fd, _UN)
+
+    def sync_lock_fd(self) -> int:
+        """``sync.lock``'s descriptor (opened on first use), for a caller holding ``sync_mu``."""
+        if self.sync_fd < 0:
+            self.open_files(create=True)
+        return self.sync_fd
 
     def close_fds(self) -> None:
         with self.open_mu:

@@ -26,6 +26,12 @@ from each other. What they exclude is a rotation, which holds the lock
   file full at its next record (its own ``lseek``) and takes the exclusive
   path, where the size is exact (nobody else writes) and the rotation is
   decided once. A single writer gets exactly the standard library's rule.
+- writers that found the file full all ask for the exclusive hold, but only
+  the first to get it rotates. The others stop waiting as soon as the
+  generation moves on and go back to the shared path, rather than taking the
+  exclusive hold one after another (:meth:`SharedFileHandler._append_exclusive`).
+  Waits poll (a blocking ``flock`` cannot time out), yielding the processor for
+  the first millisecond before they sleep.
 
 Larger records, rotations and the repair of a torn record take the exclusive
 path. A SIGKILL can stop a ``write(2)`` between two pages, leaving part of a
@@ -68,6 +74,7 @@ _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 _SEEK_END = os.SEEK_END
 _LogRecord = _stdlib_logging.LogRecord
+_DEFAULT_FORMATTER: _stdlib_logging.Formatter = _stdlib_logging._defaultFormatter  # type: ignore[attr-defined]
 
 
 
@@ -142,6 +149,8 @@ class SharedFileHandler(
         # A subclass may decide (shouldRollover) or wrap (doRollover) rotations, as with the stdlib.
         self._custom_should = self._overridden("shouldRollover")
         self._custom_do = self._overridden("doRollover")
+        self._std_format = type(self).format is _stdlib_logging.Handler.format
+        self._own_filter = type(self).filter is not _stdlib_logging.Filterer.filter
         _LIVE.add(self)
         if not delay:
             self._open()
@@ -174,7 +183,10 @@ class SharedFileHandler(
         sidecar that is not racefree's (:class:`~racefree.UnsafePathError`).
         """
         try:
-            text = self.format(record) + self.terminator
+            if self._std_format:  # Handler.format without its frame: the hot path
+                text = (self.formatter or _DEFAULT_FORMATTER).format(record) + self.terminator
+            else:
+                text = self.format(record) + self.terminator
             if self.stream is not self._proxy and self._emit_elsewhere(text):
                 return
             data = text.encode(self._enc, self.errors or "strict")
@@ -206,7 +218,8 @@ class SharedFileHandler(
         Compression and the rotation fsyncs run here, after the handler's lock
         is released, so they block neither other processes nor other threads.
         """
-        rv = self.filter(record)
+        # Filterer.filter returns True without filters: skip its frame then (the hot path).
+        rv = self.filter(record) if self.filters or self._own_filter else True
         if rv is not True and isinstance(rv, _LogRecord):  # 3.12+: a filter may return one
             record = rv
         if rv:
@@ -244,44 +257,49 @@ class SharedFileHandler(
                 or (at is not None and time.time() >= at)):
             self._append_exclusive(data, record)
             return
-        lock_fd = side.fd
-        try:
-            _fs.flock(lock_fd, _LOCK_SH_NB)
-        except BlockingIOError:
-            side._wait(_LOCK_SH)  # a rotation or a large record: bounded wait
-        self._writing = True
-        try:
-            # Generation unchanged and no torn record to repair: two mapped words, or
-            # one compare of the bytes a pread gave (see sidecar.Sidecar.words).
-            words = side.words
-            if words is not None:
-                fresh = words[0] == self._live_gen and not words[1]
-                head = b"" if fresh else side.read(16)
-            else:
-                head = _fs.pread(lock_fd, 16, 0)
-                fresh = head == self._head
-            if fresh or self._follow_shared(head):
-                fd = self._fd
-                limit = self._limit
-                # Other writers may append between this lseek and the write:
-                # see the module docstring for the bound this leaves.
-                if limit is None or _fs.lseek(fd, 0, _SEEK_END) + n < limit:
-                    try:
-                        written = _fs.write(fd, data)
-                        if written != n:  # a short write (W6): finish it, still holding the lock
-                            _fs.write_all(fd, memoryview(data)[written:])
-                    except BaseException:
-                        # Part of the record may be in the file (a full disk, an
-                        # interrupt): the next holder checks the tail, exclusively.
-                        side.put_u64(OFF_DIRTY, UNKNOWN_END)
-                        raise
-                    if self.durable == "record":
-                        self._sync(_fs.fdatasync, fd, self.baseFilename)
-                    return
-        finally:
-            self._writing = False
-            _fs.flock(lock_fd, _LOCK_UN)
-        self._append_exclusive(data, record)
+        # A second pass only after another process rotated while this one waited to.
+        while True:
+            lock_fd = side.fd
+            try:
+                _fs.flock(lock_fd, _LOCK_SH_NB)
+            except BlockingIOError:
+                side._wait(_LOCK_SH)  # a rotation or a large record: bounded wait
+            self._writing = True
+            full_at = -1
+            try:
+                # Generation unchanged and no torn record to repair: two mapped words, or
+                # one compare of the bytes a pread gave (see sidecar.Sidecar.words).
+                words = side.words
+                if words is not None:
+                    fresh = words[0] == self._live_gen and not words[1]
+                    head = b"" if fresh else side.read(16)
+                else:
+                    head = _fs.pread(lock_fd, 16, 0)
+                    fresh = head == self._head
+                if fresh or self._follow_shared(head):
+                    fd = self._fd
+                    limit = self._limit
+                    # Other writers may append between this lseek and the write:
+                    # see the module docstring for the bound this leaves.
+                    if limit is None or _fs.lseek(fd, 0, _SEEK_END) + n < limit:
+                        try:
+                            written = _fs.write(fd, data)
+                            if written != n:  # short (W6): finished still holding the lock
+                                _fs.write_all(fd, memoryview(data)[written:])
+                        except BaseException:
+                            # Part of the record may be in the file (a full disk, an
+                            # interrupt): the next holder checks the tail, exclusively.
+                            side.put_u64(OFF_DIRTY, UNKNOWN_END)
+                            raise
+                        if self.durable == "record":
+                            self._sync(_fs.fdatasync, fd, self.baseFilename)
+                        return
+                    full_at = self._live_gen  # full in this generation: a rotation is due
+            finally:
+                self._writing = False
+                _fs.flock(lock_fd, _LOCK_UN)
+            if self._append_exclusive(data, record, rotated_gen=full_at):
+                return
 
     def _follow_shared(self, head: bytes) -> bool:
         """Holding the lock shared, the control block is not what our descriptor was opened at.
@@ -300,9 +318,17 @@ class SharedFileHandler(
         return True
 
     def _append_exclusive(
-        self, data: bytes, record: _LogRecord | None, force_gen: int = -1
-    ) -> None:
-        """The slow path: open, follow a rotation, repair, rotate, large records."""
+        self, data: bytes, record: _LogRecord | None, force_gen: int = -1, rotated_gen: int = -1
+    ) -> bool:
+        """The slow path: open, follow a rotation, repair, rotate, large records.
+
+        With ``rotated_gen`` >= 0 (the file was full in that generation), the
+        wait for the exclusive hold ends once another process has rotated:
+        False, nothing written, and the caller appends under the shared hold
+        again. Otherwise the writers that found the file full would each take
+        the exclusive hold in turn after one rotation, each waiting for the
+        one before. True: the record is written.
+        """
         if self._failed is not None:
             raise self._failed
         if self._writing:
@@ -316,11 +342,12 @@ class SharedFileHandler(
                 self._open_shared()
             if self._plain:
                 _fs.write_all(self._fd, data)
-                return
+                return True
         side = self._side
         assert side is not None
         n = len(data)
-        side.lock(_LOCK_EX)
+        if not side.lock(_LOCK_EX, rotated_gen):
+            return False  # rotated by another process while we waited
         self._writing = self._exclusive_held = True
         try:
             size = self._enter_locked()
@@ -347,6 +374,7 @@ class SharedFileHandler(
             # Outside the lock: if another process rotates meanwhile, ``fd``
             # still names the inode this record went to.
             self._sync(_fs.fdatasync, fd, self.baseFilename)
+        return True
 
     def _enter_locked(self) -> int:
         """Holding the lock exclusively: follow a rotation, repair a torn tail; the exact size."""

@@ -62,6 +62,8 @@ _F64 = struct.Struct("<d")
 _LOCK_NB = fcntl.LOCK_NB
 #: Seconds a wait lasts, at most, after a wait timed out (until one succeeds).
 STALLED_WAIT = 0.01
+#: Seconds a wait for the lock polls by yielding the processor before it sleeps.
+SPIN = 0.001
 
 
 def sidecar_mode(log_mode: int) -> int:
@@ -144,7 +146,7 @@ class Sidecar:
         _fs.pwrite_all(self.fd, _F64.pack(value), OFF_ROLLOVER)
 
     # -- the lock ------------------------------------------------------------
-    def lock(self, op: int) -> None:
+    def lock(self, op: int, gen: int = -1) -> bool:
         """Take the lock (``LOCK_SH`` or ``LOCK_EX``), waiting at most ``timeout`` seconds.
 
         Raises :class:`~racefree.LockTimeout` when the lock stays held longer
@@ -153,37 +155,58 @@ class Sidecar:
         :data:`STALLED_WAIT` instead of ``timeout``, so that records do not each
         wait the full time while the lock stays held; the first wait that gets
         the lock ends that state.
+
+        With ``gen`` >= 0, the wait also ends, returning False with nothing
+        held, once the generation is no longer ``gen``: a writer that waits to
+        rotate a full file need not wait any more once another process rotated
+        it. True: the lock is held.
         """
         try:
             _fs.flock(self.fd, op | _LOCK_NB)
         except BlockingIOError:
-            self._wait(op)
+            return self._wait(op, gen)
+        return True
 
-    def _wait(self, op: int) -> None:
+    def generation(self) -> int:
+        """The current generation (a mapped load, or a ``pread``)."""
+        words = self.words
+        if words is not None:
+            return int(words[0])
+        return self.head()[0]
+
+    def _wait(self, op: int, gen: int = -1) -> bool:
         # Polled rather than a blocking flock: a blocking flock cannot be given
-        # a timeout. Contention is short (a rotation, a large record), so the
-        # first sleeps are short too.
+        # a timeout. Contention is short (a rotation, a large record): for the
+        # first SPIN seconds each poll only yields the processor (a sleep of a
+        # few microseconds lasts the timer slack, ~50 us, each time, and the
+        # writers queued behind a rotation would each pay it), then polls sleep.
         timeout = self.timeout
         if timeout is not None and self.stalled:
             timeout = min(timeout, STALLED_WAIT)
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        spin_until = start + SPIN
         delay = 0.00002
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 self.stalled = True
                 raise LockTimeout(self.path, self.timeout)
-            time.sleep(delay)
-            try:
-                _fs.flock(self.fd, op | _LOCK_NB)
-            except BlockingIOError:
+            if now < spin_until:
+                os.sched_yield()
+            else:
+                time.sleep(delay)
                 # Polls stay frequent for the first 50 ms (a rotation takes far
                 # less), then back off: a long hold is a stopped or hostile holder.
                 delay = min(delay * 2, 0.0002 if now - start < 0.05 else 0.005)
-            else:
-                self.stalled = False
-                return
+            if gen >= 0 and self.generation() != gen:
+                return False
+            try:
+                _fs.flock(self.fd, op | _LOCK_NB)
+            except BlockingIOError:
+                continue
+            self.stalled = False
+            return True
 
     def unlock(self) -> None:
         _fs.flock(self.fd, fcntl.LOCK_UN)

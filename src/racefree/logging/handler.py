@@ -30,8 +30,8 @@ from each other. What they exclude is a rotation, which holds the lock
   the first to get it rotates. The others stop waiting as soon as the
   generation moves on and go back to the shared path, rather than taking the
   exclusive hold one after another (:meth:`SharedFileHandler._append_exclusive`).
-  Waits poll (a blocking ``flock`` cannot time out), yielding the processor for
-  the first millisecond before they sleep.
+  Waits poll (a blocking ``flock`` cannot time out): every 20 µs (plus the
+  timer slack) for the first 5 ms, then backing off.
 
 Larger records, rotations and the repair of a torn record take the exclusive
 path. A SIGKILL can stop a ``write(2)`` between two pages, leaving part of a

@@ -62,8 +62,8 @@ _F64 = struct.Struct("<d")
 _LOCK_NB = fcntl.LOCK_NB
 #: Seconds a wait lasts, at most, after a wait timed out (until one succeeds).
 STALLED_WAIT = 0.01
-#: Seconds a wait for the lock polls by yielding the processor before it sleeps.
-SPIN = 0.001
+#: Seconds a wait for the lock polls at the shortest interval before it backs off.
+FAST_POLLS = 0.005
 
 
 def sidecar_mode(log_mode: int) -> int:
@@ -176,28 +176,23 @@ class Sidecar:
 
     def _wait(self, op: int, gen: int = -1) -> bool:
         # Polled rather than a blocking flock: a blocking flock cannot be given
-        # a timeout. Contention is short (a rotation, a large record): for the
-        # first SPIN seconds each poll only yields the processor (a sleep of a
-        # few microseconds lasts the timer slack, ~50 us, each time, and the
-        # writers queued behind a rotation would each pay it), then polls sleep.
+        # a timeout. Contention is short (a rotation, a large record), so polls
+        # are frequent (each sleep lasts at least the timer slack, ~50 us) for
+        # the first FAST_POLLS seconds, then back off: a long hold is a stopped
+        # or hostile holder.
         timeout = self.timeout
         if timeout is not None and self.stalled:
             timeout = min(timeout, STALLED_WAIT)
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        spin_until = start + SPIN
         delay = 0.00002
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 self.stalled = True
                 raise LockTimeout(self.path, self.timeout)
-            if now < spin_until:
-                os.sched_yield()
-            else:
-                time.sleep(delay)
-                # Polls stay frequent for the first 50 ms (a rotation takes far
-                # less), then back off: a long hold is a stopped or hostile holder.
+            time.sleep(delay)
+            if now - start > FAST_POLLS:
                 delay = min(delay * 2, 0.0002 if now - start < 0.05 else 0.005)
             if gen >= 0 and self.generation() != gen:
                 return False

@@ -46,3 +46,19 @@ def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"racefree {racefree.__version__}\n"
+
+
+
+def test_import_loads_only_the_errors() -> None:
+    """``import racefree`` loads racefree and its errors, not typing nor re (~4 ms, not ~11)."""
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import racefree\n"
+        "new = set(sys.modules) - before\n"
+        "print(sorted(m for m in new if m.startswith('racefree')), 'typing' in new, 're' in new)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "['racefree', 'racefree._errors'] False False"

@@ -19,7 +19,6 @@ fasteners and atomicwrites are in :mod:`racefree.compat`.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from racefree._errors import (
     ConflictError,
@@ -37,7 +36,11 @@ from racefree._errors import (
     WouldBlock,
 )
 
+# typing is not imported at run time: ``import racefree`` stays cheap (annotations are strings).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     __version__: str
     from racefree.backends.dispatch import open_async_store, open_lock, open_store
     from racefree.files.atomic import atomic_open, atomic_write

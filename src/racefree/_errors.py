@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
+
+# typing is not imported at run time: ``import racefree`` stays cheap (annotations are strings).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _fspath(path: str | os.PathLike[str] | None) -> str | None:

@@ -33,6 +33,11 @@ from each other. What they exclude is a rotation, which holds the lock
   Waits poll (a blocking ``flock`` cannot time out): every 20 µs (plus the
   timer slack) for the first 5 ms, then backing off.
 
+A handler that is the log's only writer (no other open sidecar holds the
+writer lock, see :meth:`SharedFileHandler._measure`) skips the ``lseek``: it
+counts what it appends, and learns from the control block's writers word, at no
+cost, the moment another writer opens the log.
+
 Larger records, rotations and the repair of a torn record take the exclusive
 path. A SIGKILL can stop a ``write(2)`` between two pages, leaving part of a
 record; an exclusive writer sets a "write in progress" mark first, so the next
@@ -74,6 +79,8 @@ _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 _SEEK_END = os.SEEK_END
 _LogRecord = _stdlib_logging.LogRecord
+#: Measures of the file between two questions whether this handler is the only writer.
+RECHECK = 1024
 _DEFAULT_FORMATTER: _stdlib_logging.Formatter = _stdlib_logging._defaultFormatter  # type: ignore[attr-defined]
 
 
@@ -138,6 +145,11 @@ class SharedFileHandler(
         self._gen = -1
         self._head = b""
         self._live_gen = -1  # the generation our descriptor is current in; -1: none
+        # The only writer tracks the file's size (see _measure); -1: unknown / not alone.
+        self._size = -1
+        self._sole = -1  # the writers word when alone() said so; -1: not alone
+        self._sole_seen = -1  # the writers word alone() was last asked at
+        self._recheck = 0
         self._at: float | None = None  # timed handlers: the rollover time of this generation
         self._truncate = mode == "w"  # at the first open only, as the stdlib does
         self._failed: DurabilityError | None = None
@@ -279,9 +291,14 @@ class SharedFileHandler(
                 if fresh or self._follow_shared(head):
                     fd = self._fd
                     limit = self._limit
-                    # Other writers may append between this lseek and the write:
-                    # see the module docstring for the bound this leaves.
-                    if limit is None or _fs.lseek(fd, 0, _SEEK_END) + n < limit:
+                    size = self._size
+                    if limit is not None and (
+                        size < 0 or words is None or words[2] != self._sole
+                    ):
+                        # Other writers may append between this lseek and the write:
+                        # see the module docstring for the bound this leaves.
+                        size = self._measure(fd, words)
+                    if limit is None or size + n < limit:
                         try:
                             written = _fs.write(fd, data)
                             if written != n:  # short (W6): finished still holding the lock
@@ -290,7 +307,10 @@ class SharedFileHandler(
                             # Part of the record may be in the file (a full disk, an
                             # interrupt): the next holder checks the tail, exclusively.
                             side.put_u64(OFF_DIRTY, UNKNOWN_END)
+                            self._size = -1
                             raise
+                        if size >= 0:
+                            self._size = size + n
                         if self.durable == "record":
                             self._sync(_fs.fdatasync, fd, self.baseFilename)
                         return
@@ -300,6 +320,33 @@ class SharedFileHandler(
                 _fs.flock(lock_fd, _LOCK_UN)
             if self._append_exclusive(data, record, rotated_gen=full_at):
                 return
+
+    def _measure(self, fd: int, words: memoryview | None) -> int:
+        """Holding the lock shared: the file's size (``lseek``); whether to track it from now on.
+
+        A handler that is the only writer of the log tracks the size itself
+        (``_size``) instead of asking the kernel at every record: nobody else
+        appends. It is the only writer while the writers word is what it was
+        when :meth:`Sidecar.alone` said so: a process that opens the log to
+        write takes its read lock on the writer byte first and then bumps the
+        word under the exclusive hold, so no record of a newcomer can land
+        while a handler still believes it is alone. Asked again when the word
+        moves on and every :data:`RECHECK` measures (a writer that left).
+        Bytes appended by programs that are not racefree's handlers are counted
+        at the next measure (at the latest, after the next rotation).
+        """
+        size = _fs.lseek(fd, 0, _SEEK_END)
+        if words is None:
+            return size
+        writers = int(words[2])
+        self._recheck -= 1
+        if writers != self._sole_seen or self._recheck <= 0:
+            assert self._side is not None
+            self._sole = writers if self._side.alone() else -1
+            self._sole_seen = writers
+            self._recheck = RECHECK
+        self._size = size if writers == self._sole else -1
+        return size
 
     def _follow_shared(self, head: bytes) -> bool:
         """Holding the lock shared, the control block is not what our descriptor was opened at.
@@ -348,6 +395,7 @@ class SharedFileHandler(
         n = len(data)
         if not side.lock(_LOCK_EX, rotated_gen):
             return False  # rotated by another process while we waited
+        self._size = -1  # measured again at the next shared record
         self._writing = self._exclusive_held = True
         try:
             size = self._enter_locked()

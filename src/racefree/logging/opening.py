@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from racefree import _fork, _fs, _trust
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _Finish
-from racefree.logging.sidecar import HEAD, OFF_DIRTY, Sidecar
+from racefree.logging.sidecar import HEAD, OFF_DIRTY, OFF_WRITERS, Sidecar
 
 __all__ = ["Opening"]
 
@@ -50,6 +50,9 @@ class Opening:
     _fd: int
     _gen: int
     _head: bytes
+    _size: int
+    _sole: int
+    _sole_seen: int
     _live_gen: int
     _truncate: bool
     _failed: BaseException | None
@@ -114,6 +117,12 @@ class Opening:
                 _fs.ftruncate(self._fd, 0)
                 if dirty:
                     side.put_u64(OFF_DIRTY, 0)
+            # Counted among the writers since the Sidecar took its read lock: now
+            # tell a handler that believes it is alone that it is not (_measure).
+            writers = side.writers() + 1
+            side.put_u64(OFF_WRITERS, writers)
+            self._sole = writers if side.alone() else -1
+            self._sole_seen = writers
             self._opened_locked()
         except BaseException:
             self._writing = False
@@ -152,6 +161,7 @@ class Opening:
 
     def _set_gen(self, gen: int) -> None:
         self._gen = gen
+        self._size = -1  # another file, or the same one truncated: measured again
         # What the fast path compares the control block's first bytes with;
         # after a failed fsync, nothing: every record takes the slow path and is refused.
         self._head = HEAD.pack(gen, 0) if self._failed is None else b""
@@ -192,6 +202,7 @@ class Opening:
             self._drop_descriptors()
         self._gen = -1
         self._plain = False
+        self._size = self._sole = self._sole_seen = -1
         # Another thread of the parent may have been mid-record.
         self._writing = self._exclusive_held = False
         # The parent finishes its own rotations; the child must not compress them twice.

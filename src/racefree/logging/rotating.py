@@ -161,29 +161,42 @@ class RotatingFileHandler(SharedFileHandler):
         present = {
             os.path.join(self._dir, n) for n in _fs.listdir(self._dir)
         }
+        # Each name is judged once (the directory's stat too): the whole
+        # rotation holds every writer off, and it renames up to backupCount files.
+        dirs: dict[str, os.stat_result] = {}
+        known: dict[str, bool] = {}
+
+        def has(path: str) -> bool:
+            found = known.get(path)
+            if found is None:
+                found = known[path] = self._present(path, present, dirs)
+            return found
+
         exts = ("", ".gz") if self.compress else ("",)
         # Shift only up to the first free slot: it absorbs the shift, so nothing
         # is overwritten below it (and a large backupCount costs nothing).
         free = self.backupCount
         for i in range(1, self.backupCount):
             name = self._backup_name(i)
-            if not any(self._present(name + e, present) for e in exts):
+            if not any(has(name + e) for e in exts):
                 free = i
                 break
         for i in range(free - 1, 0, -1):
             src = self._backup_name(i)
-            moving = [e for e in exts if self._present(src + e, present)]
+            moving = [e for e in exts if has(src + e)]
             if not moving:
                 continue
             dst = self._backup_name(i + 1)
             for e in exts:  # a stale plain/.gz twin at the target must not survive
-                if e not in moving and self._present(dst + e, present):
+                if e not in moving and has(dst + e):
                     _fs.unlink(dst + e)
                     present.discard(dst + e)
+                    known[dst + e] = False
             for e in moving:
                 _fs.replace(src + e, dst + e)
                 present.discard(src + e)
                 present.add(dst + e)
+                known[src + e], known[dst + e] = False, True
         dest = self._backup_name(1)
         if self.compress:
             if self._present(dest + ".gz", present):
@@ -199,16 +212,27 @@ class RotatingFileHandler(SharedFileHandler):
             return
         self._switch_locked(dest)
 
-    def _present(self, path: str, listed: set[str]) -> bool:
-        """Whether this log has a backup at ``path``: a trusted entry (see ``_rotate_locked``)."""
+    def _present(
+        self, path: str, listed: set[str], dirs: dict[str, os.stat_result] | None = None
+    ) -> bool:
+        """Whether this log has a backup at ``path``: a trusted entry (see ``_rotate_locked``).
+
+        ``dirs``: the stats of directories already looked at, reused (and added to).
+        """
+        directory = os.path.dirname(path)
         # A namer may put backups in another directory than the one listed.
-        if os.path.dirname(path) == self._dir and path not in listed:
+        if directory == self._dir and path not in listed:
             return False
         try:
             st = _fs.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             return False  # removed since the listing
-        return _trust.trusted(st, _fs.stat(os.path.dirname(path), follow_symlinks=False))
+        dir_st = None if dirs is None else dirs.get(directory)
+        if dir_st is None:
+            dir_st = _fs.stat(directory, follow_symlinks=False)
+            if dirs is not None:
+                dirs[directory] = dir_st
+        return _trust.trusted(st, dir_st)
 
     def _rotated_candidates(self, path: str) -> Iterator[str]:
         # Backups fill slots 1, 2, ... without gaps (a shift stops at the first

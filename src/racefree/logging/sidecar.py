@@ -18,7 +18,8 @@ offset type  field
 8      u64   write in progress: the size the file will have after the
              record an exclusive writer is writing, all ones after a
              shared writer's write failed part-way, 0 otherwise
-16     u64   reserved (0)
+16     u64   writers: bumped by each process that opens the log to write
+             (under the exclusive hold), see :meth:`Sidecar.alone`
 24     u64   reserved (0)
 32     f64   next timed rollover (epoch seconds), 0.0 until first use
 ====== ===== ==========================================================
@@ -56,7 +57,11 @@ UNKNOWN_END = (1 << 64) - 1
 HEAD = struct.Struct("<QQ")  # generation, write in progress
 OFF_GEN = 0
 OFF_DIRTY = 8
+OFF_WRITERS = 16
 OFF_ROLLOVER = 32
+#: The byte of the sidecar on which every writing handler holds an
+#: open-file-description read lock, for as long as its sidecar is open.
+WRITER_BYTE = 63
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 _LOCK_NB = fcntl.LOCK_NB
@@ -78,7 +83,7 @@ def sidecar_mode(log_mode: int) -> int:
 class Sidecar:
     """One open file description of ``.NAME.lock``: its lock and its control block."""
 
-    __slots__ = ("_map", "fd", "path", "stalled", "timeout", "words")
+    __slots__ = ("_map", "counted", "fd", "path", "stalled", "timeout", "words")
 
     def __init__(self, path: str, log_mode: int, timeout: float | None) -> None:
         self.path = path
@@ -114,6 +119,18 @@ class Sidecar:
             if now.st_uid == os.geteuid() and not now.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 self._map = _fs.mmap(fd, CONTROL_SIZE)
                 self.words = memoryview(self._map).cast("Q")
+            # Counted among the log's writers (see alone): only where the words are
+            # mapped, since only there does knowing it save the hot path a call.
+            self.counted = False
+            if self.words is not None and _fs.HAS_OFD_LOCKS:
+                try:
+                    _fs.ofd_setlk(fd, fcntl.F_RDLCK, WRITER_BYTE, 1)
+                    self.counted = True
+                except OSError:
+                    # A conflicting lock there (racefree never takes one), or a file
+                    # system without these locks: never alone, so this handler
+                    # measures the file at every record, as where nothing is mapped.
+                    self.counted = False
         except BaseException:
             _fs.close(fd)
             raise
@@ -133,6 +150,22 @@ class Sidecar:
         """(generation, write-in-progress end)."""
         gen, dirty = HEAD.unpack(self.read(HEAD.size))
         return int(gen), int(dirty)
+
+    def writers(self) -> int:
+        """The writers word: how many times a process opened the log to write."""
+        return int(_U64.unpack_from(self.read(OFF_WRITERS + 8), OFF_WRITERS)[0])
+
+    def alone(self) -> bool:
+        """Whether no other open sidecar (process or handler) is counted among the writers.
+
+        Each writing handler holds a read lock on :data:`WRITER_BYTE` of its own
+        open sidecar (an open-file-description lock: the kernel drops it when
+        the sidecar is closed or its process dies); this asks whether a write
+        lock there would conflict with another's. False where nothing is counted.
+        """
+        if not self.counted:
+            return False
+        return _fs.ofd_getlk(self.fd, fcntl.F_WRLCK, WRITER_BYTE, 1) == fcntl.F_UNLCK
 
     def rollover(self) -> float:
         value = float(_F64.unpack_from(self.read(CONTROL_SIZE), OFF_ROLLOVER)[0])

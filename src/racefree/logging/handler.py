@@ -34,7 +34,7 @@ from each other. What they exclude is a rotation, which holds the lock
   timer slack) for the first 5 ms, then backing off.
 
 A handler that is the log's only writer (no other open sidecar holds the
-writer lock, see :meth:`SharedFileHandler._measure`) skips the ``lseek``: it
+writer lock, see :meth:`SharedFileHandler._ask_alone`) skips the ``lseek``: it
 counts what it appends, and learns from the control block's writers word, at no
 cost, the moment another writer opens the log.
 
@@ -145,7 +145,7 @@ class SharedFileHandler(
         self._gen = -1
         self._head = b""
         self._live_gen = -1  # the generation our descriptor is current in; -1: none
-        # The only writer tracks the file's size (see _measure); -1: unknown / not alone.
+        # The only writer tracks the file's size (see _ask_alone); -1: unknown / not alone.
         self._size = -1
         self._sole = -1  # the writers word when alone() said so; -1: not alone
         self._sole_seen = -1  # the writers word alone() was last asked at
@@ -295,9 +295,14 @@ class SharedFileHandler(
                     if limit is not None and (
                         size < 0 or words is None or words[2] != self._sole
                     ):
-                        # Other writers may append between this lseek and the write:
-                        # see the module docstring for the bound this leaves.
-                        size = self._measure(fd, words)
+                        # Not the only writer (see _ask_alone): other writers may
+                        # append between this lseek and the write; see the module
+                        # docstring for the bound this leaves.
+                        size = _fs.lseek(fd, 0, _SEEK_END)
+                        if words is not None:
+                            self._recheck -= 1
+                            if self._recheck <= 0 or words[2] != self._sole_seen:
+                                self._ask_alone(int(words[2]))
                     if limit is None or size + n < limit:
                         try:
                             written = _fs.write(fd, data)
@@ -309,8 +314,8 @@ class SharedFileHandler(
                             side.put_u64(OFF_DIRTY, UNKNOWN_END)
                             self._size = -1
                             raise
-                        if size >= 0:
-                            self._size = size + n
+                        if limit is not None:
+                            self._size = size + n  # trusted only while alone (above)
                         if self.durable == "record":
                             self._sync(_fs.fdatasync, fd, self.baseFilename)
                         return
@@ -321,32 +326,25 @@ class SharedFileHandler(
             if self._append_exclusive(data, record, rotated_gen=full_at):
                 return
 
-    def _measure(self, fd: int, words: memoryview | None) -> int:
-        """Holding the lock shared: the file's size (``lseek``); whether to track it from now on.
+    def _ask_alone(self, writers: int) -> None:
+        """Holding the lock shared: is this handler the log's only writer, from now on?
 
-        A handler that is the only writer of the log tracks the size itself
-        (``_size``) instead of asking the kernel at every record: nobody else
-        appends. It is the only writer while the writers word is what it was
-        when :meth:`Sidecar.alone` said so: a process that opens the log to
-        write takes its read lock on the writer byte first and then bumps the
-        word under the exclusive hold, so no record of a newcomer can land
-        while a handler still believes it is alone. Asked again when the word
-        moves on and every :data:`RECHECK` measures (a writer that left).
-        Bytes appended by programs that are not racefree's handlers are counted
-        at the next measure (at the latest, after the next rotation).
+        The only writer tracks the file's size itself (``_size``: what the
+        last ``lseek`` said plus what it appended since) instead of asking the
+        kernel at every record: nobody else appends. It is the only writer
+        while the writers word stays what it was when :meth:`Sidecar.alone`
+        said so: a process that opens the log to write takes its read lock on
+        the writer byte first and then bumps the word under the exclusive hold,
+        so no record of a newcomer can land while a handler still believes it
+        is alone. Asked when the word moves on and every :data:`RECHECK`
+        measures (a writer that left). Bytes appended by programs that are not
+        racefree's handlers are counted at the next ``lseek`` (at the latest,
+        after the next rotation).
         """
-        size = _fs.lseek(fd, 0, _SEEK_END)
-        if words is None:
-            return size
-        writers = int(words[2])
-        self._recheck -= 1
-        if writers != self._sole_seen or self._recheck <= 0:
-            assert self._side is not None
-            self._sole = writers if self._side.alone() else -1
-            self._sole_seen = writers
-            self._recheck = RECHECK
-        self._size = size if writers == self._sole else -1
-        return size
+        assert self._side is not None
+        self._sole = writers if self._side.alone() else -1
+        self._sole_seen = writers
+        self._recheck = RECHECK
 
     def _follow_shared(self, head: bytes) -> bool:
         """Holding the lock shared, the control block is not what our descriptor was opened at.

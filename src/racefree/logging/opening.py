@@ -118,7 +118,7 @@ class Opening:
                 if dirty:
                     side.put_u64(OFF_DIRTY, 0)
             # Counted among the writers since the Sidecar took its read lock: now
-            # tell a handler that believes it is alone that it is not (_measure).
+            # tell a handler that believes it is alone that it is not (_ask_alone).
             writers = side.writers() + 1
             side.put_u64(OFF_WRITERS, writers)
             self._sole = writers if side.alone() else -1

@@ -9,6 +9,7 @@ write, the first record after another writer opened the log included.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,24 @@ def test_a_writer_alone_again_after_the_other_left_goes_back_to_counting(
     finally:
         a.close()
     assert (tmp_path / "app.log").read_bytes() == b"x\n" * (records + 1)
+
+
+def test_a_forked_child_is_a_second_writer(tmp_path: Path) -> None:
+    """The parent is alone; a child forked from it writes: the parent counts the child's bytes."""
+    a = RotatingFileHandler(tmp_path / "app.log", maxBytes=30, backupCount=3)
+    try:
+        a.emit(_rec("a" * 9))  # 10 bytes, tracked
+        pid = os.fork()
+        if pid == 0:  # the child: its own sidecar, counted as a writer, then one record
+            try:
+                a.emit(_rec("b" * 14))  # 25 bytes
+                a.close()
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        a.emit(_rec("c" * 5))  # 25 + 6 >= 30: rotate first
+    finally:
+        a.close()
+    assert (tmp_path / "app.log.1").read_bytes() == b"a" * 9 + b"\n" + b"b" * 14 + b"\n"
+    assert (tmp_path / "app.log").read_bytes() == b"ccccc\n"

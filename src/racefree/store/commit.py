@@ -62,6 +62,7 @@ GATHER_MAX = 0.001
 #: The header bytes whose record locks are the slots (byte 0 is the liveness lock).
 _SLOT_BYTE0 = 1
 _perf = time.perf_counter
+_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 
 
 class Core(Protocol):
@@ -103,15 +104,21 @@ def _slots(bits: int) -> list[int]:
     return out
 
 
-def _gather(core: Core, w: Any, synced: int) -> None:
-    """Wait (briefly) until every other slot active around the last sync has published again."""
-    recent = w[W_RECENT]
+def _others_recent(core: Core, w: Any) -> int:
+    """The other slots that were active around the last sync (0: the single-writer case)."""
+    recent: int = w[W_RECENT]
     if core.slot >= 0:
         recent &= ~(1 << core.slot)
+    return recent
+
+
+def _gather(core: Core, w: Any, synced: int) -> None:
+    """Wait (briefly) until every other slot active around the last sync has published again."""
+    recent = _others_recent(core, w)
     if not recent:
         return  # nobody else wrote around the last sync: the common single-writer case
     others = _slots(recent)
-    budget = min(core.sync_cost / 2, GATHER_MAX)
+    budget = min(core.sync_cost, GATHER_MAX)
     if not others or budget <= 0:
         return
     deadline = _perf() + budget
@@ -156,22 +163,59 @@ def sync(core: Core, endw: int, poisoned_message: str) -> None:
     """Return once every byte before ``endw`` is fdatasynced (the caller holds ``sync_mu``
     and has checked that the handle is open)."""
     fd = core.locks.sync_lock_fd()
-    _fs.flock(fd, fcntl.LOCK_EX)  # the processes' half of the sync lock (sync_mu: threads')
+    w = core.words
+    gathered = False
+    while True:
+        if not _lead_or_wait(core, fd, endw):
+            return  # another process's sync covered it while we waited
+        try:
+            synced = w[W_SYNCED]
+            if synced >= endw:
+                return
+            if core.poisoned or w[W_POISON]:
+                raise DurabilityError(core.dir, errno.EIO, poisoned_message)
+            if gathered or not _others_recent(core, w):
+                _sync_now(core, endw, synced)
+                return
+            gathered = True
+        finally:
+            _fs.flock(fd, fcntl.LOCK_UN)
+        # Gather without the sync lock: the writers it waits for were covered
+        # by the last sync and may be waiting for this lock only to learn so;
+        # holding it, the leader would wait out its whole budget for them.
+        _gather(core, w, synced)
+
+
+def _lead_or_wait(core: Core, fd: int, endw: int) -> bool:
+    """Hold the sync lock exclusively (True), or learn that a sync covered ``endw`` (False).
+
+    The processes' half of the sync lock (``sync_mu``: this process's threads').
+    While another process leads a sync, wait for it holding the lock *shared*:
+    when the leader lets go, every waiter gets a shared hold at once and those
+    it covered return together. Waiting exclusively, they would get the lock one
+    at a time, each woken only when the one before let go, while the writers
+    they hold up could be writing their next records.
+    """
     try:
-        _lead(core, endw, poisoned_message)
+        _fs.flock(fd, _LOCK_EX_NB)
+        return True
+    except BlockingIOError:
+        pass
+    _fs.flock(fd, fcntl.LOCK_SH)
+    try:
+        # Under the lock, shared or not, nobody writes the synced end.
+        covered: bool = core.words[W_SYNCED] >= endw
     finally:
         _fs.flock(fd, fcntl.LOCK_UN)
+    if covered:
+        return False
+    _fs.flock(fd, fcntl.LOCK_EX)  # not covered: lead the next sync (or be covered by it)
+    return True
 
 
-def _lead(core: Core, endw: int, poisoned_message: str) -> None:
-    """Under the sync lock: fdatasync what is published (unless it is synced already)."""
+def _sync_now(core: Core, endw: int, synced: int) -> None:
+    """Under the sync lock: fdatasync what is published, record it as synced."""
     w = core.words
-    synced = w[W_SYNCED]
-    if synced >= endw:
-        return
-    if core.poisoned or w[W_POISON]:
-        raise DurabilityError(core.dir, errno.EIO, poisoned_message)
-    _gather(core, w, synced)
     # Everything published before this load was written before it: one
     # fdatasync covers every writer that published so far (group commit).
     target = max(w[W_END], endw)

@@ -499,9 +499,9 @@ def main() -> None:
               "each writer waits for its put's fdatasync, so it has one put in flight); "
               f"fdatasync was running {busy:.0%} of the time. What limits it: a put waits "
               "for an fdatasync, so one covers at most one put per writer; in between two, "
-              "the writers a sync released wake up (the sync lock goes to one waiter at a "
-              "time) and write their next records, which the next leader waits for (at "
-              "most half an fdatasync).")
+              "the writers a sync released wake up together, return and write their next "
+              "records (four writers on two cores), which the next leader waits for (at most "
+              "half an fdatasync) before it syncs: the disk idles meanwhile.")
     for line in extra:
         print(line)
 

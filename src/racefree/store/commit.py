@@ -19,11 +19,19 @@ closes or its process dies) and a word where it records the end of its last
 published record. A sync records which slots were active around it (published
 since the previous synced end); the next leader, before it reads the end to
 cover, waits until every one of those other slots has published a record the
-synced end does not cover yet, or until a budget runs out (half of this
-handle's measured fdatasync time, so waiting never costs more than it can
-save). A writer that stopped writing is waited for at most once. The wait only
+synced end does not cover yet, or until a budget runs out (this handle's
+measured fdatasync time: the wait never costs more than the next sync would).
+A writer that stopped writing is waited for at most once. The wait only
 decides *when* the fdatasync starts; what it covers is still read afterwards,
 and only what it covered is ever recorded as synced.
+
+The leader gathers *without* the sync lock, and waiters wait for a sync
+holding the lock *shared*: the writers a gather waits for are mostly those the
+last sync covered, and they learn so under the lock. Were the leader to gather
+holding it, they would stay blocked until its budget ran out; were they to wait
+exclusively, they would get the lock one after another, each woken only when
+the one before let go. A leader that gathered takes the lock again, finds its
+record covered if another leader synced meanwhile, and syncs otherwise.
 
 A handle without a slot (a read-only or ``durable=False`` handle, more than
 :data:`SLOTS` durable handles, a system without open-file-description locks)

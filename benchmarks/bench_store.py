@@ -501,7 +501,7 @@ def main() -> None:
               "for an fdatasync, so one covers at most one put per writer; in between two, "
               "the writers a sync released wake up together, return and write their next "
               "records (four writers on two cores), which the next leader waits for (at most "
-              "half an fdatasync) before it syncs: the disk idles meanwhile.")
+              "one fdatasync) before it syncs: the disk idles meanwhile.")
     for line in extra:
         print(line)
 

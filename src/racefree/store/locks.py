@@ -36,26 +36,6 @@ __all__ = ["StoreLocks", "acquire_locks", "release_locks"]
 
 _EX = fcntl.LOCK_EX
 _UN = fcntl.LOCK_UN
-_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
-#: Tries of the write lock, each after a sched_yield, before a blocking flock.
-_SPINS = 20
-
-
-def _take_flock(fd: int) -> None:
-    """flock(LOCK_EX), yielding the processor a few times before sleeping in the kernel."""
-    try:
-        _fs.flock(fd, _EX_NB)
-        return
-    except BlockingIOError:
-        pass
-    for _ in range(_SPINS):
-        os.sched_yield()
-        try:
-            _fs.flock(fd, _EX_NB)
-            return
-        except BlockingIOError:
-            continue
-    _fs.flock(fd, _EX)
 
 
 class StoreLocks:
@@ -116,7 +96,7 @@ class StoreLocks:
             if self.lock_fd < 0:
                 self.open_files(create=create)
             if self.lock_fd >= 0:
-                _take_flock(self.lock_fd)
+                _fs.flock(self.lock_fd, _EX)
             self.owner = threading.get_ident()
         self.depth += 1
 

@@ -21,6 +21,14 @@ def _pyproject_version() -> str:
         return str(tomllib.load(f)["project"]["version"])
 
 
+def _python(code: str) -> str:
+    """What a fresh interpreter running ``code`` prints."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return out.stdout
+
+
 def test_version_is_the_package_metadata() -> None:
     """The one version there is: pyproject.toml's, as installed."""
     assert racefree.__version__ == version("racefree") == _pyproject_version()
@@ -34,10 +42,7 @@ def test_import_does_not_read_the_metadata() -> None:
         "v = racefree.__version__\n"
         "print(before, 'importlib.metadata' in sys.modules, v)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.split() == ["False", "True", racefree.__version__]
+    assert _python(code).split() == ["False", "True", racefree.__version__]
 
 
 def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,7 +51,6 @@ def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"racefree {racefree.__version__}\n"
-
 
 
 def test_import_loads_only_the_errors() -> None:
@@ -58,7 +62,4 @@ def test_import_loads_only_the_errors() -> None:
         "new = set(sys.modules) - before\n"
         "print(sorted(m for m in new if m.startswith('racefree')), 'typing' in new, 're' in new)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.strip() == "['racefree', 'racefree._errors'] False False"
+    assert _python(code).strip() == "['racefree', 'racefree._errors'] False False"

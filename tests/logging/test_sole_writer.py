@@ -18,7 +18,7 @@ import pytest
 
 from racefree import _fs
 from racefree.logging import RotatingFileHandler
-from racefree.logging import handler as handler_module
+from racefree.logging import sole as sole_module
 
 
 def _rec(msg: str) -> logging.LogRecord:
@@ -80,12 +80,12 @@ def test_a_writer_alone_again_after_the_other_left_goes_back_to_counting(
     try:
         a.emit(_rec("x"))  # not alone: measured
         b.close()  # its sidecar closed: the kernel dropped its writer lock
-        records = handler_module.RECHECK + 100
+        records = sole_module.RECHECK + 100
         lseeks = _count(monkeypatch, "lseek")
         for _ in range(records):
             a.emit(_rec("x"))
         # Measured at every record until the periodic question found it alone.
-        assert lseeks == [handler_module.RECHECK]
+        assert lseeks == [sole_module.RECHECK]
     finally:
         a.close()
     assert (tmp_path / "app.log").read_bytes() == b"x\n" * (records + 1)
@@ -110,3 +110,122 @@ def test_a_forked_child_is_a_second_writer(tmp_path: Path) -> None:
         a.close()
     assert (tmp_path / "app.log.1").read_bytes() == b"a" * 9 + b"\n" + b"b" * 14 + b"\n"
     assert (tmp_path / "app.log").read_bytes() == b"ccccc\n"
+
+
+# -- what the review found: every way a handler could count on a size that misses bytes --
+
+MAX = 10_000
+
+
+def _sizes_below_max(directory: Path) -> list[int]:
+    """Each rotated file's size: with one writer at a time, each must stay below MAX."""
+    return [p.stat().st_size for p in sorted(directory.glob("app.log.*"))]
+
+
+def test_a_writer_whose_sidecar_is_not_mapped_is_still_counted(tmp_path: Path) -> None:
+    """a opens while the log is group-writable (its control block read with pread, not
+    mapped); b opens after a chmod 644 (mapped): b must not believe it is alone."""
+    path = tmp_path / "app.log"
+    path.touch()
+    path.chmod(0o664)
+    a = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
+    path.chmod(0o644)
+    b = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
+    try:
+        assert a._side is not None and b._side is not None
+        assert (a._side.words is None, b._side.words is not None) == (True, True)  # the setup
+        b.emit(_rec("b" * 99))
+        for _ in range(90):
+            a.emit(_rec("a" * 99))  # 9,000 bytes
+        for _ in range(95):
+            b.emit(_rec("b" * 99))  # b must measure: a rotation is due on the way
+    finally:
+        a.close()
+        b.close()
+    backups = _sizes_below_max(tmp_path)
+    assert len(backups) == 1 and backups[0] < MAX
+    assert backups[0] + path.stat().st_size == 186 * 100
+
+
+def test_a_writer_that_could_not_be_counted_stops_everyone_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that could not take the writer lock marks the log: nobody trusts a count."""
+    path = tmp_path / "app.log"
+    real = _fs.ofd_setlk
+
+    def refused(fd: int, kind: int, *args: Any, **kwargs: Any) -> None:
+        raise OSError(95, "not supported here")
+
+    monkeypatch.setattr(_fs, "ofd_setlk", refused)
+    a = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
+    monkeypatch.setattr(_fs, "ofd_setlk", real)
+    b = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
+    try:
+        assert a._side is not None and not a._side.counted  # the setup
+        b.emit(_rec("b" * 99))
+        for _ in range(90):
+            a.emit(_rec("a" * 99))
+        for _ in range(95):
+            b.emit(_rec("b" * 99))
+    finally:
+        a.close()
+        b.close()
+    backups = _sizes_below_max(tmp_path)
+    assert len(backups) == 1 and backups[0] < MAX
+    assert backups[0] + path.stat().st_size == 186 * 100
+
+
+def test_a_writer_that_leaves_while_the_other_asks_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b appends and closes just as a asks whether it is alone: a's next size must include it."""
+    path = tmp_path / "app.log"
+    a = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
+    b = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
+    try:
+        a.emit(_rec("a" * 99))  # not alone: b is open
+        RotatingFileHandler(path, maxBytes=MAX, backupCount=3).close()  # moves the word on
+        real = _fs.ofd_getlk
+        armed = [True]
+
+        def asked(fd: int, *args: Any) -> int:
+            assert a._side is not None
+            if armed[0] and fd == a._side.fd:
+                armed[0] = False
+                b.emit(_rec("B" * 3999))  # 4,000 bytes, written under its shared hold
+                b.close()
+            result: int = real(fd, *args)
+            return result
+
+        monkeypatch.setattr(_fs, "ofd_getlk", asked)
+        a.emit(_rec("a" * 99))  # the word moved: a asks (b writes and leaves meanwhile)
+        assert not armed[0]  # the setup: b wrote while a asked
+        monkeypatch.setattr(_fs, "ofd_getlk", real)
+        for _ in range(100):
+            a.emit(_rec("x" * 99))  # alone now: rotates on the real size
+    finally:
+        a.close()
+    backups = _sizes_below_max(tmp_path)
+    assert len(backups) == 1 and backups[0] < MAX
+    assert backups[0] + path.stat().st_size == 102 * 100 + 4000
+
+
+def test_turning_rotation_off_and_on_again_measures_afresh(tmp_path: Path) -> None:
+    """While nothing rotates, appends are not counted: switching rotation back on measures."""
+    path = tmp_path / "app.log"
+    h = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
+    try:
+        h.emit(_rec("x" * 99))
+        h.emit(_rec("x" * 99))  # alone: counted
+        h.backupCount = 0  # as the stdlib allows: no rotation
+        for _ in range(90):
+            h.emit(_rec("y" * 99))  # 9,000 bytes, not counted
+        h.backupCount = 3
+        for _ in range(10):
+            h.emit(_rec("z" * 99))  # the file reaches MAX on the way: rotate first
+    finally:
+        h.close()
+    backups = _sizes_below_max(tmp_path)
+    assert len(backups) == 1 and backups[0] < MAX
+    assert backups[0] + path.stat().st_size == 102 * 100

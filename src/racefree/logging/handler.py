@@ -34,7 +34,7 @@ from each other. What they exclude is a rotation, which holds the lock
   timer slack) for the first 5 ms, then backing off.
 
 A handler that is the log's only writer (no other open sidecar holds the
-writer lock, see :meth:`SharedFileHandler._ask_alone`) skips the ``lseek``: it
+writer lock, see :mod:`racefree.logging.sole`) skips the ``lseek``: it
 counts what it appends, and learns from the control block's writers word, at no
 cost, the moment another writer opens the log.
 
@@ -67,6 +67,7 @@ from racefree.logging.finish import _NULL, RotationFinisher, _Finish
 from racefree.logging.opening import _LIVE, Opening
 from racefree.logging.rotation import RotationSteps
 from racefree.logging.sidecar import HEAD, OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
+from racefree.logging.sole import SoleWriter
 from racefree.logging.stream import SharedStream
 
 __all__ = ["Durable", "SharedFileHandler"]
@@ -79,14 +80,12 @@ _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 _SEEK_END = os.SEEK_END
 _LogRecord = _stdlib_logging.LogRecord
-#: Measures of the file between two questions whether this handler is the only writer.
-RECHECK = 1024
 _DEFAULT_FORMATTER: _stdlib_logging.Formatter = _stdlib_logging._defaultFormatter  # type: ignore[attr-defined]
 
 
 
 class SharedFileHandler(
-    Opening, RotationSteps, RotationFinisher, _stdlib_handlers.BaseRotatingHandler
+    Opening, SoleWriter, RotationSteps, RotationFinisher, _stdlib_handlers.BaseRotatingHandler
 ):
     """Base of the racefree handlers: appends whole records, rotates under the exclusive hold.
 
@@ -298,11 +297,13 @@ class SharedFileHandler(
                         # Not the only writer (see _ask_alone): other writers may
                         # append between this lseek and the write; see the module
                         # docstring for the bound this leaves.
-                        size = _fs.lseek(fd, 0, _SEEK_END)
                         if words is not None:
+                            # Asked before the lseek: a writer that leaves after the
+                            # answer has finished its records, so the lseek sees them.
                             self._recheck -= 1
                             if self._recheck <= 0 or words[2] != self._sole_seen:
                                 self._ask_alone(int(words[2]))
+                        size = _fs.lseek(fd, 0, _SEEK_END)
                     if limit is None or size + n < limit:
                         try:
                             written = _fs.write(fd, data)
@@ -325,26 +326,6 @@ class SharedFileHandler(
                 _fs.flock(lock_fd, _LOCK_UN)
             if self._append_exclusive(data, record, rotated_gen=full_at):
                 return
-
-    def _ask_alone(self, writers: int) -> None:
-        """Holding the lock shared: is this handler the log's only writer, from now on?
-
-        The only writer tracks the file's size itself (``_size``: what the
-        last ``lseek`` said plus what it appended since) instead of asking the
-        kernel at every record: nobody else appends. It is the only writer
-        while the writers word stays what it was when :meth:`Sidecar.alone`
-        said so: a process that opens the log to write takes its read lock on
-        the writer byte first and then bumps the word under the exclusive hold,
-        so no record of a newcomer can land while a handler still believes it
-        is alone. Asked when the word moves on and every :data:`RECHECK`
-        measures (a writer that left). Bytes appended by programs that are not
-        racefree's handlers are counted at the next ``lseek`` (at the latest,
-        after the next rotation).
-        """
-        assert self._side is not None
-        self._sole = writers if self._side.alone() else -1
-        self._sole_seen = writers
-        self._recheck = RECHECK
 
     def _follow_shared(self, head: bytes) -> bool:
         """Holding the lock shared, the control block is not what our descriptor was opened at.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from racefree import _fork, _fs, _trust
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _Finish
-from racefree.logging.sidecar import HEAD, OFF_DIRTY, OFF_WRITERS, Sidecar
+from racefree.logging.sidecar import HEAD, OFF_DIRTY, OFF_WRITERS, UNCOUNTED, Sidecar
 
 __all__ = ["Opening"]
 
@@ -65,6 +65,9 @@ class Opening:
     if TYPE_CHECKING:  # defined by the class this is mixed into
 
         def _sync(self, fn: Any, target: Any, path: str) -> None:
+            raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
+
+        def _ask_alone(self, writers: int) -> None:
             raise NotImplementedError  # pragma: no cover - SharedFileHandler defines it
 
     # -- opening -------------------------------------------------------------
@@ -120,9 +123,10 @@ class Opening:
             # Counted among the writers since the Sidecar took its read lock: now
             # tell a handler that believes it is alone that it is not (_ask_alone).
             writers = side.writers() + 1
+            if not side.counted:
+                writers |= UNCOUNTED
             side.put_u64(OFF_WRITERS, writers)
-            self._sole = writers if side.alone() else -1
-            self._sole_seen = writers
+            self._ask_alone(writers)
             self._opened_locked()
         except BaseException:
             self._writing = False

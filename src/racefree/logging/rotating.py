@@ -90,6 +90,8 @@ class RotatingFileHandler(SharedFileHandler):
     def _set_floor(self) -> None:
         rotates = self._max_bytes > 0 and self._backup_count > 0
         self._limit = self._max_bytes if rotates else None
+        # Appends are not counted while nothing rotates: measure again at the next record.
+        self._size = -1
 
     # The stdlib's attribute names, settable after construction as there.
     @property

@@ -19,7 +19,8 @@ offset type  field
              record an exclusive writer is writing, all ones after a
              shared writer's write failed part-way, 0 otherwise
 16     u64   writers: bumped by each process that opens the log to write
-             (under the exclusive hold), see :meth:`Sidecar.alone`
+             (under the exclusive hold), see :meth:`Sidecar.alone`; top bit
+             (:data:`UNCOUNTED`): a writer could not be counted
 24     u64   reserved (0)
 32     f64   next timed rollover (epoch seconds), 0.0 until first use
 ====== ===== ==========================================================
@@ -62,6 +63,9 @@ OFF_ROLLOVER = 32
 #: The byte of the sidecar on which every writing handler holds an
 #: open-file-description read lock, for as long as its sidecar is open.
 WRITER_BYTE = 63
+#: Set in the writers word by a handler that could not take that lock: from
+#: then on no handler of this log trusts a size it counted itself.
+UNCOUNTED = 1 << 63
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 _LOCK_NB = fcntl.LOCK_NB
@@ -119,17 +123,17 @@ class Sidecar:
             if now.st_uid == os.geteuid() and not now.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 self._map = _fs.mmap(fd, CONTROL_SIZE)
                 self.words = memoryview(self._map).cast("Q")
-            # Counted among the log's writers (see alone): only where the words are
-            # mapped, since only there does knowing it save the hot path a call.
+            # Counted among the log's writers (see alone), mapped or not: a writer
+            # nobody could see would let another believe it is alone.
             self.counted = False
-            if self.words is not None and _fs.HAS_OFD_LOCKS:
+            if _fs.HAS_OFD_LOCKS:
                 try:
                     _fs.ofd_setlk(fd, fcntl.F_RDLCK, WRITER_BYTE, 1)
                     self.counted = True
                 except OSError:
                     # A conflicting lock there (racefree never takes one), or a file
-                    # system without these locks: never alone, so this handler
-                    # measures the file at every record, as where nothing is mapped.
+                    # system without these locks: the handler marks the log as
+                    # having an uncounted writer (UNCOUNTED) when it opens it.
                     self.counted = False
         except BaseException:
             _fs.close(fd)

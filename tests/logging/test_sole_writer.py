@@ -117,9 +117,20 @@ def test_a_forked_child_is_a_second_writer(tmp_path: Path) -> None:
 MAX = 10_000
 
 
-def _sizes_below_max(directory: Path) -> list[int]:
-    """Each rotated file's size: with one writer at a time, each must stay below MAX."""
-    return [p.stat().st_size for p in sorted(directory.glob("app.log.*"))]
+def _take_turns(a: RotatingFileHandler, b: RotatingFileHandler) -> None:
+    """b writes, a writes 9,000 bytes, then b 9,500 more: b must measure on the way."""
+    b.emit(_rec("b" * 99))
+    for _ in range(90):
+        a.emit(_rec("a" * 99))
+    for _ in range(95):
+        b.emit(_rec("b" * 99))
+
+
+def _assert_rotated_once(directory: Path, total: int) -> None:
+    """One backup, below MAX (one writer at a time), and every byte in the two files."""
+    backups = [p.stat().st_size for p in sorted(directory.glob("app.log.*"))]
+    assert len(backups) == 1 and backups[0] < MAX
+    assert backups[0] + (directory / "app.log").stat().st_size == total
 
 
 def test_a_writer_whose_sidecar_is_not_mapped_is_still_counted(tmp_path: Path) -> None:
@@ -134,17 +145,11 @@ def test_a_writer_whose_sidecar_is_not_mapped_is_still_counted(tmp_path: Path) -
     try:
         assert a._side is not None and b._side is not None
         assert (a._side.words is None, b._side.words is not None) == (True, True)  # the setup
-        b.emit(_rec("b" * 99))
-        for _ in range(90):
-            a.emit(_rec("a" * 99))  # 9,000 bytes
-        for _ in range(95):
-            b.emit(_rec("b" * 99))  # b must measure: a rotation is due on the way
+        _take_turns(a, b)
     finally:
         a.close()
         b.close()
-    backups = _sizes_below_max(tmp_path)
-    assert len(backups) == 1 and backups[0] < MAX
-    assert backups[0] + path.stat().st_size == 186 * 100
+    _assert_rotated_once(tmp_path, 186 * 100)
 
 
 def test_a_writer_that_could_not_be_counted_stops_everyone_counting(
@@ -163,17 +168,11 @@ def test_a_writer_that_could_not_be_counted_stops_everyone_counting(
     b = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
     try:
         assert a._side is not None and not a._side.counted  # the setup
-        b.emit(_rec("b" * 99))
-        for _ in range(90):
-            a.emit(_rec("a" * 99))
-        for _ in range(95):
-            b.emit(_rec("b" * 99))
+        _take_turns(a, b)
     finally:
         a.close()
         b.close()
-    backups = _sizes_below_max(tmp_path)
-    assert len(backups) == 1 and backups[0] < MAX
-    assert backups[0] + path.stat().st_size == 186 * 100
+    _assert_rotated_once(tmp_path, 186 * 100)
 
 
 def test_a_writer_that_leaves_while_the_other_asks_is_counted(
@@ -206,9 +205,7 @@ def test_a_writer_that_leaves_while_the_other_asks_is_counted(
             a.emit(_rec("x" * 99))  # alone now: rotates on the real size
     finally:
         a.close()
-    backups = _sizes_below_max(tmp_path)
-    assert len(backups) == 1 and backups[0] < MAX
-    assert backups[0] + path.stat().st_size == 102 * 100 + 4000
+    _assert_rotated_once(tmp_path, 102 * 100 + 4000)
 
 
 def test_turning_rotation_off_and_on_again_measures_afresh(tmp_path: Path) -> None:
@@ -226,6 +223,4 @@ def test_turning_rotation_off_and_on_again_measures_afresh(tmp_path: Path) -> No
             h.emit(_rec("z" * 99))  # the file reaches MAX on the way: rotate first
     finally:
         h.close()
-    backups = _sizes_below_max(tmp_path)
-    assert len(backups) == 1 and backups[0] < MAX
-    assert backups[0] + path.stat().st_size == 102 * 100
+    _assert_rotated_once(tmp_path, 102 * 100)

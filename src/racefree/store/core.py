@@ -30,7 +30,7 @@ from racefree.store.files import (
     write_manifest,
 )
 from racefree.store.handle import _CLOSED, CLOSED_MESSAGE, POISON_MESSAGE, Handle
-from racefree.store.index import State
+from racefree.store.index import State, apply_changes
 from racefree.store.segment import (
     M36,
     M40,
@@ -148,16 +148,7 @@ class Core(Handle):
         w[W_END] = endw
         if self.slot >= 0:
             w[W_SLOT0 + self.slot] = endw  # for group commit: this handle has a record to sync
-        index, tomb = st.index, st.tomb
-        for key, version in deletes.items():
-            index.pop(key, None)
-            tomb[key] = version
-        if puts:
-            index.update(puts)
-            if tomb:
-                for key in puts:
-                    tomb.pop(key, None)
-        st.cache.drop_keys([*puts, *deletes])  # before st.end moves: see store.cache
+        apply_changes(st, puts, deletes)  # the cache drops them before st.end moves
         st.end = endw
 
     def _roll(self, st: State, need: int) -> int:

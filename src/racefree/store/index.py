@@ -311,7 +311,15 @@ def _apply(core: Core, st: State, buf: Any, seg: int, base: int) -> tuple[int, b
     end, torn, _, _ = index_frames(
         buf, 0, len(buf), seg, puts, deletes, core.seg_path(seg), base=base
     )
-    # An id is in at most one of the two: its last record decides.
+    apply_changes(st, puts, deletes)
+    return end, torn
+
+
+def apply_changes(st: State, puts: dict[str, int], deletes: dict[str, int]) -> None:
+    """Apply new index entries and tombstones to ``st`` (its cache forgets those ids).
+
+    An id is in at most one of the two: its last record decides.
+    """
     index, tomb = st.index, st.tomb
     for key, version in deletes.items():
         index.pop(key, None)
@@ -322,7 +330,6 @@ def _apply(core: Core, st: State, buf: Any, seg: int, base: int) -> tuple[int, b
             for key in puts:
                 tomb.pop(key, None)
     st.cache.drop_keys([*puts, *deletes])
-    return end, torn
 
 
 def catch_up(core: Core, st: State, endw: int) -> bool:

@@ -133,12 +133,14 @@ class StoreLocks:
 
     def close_fds(self) -> None:
         with self.open_mu:
-            fds = (self.lock_fd, self.sync_fd)
-            self.lock_fd = self.sync_fd = -1
-        for fd in fds:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    _fs.close(fd)
+            fds = self._take_fds()
+        _close_all(fds)
+
+    def _take_fds(self) -> tuple[int, int]:
+        """The descriptors, forgotten here first, so nothing closes a reused number later."""
+        fds = (self.lock_fd, self.sync_fd)
+        self.lock_fd = self.sync_fd = -1
+        return fds
 
     def after_fork(self) -> None:
         """In the child: fresh mutexes, the inherited descriptors closed (never unlocked)."""
@@ -152,13 +154,15 @@ class StoreLocks:
             self.mu.acquire()
         self.depth = held
         self.inherited = bool(held)
-        # -1 first, so that nothing closes a reused descriptor number later.
-        fds = (self.lock_fd, self.sync_fd)
-        self.lock_fd = self.sync_fd = -1
-        for fd in fds:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    _fs.close(fd)
+        _close_all(self._take_fds())
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    """Close each open descriptor; a lock's descriptor always closes (errors ignored)."""
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                _fs.close(fd)
 
 
 _REGISTRY: dict[tuple[int, int], StoreLocks] = {}

@@ -182,6 +182,17 @@ class FaultFS(_fs.FileSystem):
 
 
 @contextlib.contextmanager
+def _armed(fs: FaultFS) -> Iterator[FaultFS]:
+    """``fs`` as the seam, counting and failing from now on, until the block ends."""
+    with _fs.use(fs):
+        fs.arm()
+        try:
+            yield fs
+        finally:
+            fs.disarm()
+
+
+@contextlib.contextmanager
 def faults(call: str, error: int, *, nth: int = 1, times: int | None = 1) -> Iterator[FaultFS]:
     """Inside the block, the ``nth`` call named ``call`` that racefree makes fails with
     ``OSError(error)`` (an :class:`InjectedFault`), and so do the ``times - 1`` after it
@@ -199,23 +210,13 @@ def faults(call: str, error: int, *, nth: int = 1, times: int | None = 1) -> Ite
         raise ValueError(f"error must be an errno number such as errno.ENOSPC, not {error!r}")
     if call not in CALLS:
         raise ValueError(f"no fault injection for {call!r}; one of {sorted(CALLS)}")
-    fs = FaultFS(call, nth, error, times=times, ops=CALLS[call])
-    with _fs.use(fs):
-        fs.arm()
-        try:
-            yield fs
-        finally:
-            fs.disarm()
+    with _armed(FaultFS(call, nth, error, times=times, ops=CALLS[call])) as fs:
+        yield fs
 
 
 @contextlib.contextmanager
 def count_calls() -> Iterator[FaultFS]:
     """Count the calls racefree makes inside the block (``fs.count("fsync")``), failing none:
     how a test learns how many calls an operation makes, to fail each in turn."""
-    fs = FaultFS(None)
-    with _fs.use(fs):
-        fs.arm()
-        try:
-            yield fs
-        finally:
-            fs.disarm()
+    with _armed(FaultFS(None)) as fs:
+        yield fs

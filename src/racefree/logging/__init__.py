@@ -12,13 +12,18 @@ file from several processes at once::
     handler = RotatingFileHandler("app.log", max_bytes=5_000_000, backup_count=5)
     logging.getLogger().addHandler(handler)
 
-Each record is written whole (one ``write(2)`` under an exclusive ``flock`` of a
-sidecar lock file ``.app.log.lock``), none is lost at rotation, and a file is
-rotated once per threshold, by one process. See ``docs/logging.md``.
+Each record is written whole (one ``write(2)`` holding a shared ``flock`` of a
+sidecar lock file ``.app.log.lock``, which a rotation holds exclusively), none
+is lost at rotation, and a file is rotated once per threshold, by one process.
+See ``docs/logging.md``.
 
-Modules: ``handler`` (what both handlers share: the shared file, its sidecar
-lock and rotation), ``rotating``, ``timed``, ``finish`` (work done after a
-rotation: pruning, compression) and ``compress``.
+Modules: ``handler`` (what both handlers share: the write path), ``sidecar``
+(the lock file and its control block), ``opening`` (opening the log under the
+trust rule), ``sole`` (the only writer counts its bytes), ``stream`` (the
+``handler.stream`` object), ``formatting`` (a record's text, its time text
+made once a second), ``rotation`` (the steps every rotation takes),
+``rotating``, ``timed``, ``finish`` (work done after a rotation: pruning,
+compression) and ``compress``.
 
 May import: the root modules only.
 """

@@ -64,6 +64,7 @@ from racefree import _fork, _fs
 from racefree._errors import DurabilityError
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, RotationFinisher, _Finish
+from racefree.logging.formatting import TimeText
 from racefree.logging.opening import _LIVE, Opening
 from racefree.logging.rotation import RotationSteps
 from racefree.logging.sidecar import HEAD, OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
@@ -161,6 +162,7 @@ class SharedFileHandler(
         self._custom_should = self._overridden("shouldRollover")
         self._custom_do = self._overridden("doRollover")
         self._std_format = type(self).format is _stdlib_logging.Handler.format
+        self._times = TimeText()
         self._own_filter = type(self).filter is not _stdlib_logging.Filterer.filter
         _LIVE.add(self)
         if not delay:
@@ -195,7 +197,9 @@ class SharedFileHandler(
         """
         try:
             if self._std_format:  # Handler.format without its frame: the hot path
-                text = (self.formatter or _DEFAULT_FORMATTER).format(record) + self.terminator
+                # The stdlib formatter's text, its time text made once a second.
+                formatter = self.formatter or _DEFAULT_FORMATTER
+                text = self._times.format(formatter, record) + self.terminator
             else:
                 text = self.format(record) + self.terminator
             if self.stream is not self._proxy and self._emit_elsewhere(text):

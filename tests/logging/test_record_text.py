@@ -8,9 +8,11 @@ Each case is one the cache must step aside for: it fails if the cache ignores it
 
 from __future__ import annotations
 
+import codecs
 import copy
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import pytest
 
 from racefree import _fs
 from racefree.logging import RotatingFileHandler
+from racefree.logging.formatting import numeric_format
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 #: Two records in one second (0.25 s and 0.75 s into it), then one in the next.
@@ -179,8 +182,8 @@ def test_a_created_time_made_by_other_means(tmp_path: Path) -> None:
 @pytest.mark.parametrize("backups", [1, 2])
 def test_rotation_never_renames_over_a_backup(tmp_path: Path, backups: int) -> None:
     """A rename over an existing file makes ext4 write the renamed file out first, with
-    every writer held off: the oldest backup is removed, then the others move into free
-    names (as the stdlib does). The backups still hold exactly the last records."""
+    every writer held off: in a shift the oldest backup is removed, then the others move
+    into free names (as the stdlib does). The backups still hold exactly the last records."""
     onto: list[tuple[str, bool]] = []
 
     class Watch(_fs.FileSystem):
@@ -194,7 +197,9 @@ def test_rotation_never_renames_over_a_backup(tmp_path: Path, backups: int) -> N
             handler.handle(logging.makeLogRecord({"msg": f"record-{i:03d}"}))
     handler.close()
     if backups == 1:
-        assert onto == [("app.log.1", False)] * 5
+        # Without a shift, the last step stays one rename over the backup (atomic: a
+        # rotator or rename that fails leaves the backup as it was).
+        assert onto == [("app.log.1", False)] + [("app.log.1", True)] * 4
     else:
         assert onto == [("app.log.1", False)] + [("app.log.2", False), ("app.log.1", False)] * 4
     names = ["app.log", *(f"app.log.{i}" for i in range(1, backups + 1))]
@@ -202,3 +207,199 @@ def test_rotation_never_renames_over_a_backup(tmp_path: Path, backups: int) -> N
     assert [(tmp_path / name).read_bytes() for name in names] == [
         f"record-{5 - i:03d}\n".encode() for i in range(backups + 1)
     ]
+
+
+def test_numeric_formats_only_are_reused() -> None:
+    """Names follow the locale, %Z/%z/%s the time zone: those are never reused."""
+    assert numeric_format("%Y-%m-%d %H:%M:%S") and numeric_format("%F %T %%a %j")
+    for fmt in ("%a", "%A %d", "%b", "%B", "%c", "%p", "%x", "%X", "%r", "%Z", "%z", "%s",
+                "%Ey", "%Od", "%h", "%+", "100%"):
+        assert not numeric_format(fmt), fmt
+
+
+LOCALE_CHILD = """
+import locale, logging, sys
+sys.path.insert(0, sys.argv[2])
+from test_record_text import _both, _records
+from pathlib import Path
+formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%a %d %b %Y %H:%M:%S")
+def between(i):
+    if i == 1:
+        locale.setlocale(locale.LC_TIME, "de_DE.UTF-8")
+ours, theirs = _both(Path(sys.argv[1]), formatter, _records()[:2], between)
+assert ours == theirs, (ours, theirs)
+assert b"Di 14 Nov 2023" in ours, ours
+"""
+
+
+def test_a_locale_change_within_one_second(tmp_path: Path) -> None:
+    """``%a`` changes language with LC_TIME between two records of one second."""
+    built = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8",
+                            str(tmp_path / "de_DE.UTF-8")], capture_output=True, check=False)
+    if not (tmp_path / "de_DE.UTF-8").exists():
+        pytest.skip(f"cannot build a de_DE locale here: {built.stderr[-200:]!r}")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, LOCPATH=str(tmp_path), TZ="UTC0",
+               PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", LOCALE_CHILD, str(out),
+                           str(Path(__file__).parent)], env=env, capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_patches_made_on_the_class_or_the_module(tmp_path: Path) -> None:
+    """``logging.Formatter.formatTime`` / ``format`` and ``time.strftime`` replaced between
+    two records of one second: the second record shows the replacement, as the stdlib's."""
+    originals = (logging.Formatter.formatTime, logging.Formatter.format, time.strftime)
+    steps: list[Callable[[], None]] = [
+        lambda: setattr(logging.Formatter, "formatTime", lambda self, r, d=None: "CLS"),
+        lambda: setattr(logging.Formatter, "format",
+                        lambda self, r: "FMT " + r.getMessage()),
+        lambda: setattr(time, "strftime", lambda fmt, ct=None: "STRF"),
+    ]
+    try:
+        for step, mark in zip(steps, (b"CLS", b"FMT", b"STRF"), strict=True):
+            def between(i: int, step: Callable[[], None] = step) -> None:
+                if i == 1:
+                    step()
+
+            ours, theirs = _both(tmp_path, logging.Formatter(FORMAT), _records(), between)
+            logging.Formatter.formatTime, logging.Formatter.format, time.strftime = originals  # type: ignore[method-assign]
+            assert ours == theirs
+            assert [line.startswith(mark) for line in ours.splitlines()] == [False, True, True]
+    finally:
+        logging.Formatter.formatTime, logging.Formatter.format, time.strftime = originals  # type: ignore[method-assign]
+
+
+def test_a_message_that_sets_exc_info(tmp_path: Path) -> None:
+    """The stdlib looks at exc_info after getMessage: so must the copy of its format."""
+    class Sets(logging.LogRecord):
+        def getMessage(self) -> str:
+            try:
+                raise KeyError("from getMessage")
+            except KeyError:
+                self.exc_info = sys.exc_info()
+            return super().getMessage()
+
+    record = Sets("app", logging.INFO, __file__, 1, "hello", None, None)
+    ours, theirs = _both(tmp_path, logging.Formatter(FORMAT), [record])
+    assert ours == theirs
+    assert b"KeyError: 'from getMessage'\n" in ours
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32", "UTF_16"])
+def test_a_byte_order_mark_starts_each_file_once(tmp_path: Path, encoding: str) -> None:
+    """The stdlib's text file writes the mark once, at offset 0: racefree too, in each file
+    it starts (the first, and each after a rotation), whichever handler writes first."""
+    ours, theirs = _both(tmp_path, logging.Formatter("%(message)s"), _records())
+    assert ours == theirs  # utf-8 (no mark) as a reference
+    mark = {"utf-8-sig": codecs.BOM_UTF8, "utf-16": codecs.BOM_UTF16,
+            "utf-32": codecs.BOM_UTF32, "UTF_16": codecs.BOM_UTF16}[encoding]
+    limit = len(mark) + 2 * len("r0\n".encode(encoding)[len(mark):]) + 1  # 2 records a file
+    a = RotatingFileHandler(tmp_path / "m.log", encoding=encoding, maxBytes=limit, backupCount=3)
+    b = RotatingFileHandler(tmp_path / "m.log", encoding=encoding, maxBytes=limit, backupCount=3)
+    std = logging.FileHandler(tmp_path / "std.log", encoding=encoding)
+    try:
+        for i in range(6):
+            (a if i % 2 else b).handle(logging.makeLogRecord({"msg": f"r{i}"}))
+            std.handle(logging.makeLogRecord({"msg": f"r{i}"}))
+    finally:
+        a.close()
+        b.close()
+        std.close()
+    expected = (tmp_path / "std.log").read_bytes()
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.log"))
+    texts = [(tmp_path / name).read_bytes() for name in reversed(files)]
+    assert expected.startswith(mark) and expected.count(mark) == 1
+    assert files == ["m.log", "m.log.1", "m.log.2"]
+    assert all(text.startswith(mark) and text.count(mark) == 1 for text in texts)
+    assert b"".join(text[len(mark):] for text in texts) == expected[len(mark):]
+
+
+def test_a_failed_rotation_keeps_the_record(tmp_path: Path) -> None:
+    """A backup's name taken by a directory (as another user can do in a shared directory),
+    or a rotator that raises: the rotation fails, is reported, and the record is written
+    to the current file; the backups stay as they were."""
+    errors: list[str] = []
+    handler = RotatingFileHandler(tmp_path / "app.log", maxBytes=20, backupCount=2)
+    handler.handleError = lambda record: errors.append(repr(sys.exc_info()[1]))  # type: ignore[method-assign]
+    try:
+        for i in range(3):
+            handler.handle(logging.makeLogRecord({"msg": f"record-{i:03d}"}))
+        (tmp_path / "app.log.2").unlink()
+        (tmp_path / "app.log.2").mkdir()
+        for i in range(3, 6):
+            handler.handle(logging.makeLogRecord({"msg": f"record-{i:03d}"}))
+    finally:
+        handler.close()
+    assert errors == ["IsADirectoryError(21, 'Is a directory')"] * 3
+    assert (tmp_path / "app.log").read_bytes() == b"".join(
+        f"record-{i:03d}\n".encode() for i in (2, 3, 4, 5))
+    assert (tmp_path / "app.log.1").read_bytes() == b"record-001\n"
+
+    errors.clear()
+    one = RotatingFileHandler(tmp_path / "one.log", maxBytes=20, backupCount=1)
+    one.handleError = lambda record: errors.append(repr(sys.exc_info()[1]))  # type: ignore[method-assign]
+    try:
+        for i in range(2):
+            one.handle(logging.makeLogRecord({"msg": f"record-{i:03d}"}))
+
+        def fails(source: str, dest: str) -> None:
+            raise OSError(5, "rotator failed")
+
+        one.rotator = fails
+        one.handle(logging.makeLogRecord({"msg": "record-002"}))
+    finally:
+        one.close()
+    assert errors == ["OSError(5, 'rotator failed')"]
+    assert (tmp_path / "one.log").read_bytes() == b"record-001\nrecord-002\n"
+    assert (tmp_path / "one.log.1").read_bytes() == b"record-000\n"
+
+
+def test_a_time_zone_read_again_without_tzset(tmp_path: Path, zone: Callable[[str], None]) -> None:
+    """TZ set without time.tzset(): the C library reads it again at time.mktime, and
+    localtime follows from then on; records 0 and 1 share a second."""
+    zone("UTC0")
+
+    def between(i: int) -> None:
+        if i == 1:
+            os.environ["TZ"] = "JST-9"  # no tzset: time.tzname stays what it was
+            time.mktime(time.localtime())
+
+    ours, theirs = _both(tmp_path, logging.Formatter("%(asctime)s %(message)s"), _records(),
+                         between)
+    assert ours == theirs
+    assert ours.splitlines()[1].startswith(b"2023-11-15 07:13:20,750")
+
+
+def test_tzset_with_the_same_tz_value(tmp_path: Path, zone: Callable[[str], None]) -> None:
+    """TZ set (not yet read) before record 0, time.tzset() between records 0 and 1 of one
+    second: the value of TZ is the same at both records, the time zone is not."""
+    zone("UTC0")
+
+    def between(i: int) -> None:
+        if i == 0:
+            os.environ["TZ"] = "JST-9"
+        elif i == 1:
+            time.tzset()
+
+    ours, theirs = _both(tmp_path, logging.Formatter("%(asctime)s %(message)s"), _records(),
+                         between)
+    assert ours == theirs
+    assert [line[11:13] for line in ours.splitlines()] == [b"22", b"07", b"07"]
+
+
+def test_a_converter_changed_within_one_second(
+    tmp_path: Path, zone: Callable[[str], None]
+) -> None:
+    zone("JST-9")
+    formatter = logging.Formatter("%(asctime)s %(message)s")
+
+    def between(i: int) -> None:
+        if i == 1:
+            formatter.converter = time.gmtime  # type: ignore[method-assign]
+
+    ours, theirs = _both(tmp_path, formatter, _records(), between)
+    assert ours == theirs
+    assert [line[11:13] for line in ours.splitlines()] == [b"07", b"22", b"22"]

@@ -64,7 +64,7 @@ from racefree import _fork, _fs
 from racefree._errors import DurabilityError
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, RotationFinisher, _Finish
-from racefree.logging.formatting import TimeText
+from racefree.logging.formatting import TimeText, record_encoding, standard
 from racefree.logging.opening import _LIVE, Opening
 from racefree.logging.rotation import RotationSteps
 from racefree.logging.sidecar import HEAD, OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
@@ -81,7 +81,10 @@ _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 _SEEK_END = os.SEEK_END
 _LogRecord = _stdlib_logging.LogRecord
-_DEFAULT_FORMATTER: _stdlib_logging.Formatter = _stdlib_logging._defaultFormatter  # type: ignore[attr-defined]
+#: ``logging.Handler.format`` as the standard library defines it (None if it was
+#: replaced before racefree was imported): a handler whose format is this one is
+#: formatted without the extra frame.
+_HANDLER_FORMAT = standard(_stdlib_logging.Handler, "format")
 
 
 
@@ -128,7 +131,10 @@ class SharedFileHandler(
         _stdlib_logging.Handler.__init__(self)
         self.baseFilename = os.path.abspath(os.fspath(filename))
         self.mode = mode
-        self.encoding = self._enc = encoding if encoding is not None else "utf-8"
+        self.encoding = encoding if encoding is not None else "utf-8"
+        # Records are encoded without a byte-order mark; the mark starts each file.
+        self._enc, self._bom = record_encoding(self.encoding)
+        self._bom_pending = False  # set at each (re)open with a mark: see _append_exclusive
         self.errors = errors
         self.delay = delay
         self.durable: Durable = durable
@@ -161,7 +167,6 @@ class SharedFileHandler(
         # A subclass may decide (shouldRollover) or wrap (doRollover) rotations, as with the stdlib.
         self._custom_should = self._overridden("shouldRollover")
         self._custom_do = self._overridden("doRollover")
-        self._std_format = type(self).format is _stdlib_logging.Handler.format
         self._times = TimeText()
         self._own_filter = type(self).filter is not _stdlib_logging.Filterer.filter
         _LIVE.add(self)
@@ -196,9 +201,9 @@ class SharedFileHandler(
         sidecar that is not racefree's (:class:`~racefree.UnsafePathError`).
         """
         try:
-            if self._std_format:  # Handler.format without its frame: the hot path
-                # The stdlib formatter's text, its time text made once a second.
-                formatter = self.formatter or _DEFAULT_FORMATTER
+            if type(self).format is _HANDLER_FORMAT:  # Handler.format, without its frame
+                # The stdlib formatter's text, its strftime reused within a second.
+                formatter = self.formatter or _stdlib_logging._defaultFormatter  # type: ignore[attr-defined]
                 text = self._times.format(formatter, record) + self.terminator
             else:
                 text = self.format(record) + self.terminator
@@ -268,7 +273,7 @@ class SharedFileHandler(
         side = self._side
         n = len(data)
         at = self._at
-        if (side is None or n > SHARED_MAX or self._writing
+        if (side is None or n > SHARED_MAX or self._writing or self._bom_pending
                 or (at is not None and time.time() >= at)):
             self._append_exclusive(data, record)
             return
@@ -345,7 +350,7 @@ class SharedFileHandler(
         if dirty:
             return False
         self._reopen_locked(gen)
-        return True
+        return not self._bom_pending  # a byte-order mark may be due: decided exclusively
 
     def _append_exclusive(
         self, data: bytes, record: _LogRecord | None, force_gen: int = -1, rotated_gen: int = -1
@@ -387,11 +392,26 @@ class SharedFileHandler(
             else:
                 rotate = self._should_rotate_locked(size, n, record)
             if rotate:
-                if self._custom_do:
-                    self.doRollover()  # a subclass's: it calls ours back, still under the lock
-                else:
-                    self._rotate_now_locked()
+                try:
+                    if self._custom_do:
+                        self.doRollover()  # a subclass's: it calls ours back, under the lock
+                    else:
+                        self._rotate_now_locked()
+                except Exception as exc:
+                    if not self._still_current():
+                        raise
+                    # Failed before the file was renamed (a backup's name taken by a
+                    # directory, a rotator that raised): the record still goes to the
+                    # current file, and the failure is reported after it.
+                    self._deferred.append(exc)
                 size = _fs.lseek(self._fd, 0, _SEEK_END)
+            if self._bom_pending:
+                # As the stdlib's text file writes it: before the first record of a
+                # file, which only a holder of the exclusive lock can know it is.
+                if size == 0:
+                    data = self._bom + data
+                    n = len(data)
+                self._bom_pending = False
             # A SIGKILL can stop a large write(2) between pages; the next holder
             # sees this mark and ends the torn record with a newline.
             side.put_u64(OFF_DIRTY, size + n)

@@ -54,6 +54,8 @@ class Opening:
     _sole: int
     _sole_seen: int
     _live_gen: int
+    _bom: bytes
+    _bom_pending: bool
     _truncate: bool
     _failed: BaseException | None
     _writing: bool
@@ -165,6 +167,7 @@ class Opening:
 
     def _set_gen(self, gen: int) -> None:
         self._gen = gen
+        self._bom_pending = bool(self._bom)  # a new descriptor: is the file empty?
         self._size = -1  # another file, or the same one truncated: measured again
         # What the fast path compares the control block's first bytes with;
         # after a failed fsync, nothing: every record takes the slow path and is refused.

@@ -213,8 +213,6 @@ class RotatingFileHandler(SharedFileHandler):
             # Before app.log becomes a backup: it is ours to compress, not the sweep's.
             plain = [p for p in self._rotated_candidates(dest) if self._present(p, present)]
             self._sweep_locked((os.path.basename(p) for p in present), plain)
-        elif has(dest):  # backupCount 1, or a slot a shift did not free (see above)
-            _fs.unlink(dest)
         try:
             self.rotate(self.baseFilename, dest)
         except FileNotFoundError:

@@ -33,6 +33,7 @@ class RotationSteps:
 
     namer: Any
     rotator: Any
+    baseFilename: str
     compress: bool
     durable: Any
     lock: Any
@@ -96,6 +97,17 @@ class RotationSteps:
 
     def _has_rotator(self) -> bool:
         return callable(self.rotator)
+
+    def _still_current(self) -> bool:
+        """Whether the log's path still names the file this handler appends to."""
+        if self._fd < 0:
+            return False
+        try:
+            mine = _fs.fstat(self._fd)
+            named = _fs.stat(self.baseFilename, follow_symlinks=False)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
 
     def _switch_locked(self, rotated_to: str | None) -> None:
         """After the current file was renamed: open a new one and tell the other processes."""

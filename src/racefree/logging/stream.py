@@ -26,6 +26,7 @@ class SharedFileHandler(Protocol):
     """
 
     baseFilename: str
+    encoding: str | None
     errors: str | None
     stream: Any
     lock: threading.RLock | None
@@ -50,7 +51,7 @@ class SharedStream:
 
     @property
     def encoding(self) -> str:
-        return self._handler._enc
+        return self._handler.encoding or self._handler._enc
 
     @property
     def errors(self) -> str | None:

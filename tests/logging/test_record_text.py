@@ -403,3 +403,102 @@ def test_a_converter_changed_within_one_second(
     ours, theirs = _both(tmp_path, formatter, _records(), between)
     assert ours == theirs
     assert [line[11:13] for line in ours.splitlines()] == [b"07", b"22", b"22"]
+
+
+def test_tz_set_then_read_again_within_one_second(
+    tmp_path: Path, zone: Callable[[str], None]
+) -> None:
+    """TZ set without tzset before record 0 (the C library still uses the old zone), then
+    time.mktime (which reads TZ again) before record 1 of the same second: only the
+    converter knows, so it is called for every record."""
+    zone("UTC0")
+
+    def between(i: int) -> None:
+        if i == 0:
+            os.environ["TZ"] = "JST-9"
+        elif i == 1:
+            time.mktime(time.localtime())
+
+    ours, theirs = _both(tmp_path, logging.Formatter("%(asctime)s %(message)s"), _records(),
+                         between)
+    assert ours == theirs
+    assert [line[11:13] for line in ours.splitlines()] == [b"22", b"07", b"07"]
+
+
+def _hooked(tmp_path: Path, cls: type, hook: str) -> dict[str, str]:
+    handler = cls(tmp_path / f"{cls.__module__}-{hook}.log", maxBytes=10_000, backupCount=5)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for msg in "ab":
+        handler.handle(logging.makeLogRecord({"msg": msg}))  # the hook comes after a record
+        if msg == "a":
+            if hook == "shouldRollover":
+                handler.shouldRollover = lambda r: r.msg == "c"
+            elif hook == "filter":
+                handler.filter = lambda r: r.msg != "b"
+            else:
+                handler.format = lambda r: "<" + r.getMessage() + ">"
+    handler.handle(logging.makeLogRecord({"msg": "c"}))
+    handler.close()
+    base = f"{cls.__module__}-{hook}.log"
+    return {p.name[len(base):] or "log": p.read_text() for p in sorted(tmp_path.iterdir())
+            if p.name.startswith(base)}
+
+
+def test_format_set_on_the_handler_then_emit(tmp_path: Path) -> None:
+    """emit called directly (not through handle) sees a format set on the instance too."""
+    handler = RotatingFileHandler(tmp_path / "app.log")
+    handler.emit(logging.makeLogRecord({"msg": "a"}))
+    handler.format = lambda r: "<" + r.getMessage() + ">"  # type: ignore[method-assign]
+    handler.emit(logging.makeLogRecord({"msg": "b"}))
+    handler.close()
+    assert (tmp_path / "app.log").read_bytes() == b"a\n<b>\n"
+
+
+@pytest.mark.parametrize("hook", ["shouldRollover", "filter", "format"])
+def test_methods_set_on_the_handler(tmp_path: Path, hook: str) -> None:
+    """As the stdlib's handler, racefree's calls a method set on the instance."""
+    import logging.handlers
+
+    ours = _hooked(tmp_path, RotatingFileHandler, hook)
+    theirs = _hooked(tmp_path, logging.handlers.RotatingFileHandler, hook)
+    assert ours == theirs
+    assert ours == {"shouldRollover": {".1": "a\nb\n", "log": "c\n"},
+                    "filter": {"log": "a\nc\n"},
+                    "format": {"log": "a\n<b>\n<c>\n"}}[hook]
+
+
+def test_a_filter_that_returns_a_record(tmp_path: Path) -> None:
+    """3.12+ logs the record a filter returns; before, the original (the return is a truth)."""
+    replaced = logging.makeLogRecord({"msg": "replaced"})
+
+    class Replacing(RotatingFileHandler):
+        def filter(self, record: logging.LogRecord) -> logging.LogRecord:  # type: ignore[override]
+            return replaced
+
+    handler = Replacing(tmp_path / "app.log")
+    handler.handle(logging.makeLogRecord({"msg": "original"}))
+    handler.close()
+    expected = b"replaced\n" if sys.version_info >= (3, 12) else b"original\n"
+    assert (tmp_path / "app.log").read_bytes() == expected
+
+
+def test_a_rotator_that_moves_the_file_then_fails(tmp_path: Path) -> None:
+    """The file has left its name when the rotator raises: a new file is started, as after
+    a rotation, the record goes there and the failure to handleError; nothing is lost."""
+    errors: list[str] = []
+
+    def moves_then_fails(source: str, dest: str) -> None:
+        os.rename(source, dest)
+        raise RuntimeError("compressing failed")
+
+    handler = RotatingFileHandler(tmp_path / "app.log", maxBytes=20, backupCount=2)
+    handler.handleError = lambda record: errors.append(repr(sys.exc_info()[1]))  # type: ignore[method-assign]
+    handler.rotator = moves_then_fails
+    try:
+        for i in range(3):
+            handler.handle(logging.makeLogRecord({"msg": f"record-{i:03d}"}))
+    finally:
+        handler.close()
+    assert errors == ["RuntimeError('compressing failed')"] * 2
+    assert [(tmp_path / n).read_bytes() for n in ("app.log", "app.log.1", "app.log.2")] == [
+        b"record-002\n", b"record-001\n", b"record-000\n"]

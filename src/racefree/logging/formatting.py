@@ -1,14 +1,13 @@
 """A record's text and bytes as the standard handler makes them, its time text reused.
 
 ``Formatter.format`` turns the record's time into text at every record:
-``converter(record.created)`` (0.3 µs) and ``time.strftime`` (0.35 µs), about
-as much as the rest of what a racefree handler adds to a record. Records
-logged within one second mostly give both the same arguments, so a handler
-(:class:`TimeText`) keeps the last text and makes it again only when it may
-differ: another second, converter, format or time zone (``time.tzset`` makes a
-new ``time.tzname``; the C library reads ``TZ`` again, at ``time.mktime``, only
-if its value changed). The milliseconds are added to each record, as the
-standard formatter adds them.
+``converter(record.created)``, then ``time.strftime`` (about 0.35 µs). Records
+logged within one second give ``strftime`` the same arguments, so a handler
+(:class:`TimeText`) keeps its last result and calls it again only when the
+format or the ``struct_time`` changes. The converter is still called for every
+record: the C library may change its time zone at any call (``time.tzset``,
+or ``TZ`` read again lazily, at ``time.mktime``). The milliseconds are added to
+each record, as the standard formatter adds them.
 
 Used only where the result is the standard one by construction: a formatter of
 exactly the class ``logging.Formatter`` whose ``format`` and ``formatTime`` are
@@ -16,10 +15,9 @@ the standard ones (on the class and on the instance), ``time.strftime`` not
 replaced, and a time format whose directives depend on the nine fields of a
 ``struct_time`` alone: digits, never a name (``%a``, ``%b``, ``%p``, ``%c``...
 follow the locale, which ``locale.setlocale`` may change at any time) nor a
-zone (``%Z``, ``%z``, ``%s``). Only ``time.localtime`` and ``time.gmtime`` as
-converters skip the converter call; with another, the ``strftime`` is reused
-when the ``struct_time`` it returns is the same. Every other case calls the
-formatter's own methods, as the standard handler does.
+zone (``%Z``, ``%z``, ``%s``), and the converter ``time.localtime`` or
+``time.gmtime`` (their fields are ints). Every other case calls the formatter's
+own methods, as the standard handler does.
 
 :func:`record_encoding`: the standard handler's text file writes a byte-order
 mark (``utf-8-sig``, ``utf-16``, ``utf-32``) once, at the start of the file;
@@ -31,7 +29,6 @@ from __future__ import annotations
 
 import codecs
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -57,7 +54,6 @@ _STRFTIME = time.strftime if getattr(time.strftime, "__module__", None) == "time
 _STRUCT_TIME = time.struct_time
 _LOCALTIME = time.localtime
 _GMTIME = time.gmtime
-_UNSET = object()  # TZ not set
 #: ``strftime`` directives whose text is digits (or a fixed character) computed from
 #: the nine fields of a ``struct_time`` alone, in every locale and time zone.
 _NUMERIC = frozenset("CdDeFgGHIjmMRSTuUVwWyY%nt")
@@ -76,17 +72,13 @@ def numeric_format(fmt: str) -> bool:
 class TimeText:
     """One handler's cache: the arguments and the text of its last ``strftime``."""
 
-    __slots__ = ("_conv", "_ct", "_fmt", "_numeric", "_sec", "_text", "_tz", "_zone")
+    __slots__ = ("_ct", "_fmt", "_numeric", "_text")
 
     def __init__(self) -> None:
         self._fmt: str | None = None
         self._numeric = False
         self._ct: Any = None
         self._text = ""
-        self._sec = -1
-        self._conv: Any = None
-        self._zone: Any = None
-        self._tz: Any = None
 
     def format(self, formatter: logging.Formatter, record: logging.LogRecord) -> str:
         """``formatter.format(record)``, exactly (the formatter's own where unsure)."""
@@ -113,46 +105,31 @@ class TimeText:
         return s
 
     def _time(self, formatter: logging.Formatter, record: logging.LogRecord) -> str:
-        """``formatter.formatTime(record, formatter.datefmt)``, its text reused within a second."""
+        """``formatter.formatTime(record, formatter.datefmt)``, its strftime reused."""
         datefmt = formatter.datefmt
         if _FORMAT_TIME is None or _Formatter.formatTime is not _FORMAT_TIME:
             return formatter.formatTime(record, datefmt)
-        # logging.Formatter.formatTime, its converter and strftime calls made
-        # only when their result may differ from the last call's.
+        # logging.Formatter.formatTime, its strftime call made only when its
+        # arguments differ from the last call's.
         fmt = datefmt if datefmt else formatter.default_time_format
         if fmt is not self._fmt:
-            self._fmt, self._ct, self._sec = fmt, None, -1
+            self._fmt, self._ct = fmt, None
             self._numeric = type(fmt) is str and numeric_format(fmt)
         conv = formatter.converter
-        created = record.created
+        # Called for every record, as the stdlib does: the C library's time zone
+        # may change at any call (TZ is read again lazily, at time.mktime for one).
+        ct = conv(record.created)
         strftime = time.strftime
-        if not self._numeric or strftime is not _STRFTIME:
-            s = strftime(fmt, conv(created))
-        elif (conv is _LOCALTIME or conv is _GMTIME) and type(created) is float and created >= 0:
-            # A pure function of the second and of the C library's time zone,
-            # which changes only when time.tzset() makes a new time.tzname, or
-            # when the library reads TZ again (time.mktime does) and its value
-            # changed (os.environ keeps the value it was given until it is set).
-            zone = time.tzname
-            env = getattr(os.environ, "_data", None)
-            tz = env.get(b"TZ", _UNSET) if type(env) is dict else object()
-            sec = int(created)  # what time.localtime floors created to
-            if (sec == self._sec and conv is self._conv and zone is self._zone
-                    and tz is self._tz):
+        if (self._numeric and (conv is _LOCALTIME or conv is _GMTIME)
+                and strftime is _STRFTIME and type(ct) is _STRUCT_TIME):
+            # Their struct_time holds ints; a numeric format reads its nine fields only.
+            if ct == self._ct:
                 s = self._text
             else:
-                ct = conv(created)
                 s = strftime(fmt, ct)
-                self._sec, self._conv, self._zone, self._tz = sec, conv, zone, tz
                 self._ct, self._text = ct, s
         else:
-            ct = conv(created)
-            if type(ct) is _STRUCT_TIME and ct == self._ct:
-                s = self._text  # the nine fields a numeric format reads are the same
-            else:
-                s = strftime(fmt, ct)
-                if type(ct) is _STRUCT_TIME:
-                    self._ct, self._text, self._sec = ct, s, -1
+            s = strftime(fmt, ct)
         if not datefmt:
             msec = formatter.default_msec_format
             if msec:

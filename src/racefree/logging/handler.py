@@ -55,6 +55,7 @@ import fcntl
 import logging as _stdlib_logging
 import logging.handlers as _stdlib_handlers
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +86,9 @@ _LogRecord = _stdlib_logging.LogRecord
 #: replaced before racefree was imported): a handler whose format is this one is
 #: formatted without the extra frame.
 _HANDLER_FORMAT = standard(_stdlib_logging.Handler, "format")
+_FILTER = _stdlib_logging.Filterer.filter
+#: Whether ``Handler.handle`` logs the record a filter returns (3.12+), or the original.
+_FILTER_REPLACES = sys.version_info >= (3, 12)
 
 
 
@@ -164,14 +168,27 @@ class SharedFileHandler(
         self._finish: list[_Finish | _gzip.Claim] = []
         self._finish_mutex = threading.Lock()
         self._deferred: list[BaseException] = []
-        # A subclass may decide (shouldRollover) or wrap (doRollover) rotations, as with the stdlib.
-        self._custom_should = self._overridden("shouldRollover")
-        self._custom_do = self._overridden("doRollover")
         self._times = TimeText()
-        self._own_filter = type(self).filter is not _stdlib_logging.Filterer.filter
+        self._ndict = -1
+        self._hooks()
         _LIVE.add(self)
         if not delay:
             self._open()
+
+    def _hooks(self) -> None:
+        """Which of the stdlib's hooks this handler replaces, on its class or on itself.
+
+        A subclass, or code that sets a method on the instance, may decide
+        (``shouldRollover``) or wrap (``doRollover``) rotations, filter or
+        format, as with the stdlib. Judged again whenever the instance's
+        ``__dict__`` changes size (a method set on the instance adds an entry).
+        """
+        mine = vars(self)
+        self._custom_should = self._overridden("shouldRollover") or "shouldRollover" in mine
+        self._custom_do = self._overridden("doRollover") or "doRollover" in mine
+        self._own_filter = type(self).filter is not _FILTER or "filter" in mine
+        self._own_format = _HANDLER_FORMAT is None or "format" in mine
+        self._ndict = len(mine)  # last: every attribute above exists by now
 
     @classmethod
     def _overridden(cls, name: str) -> bool:
@@ -201,7 +218,10 @@ class SharedFileHandler(
         sidecar that is not racefree's (:class:`~racefree.UnsafePathError`).
         """
         try:
-            if type(self).format is _HANDLER_FORMAT:  # Handler.format, without its frame
+            if len(self.__dict__) != self._ndict:
+                self._hooks()  # a method set on the instance (or anything else)
+            if not self._own_format and type(self).format is _HANDLER_FORMAT:
+                # Handler.format, without its frame
                 # The stdlib formatter's text, its strftime reused within a second.
                 formatter = self.formatter or _stdlib_logging._defaultFormatter  # type: ignore[attr-defined]
                 text = self._times.format(formatter, record) + self.terminator
@@ -238,10 +258,13 @@ class SharedFileHandler(
         Compression and the rotation fsyncs run here, after the handler's lock
         is released, so they block neither other processes nor other threads.
         """
-        # Filterer.filter returns True without filters: skip its frame then (the hot path).
-        rv = self.filter(record) if self.filters or self._own_filter else True
-        if rv is not True and isinstance(rv, _LogRecord):  # 3.12+: a filter may return one
-            record = rv
+        if len(self.__dict__) != self._ndict:
+            self._hooks()  # a method set on the instance (or anything else)
+        # Filterer.filter returns True without filters: its frame is skipped then.
+        rv = (self.filter(record) if self.filters or self._own_filter
+              or type(self).filter is not _FILTER else True)
+        if _FILTER_REPLACES and rv is not True and isinstance(rv, _LogRecord):
+            record = rv  # 3.12+: a filter may return the record to log instead
         if rv:
             # Handler.acquire()/release() without their two extra calls: the hot path.
             lock = self.lock
@@ -398,11 +421,15 @@ class SharedFileHandler(
                     else:
                         self._rotate_now_locked()
                 except Exception as exc:
+                    if self._fd < 0:
+                        raise  # opening the new file failed: the next record tries again
                     if not self._still_current():
-                        raise
-                    # Failed before the file was renamed (a backup's name taken by a
-                    # directory, a rotator that raised): the record still goes to the
-                    # current file, and the failure is reported after it.
+                        # The file left its name before the failure (a rotator that
+                        # moved it, then raised): a new file, as after a rotation.
+                        self._switch_locked(None)
+                    # Else it failed before the file was renamed (a backup's name taken
+                    # by a directory, a rotator that raised): the current file stays.
+                    # Either way the record is written, and the failure reported after it.
                     self._deferred.append(exc)
                 size = _fs.lseek(self._fd, 0, _SEEK_END)
             if self._bom_pending:

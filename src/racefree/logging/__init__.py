@@ -20,10 +20,10 @@ See ``docs/logging.md``.
 Modules: ``handler`` (what both handlers share: the write path), ``sidecar``
 (the lock file and its control block), ``opening`` (opening the log under the
 trust rule), ``sole`` (the only writer counts its bytes), ``stream`` (the
-``handler.stream`` object), ``formatting`` (a record's text, its time text
-made once a second), ``rotation`` (the steps every rotation takes),
-``rotating``, ``timed``, ``finish`` (work done after a rotation: pruning,
-compression) and ``compress``.
+``handler.stream`` object), ``formatting`` (a record's text and bytes, its
+time text reused), ``hooks`` (the standard hooks a user replaced),
+``rotation`` (the steps every rotation takes), ``rotating``, ``timed``,
+``finish`` (work done after a rotation: pruning, compression) and ``compress``.
 
 May import: the root modules only.
 """

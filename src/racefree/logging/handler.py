@@ -65,7 +65,8 @@ from racefree import _fork, _fs
 from racefree._errors import DurabilityError
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, RotationFinisher, _Finish
-from racefree.logging.formatting import TimeText, record_encoding, standard
+from racefree.logging.formatting import TimeText, record_encoding
+from racefree.logging.hooks import _FILTER, _HANDLER_FORMAT, StdlibHooks
 from racefree.logging.opening import _LIVE, Opening
 from racefree.logging.rotation import RotationSteps
 from racefree.logging.sidecar import HEAD, OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
@@ -82,18 +83,14 @@ _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 _SEEK_END = os.SEEK_END
 _LogRecord = _stdlib_logging.LogRecord
-#: ``logging.Handler.format`` as the standard library defines it (None if it was
-#: replaced before racefree was imported): a handler whose format is this one is
-#: formatted without the extra frame.
-_HANDLER_FORMAT = standard(_stdlib_logging.Handler, "format")
-_FILTER = _stdlib_logging.Filterer.filter
 #: Whether ``Handler.handle`` logs the record a filter returns (3.12+), or the original.
 _FILTER_REPLACES = sys.version_info >= (3, 12)
 
 
 
 class SharedFileHandler(
-    Opening, SoleWriter, RotationSteps, RotationFinisher, _stdlib_handlers.BaseRotatingHandler
+    Opening, SoleWriter, StdlibHooks, RotationSteps, RotationFinisher,
+    _stdlib_handlers.BaseRotatingHandler,
 ):
     """Base of the racefree handlers: appends whole records, rotates under the exclusive hold.
 
@@ -175,28 +172,6 @@ class SharedFileHandler(
         if not delay:
             self._open()
 
-    def _hooks(self) -> None:
-        """Which of the stdlib's hooks this handler replaces, on its class or on itself.
-
-        A subclass, or code that sets a method on the instance, may decide
-        (``shouldRollover``) or wrap (``doRollover``) rotations, filter or
-        format, as with the stdlib. Judged again whenever the instance's
-        ``__dict__`` changes size (a method set on the instance adds an entry).
-        """
-        mine = vars(self)
-        self._custom_should = self._overridden("shouldRollover") or "shouldRollover" in mine
-        self._custom_do = self._overridden("doRollover") or "doRollover" in mine
-        self._own_filter = type(self).filter is not _FILTER or "filter" in mine
-        self._own_format = _HANDLER_FORMAT is None or "format" in mine
-        self._ndict = len(mine)  # last: every attribute above exists by now
-
-    @classmethod
-    def _overridden(cls, name: str) -> bool:
-        """Whether a class outside racefree defines method ``name`` for this handler."""
-        for klass in cls.__mro__:
-            if name in vars(klass):
-                return not klass.__module__.startswith("racefree.")
-        return False  # pragma: no cover - SharedFileHandler defines every name asked about
 
     # -- the write path ----------------------------------------------------
     def format_bytes(self, record: _LogRecord) -> bytes:

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from typing import NamedTuple
 
@@ -196,12 +197,20 @@ def _absolute(text: str) -> str:
     return text if text.startswith("/") else os.path.join(os.getcwd(), text)
 
 
+#: What procfs shows as the target of a link to an object that has no path.
+_NAMELESS = re.compile(r"(pipe|socket|anon_inode):\[?[\w-]*\]?\Z")
+
+
 class Resolved(NamedTuple):
     """A path resolved under the rule: every link on the way was trusted."""
 
     path: str  # absolute, with no symbolic link left in it (but the last, if not followed)
     st: os.stat_result | None  # lstat of the last component; None if it does not exist
     dir_st: os.stat_result  # stat of the directory that holds it
+    #: ``path`` is a trusted procfs link to an object with no name (``pipe:[N]``: what
+    #: ``/dev/stdout`` leads to when output is piped); ``st`` is the object's. Only the
+    #: kernel can follow it: it is opened without ``O_NOFOLLOW``.
+    magic: bool = False
 
 
 def resolve(
@@ -264,6 +273,10 @@ def resolve(
                 # someone the rule trusts (the check above passed). Look again.
                 pending.append(name)
                 continue
+            if last and nxt.startswith("/proc/") and _NAMELESS.match(target):
+                # /proc/PID/fd/N of a pipe (or another object without a name): the
+                # link itself is the way in; it was checked above like any link.
+                return Resolved(nxt, _fs.stat(nxt), cur_st, magic=True)
             if target.startswith("/"):
                 cur = ""
                 cur_st = lstat("/", follow_symlinks=False)
@@ -385,7 +398,7 @@ def open_followed(
         if where.st is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
         try:
-            fd = _fs.open(where.path, base)
+            fd = _fs.open(where.path, base & ~_fs.O_NOFOLLOW if where.magic else base)
         except FileNotFoundError:
             continue  # removed (or renamed) since it was resolved: resolve it again
         except OSError as exc:

@@ -15,6 +15,8 @@ import logging.config
 import logging.handlers
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -255,3 +257,23 @@ def test_a_subclass_should_rollover_and_do_rollover_are_called(tmp_path: Path) -
     assert (tmp_path / "app.log.2").read_bytes() == b"a\n"
     assert (tmp_path / "app.log.1").read_bytes() == b"ROTATE b\nc\n"
     assert (tmp_path / "app.log").read_bytes() == b"ROTATE d\n"
+
+
+STDOUT_CHILD = """
+import logging
+from racefree.logging import RotatingFileHandler
+handler = RotatingFileHandler("/dev/stdout")
+handler.handle(logging.makeLogRecord({"msg": "through the pipe"}))
+handler.close()
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="no /proc/self/fd here")
+def test_dev_stdout_when_output_is_piped(tmp_path: Path) -> None:
+    """A container's usual log target: /dev/stdout -> /proc/self/fd/1 -> pipe:[N], a link
+    only the kernel can follow. Written as the stdlib writes it (no sidecar, no rotation)."""
+    done = subprocess.run([sys.executable, "-c", STDOUT_CHILD], capture_output=True,
+                          timeout=60, check=False, cwd=tmp_path)
+    assert done.stderr == b""
+    assert done.stdout == b"through the pipe\n"
+    assert list(tmp_path.iterdir()) == []

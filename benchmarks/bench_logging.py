@@ -12,7 +12,7 @@ Setup as in issue 6: 8 processes x 3,000 records of ~110 bytes, ``max_bytes``
 creates its handler after it starts, then waits at a start barrier; the time is
 from the barrier to the last process's exit. No fsync anywhere (every handler
 at its default durability) but in the ``durable`` rows. The rows run round by
-round (5 rounds; a busy moment of the machine hits every row alike), and each
+round (9 rounds; a busy moment of the machine hits every row alike), and each
 figure is the median of its rounds.
 
     .venv/bin/python benchmarks/bench_logging.py            # full run (~1 minute)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args(argv)
-    per_proc, repeats = (1_500, 1) if args.quick else (3_000, 5)
+    per_proc, repeats = (1_500, 1) if args.quick else (3_000, 9)
     total = 8 * per_proc
     # Round by round, every row once per round: a busy moment of the (shared)
     # machine hits every row alike instead of the rows that ran during it.

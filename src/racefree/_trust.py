@@ -198,7 +198,19 @@ def _absolute(text: str) -> str:
 
 
 #: What procfs shows as the target of a link to an object that has no path.
-_NAMELESS = re.compile(r"(pipe|socket|anon_inode):\[?[\w-]*\]?\Z")
+_PIPE = re.compile(r"pipe:\[(\d+)\]\Z")
+_pipefs: list[int] = []  # the device of pipes, learnt from a pipe of our own
+
+
+def _pipe_dev() -> int:
+    if not _pipefs:
+        r, w = os.pipe()
+        try:
+            _pipefs.append(os.fstat(r).st_dev)
+        finally:
+            os.close(r)
+            os.close(w)
+    return _pipefs[0]
 
 
 class Resolved(NamedTuple):
@@ -207,10 +219,11 @@ class Resolved(NamedTuple):
     path: str  # absolute, with no symbolic link left in it (but the last, if not followed)
     st: os.stat_result | None  # lstat of the last component; None if it does not exist
     dir_st: os.stat_result  # stat of the directory that holds it
-    #: ``path`` is a trusted procfs link to an object with no name (``pipe:[N]``: what
-    #: ``/dev/stdout`` leads to when output is piped); ``st`` is the object's. Only the
-    #: kernel can follow it: it is opened without ``O_NOFOLLOW``.
-    magic: bool = False
+    #: ``path`` is a trusted procfs link to a pipe (``pipe:[N]``: what ``/dev/stdout``
+    #: leads to when output is piped); ``st`` is the pipe's. Only the kernel can follow
+    #: it: it is opened without ``O_NOFOLLOW``, and the descriptor must then be that
+    #: pipe (its owner may point the link elsewhere in between).
+    magic: int = 0
 
 
 def resolve(
@@ -273,10 +286,11 @@ def resolve(
                 # someone the rule trusts (the check above passed). Look again.
                 pending.append(name)
                 continue
-            if last and nxt.startswith("/proc/") and _NAMELESS.match(target):
-                # /proc/PID/fd/N of a pipe (or another object without a name): the
-                # link itself is the way in; it was checked above like any link.
-                return Resolved(nxt, _fs.stat(nxt), cur_st, magic=True)
+            pipe = _PIPE.match(target) if last and nxt.startswith("/proc/") else None
+            if pipe:
+                # /proc/PID/fd/N of a pipe: the link itself is the way in (it was
+                # checked above like any link); open_followed checks what it opened.
+                return Resolved(nxt, _fs.stat(nxt), cur_st, magic=int(pipe.group(1)))
             if target.startswith("/"):
                 cur = ""
                 cur_st = lstat("/", follow_symlinks=False)
@@ -416,6 +430,12 @@ def open_followed(
         try:
             st = _fs.fstat(fd)
             mode = st.st_mode
+            if where.magic and (st.st_ino != where.magic or st.st_dev != _pipe_dev()
+                                or not stat.S_ISFIFO(mode)):
+                # The link's owner pointed it elsewhere since it read "pipe:[N]": what
+                # the kernel opened is not that pipe, and nothing vouches for it.
+                raise UnsafePathError(where.path, "changed while it was opened (it led to "
+                                      f"pipe {where.magic}, then to {describe(st)})")
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), where.path)
             if not (stat.S_ISREG(mode)

@@ -71,3 +71,37 @@ def test_group_members_are_trusted_in_a_group_directory(tmp_path: Path) -> None:
         with racefree.FileLock(d / "member.json.lock"):
             pass
     assert target.read_bytes() == b"through"
+
+
+def test_a_procfs_pipe_link_is_opened_only_to_that_pipe(tmp_path: Path) -> None:
+    """/proc/PID/fd/N -> pipe:[ino] (what /dev/stdout is when output is piped) is opened
+    through the kernel; its owner can point fd N elsewhere between the look and the open
+    (at a file the caller could otherwise never reach). What was opened must be that pipe."""
+    from racefree import _fs, _trust
+
+    r, w = os.pipe()
+    other = os.open(tmp_path / "elsewhere", os.O_RDWR | os.O_CREAT, 0o600)
+    link = f"/proc/{os.getpid()}/fd/{w}"
+    try:
+        fd, st = _trust.open_followed(link, os.O_WRONLY | os.O_APPEND, special=True)
+        os.close(fd)
+        assert stat.S_ISFIFO(st.st_mode)
+
+        class Repoints(_fs.FileSystem):
+            def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+                if path == link:
+                    os.dup2(other, w)  # the link now leads to a regular file
+                return super().open(path, flags, mode)
+
+        with _fs.use(Repoints()):
+            try:
+                fd, st = _trust.open_followed(link, os.O_WRONLY | os.O_APPEND, special=True)
+            except racefree.UnsafePathError as exc:
+                assert "changed while it was opened" in str(exc)
+            else:
+                os.close(fd)
+                raise AssertionError(f"opened {stat.filemode(st.st_mode)} through the link")
+    finally:
+        for n in (r, w, other):
+            os.close(n)
+    assert (tmp_path / "elsewhere").read_bytes() == b""

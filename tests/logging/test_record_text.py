@@ -502,3 +502,57 @@ def test_a_rotator_that_moves_the_file_then_fails(tmp_path: Path) -> None:
     assert errors == ["RuntimeError('compressing failed')"] * 2
     assert [(tmp_path / n).read_bytes() for n in ("app.log", "app.log.1", "app.log.2")] == [
         b"record-002\n", b"record-001\n", b"record-000\n"]
+
+
+def test_an_explicit_dorollover_whose_rotator_moves_then_fails(tmp_path: Path) -> None:
+    """doRollover() raises the rotator's error (as the stdlib's), but the handler, and
+    every other one, writes to a new file: never into the file that was moved away."""
+    def moves_then_fails(source: str, dest: str) -> None:
+        os.rename(source, dest)
+        raise RuntimeError("compressing failed")
+
+    first = RotatingFileHandler(tmp_path / "app.log", maxBytes=1000, backupCount=2)
+    second = RotatingFileHandler(tmp_path / "app.log", maxBytes=1000, backupCount=2)
+    try:
+        first.handle(logging.makeLogRecord({"msg": "before"}))
+        first.rotator = moves_then_fails
+        with pytest.raises(RuntimeError, match="compressing failed"):
+            first.doRollover()
+        first.handle(logging.makeLogRecord({"msg": "after"}))
+        second.handle(logging.makeLogRecord({"msg": "other handler"}))
+    finally:
+        first.close()
+        second.close()
+    assert (tmp_path / "app.log").read_bytes() == b"after\nother handler\n"
+    assert (tmp_path / "app.log.1").read_bytes() == b"before\n"
+
+
+def test_a_timed_rotator_that_moves_then_fails(tmp_path: Path) -> None:
+    """The interval is over once the file has moved: the next records stay in the new
+    file until the next rollover time, not one rotation per record."""
+    from racefree.logging import TimedRotatingFileHandler
+
+    errors: list[str] = []
+
+    def moves_then_fails(source: str, dest: str) -> None:
+        os.rename(source, dest)
+        raise RuntimeError("compressing failed")
+
+    handler = TimedRotatingFileHandler(tmp_path / "app.log", when="H", backupCount=2)
+    handler.handleError = lambda record: errors.append(repr(sys.exc_info()[1]))  # type: ignore[method-assign]
+    try:
+        handler.handle(logging.makeLogRecord({"msg": "r0"}))
+        handler.rotator = moves_then_fails
+        past = time.time() - 1  # the hour is over (the rollover time every process shares)
+        assert handler._side is not None
+        handler._side.put_rollover(past)
+        handler._at = past
+        for i in range(1, 4):
+            handler.handle(logging.makeLogRecord({"msg": f"r{i}"}))
+    finally:
+        handler.close()
+    assert errors == ["RuntimeError('compressing failed')"]
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert len(names) == 2 and names[0] == "app.log"
+    assert (tmp_path / "app.log").read_bytes() == b"r1\nr2\nr3\n"
+    assert (tmp_path / names[1]).read_bytes() == b"r0\n"

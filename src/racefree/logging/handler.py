@@ -399,8 +399,8 @@ class SharedFileHandler(
                     if self._fd < 0:
                         raise  # opening the new file failed: the next record tries again
                     if not self._still_current():
-                        # The file left its name before the failure (a rotator that
-                        # moved it, then raised): a new file, as after a rotation.
+                        # The file left its name before the failure, in a subclass's
+                        # doRollover (ours starts a new file itself): start one.
                         self._switch_locked(None)
                     # Else it failed before the file was renamed (a backup's name taken
                     # by a directory, a rotator that raised): the current file stays.

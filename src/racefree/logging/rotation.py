@@ -72,7 +72,15 @@ class RotationSteps:
         raise NotImplementedError
 
     def _rotate_now_locked(self) -> None:
-        self._rotate_locked()
+        try:
+            self._rotate_locked()
+        except Exception:
+            if self._fd >= 0 and not self._still_current():
+                # The file left its name before the failure (a rotator that moved it,
+                # then raised): a new file, as after a rotation, so that no process
+                # goes on writing into the moved one. The failure is still raised.
+                self._switch_locked(None)
+            raise
 
     def rotation_filename(self, default_name: str) -> str:
         """The name a backup gets: ``namer(default_name)`` if a namer is set (as the stdlib).

@@ -204,6 +204,11 @@ class TimedRotatingFileHandler(SharedFileHandler):
             self.rotate(self.baseFilename, dest)
         except FileNotFoundError:
             self._switch_locked(None)
+        except Exception:
+            if not self._still_current():  # moved, then failed: the interval is over too
+                self._switch_locked(None)
+                self._advance(now)
+            raise
         else:
             self._switch_locked(dest)
         self._advance(now)

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -556,3 +557,67 @@ def test_a_timed_rotator_that_moves_then_fails(tmp_path: Path) -> None:
     assert len(names) == 2 and names[0] == "app.log"
     assert (tmp_path / "app.log").read_bytes() == b"r1\nr2\nr3\n"
     assert (tmp_path / names[1]).read_bytes() == b"r0\n"
+
+
+def _run_both(tmp_path: Path, script: Callable[[Any, type], None]) -> tuple[dict[str, str], ...]:
+    """Run ``script(handler, its class)`` against racefree's handler and the stdlib's."""
+    import logging.handlers
+
+    out = []
+    for cls in (RotatingFileHandler, logging.handlers.RotatingFileHandler):
+        where = tmp_path / cls.__module__
+        where.mkdir()
+        handler = cls(where / "app.log", maxBytes=20, backupCount=5)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        try:
+            script(handler, cls)
+        finally:
+            handler.close()
+        out.append({p.name: p.read_text() for p in sorted(where.iterdir())
+                    if not p.name.startswith(".")})
+    return tuple(out)
+
+
+def _log(handler: Any, *msgs: str) -> None:
+    for msg in msgs:
+        handler.handle(logging.makeLogRecord({"msg": msg}))
+
+
+def test_hooks_patched_one_after_another(tmp_path: Path) -> None:
+    """mock.patch.object on the instance, one hook after another (the instance's
+    __dict__ keeps its size from one patch to the next)."""
+    from unittest import mock
+
+    def script(handler: Any, cls: type) -> None:
+        with mock.patch.object(handler, "format", lambda r: "<" + r.getMessage() + ">"):
+            _log(handler, "a")
+        with mock.patch.object(handler, "shouldRollover", lambda r: r.msg == "c"):
+            _log(handler, "b", "c")
+        with mock.patch.object(handler, "filter", lambda r: r.msg != "d"):
+            _log(handler, "d", "e")
+
+    ours, theirs = _run_both(tmp_path, script)
+    assert ours == theirs == {"app.log": "c\ne\n", "app.log.1": "<a>\nb\n"}
+
+
+def test_a_method_patched_on_the_class_after_construction(tmp_path: Path) -> None:
+    from unittest import mock
+
+    def script(handler: Any, cls: type) -> None:
+        _log(handler, "a")
+        with mock.patch.object(cls, "shouldRollover", lambda self, r: r.msg in ("b", "c")):
+            _log(handler, "b", "c")
+        _log(handler, "d")
+
+    ours, theirs = _run_both(tmp_path, script)
+    assert ours == theirs == {"app.log": "c\nd\n", "app.log.1": "b\n", "app.log.2": "a\n"}
+
+
+def test_a_should_rollover_that_says_no(tmp_path: Path) -> None:
+    """A shouldRollover of the user's decides: False never rotates, past maxBytes too."""
+    def script(handler: Any, cls: type) -> None:
+        handler.shouldRollover = lambda record: False
+        _log(handler, "first record", "second record", "third record")
+
+    ours, theirs = _run_both(tmp_path, script)
+    assert ours == theirs == {"app.log": "first record\nsecond record\nthird record\n"}

@@ -85,6 +85,7 @@ _SEEK_END = os.SEEK_END
 _LogRecord = _stdlib_logging.LogRecord
 #: Whether ``Handler.handle`` logs the record a filter returns (3.12+), or the original.
 _FILTER_REPLACES = sys.version_info >= (3, 12)
+_NEVER = -2  # _append_exclusive's force_gen: write without rotating
 
 
 
@@ -166,7 +167,6 @@ class SharedFileHandler(
         self._finish_mutex = threading.Lock()
         self._deferred: list[BaseException] = []
         self._times = TimeText()
-        self._ndict = -1
         self._hooks()
         _LIVE.add(self)
         if not delay:
@@ -193,11 +193,10 @@ class SharedFileHandler(
         sidecar that is not racefree's (:class:`~racefree.UnsafePathError`).
         """
         try:
-            if len(self.__dict__) != self._ndict:
-                self._hooks()  # a method set on the instance (or anything else)
-            if not self._own_format and type(self).format is _HANDLER_FORMAT:
-                # Handler.format, without its frame
-                # The stdlib formatter's text, its strftime reused within a second.
+            mine = self.__dict__  # a method set on the instance replaces the class's
+            if "format" not in mine and type(self).format is _HANDLER_FORMAT:
+                # Handler.format without its frame: the stdlib formatter's text, its
+                # strftime reused while its arguments are the same.
                 formatter = self.formatter or _stdlib_logging._defaultFormatter  # type: ignore[attr-defined]
                 text = self._times.format(formatter, record) + self.terminator
             else:
@@ -205,8 +204,14 @@ class SharedFileHandler(
             if self.stream is not self._proxy and self._emit_elsewhere(text):
                 return
             data = text.encode(self._enc, self.errors or "strict")
-            if self._custom_should and self.shouldRollover(record):
-                self._append_exclusive(data, record, self._gen)
+            if (self._class_should or "shouldRollover" in mine
+                    or type(self).shouldRollover is not self._should_fn):
+                # A shouldRollover of the user's decides, as with the stdlib: True
+                # rotates (once per generation), False writes without rotating.
+                if self.shouldRollover(record):
+                    self._append_exclusive(data, record, self._gen)
+                else:
+                    self._append(data, record, decided=True)
             else:
                 self._append(data, record)
         except RecursionError:  # the stdlib handlers let this one through too
@@ -233,11 +238,9 @@ class SharedFileHandler(
         Compression and the rotation fsyncs run here, after the handler's lock
         is released, so they block neither other processes nor other threads.
         """
-        if len(self.__dict__) != self._ndict:
-            self._hooks()  # a method set on the instance (or anything else)
         # Filterer.filter returns True without filters: its frame is skipped then.
-        rv = (self.filter(record) if self.filters or self._own_filter
-              or type(self).filter is not _FILTER else True)
+        rv = (self.filter(record) if self.filters or type(self).filter is not _FILTER
+              or "filter" in self.__dict__ else True)
         if _FILTER_REPLACES and rv is not True and isinstance(rv, _LogRecord):
             record = rv  # 3.12+: a filter may return the record to log instead
         if rv:
@@ -265,15 +268,16 @@ class SharedFileHandler(
             except Exception:
                 self.handleError(record)
 
-    def _append(self, data: bytes, record: _LogRecord | None) -> None:
+    def _append(self, data: bytes, record: _LogRecord | None, decided: bool = False) -> None:
+        """Append ``data``, rotating first when it is due (``decided``: never)."""
         if _fork.maybe_child:
             _fork.check()  # a forked child drops the parent's descriptors first (L5)
         side = self._side
         n = len(data)
-        at = self._at
+        at = None if decided else self._at
         if (side is None or n > SHARED_MAX or self._writing or self._bom_pending
                 or (at is not None and time.time() >= at)):
-            self._append_exclusive(data, record)
+            self._append_exclusive(data, record, _NEVER if decided else -1)
             return
         # A second pass only after another process rotated while this one waited to.
         while True:
@@ -296,7 +300,7 @@ class SharedFileHandler(
                     fresh = head == self._head
                 if fresh or self._follow_shared(head):
                     fd = self._fd
-                    limit = self._limit
+                    limit = None if decided else self._limit
                     size = self._size
                     if limit is not None and (
                         size < 0 or words is None or words[2] != self._sole
@@ -331,7 +335,7 @@ class SharedFileHandler(
             finally:
                 self._writing = False
                 _fs.flock(lock_fd, _LOCK_UN)
-            if self._append_exclusive(data, record, rotated_gen=full_at):
+            if self._append_exclusive(data, record, _NEVER if decided else -1, full_at):
                 return
 
     def _follow_shared(self, head: bytes) -> bool:
@@ -387,11 +391,13 @@ class SharedFileHandler(
             size = self._enter_locked()
             if force_gen >= 0:
                 rotate = force_gen == self._gen and size > 0
+            elif force_gen == _NEVER:
+                rotate = False  # a shouldRollover of the user's said no
             else:
                 rotate = self._should_rotate_locked(size, n, record)
             if rotate:
                 try:
-                    if self._custom_do:
+                    if self._overridden("doRollover") or "doRollover" in self.__dict__:
                         self.doRollover()  # a subclass's: it calls ours back, under the lock
                     else:
                         self._rotate_now_locked()

@@ -24,35 +24,33 @@ _FILTER = _stdlib_logging.Filterer.filter
 
 
 class StdlibHooks:
-    """The hooks a handler's class or instance replaces, judged again when the instance changes."""
+    """The hooks a handler's class replaces (judged once); the instance's, at each record."""
 
-    _custom_should: bool
-    _custom_do: bool
-    _own_filter: bool
-    _own_format: bool
-    #: The size of the instance ``__dict__`` when the hooks were last judged.
-    _ndict: int
+    #: The class's ``shouldRollover`` is a function from outside racefree (see
+    #: :meth:`_hooks`); a method set on the instance is looked for at each record.
+    _class_should: bool
+    #: The class's ``shouldRollover`` when that was judged: replaced since, it decides.
+    _should_fn: object
 
     def _hooks(self) -> None:
-        """Which of the stdlib's hooks this handler replaces, on its class or on itself.
+        """Judge the class's hooks (at construction).
 
-        A subclass, or code that sets a method on the instance, may decide
-        (``shouldRollover``) or wrap (``doRollover``) rotations, filter or
-        format, as with the stdlib. Judged again whenever the instance's
-        ``__dict__`` changes size (a method set on the instance adds an entry).
+        A subclass may decide (``shouldRollover``) or wrap (``doRollover``)
+        rotations, as with the stdlib; so may a function set on racefree's
+        class, or on the instance at any time (``mock.patch.object``): the write
+        path looks for ``filter``, ``format`` and ``shouldRollover`` in the
+        instance's ``__dict__`` at each record, compares the class's ``filter``,
+        ``format`` and ``shouldRollover`` with the standard ones (or the one
+        judged here), and judges ``doRollover`` at each rotation.
         """
-        mine = vars(self)
-        self._custom_should = self._overridden("shouldRollover") or "shouldRollover" in mine
-        self._custom_do = self._overridden("doRollover") or "doRollover" in mine
-        own = getattr(type(self), "filter", _FILTER) is not _FILTER
-        self._own_filter = own or "filter" in mine
-        self._own_format = _HANDLER_FORMAT is None or "format" in mine
-        self._ndict = len(mine)  # last: every attribute above exists by now
+        self._class_should = self._overridden("shouldRollover")
+        self._should_fn = getattr(type(self), "shouldRollover", None)
 
     @classmethod
     def _overridden(cls, name: str) -> bool:
-        """Whether a class outside racefree defines method ``name`` for this handler."""
+        """Whether ``name``, as the class finds it, is a function from outside racefree."""
         for klass in cls.__mro__:
-            if name in vars(klass):
-                return not klass.__module__.startswith("racefree.")
+            fn = vars(klass).get(name)
+            if fn is not None:
+                return not str(getattr(fn, "__module__", "")).startswith("racefree.")
         return False  # pragma: no cover - SharedFileHandler defines every name asked about

@@ -277,3 +277,37 @@ def test_dev_stdout_when_output_is_piped(tmp_path: Path) -> None:
     assert done.stderr == b""
     assert done.stdout == b"through the pipe\n"
     assert list(tmp_path.iterdir()) == []
+
+
+STDOUT_FILE_CHILD = """
+import logging, os, sys
+from racefree.logging import RotatingFileHandler
+path, max_bytes = sys.argv[1], int(sys.argv[2])
+handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=2)
+for msg in ("first record", "second record"):
+    handler.handle(logging.makeLogRecord({"msg": msg}))
+handler.close()
+print(os.path.lexists("/dev/.stdout.lock"), flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="no /proc/self/fd here")
+@pytest.mark.parametrize(("path", "max_bytes"), [("/proc/self/fd/1", 10), ("/dev/stdout", 0)])
+def test_a_process_stream_redirected_to_a_file(tmp_path: Path, path: str, max_bytes: int) -> None:
+    """/dev/stdout or /proc/self/fd/1 leading to a file the shell opened: written in place,
+    never rotated (the stdlib would rename the link itself), no sidecar beside the link.
+    (The rotation is tried through /proc, where a rename cannot succeed: a regression here
+    must not rename /dev/stdout on the machine that runs the tests.)"""
+    sidecar = Path("/dev/.stdout.lock")
+    existed = sidecar.exists()
+    out = tmp_path / "out.txt"
+    with open(out, "ab") as f:
+        done = subprocess.run([sys.executable, "-c", STDOUT_FILE_CHILD, path, str(max_bytes)],
+                              stdout=f, stderr=subprocess.PIPE, timeout=60, check=False,
+                              cwd=tmp_path)
+    if not existed and sidecar.exists():
+        sidecar.unlink()  # made by a regression: not left behind
+    assert done.stderr == b""
+    assert out.read_bytes() == b"first record\nsecond record\n" + (
+        b"True\n" if existed else b"False\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

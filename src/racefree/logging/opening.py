@@ -35,6 +35,10 @@ def _after_fork_in_child() -> None:
 _fork.on_child(_after_fork_in_child)  # before any use in the child: see racefree._fork
 
 
+#: Paths that name one of the process's own descriptors, not a log file of its own.
+_PROCESS_STREAMS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+
+
 class Opening:
     """The descriptors of a racefree handler (mixin)."""
 
@@ -93,7 +97,9 @@ class Opening:
 
     def _open_shared(self) -> None:
         where = _trust.resolve(self.baseFilename)
-        if where.st is not None and not stat.S_ISREG(where.st.st_mode) and self._open_plain():
+        stream = self.baseFilename.startswith(_PROCESS_STREAMS)
+        if where.st is not None and (stream or not stat.S_ISREG(where.st.st_mode)) and (
+                self._open_plain(regular=stream)):
             return
         fd, st, _ = self._open_log()
         try:
@@ -138,8 +144,13 @@ class Opening:
         self._writing = False
         side.unlock()
 
-    def _open_plain(self) -> bool:
+    def _open_plain(self, regular: bool = False) -> bool:
         """Open a log that is not a regular file (``os.devnull``, a FIFO); False if it now is.
+
+        ``regular``: a process's own stream (``/dev/stdout``, ``/proc/self/fd/1``),
+        whatever it leads to: a file the shell opened for this process is written
+        as it is, never rotated, with no sidecar (``/dev`` is not the log's
+        directory; the stdlib would rename ``/dev/stdout`` itself at a rotation).
 
         bpo-45401: the stdlib never rotates what is not a regular file; no
         sidecar either (it would need a writable ``/dev`` for ``os.devnull``).
@@ -151,7 +162,7 @@ class Opening:
         ``OSError(ENXIO)``). Writes then block as the stdlib's do.
         """
         fd, st = _trust.open_followed(self.baseFilename, os.O_WRONLY | os.O_APPEND, special=True)
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and not regular:
             # Replaced by a regular file since the lstat: shared and rotated as any log.
             _fs.close(fd)
             return False

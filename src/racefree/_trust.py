@@ -198,19 +198,8 @@ def _absolute(text: str) -> str:
 
 
 #: What procfs shows as the target of a link to an object that has no path.
-_PIPE = re.compile(r"pipe:\[(\d+)\]\Z")
-_pipefs: list[int] = []  # the device of pipes, learnt from a pipe of our own
-
-
-def _pipe_dev() -> int:
-    if not _pipefs:
-        r, w = os.pipe()
-        try:
-            _pipefs.append(os.fstat(r).st_dev)
-        finally:
-            os.close(r)
-            os.close(w)
-    return _pipefs[0]
+#: A descriptor's link in procfs (``/proc/self/fd/N`` once ``self`` is resolved).
+_PROC_FD = re.compile(r"/proc/\d+(/task/\d+)?/fd/\d+\Z")
 
 
 class Resolved(NamedTuple):
@@ -219,11 +208,12 @@ class Resolved(NamedTuple):
     path: str  # absolute, with no symbolic link left in it (but the last, if not followed)
     st: os.stat_result | None  # lstat of the last component; None if it does not exist
     dir_st: os.stat_result  # stat of the directory that holds it
-    #: ``path`` is a trusted procfs link to a pipe (``pipe:[N]``: what ``/dev/stdout``
-    #: leads to when output is piped); ``st`` is the pipe's. Only the kernel can follow
-    #: it: it is opened without ``O_NOFOLLOW``, and the descriptor must then be that
-    #: pipe (its owner may point the link elsewhere in between).
-    magic: int = 0
+    #: ``path`` is a trusted procfs link to a descriptor (``/proc/PID/fd/N``: what
+    #: ``/dev/stdout`` leads to); ``st`` is the file the kernel follows it to, and this
+    #: its ``(st_dev, st_ino)``. Its text is never resolved ("pipe:[N]", or a name that
+    #: was deleted and may now be anyone's link): it is opened through the link, without
+    #: ``O_NOFOLLOW``, and the descriptor must then be that same file.
+    magic: tuple[int, int] | None = None
 
 
 def resolve(
@@ -272,6 +262,20 @@ def resolve(
                 return Resolved(nxt, None, cur_st)
             raise
         mode = st.st_mode
+        if stat.S_ISLNK(mode) and (follow_last or not last) and _PROC_FD.match(nxt):
+            # A descriptor's procfs link: the kernel follows it to the open file itself,
+            # whatever its text says. So does this, never reading the text.
+            check(nxt, st, cur_st, "follow")
+            real = _fs.stat(nxt)
+            if last:
+                return Resolved(nxt, real, cur_st, magic=(real.st_dev, real.st_ino))
+            if not stat.S_ISDIR(real.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), nxt)
+            if ".." in pending:
+                # Its parent is the directory's on disk, which no name here leads to.
+                raise UnsafePathError(text, "'..' after a descriptor's procfs link")
+            cur, cur_st = nxt, real
+            continue
         if stat.S_ISLNK(mode) and (follow_last or not last):
             check(nxt, st, cur_st, "follow")
             links += 1
@@ -286,11 +290,6 @@ def resolve(
                 # someone the rule trusts (the check above passed). Look again.
                 pending.append(name)
                 continue
-            pipe = _PIPE.match(target) if last and nxt.startswith("/proc/") else None
-            if pipe:
-                # /proc/PID/fd/N of a pipe: the link itself is the way in (it was
-                # checked above like any link); open_followed checks what it opened.
-                return Resolved(nxt, _fs.stat(nxt), cur_st, magic=int(pipe.group(1)))
             if target.startswith("/"):
                 cur = ""
                 cur_st = lstat("/", follow_symlinks=False)
@@ -412,7 +411,7 @@ def open_followed(
         if where.st is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where.path)
         try:
-            fd = _fs.open(where.path, base & ~_fs.O_NOFOLLOW if where.magic else base)
+            fd = _fs.open(where.path, base if where.magic is None else base & ~_fs.O_NOFOLLOW)
         except FileNotFoundError:
             continue  # removed (or renamed) since it was resolved: resolve it again
         except OSError as exc:
@@ -430,12 +429,11 @@ def open_followed(
         try:
             st = _fs.fstat(fd)
             mode = st.st_mode
-            if where.magic and (st.st_ino != where.magic or st.st_dev != _pipe_dev()
-                                or not stat.S_ISFIFO(mode)):
-                # The link's owner pointed it elsewhere since it read "pipe:[N]": what
-                # the kernel opened is not that pipe, and nothing vouches for it.
+            if where.magic is not None and (st.st_dev, st.st_ino) != where.magic:
+                # The descriptor's owner pointed it elsewhere since it was looked at:
+                # what the kernel opened is not that file, and nothing vouches for it.
                 raise UnsafePathError(where.path, "changed while it was opened (it led to "
-                                      f"pipe {where.magic}, then to {describe(st)})")
+                                      f"another file, then to {describe(st)})")
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), where.path)
             if not (stat.S_ISREG(mode)

@@ -282,7 +282,7 @@ def test_dev_stdout_when_output_is_piped(tmp_path: Path) -> None:
 STDOUT_FILE_CHILD = """
 import logging, os, sys
 from racefree.logging import RotatingFileHandler
-path, max_bytes = sys.argv[1], int(sys.argv[2])
+path, max_bytes = sys.argv[1].replace("PID", str(os.getpid())), int(sys.argv[2])
 handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=2)
 for msg in ("first record", "second record"):
     handler.handle(logging.makeLogRecord({"msg": msg}))
@@ -292,7 +292,10 @@ print(os.path.lexists("/dev/.stdout.lock"), flush=True)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="no /proc/self/fd here")
-@pytest.mark.parametrize(("path", "max_bytes"), [("/proc/self/fd/1", 10), ("/dev/stdout", 0)])
+@pytest.mark.parametrize(("path", "max_bytes"), [
+    ("/proc/self/fd/1", 10), ("/dev/stdout", 0), ("//dev/stdout", 0), ("/dev/fd/1", 10),
+    ("/proc/thread-self/fd/1", 10), ("/proc/PID/fd/1", 10),
+])
 def test_a_process_stream_redirected_to_a_file(tmp_path: Path, path: str, max_bytes: int) -> None:
     """/dev/stdout or /proc/self/fd/1 leading to a file the shell opened: written in place,
     never rotated (the stdlib would rename the link itself), no sidecar beside the link.
@@ -311,3 +314,23 @@ def test_a_process_stream_redirected_to_a_file(tmp_path: Path, path: str, max_by
     assert out.read_bytes() == b"first record\nsecond record\n" + (
         b"True\n" if existed else b"False\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="no /proc/self/fd here")
+def test_a_log_in_a_directory_named_through_a_descriptor(tmp_path: Path) -> None:
+    """/proc/self/fd/N/app.log, N an open directory: a log file like any other (shared,
+    rotated), not the process's stream, as with the stdlib."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    dirfd = os.open(logs, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        handler = RotatingFileHandler(f"/proc/self/fd/{dirfd}/app.log", maxBytes=20,
+                                      backupCount=2)
+        for msg in ("first record", "second record", "third record"):
+            handler.handle(logging.makeLogRecord({"msg": msg}))
+        handler.close()
+    finally:
+        os.close(dirfd)
+    assert sorted(p.name for p in logs.iterdir()) == [
+        ".app.log.lock", "app.log", "app.log.1", "app.log.2"]
+    assert (logs / "app.log").read_bytes() == b"third record\n"

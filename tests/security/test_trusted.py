@@ -105,3 +105,30 @@ def test_a_procfs_pipe_link_is_opened_only_to_that_pipe(tmp_path: Path) -> None:
         for n in (r, w, other):
             os.close(n)
     assert (tmp_path / "elsewhere").read_bytes() == b""
+
+
+def test_a_procfs_link_to_a_deleted_file_is_never_read_as_a_path(tmp_path: Path) -> None:
+    """/proc/self/fd/N of a deleted file reads "<name> (deleted)": whoever may write that
+    directory can put a link there under that name. The kernel follows the descriptor, not
+    the text; so must racefree: the write goes to the deleted file, not the link's target."""
+    from racefree import _trust
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"secret\n")
+    log = tmp_path / "out.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.unlink(log)
+        (tmp_path / "out.log (deleted)").symlink_to(victim)
+        assert os.readlink(f"/proc/self/fd/{fd}") == f"{log} (deleted)"
+        opened, st = _trust.open_followed(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(opened, b"record\n")
+            assert (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        finally:
+            os.close(opened)
+    finally:
+        size = os.fstat(fd).st_size
+        os.close(fd)
+    assert victim.read_bytes() == b"secret\n"
+    assert size == len(b"record\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import stat
 import threading
 import weakref
@@ -35,8 +36,9 @@ def _after_fork_in_child() -> None:
 _fork.on_child(_after_fork_in_child)  # before any use in the child: see racefree._fork
 
 
-#: Paths that name one of the process's own descriptors, not a log file of its own.
-_PROCESS_STREAMS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+#: Paths that name a process's descriptor (its stream), not a log file of its own.
+_STREAM = re.compile(r"/dev/std(out|err)|/dev/fd/\d+|/proc/(self|thread-self|\d+)"
+                     r"(/task/\d+)?/fd/\d+")
 
 
 class Opening:
@@ -97,7 +99,8 @@ class Opening:
 
     def _open_shared(self) -> None:
         where = _trust.resolve(self.baseFilename)
-        stream = self.baseFilename.startswith(_PROCESS_STREAMS)
+        # abspath keeps a leading "//" (POSIX leaves it to the system): Linux does not.
+        stream = _STREAM.fullmatch("/" + self.baseFilename.lstrip("/")) is not None
         if where.st is not None and (stream or not stat.S_ISREG(where.st.st_mode)) and (
                 self._open_plain(regular=stream)):
             return

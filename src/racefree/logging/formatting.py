@@ -82,15 +82,45 @@ class TimeText:
 
     def format(self, formatter: logging.Formatter, record: logging.LogRecord) -> str:
         """``formatter.format(record)``, exactly (the formatter's own where unsure)."""
-        mine = vars(formatter)
-        if (type(formatter) is not _Formatter or _FORMAT is None
-                or _Formatter.format is not _FORMAT or "format" in mine or "formatTime" in mine):
-            return formatter.format(record)
-        # The body of logging.Formatter.format (the same from 3.8 to 3.13), its
-        # formatTime call replaced by self._time.
+        mine = formatter.__dict__
+        cls = _Formatter
+        if (type(formatter) is not cls or cls.format is not _FORMAT
+                or "format" in mine or "formatTime" in mine):
+            return formatter.format(record)  # _FORMAT is None: never the standard one
+        # The body of logging.Formatter.format (the same from 3.8 to 3.13), with
+        # the body of its formatTime where it calls that, its strftime call made
+        # only when its arguments differ from the last call's.
         record.message = record.getMessage()
         if formatter.usesTime():
-            record.asctime = self._time(formatter, record)
+            datefmt = formatter.datefmt
+            if cls.formatTime is not _FORMAT_TIME:
+                record.asctime = formatter.formatTime(record, datefmt)
+            else:
+                fmt = datefmt if datefmt else formatter.default_time_format
+                if fmt is not self._fmt:
+                    self._fmt, self._ct = fmt, None
+                    self._numeric = type(fmt) is str and numeric_format(fmt)
+                conv = formatter.converter
+                # Called for every record, as the stdlib does: the C library's time
+                # zone may change at any call (TZ is read again lazily, at mktime).
+                ct = conv(record.created)
+                strftime = time.strftime
+                if (self._numeric and (conv is _LOCALTIME or conv is _GMTIME)
+                        and strftime is _STRFTIME and type(ct) is _STRUCT_TIME):
+                    # Their struct_time holds ints; a numeric format reads its nine
+                    # fields only.
+                    if ct == self._ct:
+                        t = self._text
+                    else:
+                        t = self._text = strftime(fmt, ct)
+                        self._ct = ct
+                else:
+                    t = strftime(fmt, ct)
+                if not datefmt:
+                    msec = formatter.default_msec_format
+                    if msec:
+                        t = msec % (t, record.msecs)
+                record.asctime = t
         s = formatter.formatMessage(record)
         if record.exc_info and not record.exc_text:
             record.exc_text = formatter.formatException(record.exc_info)
@@ -102,38 +132,6 @@ class TimeText:
             if s[-1:] != "\n":
                 s = s + "\n"
             s = s + formatter.formatStack(record.stack_info)
-        return s
-
-    def _time(self, formatter: logging.Formatter, record: logging.LogRecord) -> str:
-        """``formatter.formatTime(record, formatter.datefmt)``, its strftime reused."""
-        datefmt = formatter.datefmt
-        if _FORMAT_TIME is None or _Formatter.formatTime is not _FORMAT_TIME:
-            return formatter.formatTime(record, datefmt)
-        # logging.Formatter.formatTime, its strftime call made only when its
-        # arguments differ from the last call's.
-        fmt = datefmt if datefmt else formatter.default_time_format
-        if fmt is not self._fmt:
-            self._fmt, self._ct = fmt, None
-            self._numeric = type(fmt) is str and numeric_format(fmt)
-        conv = formatter.converter
-        # Called for every record, as the stdlib does: the C library's time zone
-        # may change at any call (TZ is read again lazily, at time.mktime for one).
-        ct = conv(record.created)
-        strftime = time.strftime
-        if (self._numeric and (conv is _LOCALTIME or conv is _GMTIME)
-                and strftime is _STRFTIME and type(ct) is _STRUCT_TIME):
-            # Their struct_time holds ints; a numeric format reads its nine fields only.
-            if ct == self._ct:
-                s = self._text
-            else:
-                s = strftime(fmt, ct)
-                self._ct, self._text = ct, s
-        else:
-            s = strftime(fmt, ct)
-        if not datefmt:
-            msec = formatter.default_msec_format
-            if msec:
-                s = msec % (s, record.msecs)
         return s
 
 

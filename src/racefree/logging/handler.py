@@ -204,8 +204,7 @@ class SharedFileHandler(
             if self.stream is not self._proxy and self._emit_elsewhere(text):
                 return
             data = text.encode(self._enc, self.errors or "strict")
-            if (self._class_should or "shouldRollover" in mine
-                    or type(self).shouldRollover is not self._should_fn):
+            if "shouldRollover" in mine or type(self).shouldRollover is not self._should_fn:
                 # A shouldRollover of the user's decides, as with the stdlib: True
                 # rotates (once per generation), False writes without rotating.
                 if self.shouldRollover(record):

@@ -44,7 +44,9 @@ class StdlibHooks:
         judged here), and judges ``doRollover`` at each rotation.
         """
         self._class_should = self._overridden("shouldRollover")
-        self._should_fn = getattr(type(self), "shouldRollover", None)
+        # None when the class's own decides: never the class's function, so always asked.
+        self._should_fn = (None if self._class_should
+                           else getattr(type(self), "shouldRollover", None))
 
     @classmethod
     def _overridden(cls, name: str) -> bool:

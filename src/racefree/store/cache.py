@@ -121,14 +121,21 @@ class DocCache:
         self.mu = threading.Lock()
 
     def drop(self, key: str) -> None:
-        """Forget ``key`` (its index entry changed). A no-op for a cache that is off."""
-        if self.half:
+        """Forget ``key`` (its index entry changed). A no-op for a cache that is off.
+
+        An empty cache is not locked: the writer changed the index before this
+        call, so an entry a reader adds from now on is checked against the new
+        value under the lock (``add``) and is not added; one added before is
+        seen here, and dropped under the lock. The common case of writers that
+        do not read costs no lock.
+        """
+        if self.half and (self.young or self.old):
             with self.mu:
                 self.young.pop(key, None)
                 self.old.pop(key, None)
 
     def drop_keys(self, keys: Iterable[str]) -> None:
-        if self.half:
+        if self.half and (self.young or self.old):  # see drop
             with self.mu:
                 young, old = self.young, self.old
                 for key in keys:

@@ -126,6 +126,19 @@ def _take_turns(a: RotatingFileHandler, b: RotatingFileHandler) -> None:
         b.emit(_rec("b" * 99))
 
 
+def _take_turns_and_close(
+    a: RotatingFileHandler, b: RotatingFileHandler, directory: Path, setup: bool
+) -> None:
+    """``setup`` (what the test arranged) holds, the two take turns, then one backup."""
+    try:
+        assert setup  # the setup
+        _take_turns(a, b)
+    finally:
+        a.close()
+        b.close()
+    _assert_rotated_once(directory, 186 * 100)
+
+
 def _assert_rotated_once(directory: Path, total: int) -> None:
     """One backup, below MAX (one writer at a time), and every byte in the two files."""
     backups = [p.stat().st_size for p in sorted(directory.glob("app.log.*"))]
@@ -142,14 +155,8 @@ def test_a_writer_whose_sidecar_is_not_mapped_is_still_counted(tmp_path: Path) -
     a = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
     path.chmod(0o644)
     b = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
-    try:
-        assert a._side is not None and b._side is not None
-        assert (a._side.words is None, b._side.words is not None) == (True, True)  # the setup
-        _take_turns(a, b)
-    finally:
-        a.close()
-        b.close()
-    _assert_rotated_once(tmp_path, 186 * 100)
+    _take_turns_and_close(a, b, tmp_path, a._side is not None and b._side is not None
+                          and a._side.words is None and b._side.words is not None)
 
 
 def test_a_writer_that_could_not_be_counted_stops_everyone_counting(
@@ -166,13 +173,7 @@ def test_a_writer_that_could_not_be_counted_stops_everyone_counting(
     a = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
     monkeypatch.setattr(_fs, "ofd_setlk", real)
     b = RotatingFileHandler(path, maxBytes=MAX, backupCount=3)
-    try:
-        assert a._side is not None and not a._side.counted  # the setup
-        _take_turns(a, b)
-    finally:
-        a.close()
-        b.close()
-    _assert_rotated_once(tmp_path, 186 * 100)
+    _take_turns_and_close(a, b, tmp_path, a._side is not None and not a._side.counted)
 
 
 def test_a_writer_that_leaves_while_the_other_asks_is_counted(

@@ -26,10 +26,9 @@ _FILTER = _stdlib_logging.Filterer.filter
 class StdlibHooks:
     """The hooks a handler's class replaces (judged once); the instance's, at each record."""
 
-    #: The class's ``shouldRollover`` is a function from outside racefree (see
-    #: :meth:`_hooks`); a method set on the instance is looked for at each record.
-    _class_should: bool
-    #: The class's ``shouldRollover`` when that was judged: replaced since, it decides.
+    #: The class's ``shouldRollover`` when it was judged racefree's own (None: it was
+    #: the user's, which always decides); replaced since, the replacement decides. A
+    #: method set on the instance is looked for at each record.
     _should_fn: object
 
     def _hooks(self) -> None:
@@ -43,9 +42,7 @@ class StdlibHooks:
         ``format`` and ``shouldRollover`` with the standard ones (or the one
         judged here), and judges ``doRollover`` at each rotation.
         """
-        self._class_should = self._overridden("shouldRollover")
-        # None when the class's own decides: never the class's function, so always asked.
-        self._should_fn = (None if self._class_should
+        self._should_fn = (None if self._overridden("shouldRollover")
                            else getattr(type(self), "shouldRollover", None))
 
     @classmethod

@@ -621,3 +621,57 @@ def test_a_should_rollover_that_says_no(tmp_path: Path) -> None:
 
     ours, theirs = _run_both(tmp_path, script)
     assert ours == theirs == {"app.log": "first record\nsecond record\nthird record\n"}
+
+
+def test_emit_replaced_on_the_instance_or_the_class(tmp_path: Path) -> None:
+    """handle writes the common record without calling emit; an emit of the user's,
+    set on the instance or patched on the class at any time, is still called for each
+    record, as the stdlib's handle calls it."""
+    from unittest import mock
+
+    def script(handler: Any, cls: type) -> None:
+        seen: list[str] = []
+        real = handler.emit
+
+        def emit(record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+            real(logging.makeLogRecord({"msg": record.getMessage().upper()}))
+
+        _log(handler, "a")
+        with mock.patch.object(handler, "emit", emit):
+            _log(handler, "b")
+        _log(handler, "c")
+        with mock.patch.object(cls, "emit", lambda self, record: emit(record)):
+            _log(handler, "d")
+        _log(handler, "e")
+        assert seen == ["b", "d"]
+
+    ours, theirs = _run_both(tmp_path, script)
+    assert ours == theirs == {"app.log": "a\nB\nc\nD\ne\n"}
+
+
+def test_a_subclass_emit_is_called(tmp_path: Path) -> None:
+    class Shouting(RotatingFileHandler):
+        def emit(self, record: logging.LogRecord) -> None:
+            record.msg = str(record.msg).upper()
+            super().emit(record)
+
+    handler = Shouting(tmp_path / "app.log")
+    _log(handler, "a", "b")
+    handler.close()
+    assert (tmp_path / "app.log").read_bytes() == b"A\nB\n"
+
+
+def test_handle_returns_what_the_stdlib_handle_returns(tmp_path: Path) -> None:
+    """True before 3.12; from 3.12, the record (what Filterer.filter returns)."""
+    import logging.handlers
+
+    for cls in (RotatingFileHandler, logging.handlers.RotatingFileHandler):
+        handler = cls(tmp_path / f"{cls.__module__}.log")
+        record = logging.makeLogRecord({"msg": "a"})
+        got = handler.handle(record)
+        handler.addFilter(lambda r: False)
+        dropped = handler.handle(logging.makeLogRecord({"msg": "b"}))
+        handler.close()
+        assert got is (record if sys.version_info >= (3, 12) else True)
+        assert dropped is False

@@ -22,7 +22,7 @@ own methods, as the standard handler does.
 :func:`record_encoding`: the standard handler's text file writes a byte-order
 mark (``utf-8-sig``, ``utf-16``, ``utf-32``) once, at the start of the file;
 racefree encodes each record without it and writes it before the first record
-of each file (``handler._append_exclusive``). May import nothing of racefree.
+of each file (``exclusive.ExclusivePath._append_exclusive``). May import nothing of racefree.
 """
 
 from __future__ import annotations

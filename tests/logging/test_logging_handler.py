@@ -744,6 +744,91 @@ def test_a_signal_handler_logging_mid_write_is_refused_not_interleaved(tmp_path:
     assert (tmp_path / "app.log").read_bytes() == b"outer\nnext\n"
 
 
+@pytest.mark.parametrize("size", [100, 10_000], ids=["shared", "exclusive"])
+def test_a_signal_handler_logging_right_after_the_lock_is_taken(tmp_path: Path, size: int) -> None:
+    """The signal lands after the writer's flock returned, before anything else ran: the
+    handler was already marked busy, so the nested record is refused; flock would have
+    granted it the same lock (same open file description) and its unlock dropped ours."""
+    errors: list[BaseException | None] = []
+
+    class Recording(RotatingFileHandler):
+        def handleError(self, record: logging.LogRecord) -> None:
+            errors.append(sys.exc_info()[1])
+
+    h = Recording(tmp_path / "app.log")
+    h.handle(_rec("first"))
+    other = RotatingFileHandler(tmp_path / "app.log")  # as another process
+    outer = "o" * size
+    fired: list[int] = []
+
+    class SignalAfterLock(_fs.FileSystem):
+        def flock(self, fd: int, op: int) -> None:
+            fcntl.flock(fd, op)
+            if op != fcntl.LOCK_UN and fd == h._side.fd and not fired:  # type: ignore[union-attr]
+                fired.append(op)
+                h.handle(_rec("from the signal handler"))
+                with pytest.raises(BlockingIOError):  # the lock is still ours
+                    fcntl.flock(other._side.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[union-attr]
+
+    try:
+        with _fs.use(SignalAfterLock()):
+            h.handle(_rec(outer))
+        other.handle(_rec("next"))
+    finally:
+        h.close()
+        other.close()
+    taken = fcntl.LOCK_SH if size < 4096 else fcntl.LOCK_EX
+    assert fired == [taken | fcntl.LOCK_NB]
+    assert [type(e) for e in errors] == [RuntimeError]
+    assert (tmp_path / "app.log").read_bytes() == f"first\n{outer}\nnext\n".encode()
+
+
+@pytest.mark.parametrize("size", [100, 10_000], ids=["shared", "exclusive"])
+def test_durable_record_syncs_its_own_file_when_a_signal_handler_logs_after_a_rotation(
+    tmp_path: Path, size: int
+) -> None:
+    """durable="record": the fdatasync runs after the lock is let go. Another process
+    rotates right then, and a signal handler logs: the nested record is refused (the
+    handler is busy until the sync returns), so it cannot follow the rotation, close the
+    descriptor and let the new file take its number: the outer record's file is synced."""
+    errors: list[BaseException | None] = []
+
+    class Recording(RotatingFileHandler):
+        def handleError(self, record: logging.LogRecord) -> None:
+            errors.append(sys.exc_info()[1])
+
+    h = Recording(tmp_path / "app.log", durable="record", maxBytes=10**6, backupCount=3)
+    h.handle(_rec("first"))
+    other = RotatingFileHandler(tmp_path / "app.log", maxBytes=10**6, backupCount=3)
+    outer = "o" * size
+    synced: list[int] = []
+    state = {"armed": False}
+
+    class RotateAfterUnlock(_fs.FileSystem):
+        def flock(self, fd: int, op: int) -> None:
+            fcntl.flock(fd, op)
+            if op == fcntl.LOCK_UN and fd == h._side.fd and state["armed"]:  # type: ignore[union-attr]
+                state["armed"] = False
+                other.doRollover()  # another process, between h's unlock and its sync
+                h.handle(_rec("from the signal handler"))
+
+        def fdatasync(self, fd: int) -> None:
+            synced.append(os.fstat(fd).st_ino)
+            os.fdatasync(fd)
+
+    try:
+        with _fs.use(RotateAfterUnlock()):
+            state["armed"] = True
+            h.handle(_rec(outer))
+    finally:
+        h.close()
+        other.close()
+    backup = tmp_path / "app.log.1"
+    assert backup.read_bytes() == f"first\n{outer}\n".encode()
+    assert [type(e) for e in errors] == [RuntimeError]
+    assert synced == [backup.stat().st_ino]
+
+
 # -- timed rotation ----------------------------------------------------------
 
 class FakeClock:

@@ -675,3 +675,118 @@ def test_handle_returns_what_the_stdlib_handle_returns(tmp_path: Path) -> None:
         handler.close()
         assert got is (record if sys.version_info >= (3, 12) else True)
         assert dropped is False
+
+
+def test_a_duck_typed_formatter_with_slots(tmp_path: Path) -> None:
+    """Any object with a format method is a formatter to the stdlib, __slots__ or not."""
+    class Slotted:
+        __slots__ = ()
+
+        def format(self, record: logging.LogRecord) -> str:
+            return "SLOTS " + record.getMessage()
+
+    def script(handler: Any, cls: type) -> None:
+        handler.setFormatter(Slotted())
+        _log(handler, "a")
+
+    ours, theirs = _run_both(tmp_path, script)
+    assert ours == theirs == {"app.log": "SLOTS a\n"}
+
+
+def test_a_recursion_error_while_formatting_goes_to_handle_error(tmp_path: Path) -> None:
+    """BaseRotatingHandler.emit sends every Exception to handleError, RecursionError too."""
+    def script(handler: Any, cls: type) -> None:
+        errors: list[type] = []
+        handler.handleError = lambda record: errors.append(type(sys.exc_info()[1]))
+
+        def deep(record: logging.LogRecord) -> str:
+            if record.msg == "deep":
+                raise RecursionError("maximum recursion depth exceeded")
+            return str(record.msg)
+
+        handler.format = deep
+        _log(handler, "a", "deep", "b")
+        assert errors == [RecursionError]
+
+    ours, theirs = _run_both(tmp_path, script)
+    assert ours == theirs == {"app.log": "a\nb\n"}
+
+
+def test_flush_of_the_users_is_called_after_each_record(tmp_path: Path) -> None:
+    """StreamHandler.emit calls self.flush() after each record: a subclass that syncs
+    there, or a flush set on the instance, is called as often with racefree's handler."""
+    counts: dict[str, int] = {}
+
+    def script(handler: Any, cls: type) -> None:
+        key = cls.__module__
+        counts[key] = 0
+
+        def flush() -> None:
+            counts[key] += 1
+
+        _log(handler, "a")
+        handler.flush = flush
+        _log(handler, "b", "c")
+        del handler.flush
+        _log(handler, "d")
+
+    ours, theirs = _run_both(tmp_path, script)
+    assert ours == theirs == {"app.log": "a\nb\nc\nd\n"}
+    assert sorted(counts.values()) == [2, 2]
+
+
+def test_a_subclass_flush_and_a_set_stream(tmp_path: Path) -> None:
+    import io
+    import logging.handlers
+
+    calls: list[str] = []
+    out = []
+    for base in (RotatingFileHandler, logging.handlers.RotatingFileHandler):
+        class Flushing(base):  # type: ignore[valid-type,misc]
+            def flush(self) -> None:
+                calls.append(type(self).__mro__[1].__module__)
+                super().flush()
+
+        handler = Flushing(tmp_path / f"{base.__module__}.log")
+        _log(handler, "a")
+        buffer = io.StringIO()
+        handler.setStream(buffer)
+        _log(handler, "b")
+        written = buffer.getvalue()
+        handler.close()
+        out.append(((tmp_path / f"{base.__module__}.log").read_text(), written))
+    assert out[0] == out[1] == ("a\n", "b\n")
+    # a, setStream, b, close: four calls each
+    assert calls == [RotatingFileHandler.__module__] * 4 + ["logging.handlers"] * 4
+
+
+def test_the_terminator_set_on_stream_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """A terminator set on logging.StreamHandler applies to every handler that does not set
+    its own, racefree's included (it inherits it, as the stdlib's handlers do)."""
+    monkeypatch.setattr(logging.StreamHandler, "terminator", "#")
+
+    def script(handler: Any, cls: type) -> None:
+        _log(handler, "a")
+        handler.terminator = "|"
+        _log(handler, "b")
+
+    ours, theirs = _run_both(tmp_path, script)
+    assert ours == theirs == {"app.log": "a#b|"}
+
+
+def test_filterer_filter_replaced_before_racefree_is_imported(tmp_path: Path) -> None:
+    """A process that patches logging.Filterer.filter before importing racefree: the
+    patched filter decides for racefree's handler too, filters or not."""
+    script = f"""
+import logging, logging.handlers
+logging.Filterer.filter = lambda self, record: record.msg != "drop"
+from racefree.logging import RotatingFileHandler
+for cls, name in ((RotatingFileHandler, "ours"), (logging.handlers.RotatingFileHandler, "theirs")):
+    h = cls({str(tmp_path)!r} + "/" + name + ".log")
+    for msg in ("keep", "drop"):
+        h.handle(logging.makeLogRecord({{"msg": msg}}))
+    h.close()
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert (tmp_path / "ours.log").read_text() == (tmp_path / "theirs.log").read_text() == "keep\n"

@@ -103,57 +103,64 @@ class ExclusivePath:
         side = self._side
         assert side is not None
         n = len(data)
-        if not side.lock(_LOCK_EX, rotated_gen):
-            return False  # rotated by another process while we waited
-        self._size = -1  # measured again at the next shared record
-        self._writing = self._exclusive_held = True
+        # Busy from before the lock is taken until the record is synced (see
+        # SharedFileHandler._append_shared): a record logged by a signal handler
+        # meanwhile is refused above.
+        self._writing = True
         try:
-            size = self._enter_locked()
-            if force_gen >= 0:
-                rotate = force_gen == self._gen and size > 0
-            elif force_gen == NEVER:
-                rotate = False  # a shouldRollover of the user's said no
-            else:
-                rotate = self._should_rotate_locked(size, n, record)
-            if rotate:
-                try:
-                    if self._overridden("doRollover") or "doRollover" in self.__dict__:
-                        self.doRollover()  # a subclass's: it calls ours back, under the lock
-                    else:
-                        self._rotate_now_locked()
-                except Exception as exc:
-                    if self._fd < 0:
-                        raise  # opening the new file failed: the next record tries again
-                    if not self._still_current():
-                        # The file left its name before the failure, in a subclass's
-                        # doRollover (ours starts a new file itself): start one.
-                        self._switch_locked(None)
-                    # Else it failed before the file was renamed (a backup's name taken
-                    # by a directory, a rotator that raised): the current file stays.
-                    # Either way the record is written, and the failure reported after it.
-                    self._deferred.append(exc)
-                size = _fs.lseek(self._fd, 0, _SEEK_END)
-            if self._bom_pending:
-                # As the stdlib's text file writes it: before the first record of a
-                # file, which only a holder of the exclusive lock can know it is.
-                if size == 0:
-                    data = self._bom + data
-                    n = len(data)
-                self._bom_pending = False
-            # A SIGKILL can stop a large write(2) between pages; the next holder
-            # sees this mark and ends the torn record with a newline.
-            side.put_u64(OFF_DIRTY, size + n)
-            fd = self._fd
-            _fs.write_all(fd, data)
-            side.put_u64(OFF_DIRTY, 0)
+            if not side.lock(_LOCK_EX, rotated_gen):
+                return False  # rotated by another process while we waited
+            self._size = -1  # measured again at the next shared record
+            self._exclusive_held = True
+            try:
+                size = self._enter_locked()
+                if force_gen >= 0:
+                    rotate = force_gen == self._gen and size > 0
+                elif force_gen == NEVER:
+                    rotate = False  # a shouldRollover of the user's said no
+                else:
+                    rotate = self._should_rotate_locked(size, n, record)
+                if rotate:
+                    try:
+                        if self._overridden("doRollover") or "doRollover" in self.__dict__:
+                            self.doRollover()  # a subclass's: it calls ours back, under the lock
+                        else:
+                            self._rotate_now_locked()
+                    except Exception as exc:
+                        if self._fd < 0:
+                            raise  # opening the new file failed: the next record tries again
+                        if not self._still_current():
+                            # The file left its name before the failure, in a subclass's
+                            # doRollover (ours starts a new file itself): start one.
+                            self._switch_locked(None)
+                        # Else it failed before the file was renamed (a backup's name taken
+                        # by a directory, a rotator that raised): the current file stays.
+                        # Either way the record is written, and the failure reported after it.
+                        self._deferred.append(exc)
+                    size = _fs.lseek(self._fd, 0, _SEEK_END)
+                if self._bom_pending:
+                    # As the stdlib's text file writes it: before the first record of a
+                    # file, which only a holder of the exclusive lock can know it is.
+                    if size == 0:
+                        data = self._bom + data
+                        n = len(data)
+                    self._bom_pending = False
+                # A SIGKILL can stop a large write(2) between pages; the next holder
+                # sees this mark and ends the torn record with a newline.
+                side.put_u64(OFF_DIRTY, size + n)
+                fd = self._fd
+                _fs.write_all(fd, data)
+                side.put_u64(OFF_DIRTY, 0)
+            finally:
+                self._exclusive_held = False
+                side.unlock()
+            if self.durable == "record":
+                # Outside the lock: if another process rotates meanwhile, ``fd``
+                # still names the inode this record went to.
+                self._sync(_fs.fdatasync, fd, self.baseFilename)
+            return True
         finally:
-            self._writing = self._exclusive_held = False
-            side.unlock()
-        if self.durable == "record":
-            # Outside the lock: if another process rotates meanwhile, ``fd``
-            # still names the inode this record went to.
-            self._sync(_fs.fdatasync, fd, self.baseFilename)
-        return True
+            self._writing = False
 
     def _enter_locked(self) -> int:
         """Holding the lock exclusively: follow a rotation, repair a torn tail; the exact size."""

@@ -82,10 +82,11 @@ class TimeText:
 
     def format(self, formatter: logging.Formatter, record: logging.LogRecord) -> str:
         """``formatter.format(record)``, exactly (the formatter's own where unsure)."""
-        mine = formatter.__dict__
         cls = _Formatter
-        if (type(formatter) is not cls or cls.format is not _FORMAT
-                or "format" in mine or "formatTime" in mine):
+        if type(formatter) is not cls:
+            return formatter.format(record)  # any other (duck-typed, __slots__...) as it is
+        mine = formatter.__dict__
+        if cls.format is not _FORMAT or "format" in mine or "formatTime" in mine:
             return formatter.format(record)  # _FORMAT is None: never the standard one
         # The body of logging.Formatter.format (the same from 3.8 to 3.13), with
         # the body of its formatTime where it calls that, its strftime call made

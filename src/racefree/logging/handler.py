@@ -30,8 +30,9 @@ from each other. What they exclude is a rotation, which holds the lock
   the first to get it rotates. The others stop waiting as soon as the
   generation moves on and go back to the shared path, rather than taking the
   exclusive hold one after another (``exclusive.ExclusivePath._append_exclusive``).
-  Waits poll (a blocking ``flock`` cannot time out): every 20 µs (plus the
-  timer slack) for the first 5 ms, then backing off.
+  Waits poll (a blocking ``flock`` cannot time out): yielding the processor
+  between polls for the first 1 ms, then every 20 µs (plus the timer slack)
+  until 5 ms, then backing off.
 
 A handler that is the log's only writer (no other open sidecar holds the
 writer lock, see :mod:`racefree.logging.sole`) skips the ``lseek``: it
@@ -106,7 +107,6 @@ class SharedFileHandler(
     no rotation.
     """
 
-    terminator = "\n"
     #: Set by subclasses: the size the fast path must stay below (None: any).
     _limit: float | None = None
 
@@ -161,7 +161,7 @@ class SharedFileHandler(
         self._at: float | None = None  # timed handlers: the rollover time of this generation
         self._truncate = mode == "w"  # at the first open only, as the stdlib does
         self._failed: DurabilityError | None = None
-        self._writing = False  # inside a locked section (see _append)
+        self._writing = False  # inside a locked section or its sync (see _append_shared)
         self._exclusive_held = False
         self._finish: list[_Finish | _gzip.Claim] = []
         self._finish_mutex = threading.Lock()
@@ -213,9 +213,9 @@ class SharedFileHandler(
                     self._append(data, record, decided=True)
             else:
                 self._append(data, record)
-        except RecursionError:  # the stdlib handlers let this one through too
-            raise
-        except Exception:
+            if "flush" in mine or type(self).flush is not _FLUSH:
+                self.flush()  # a flush of the user's: after each record, as StreamHandler.emit
+        except Exception:  # RecursionError too, as BaseRotatingHandler.emit
             self.handleError(record)
 
     def _emit_elsewhere(self, text: str) -> bool:
@@ -227,8 +227,7 @@ class SharedFileHandler(
             self._open()
             return False
         stream.write(text)
-        if hasattr(stream, "flush"):
-            stream.flush()
+        self.flush()  # as StreamHandler.emit (a flush of the user's, or the stream's)
         return True
 
     def handle(self, record: _LogRecord) -> Any:
@@ -237,8 +236,8 @@ class SharedFileHandler(
         Compression and the rotation fsyncs run here, after the handler's lock
         is released, so they block neither other processes nor other threads.
 
-        Where no hook is replaced (``emit``, ``format``, ``shouldRollover``; see
-        :mod:`racefree.logging.hooks`), the common record (the file open and
+        Where no hook is replaced (``emit``, ``format``, ``shouldRollover``,
+        ``flush``; see :mod:`racefree.logging.hooks`), the common record (the file open and
         current, nothing to repair, no rotation due, the lock free to share) is
         written right here: the body of ``emit`` and of ``_append``'s shared
         path, without their two frames (about 0.3 µs of a record's 8 µs).
@@ -261,7 +260,8 @@ class SharedFileHandler(
             side = self._side
             if (cls.emit is not _EMIT or "emit" in mine or "format" in mine
                     or cls.format is not _HANDLER_FORMAT or "shouldRollover" in mine
-                    or cls.shouldRollover is not self._should_fn or self.stream is not self._proxy
+                    or cls.shouldRollover is not self._should_fn or cls.flush is not _FLUSH
+                    or "flush" in mine or self.stream is not self._proxy
                     or side is None or _fork.maybe_child or self._writing or self._bom_pending
                     or (self._at is not None and time.time() >= self._at)):
                 self.emit(record)
@@ -273,9 +273,7 @@ class SharedFileHandler(
                     if (len(data) > SHARED_MAX
                             or self._append_shared(side, data, self._limit, False) != _WRITTEN):
                         self._append(data, record)  # waits, follows, rotates, repairs
-                except RecursionError:  # the stdlib handlers let this one through too
-                    raise
-                except Exception:
+                except Exception:  # RecursionError too, as BaseRotatingHandler.emit
                     self.handleError(record)
         if self._finish or self._deferred:
             self._after_record(record)
@@ -324,61 +322,68 @@ class SharedFileHandler(
         callers check): :meth:`handle` calls it first, without waiting.
         """
         lock_fd = side.fd
-        try:
-            _fs.flock(lock_fd, _LOCK_SH_NB)
-        except BlockingIOError:
-            if not wait:
-                return _BUSY
-            side._wait(_LOCK_SH)  # a rotation or a large record: bounded wait
+        # Busy from before the lock is taken until the record is synced: a record a
+        # signal handler logs in between is refused (ExclusivePath._append_exclusive),
+        # instead of taking the lock again through the same open file description
+        # (flock cannot tell them apart), whose unlock would drop ours, or of
+        # following a rotation, which closes the descriptor still to be synced.
         self._writing = True
         try:
-            # Generation unchanged and no torn record to repair: two mapped words, or
-            # one compare of the bytes a pread gave (see sidecar.Sidecar.words).
-            words = side.words
-            if words is not None:
-                fresh = words[0] == self._live_gen and not words[1]
-                head = b"" if fresh else side.read(16)
-            else:
-                head = _fs.pread(lock_fd, 16, 0)
-                fresh = head == self._head
-            if not (fresh or self._follow_shared(head)):
-                return -1
-            fd = self._fd
-            n = len(data)
-            size = self._size
-            if limit is not None and (size < 0 or words is None or words[2] != self._sole):
-                # Not the only writer (see _ask_alone): other writers may
-                # append between this lseek and the write; see the module
-                # docstring for the bound this leaves.
-                if words is not None:
-                    # Asked before the lseek: a writer that leaves after the
-                    # answer has finished its records, so the lseek sees them.
-                    self._recheck -= 1
-                    if self._recheck <= 0 or words[2] != self._sole_seen:
-                        self._ask_alone(int(words[2]))
-                size = _fs.lseek(fd, 0, _SEEK_END)
-            if limit is not None and size + n >= limit:
-                return self._live_gen  # full in this generation: a rotation is due
             try:
-                written = _fs.write(fd, data)
-                if written != n:  # short (W6): finished still holding the lock
-                    _fs.write_all(fd, memoryview(data)[written:])
-            except BaseException:
-                # Part of the record may be in the file (a full disk, an
-                # interrupt): the next holder checks the tail, exclusively.
-                side.put_u64(OFF_DIRTY, UNKNOWN_END)
-                self._size = -1
-                raise
-            if limit is not None:
-                self._size = size + n  # trusted only while alone (above)
+                _fs.flock(lock_fd, _LOCK_SH_NB)
+            except BlockingIOError:
+                if not wait:
+                    return _BUSY
+                side._wait(_LOCK_SH)  # a rotation or a large record: bounded wait
+            try:
+                # Generation unchanged and no torn record to repair: two mapped words, or
+                # one compare of the bytes a pread gave (see sidecar.Sidecar.words).
+                words = side.words
+                if words is not None:
+                    fresh = words[0] == self._live_gen and not words[1]
+                    head = b"" if fresh else side.read(16)
+                else:
+                    head = _fs.pread(lock_fd, 16, 0)
+                    fresh = head == self._head
+                if not (fresh or self._follow_shared(head)):
+                    return -1
+                fd = self._fd
+                n = len(data)
+                size = self._size
+                if limit is not None and (size < 0 or words is None or words[2] != self._sole):
+                    # Not the only writer (see _ask_alone): other writers may
+                    # append between this lseek and the write; see the module
+                    # docstring for the bound this leaves.
+                    if words is not None:
+                        # Asked before the lseek: a writer that leaves after the
+                        # answer has finished its records, so the lseek sees them.
+                        self._recheck -= 1
+                        if self._recheck <= 0 or words[2] != self._sole_seen:
+                            self._ask_alone(int(words[2]))
+                    size = _fs.lseek(fd, 0, _SEEK_END)
+                if limit is not None and size + n >= limit:
+                    return self._live_gen  # full in this generation: a rotation is due
+                try:
+                    written = _fs.write(fd, data)
+                    if written != n:  # short (W6): finished still holding the lock
+                        _fs.write_all(fd, memoryview(data)[written:])
+                except BaseException:
+                    # Part of the record may be in the file (a full disk, an
+                    # interrupt): the next holder checks the tail, exclusively.
+                    side.put_u64(OFF_DIRTY, UNKNOWN_END)
+                    self._size = -1
+                    raise
+                if limit is not None:
+                    self._size = size + n  # trusted only while alone (above)
+            finally:
+                _fs.flock(lock_fd, _LOCK_UN)
+            if self.durable == "record":
+                # Outside the lock, as after an exclusive write: ``fd`` still names
+                # the inode this record went to if another process rotates meanwhile.
+                self._sync(_fs.fdatasync, fd, self.baseFilename)
+            return _WRITTEN
         finally:
             self._writing = False
-            _fs.flock(lock_fd, _LOCK_UN)
-        if self.durable == "record":
-            # Outside the lock, as after an exclusive write: ``fd`` still names
-            # the inode this record went to if another process rotates meanwhile.
-            self._sync(_fs.fdatasync, fd, self.baseFilename)
-        return _WRITTEN
 
     def _follow_shared(self, head: bytes) -> bool:
         """Holding the lock shared, the control block is not what our descriptor was opened at.
@@ -412,9 +417,20 @@ class SharedFileHandler(
                 stream.flush()
 
     def close(self) -> None:
-        """Finish pending rotation work, close the descriptors. The sidecar stays (L1)."""
+        """Finish pending rotation work, close the descriptors. The sidecar stays (L1).
+
+        As ``FileHandler.close``: ``flush()`` first while a stream is set, and a
+        stream set with :meth:`setStream` is closed too.
+        """
         with self.lock if self.lock is not None else _NULL:
             try:
+                stream = self.stream
+                if stream:
+                    try:
+                        self.flush()
+                    finally:
+                        if stream is not self._proxy and hasattr(stream, "close"):
+                            stream.close()
                 self._run_finish()
             finally:
                 self._drop_descriptors()
@@ -430,3 +446,5 @@ class SharedFileHandler(
 
 #: racefree's own ``emit``: a handler whose class still has it may skip its frame (``handle``).
 _EMIT = SharedFileHandler.emit
+#: racefree's own ``flush`` (nothing to flush in the log file): another is called per record.
+_FLUSH = SharedFileHandler.flush

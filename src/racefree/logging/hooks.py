@@ -20,7 +20,9 @@ __all__ = ["StdlibHooks"]
 #: replaced before racefree was imported): a handler whose format is this one is
 #: formatted without the extra frame.
 _HANDLER_FORMAT = standard(_stdlib_logging.Handler, "format")
-_FILTER = _stdlib_logging.Filterer.filter
+#: ``logging.Filterer.filter`` as the standard library defines it (None if it was
+#: replaced before racefree was imported: then it is always called).
+_FILTER = standard(_stdlib_logging.Filterer, "filter")
 
 
 class StdlibHooks:

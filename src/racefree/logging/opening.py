@@ -112,12 +112,13 @@ class Opening:
             raise
         self._side, self._fd = side, fd
         _LIVE.add(self)  # again after a close(): a record reopens, fork must still be safe
+        self._writing = True  # before the lock: see SharedFileHandler._append_shared
         try:
             side.lock(_LOCK_EX)
         except BaseException:
+            self._writing = False
             self._drop_descriptors()
             raise
-        self._writing = True
         try:
             gen, dirty = side.head()
             # The log was opened before the lock: a rotation may have renamed it since.

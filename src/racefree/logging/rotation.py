@@ -148,13 +148,15 @@ class RotationSteps:
         if self._writing:
             raise RuntimeError("reentrant use of the log's lock from a signal handler")
         assert self._side is not None
-        self._side.lock(_LOCK_EX)
-        self._writing = True
+        self._writing = True  # before the lock: see SharedFileHandler._append_shared
         try:
-            yield
+            self._side.lock(_LOCK_EX)
+            try:
+                yield
+            finally:
+                self._side.unlock()
         finally:
             self._writing = False
-            self._side.unlock()
 
     def doRollover(self) -> None:
         """Rotate now, holding the lock exclusively (a no-op for an empty file).

@@ -71,6 +71,8 @@ _F64 = struct.Struct("<d")
 _LOCK_NB = fcntl.LOCK_NB
 #: Seconds a wait lasts, at most, after a wait timed out (until one succeeds).
 STALLED_WAIT = 0.01
+#: Seconds a wait for the lock polls between ``sched_yield`` calls, before it sleeps.
+YIELD_POLLS = 0.001
 #: Seconds a wait for the lock polls at the shortest interval before it backs off.
 FAST_POLLS = 0.005
 
@@ -213,10 +215,14 @@ class Sidecar:
 
     def _wait(self, op: int, gen: int = -1) -> bool:
         # Polled rather than a blocking flock: a blocking flock cannot be given
-        # a timeout. Contention is short (a rotation, a large record), so polls
-        # are frequent (each sleep lasts at least the timer slack, ~50 us) for
-        # the first FAST_POLLS seconds, then back off: a long hold is a stopped
-        # or hostile holder.
+        # a timeout. Contention is short (a rotation, a large record: about
+        # 0.2 ms), so for the first YIELD_POLLS seconds a poll gives the
+        # processor away (sched_yield) instead of sleeping: with more writers
+        # than processors, every writer waits for each rotation, and a sleep's
+        # timer wake-up per poll costs the rotating process its processor; the
+        # yield runs whoever is runnable, the rotator among them. Then sleeps
+        # (each at least the timer slack, ~50 us) until FAST_POLLS, then
+        # backing off: a long hold is a stopped or hostile holder.
         timeout = self.timeout
         if timeout is not None and self.stalled:
             timeout = min(timeout, STALLED_WAIT)
@@ -228,9 +234,12 @@ class Sidecar:
             if deadline is not None and now >= deadline:
                 self.stalled = True
                 raise LockTimeout(self.path, self.timeout)
-            time.sleep(delay)
-            if now - start > FAST_POLLS:
-                delay = min(delay * 2, 0.0002 if now - start < 0.05 else 0.005)
+            if now - start < YIELD_POLLS:
+                os.sched_yield()
+            else:
+                time.sleep(delay)
+                if now - start > FAST_POLLS:
+                    delay = min(delay * 2, 0.0002 if now - start < 0.05 else 0.005)
             if gen >= 0 and self.generation() != gen:
                 return False
             try:

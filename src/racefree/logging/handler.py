@@ -237,11 +237,12 @@ class SharedFileHandler(
         is released, so they block neither other processes nor other threads.
 
         Where no hook is replaced (``emit``, ``format``, ``shouldRollover``,
-        ``flush``; see :mod:`racefree.logging.hooks`), the common record (the file open and
-        current, nothing to repair, no rotation due, the lock free to share) is
-        written right here: the body of ``emit`` and of ``_append``'s shared
-        path, without their two frames (about 0.3 µs of a record's 8 µs).
-        Anything else goes through ``emit``, as with the standard handler.
+        ``flush``; see :mod:`racefree.logging.hooks`), the common record (the
+        file open and current, nothing to repair, no rotation due, the lock free
+        to share) is formatted here and handed to the shared section
+        (:meth:`_append_shared`) without the frames of ``emit`` and ``_append``
+        (about 0.3 µs of a record's 8 µs). Anything else goes through ``emit``,
+        as with the standard handler.
         """
         mine = self.__dict__
         cls = type(self)

@@ -11,7 +11,11 @@ racefree applies its own rule, whatever the sysctls say. It has three parts.
 
 1. **Entries of shared directories.** An entry of a *shared* directory
    (sticky, and writable by its group or by others) is trusted only if it
-   belongs to the caller (the effective uid) or to the directory's owner.
+   belongs to the caller (the effective uid) or to the directory's owner,
+   and, unless a directory, has one name: with ``fs.protected_hardlinks``
+   off (the default), anyone may hard-link root's ``/etc/shadow`` to a name
+   racefree uses, and the link shows the file's owner, not its maker
+   (racefree's own second names last microseconds: :data:`LINK_SETTLE`).
    Entries of any other directory are trusted: only the users who may write
    that directory could have made them, and they may replace any entry of it
    anyway. racefree never follows an untrusted link (anywhere in a path),
@@ -66,6 +70,9 @@ import errno
 import os
 import re
 import stat
+import time
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 from racefree import _fs
@@ -79,6 +86,7 @@ __all__ = [
     "enforce",
     "foreign",
     "held",
+    "linked",
     "open_followed",
     "open_own",
     "resolve",
@@ -96,6 +104,8 @@ _SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
 #: How often a path that changes under us (a link swapped in after it was
 #: resolved) is resolved again before giving up.
 _MAX_SWAPS = 4
+#: Seconds a file with a second name in a shared directory is given to lose it.
+LINK_SETTLE = 0.05
 
 
 def shared(dir_st: os.stat_result) -> bool:
@@ -104,12 +114,22 @@ def shared(dir_st: os.stat_result) -> bool:
     return bool(mode & stat.S_ISVTX) and bool(mode & _SHARED_WRITE)
 
 
-def trusted(entry_st: os.stat_result, dir_st: os.stat_result) -> bool:
-    """Whether an entry (its own lstat, never a link target) of a directory is trusted."""
+def trusted(entry_st: os.stat_result, dir_st: os.stat_result, *, links: bool = False) -> bool:
+    """Whether an entry (its lstat, or its descriptor's fstat) of a directory is trusted.
+
+    ``links``: a second name is allowed (the lock-file protocol links on purpose, and reads).
+    """
     if not enforce or not shared(dir_st):
         return True
+    if not links and linked(entry_st):
+        return False
     uid = entry_st.st_uid
     return uid == os.geteuid() or uid == dir_st.st_uid
+
+
+def linked(st: os.stat_result) -> bool:
+    """Whether a file (not a directory) has more than one name: anyone may have made one."""
+    return st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode)
 
 
 def foreign(st: os.stat_result) -> bool:
@@ -177,13 +197,34 @@ def describe(st: os.stat_result) -> str:
     return "not a regular file"  # pragma: no cover - every POSIX type is listed above
 
 
-def check(path: str, entry_st: os.stat_result, dir_st: os.stat_result, action: str) -> None:
+def check(
+    path: str,
+    entry_st: os.stat_result,
+    dir_st: os.stat_result,
+    action: str,
+    *,
+    again: Callable[[], os.stat_result] | None = None,
+    links: bool = False,
+) -> os.stat_result:
     """Raise :class:`UnsafePathError` unless the rule lets racefree ``action`` this entry.
 
-    ``action`` completes the message: "follow", "replace", "use".
+    ``action`` completes the message: "follow", "replace", "use". ``again``
+    stats the entry again: a file whose only fault is a second name is looked
+    at again for up to :data:`LINK_SETTLE`. Returns the stat judged.
     """
-    if trusted(entry_st, dir_st):
-        return
+    if trusted(entry_st, dir_st, links=links):
+        return entry_st
+    if again is not None and linked(entry_st) and trusted(entry_st, dir_st, links=True):
+        deadline = time.monotonic() + LINK_SETTLE
+        while time.monotonic() < deadline:
+            time.sleep(0.0002)
+            entry_st = again()
+            if trusted(entry_st, dir_st, links=links):
+                return entry_st
+    if linked(entry_st) and not links and trusted(entry_st, dir_st, links=True):
+        raise UnsafePathError(path, f"refusing to {action} {describe(entry_st)} with"
+                              f" {entry_st.st_nlink} names (hard links) in a shared directory:"
+                              " anyone may have linked someone's file to a name racefree uses")
     raise UnsafePathError(
         path,
         f"refusing to {action} {describe(entry_st)} owned by uid {entry_st.st_uid} in a shared"
@@ -320,6 +361,7 @@ def open_own(
     mode: int = 0o666,
     *,
     create: bool = True,
+    links: bool = False,
 ) -> tuple[int, os.stat_result, bool]:
     """Open a file racefree owns (a lock file, a MANIFEST, a sidecar): never through a link.
 
@@ -335,8 +377,8 @@ def open_own(
     after the check, with ``ftruncate``).
 
     Returns ``(fd, fstat, created)``. Raises :class:`UnsafePathError` for a
-    link, a FIFO, a device, a socket or an untrusted file, and
-    ``IsADirectoryError`` for a directory; nothing was created or changed then.
+    link, a FIFO, a device, a socket or an untrusted file (``links``: see
+    :func:`trusted`), ``IsADirectoryError`` for a directory; nothing changed then.
     """
     if flags & (os.O_CREAT | os.O_EXCL | os.O_TRUNC):
         raise ValueError("open_own takes no O_CREAT, O_EXCL or O_TRUNC")
@@ -372,7 +414,7 @@ def open_own(
             if not stat.S_ISREG(st.st_mode):
                 raise UnsafePathError(full, f"is {describe(st)}, not a regular file")
             if not created:
-                check(full, st, where.st, "use")
+                st = check(full, st, where.st, "use", again=partial(_fs.fstat, fd), links=links)
         except BaseException:
             _fs.close(fd)
             raise
@@ -441,7 +483,7 @@ def open_followed(
                 raise UnsafePathError(where.path, f"is {describe(st)}, not a regular file")
             # The descriptor's own owner, checked where the resolution found the name: a
             # file swapped in since belongs to someone the rule trusts, or is refused here.
-            check(where.path, st, where.dir_st, "use")
+            st = check(where.path, st, where.dir_st, "use", again=partial(_fs.fstat, fd))
         except BaseException:
             _fs.close(fd)
             raise

@@ -25,7 +25,8 @@ RULE_OFF = os.environ.get("RACEFREE_TEST_RULE_OFF") == "1"
 
 
 def _naive_open_own(path: str | os.PathLike[str], flags: int, mode: int = 0o666, *,
-                    create: bool = True) -> tuple[int, os.stat_result, bool]:
+                    create: bool = True, links: bool = False
+                    ) -> tuple[int, os.stat_result, bool]:
     """0.1.0's open of a file racefree owns: through links, blocking, unchecked."""
     full = os.fspath(path)
     try:

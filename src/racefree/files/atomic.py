@@ -31,6 +31,7 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import IO, TYPE_CHECKING, BinaryIO, Literal, TextIO, cast, overload
 
 from racefree import _fs, _trust
@@ -114,7 +115,14 @@ def _resolve(path: str, follow: bool = True) -> tuple[str, os.stat_result | None
         raise OSError(
             errno.EINVAL, "Not a regular file (atomic writes replace files only)", where.path
         )
-    _trust.check(where.path, st, where.dir_st, "replace")
+    # A second name: another user's hard link to someone's file (whose mode and owner
+    # the new file would take), unless it is racefree's own, gone in microseconds.
+    st = _trust.check(where.path, st, where.dir_st, "replace",
+                      again=partial(_fs.stat, where.path, follow_symlinks=False))
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(
+            errno.EINVAL, "Not a regular file (atomic writes replace files only)", where.path
+        )
     return where.path, st
 
 

@@ -250,13 +250,15 @@ def inspect(path: str) -> Seen | None:
     Never through a link and never blocking (``O_NOFOLLOW | O_NONBLOCK``), and
     only a regular file racefree may trust (``racefree._trust``): a FIFO, a
     device, a link or another user's file in a shared directory raise
-    :class:`~racefree.UnsafePathError` at once, so a timeout always holds.
+    :class:`~racefree.UnsafePathError` at once, so a timeout always holds. A
+    second name is allowed (``links=True``): this protocol links the lock file
+    to its claims on purpose, and only reads it here, at most one record.
     The read is bounded: one more byte than the largest owner record.
     """
     try:
         # open() (not stat) also revalidates NFS's attribute cache (close-to-open),
         # so a refresh by a holder on another client is seen.
-        fd, st, _created = _trust.open_own(path, os.O_RDONLY, create=False)
+        fd, st, _created = _trust.open_own(path, os.O_RDONLY, create=False, links=True)
     except FileNotFoundError:
         return None
     try:

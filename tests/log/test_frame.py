@@ -162,6 +162,18 @@ def test_damaged_in_place() -> None:
     assert not _frame.damaged_in_place(good[:14] + b"\0" * 5 + good[19:])  # a hole
     assert not _frame.damaged_in_place(b"garbage without a header\n")
     assert not _frame.damaged_in_place(b"11 0000000 {}\n")
+    # A separator changed: the checksum field agrees with the rest of the line.
+    assert _frame.damaged_in_place(good.replace(b" ", b"!", 1))
+    assert _frame.damaged_in_place(good[:11] + b"!" + good[12:])
+    # Its own newline changed: the checksum agrees with the body its length delimits,
+    # and the next frame no longer starts a line.
+    nxt = frame(b'"next"')
+    assert _frame.damaged_in_place(good[:-1] + b"\x0b" + nxt)
+    assert _frame.damaged_in_place(good[:-1] + b"\x0b")
+    # A byte of the body became a newline: a newline stands where the length says.
+    assert _frame.damaged_in_place(good.replace(b"bcd", b"b\nd") + nxt)
+    # A prefix of a frame and the next frame's bytes (no newline where the length says).
+    assert not _frame.damaged_in_place(good[:-3])
 
 
 def test_reader_hole_before_unproven_frames_is_held(tmp_path: Path) -> None:
@@ -188,3 +200,39 @@ def test_reader_last_frame_damaged_in_place_is_corruption(tmp_path: Path) -> Non
     with pytest.raises(CorruptFileError, match="the last record is damaged") as info:
         reader_over(tmp_path / "f", data, confirmed=True)
     assert (info.value.offset, info.value.line) == (len(a), 2)
+
+
+def test_every_bit_flip_in_the_last_records_is_corruption_or_harmless(tmp_path: Path) -> None:
+    """Each single-bit flip in a log's last frames: the log reads every record back, or
+    opening it is CorruptFileError (FormatError in its header line). Never a log that
+    silently lost acknowledged records, as when a flipped newline, separator or batch mark
+    made whole frames look like a torn tail. A flip that makes a NUL byte is the exception:
+    a power loss leaves NUL bytes, and the crash model tears writes in 16-byte pieces, so a
+    NUL inside the last frame may be a write cut short (docs/log.md)."""
+    import racefree
+    from racefree._errors import RacefreeError
+
+    path = tmp_path / "ev.log"
+    with racefree.AppendLog(path) as log:
+        for i in range(3):
+            log.append({"i": i})
+        log.extend([10, 11, 12])
+    raw = path.read_bytes()
+    last_two = raw.rindex(b"\n", 0, raw.rindex(b"\n", 0, len(raw) - 1))  # frames 3 and 4
+    silent = []
+    for pos in range(last_two - 20, len(raw)):
+        for bit in range(8):
+            damaged = bytearray(raw)
+            damaged[pos] ^= 1 << bit
+            if damaged[pos] == 0:
+                continue
+            copy = tmp_path / "copy.log"
+            copy.write_bytes(bytes(damaged))
+            try:
+                with racefree.AppendLog(copy) as log:
+                    if len(log) != 6 or list(log) != [{"i": 0}, {"i": 1}, {"i": 2}, 10, 11, 12]:
+                        silent.append((pos, bit))
+            except RacefreeError:
+                pass
+            copy.unlink()
+    assert silent == []

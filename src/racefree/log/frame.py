@@ -19,6 +19,7 @@ This module only frames bytes; what a body means is up to its user.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 _crc32 = zlib.crc32
+_HEX8 = re.compile(rb"[0-9a-f]{8}")
 
 #: The longest frame header (``<len> <crc32> ``) this module writes or accepts.
 MAX_HEADER = 12 + 1 + 8 + 1
@@ -121,26 +123,43 @@ def find_next(buf: bytes, pos: int, proves: Callable[[bytes], bool] | None = Non
     return -1
 
 
-def damaged_in_place(line: bytes) -> bool:
-    """Whether ``line`` (one whole line, through its newline) is a frame damaged after it was whole.
+def damaged_in_place(tail: bytes) -> bool:
+    """Whether ``tail`` (the bytes after the last valid frame) starts with a frame that had
+    been written whole and was damaged afterwards: a flipped bit, a bad sector, a stray write.
 
-    True if the line holds no NUL byte and its length field, or else its
-    checksum field, agrees with the rest of it: a flipped bit, a bad sector or
-    a stray write inside a frame that had been written whole. No crash leaves
-    that (S6): a torn write stops before the frame's newline, and a part that
-    never reached the disk reads back as NUL bytes; a garbage tail almost never
-    puts its first newline exactly where the length field says.
+    No crash leaves that (S6): a torn write is a prefix of one frame, cut before its
+    newline, and a part that never reached the disk reads back as NUL bytes (at any
+    offset: the crash model tears writes finer than a sector). So, with no NUL byte in
+    them, the first frame's bytes are damage in place when
+
+    - its length field parses and a newline stands where it says the frame ends (its
+      body or its checksum changed, or a byte of its body became a newline), or its
+      checksum field agrees with the body it delimits (its own newline changed: the
+      next frame no longer starts a line);
+    - or an 8-hex-digit field near the start of its first line agrees, as a checksum,
+      with the rest of the line after one separator (its length field or a separator
+      changed).
+
+    A garbage tail almost never does either.
     """
-    if not line.endswith(b"\n") or b"\0" in line:
+    space = tail.find(b" ", 0, 13)
+    if space > 0 and tail[:space].isdigit():
+        start = space + 10
+        stop = start + int(tail[:space])
+        if stop < len(tail) and b"\0" not in tail[: stop + 1]:
+            if tail[stop] == 10:  # 10 == ord("\n")
+                return True
+            if tail[space + 1 : space + 9] == b"%08x" % _crc32(tail[start:stop]):
+                return True
+    nl = tail.find(b"\n")
+    if nl < 0 or b"\0" in tail[:nl]:
         return False
-    space = line.find(b" ", 0, 13)
-    if space <= 0:
-        return False
-    digits = line[:space]
-    if digits.isdigit() and len(line) == space + 10 + int(digits) + 1:
-        return True  # the length agrees: the body or the checksum changed
-    body = line[space + 10 : -1]
-    return line[space + 1 : space + 9] == b"%08x" % _crc32(body)  # the length changed
+    line = tail[:nl]
+    for i in range(min(len(line) - 8, MAX_HEADER)):
+        field = line[i : i + 8]
+        if _HEX8.fullmatch(field) and b"%08x" % _crc32(line[i + 9 :]) == field:
+            return True
+    return False
 
 
 class Suspect(Exception):
@@ -212,11 +231,16 @@ class Reader:
                 if data:
                     continue  # read on: nothing left, or a frame the next chunk completes
                 if self.limit is None:
+                    if damaged_in_place(pending):  # a whole last frame, its newline damaged
+                        if not self.confirmed:
+                            raise Suspect(self.end)  # or a write seen before its last byte
+                        raise self.corrupt("the last record is damaged: it is whole but does"
+                                           " not end its line")
                     self.torn = len(pending)
                 return
             rest = pending + _read_from(self.fd, self.end + len(pending))
             nxt = find_next(rest, 0)
-            in_place = damaged_in_place(rest[: rest.index(b"\n") + 1])  # a flipped bit
+            in_place = damaged_in_place(rest)  # a flipped bit, not a torn write
             if nxt < 0:
                 if not in_place:
                     self.torn = len(rest)

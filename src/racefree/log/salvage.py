@@ -122,10 +122,9 @@ def plan(path: str) -> LogPlan:
         nxt = _frame.find_next(data, end)
         stop = len(data) if nxt < 0 else nxt
         span = data[end:stop]
-        # As the log's reader judges it: with nothing valid after it, only a whole line
-        # that fails its checksum is damage; anything else is an append cut short.
-        torn = nxt < 0 and (b"\n" not in span
-                            or not _frame.damaged_in_place(span[: span.index(b"\n") + 1]))
+        # As the log's reader judges it: with nothing valid after it, only a frame that
+        # had been written whole is damage; anything else is an append cut short.
+        torn = nxt < 0 and not _frame.damaged_in_place(span)
         why = ("a damaged record with valid records after it" if nxt >= 0
                else "the last record is whole but fails its checksum")
         k = _records_in(path, span)

@@ -44,11 +44,17 @@ def _drop(data: bytearray, pieces: list[tuple[int, int]]) -> None:
 
 
 def _written(path: Path, docs: int, last: dict[str, object] | None, *, durable: bool) -> None:
+    before = b""
     with Store(path, durable=durable) as s:
         for i in range(docs):
             s.put(f"doc-{i}", {"i": i, "text": "t" * 50})
         if last is not None:
+            before = (path / "store.shm").read_bytes()
             s.put("in-flight", last)
+    if last is not None:
+        # A power loss while that put was in flight: its fdatasync never returned, so the
+        # shared header (never synced itself) never said it was synced: as it was before.
+        (path / "store.shm").write_bytes(before)
 
 
 def test_torn_middle_of_a_large_put_opens(tmp_path: Path) -> None:
@@ -228,3 +234,43 @@ def test_store_with_a_damaged_manifest_is_reported_damaged(tmp_path: Path,
     assert found.kind == "store"
     assert "unfinished" not in found.detail
     assert json.loads(json.dumps(found.detail))  # one line, no traceback
+
+
+@pytest.mark.parametrize("cut", ["after the first record", "to the header", "zeros in the last"])
+def test_synced_records_cut_or_zeroed_are_damage_not_a_torn_tail(tmp_path: Path, cut: str) -> None:
+    """Durable puts, then the segment cut at a record boundary (no torn bytes to tell it by),
+    or the last synced record's first 16 bytes zeroed (what a torn write looks like). The
+    shared header says where the store had been synced (a synced end is stored there only
+    after its fdatasync returned), so the store refuses to open, every time, instead of
+    opening without the acknowledged records (deleted ids back); check says DAMAGED and
+    --repair salvages the intact records."""
+    d = tmp_path / "s"
+    with Store(d, durable=True) as s:
+        for i in range(4):
+            s.put(f"k{i}", {"i": i})
+        s.delete("k1")
+    seg = _segments(d)[0]
+    frames = _frames(seg)
+    data = bytearray(seg.read_bytes())
+    if cut == "after the first record":
+        data = data[:frames[0][0] + frames[0][1]]
+    elif cut == "to the header":
+        data = data[:SEG_HEADER.size]
+    else:
+        off = frames[-1][0]
+        data[off:off + 16] = bytes(16)
+    seg.write_bytes(bytes(data))
+    for _ in range(2):  # and again: the refusal does not go away by itself
+        with pytest.raises(CorruptFileError, match="synced up to"):
+            Store(d)
+    [found] = check_path(d)
+    assert not found.ok and "synced up to" in found.detail
+    [fixed] = check_path(d, repair=True)
+    assert fixed.ok, fixed.detail
+    with Store(d) as s:
+        # What salvage keeps is every intact record; with the last one (the delete of k1)
+        # damaged, k1's put is intact and comes back (the damaged files are copied aside).
+        kept = {"after the first record": ["k0"], "to the header": [],
+                "zeros in the last": ["k0", "k1", "k2", "k3"]}[cut]
+        assert s.keys() == kept
+        assert [s.get(k) for k in kept] == [{"i": int(k[1])} for k in kept]

@@ -25,10 +25,12 @@ from racefree import _fs, _json
 from racefree._errors import CorruptFileError
 from racefree.store.core import Core
 from racefree.store.files import (
+    SHM_MAGIC,
     W_DEAD,
     W_END,
     W_GEN,
     W_INPROG,
+    W_MAGIC,
     W_POISON,
     W_SYNCED,
     W_TOTAL,
@@ -41,6 +43,7 @@ from racefree.store.files import (
     seg_name,
     write_manifest,
 )
+from racefree.store.header import open_header_readonly
 from racefree.store.index import State
 from racefree.store.owned import unlink_own
 from racefree.store.segment import (
@@ -283,6 +286,7 @@ def check_files(directory: str) -> FilesReport:
     """
     for _ in range(20):
         gen, segs = read_manifest(directory)
+        floor = _header_floor(directory, gen)  # before the segments: what it covers is there
         maps: dict[int, Any] = {}
         try:
             for seg in segs:
@@ -291,8 +295,29 @@ def check_files(directory: str) -> FilesReport:
             if read_manifest(directory)[0] != gen:
                 continue  # a compaction retired them meanwhile: look again
             raise CorruptFileError(directory, "a segment the MANIFEST names is missing") from None
-        return _scan(directory, segs, maps)
+        return _scan(directory, segs, maps, floor)
     raise CorruptFileError(directory, "the store's segments kept changing while checked")
+
+
+def _header_floor(directory: str, gen: int) -> int:
+    """Where the shared header says generation ``gen`` had been synced (0: no such header).
+
+    As ``Core._synced_floor``: a synced end is stored only after its fdatasync
+    returned, so the data reaches at least that far unless it was cut or damaged.
+    """
+    try:
+        hdr = open_header_readonly(directory)
+    except PermissionError:
+        return 0  # a user who may only read: the header is closed to them (case 16)
+    if hdr is None:
+        return 0
+    try:
+        w = hdr.words
+        if w[W_MAGIC] != SHM_MAGIC or w[W_INPROG] or w[W_GEN] != gen:
+            return 0
+        return int(w[W_SYNCED])
+    finally:
+        hdr.close()
 
 
 def _read_readonly(directory: str, seg: int) -> bytes:
@@ -304,7 +329,7 @@ def _read_readonly(directory: str, seg: int) -> bytes:
         _fs.close(fd)
 
 
-def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
+def _scan(directory: str, segs: list[int], maps: dict[int, Any], floor: int = 0) -> FilesReport:
     index: dict[str, int] = {}
     tomb: dict[str, int] = {}
     records = dead = total = torn_bytes = 0
@@ -332,6 +357,15 @@ def _scan(directory: str, segs: list[int], maps: dict[int, Any]) -> FilesReport:
             f"records up to byte {claimed} were synced (the next segment says so) but the valid"
             f" records end at {end}",
             offset=end,
+        )
+    last = segs[-1]
+    if floor > (last << 40 | ends[last]):
+        raise CorruptFileError(
+            os.path.join(directory, seg_name(last)),
+            f"the records end at byte {ends[last]} of segment {last}, but the shared header"
+            f" says they had been synced up to segment {floor >> 40}, byte {floor & M40}: a"
+            " segment was cut short or its last synced records damaged",
+            offset=ends[last],
         )
     _parse_all(directory, index, maps)
     report = StoreReport(

@@ -40,6 +40,7 @@ from racefree.store.files import (
     SLOTS,
     W_END,
     W_GEN,
+    W_INPROG,
     W_MAGIC,
     W_POISON,
     W_RECENT,
@@ -57,7 +58,7 @@ from racefree.store.files import (
     write_poison_marker,
 )
 from racefree.store.header import Header, mark_live, open_header
-from racefree.store.index import State, catch_up, load, rebuild
+from racefree.store.index import State, SyncedLost, catch_up, load, rebuild
 from racefree.store.locks import StoreLocks, acquire_locks, release_locks
 from racefree.store.owned import resolve_dir
 
@@ -195,12 +196,19 @@ class Handle:
                     if locks.inherited:
                         raise InheritedLockError(self.dir)
                     self._create_if_new()
+                    floor = self._synced_floor() if first else 0
                     if first:
                         self.words[W_POISON] = 0
                         for i in range(W_RECENT, W_SLOT0 + SLOTS):
                             self.words[i] = 0  # no slot is held: nobody has the store open
                     self.words[W_MAGIC] = 0
-                    state = rebuild(self)
+                    try:
+                        state = rebuild(self, floor)
+                    except SyncedLost:
+                        # Raised before anything changed: the header stays as it was,
+                        # so that every later open refuses the store the same way.
+                        self.words[W_MAGIC] = SHM_MAGIC
+                        raise
                     self.words[W_MAGIC] = SHM_MAGIC
                     if first:
                         _fs.flock(hdr.fd, _SH)
@@ -213,6 +221,19 @@ class Handle:
         except BaseException:
             self._close_header()
             raise
+
+    def _synced_floor(self) -> int:
+        """Where the last header of this generation said the store had been synced (0: none).
+
+        The header is never synced itself, but a synced end is stored in it only
+        after the fdatasync it records returned: whatever version of it survived
+        a power loss is at most what is on the disk. So data that ends before it
+        was cut or damaged after it was written.
+        """
+        w = self.words
+        if w[W_MAGIC] != SHM_MAGIC or w[W_INPROG] or w[W_GEN] != read_manifest(self.dir)[0]:
+            return 0
+        return int(w[W_SYNCED])
 
     def _claim_slot(self) -> None:
         # Group commit (store.commit): a durable handle is waited for by the other

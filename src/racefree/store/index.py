@@ -18,6 +18,7 @@ from racefree import _fs
 from racefree._errors import CorruptFileError, DurabilityError
 from racefree.store.cache import DocCache
 from racefree.store.files import (
+    SHM,
     W_DEAD,
     W_END,
     W_GEN,
@@ -77,6 +78,22 @@ def _lost_synced(core: Core, seg: int, end: int, claimed: int) -> CorruptFileErr
     )
 
 
+class SyncedLost(CorruptFileError):
+    """The segments end before where the shared header says the store had been synced."""
+
+
+def _synced_lost(core: Core, seg: int, end: int, floor: int) -> SyncedLost:
+    return SyncedLost(
+        core.seg_path(seg),
+        f"the store's records end at segment {seg}, byte {end}, but its shared header"
+        f" ({SHM}) says they had been synced up to segment {floor >> 40}, byte"
+        f" {floor & ((1 << 40) - 1)}: a segment was cut short or its last synced records"
+        " damaged (if segments were restored from a backup on purpose, remove"
+        f" {SHM}; racefree check --repair salvages what is left)",
+        offset=end,
+    )
+
+
 class State:
     """One consistent view: the index and the segments it points into.
 
@@ -111,12 +128,18 @@ class State:
         self.close()
 
 
-def _index_segments(core: Core, st: State, *, repair: bool) -> tuple[int, int]:
+def _index_segments(
+    core: Core, st: State, *, repair: bool, floor: int = 0
+) -> tuple[int, int]:
     """Index every segment of ``st`` (opened already) to the end of its data.
 
     Damage in a sealed segment raises, and so does a sealed segment whose
     records end before where the next one says it was synced
-    (``segment.unsynced_loss``); a torn tail of the last one is zeroed with
+    (``segment.unsynced_loss``), or data that ends before ``floor`` (where the
+    previous shared header said the store had been synced: :class:`SyncedLost`;
+    a segment cut at a record boundary leaves no torn bytes to tell it by, nor
+    does damage to the last synced record that looks like a torn write); a
+    torn tail of the last one is zeroed with
     ``repair`` (a writer under the write lock), else only left out. Nothing is
     changed on disk before every segment was judged. Returns the dead and total
     bytes (hints for auto-compaction); sets ``st.end``.
@@ -146,18 +169,22 @@ def _index_segments(core: Core, st: State, *, repair: bool) -> tuple[int, int]:
     lost = unsynced_loss(st.segs, ends, claims)
     if lost is not None:
         raise _lost_synced(core, *lost)
+    if floor > (st.segs[-1] << 40 | end):
+        raise _synced_lost(core, st.segs[-1], end, floor)
     if torn_to >= 0 and repair:
         core.zero(st, st.segs[-1], end, torn_to)
     st.end = st.segs[-1] << 40 | end
     return dead, total
 
 
-def rebuild(core: Core) -> State:
+def rebuild(core: Core, floor: int = 0) -> State:
     """Scan every live segment, repair a torn tail, and reset the shared header.
 
     Called with the write lock held: by the first process to open the store,
     and when a compaction was committed (MANIFEST replaced) by a process that
-    died before publishing it.
+    died before publishing it. ``floor``: the synced end the previous header
+    recorded for this generation (0: none); data ending before it is
+    :class:`SyncedLost`, raised before anything is changed.
     """
     gen, segs = read_manifest(core.dir)
     orphans = [
@@ -183,7 +210,7 @@ def rebuild(core: Core) -> State:
     try:
         for seg in segs:
             core.open_segment(st, seg)
-        dead, total = _index_segments(core, st, repair=True)
+        dead, total = _index_segments(core, st, repair=True, floor=floor)
         # Make what survived durable, so that the next records can claim it
         # (their ``synced`` field: how recovery tells damage from a torn write).
         for seg in segs:

@@ -11,15 +11,15 @@ victim file is byte for byte unchanged, with its mode and owner. The sysctl is s
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.hostile import NOBODY, attacker, need_root, shared_dir
+from helpers.logrecording import Recording
+from helpers.logrecording import rec as _rec
 
 import racefree
 from racefree.logging import RotatingFileHandler, TimedRotatingFileHandler
@@ -79,19 +79,6 @@ def plant(target: Path, name: Path) -> None:
 def state(path: Path) -> tuple[bytes, int, int, int]:
     st = os.stat(path)
     return path.read_bytes(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-class Recording(RotatingFileHandler):
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self.reported: list[BaseException | None] = []
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        self.reported.append(sys.exc_info()[1])
-
-
-def _rec(msg: str) -> logging.LogRecord:
-    return logging.makeLogRecord({"msg": msg})
 
 
 @pytest.mark.parametrize("mode", ["a", "w"])

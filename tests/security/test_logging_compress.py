@@ -9,32 +9,17 @@ byte for byte what they were.
 from __future__ import annotations
 
 import gzip
-import logging
 import os
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 from helpers import hostile
+from helpers.logrecording import Recording
+from helpers.logrecording import rec as _rec
 
 from racefree import UnsafePathError
 from racefree.logging import RotatingFileHandler
-
-
-class Recording(RotatingFileHandler):
-    """Keeps what handleError was given instead of printing it."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self.reported: list[BaseException | None] = []
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        self.reported.append(sys.exc_info()[1])
-
-
-def _rec(msg: str) -> logging.LogRecord:
-    return logging.makeLogRecord({"msg": msg})
 
 
 def test_a_0600_log_gets_0600_compressed_backups(tmp_path: Path) -> None:

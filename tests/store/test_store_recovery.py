@@ -274,3 +274,20 @@ def test_synced_records_cut_or_zeroed_are_damage_not_a_torn_tail(tmp_path: Path,
                 "zeros in the last": ["k0", "k1", "k2", "k3"]}[cut]
         assert s.keys() == kept
         assert [s.get(k) for k in kept] == [{"i": int(k[1])} for k in kept]
+
+
+def test_a_store_whose_data_files_were_removed_opens_new(tmp_path: Path) -> None:
+    """Segments and MANIFEST removed by hand, store.shm left behind: a new, empty store, not
+    one that owes the old header's synced end (no SyncedLost from a header of the old data)."""
+    d = tmp_path / "s"
+    with Store(d, durable=True) as s:
+        for i in range(5):
+            s.put(f"k{i}", {"i": i})
+    for p in [*_segments(d), d / "MANIFEST"]:
+        p.unlink()
+    assert (d / "store.shm").exists()
+    with Store(d) as s:
+        assert s.keys() == []
+        s.put("new", {"ok": 1})
+    with Store(d) as s:
+        assert s.keys() == ["new"]

@@ -195,8 +195,9 @@ class Handle:
                 try:
                     if locks.inherited:
                         raise InheritedLockError(self.dir)
-                    self._create_if_new()
-                    floor = self._synced_floor() if first else 0
+                    created = self._create_if_new()
+                    # A new store (its files removed, say) owes nothing to an old header.
+                    floor = self._synced_floor() if first and not created else 0
                     if first:
                         self.words[W_POISON] = 0
                         for i in range(W_RECENT, W_SLOT0 + SLOTS):
@@ -252,10 +253,11 @@ class Handle:
             self.poisoned = True
             self.words[W_POISON] = 1
 
-    def _create_if_new(self) -> None:
+    def _create_if_new(self) -> bool:
+        """Make the first segment and the MANIFEST of a new store; whether it was new."""
         try:
             _fs.stat(os.path.join(self.dir, MANIFEST), follow_symlinks=False)
-            return
+            return False
         except FileNotFoundError:
             pass
         if not is_store_dir_empty(self.dir):  # CorruptFileError if it holds segments
@@ -267,6 +269,7 @@ class Handle:
         # racing first opener): its name in the parent must survive a power loss
         # too, or an acknowledged durable put could vanish with the whole store (W2).
         fsync_dir(os.path.dirname(self.dir))
+        return True
 
     def _close_header(self) -> None:
         self.words = self.fast = _NO_WORDS

@@ -133,8 +133,10 @@ def test_case22_the_compressor_never_adopts_a_temp_linked_to_a_root_file(
 @pytest.mark.parametrize("which", ["jsonfile", "appendlog", "store", "sidecar", "filelock"])
 def test_case22_racefree_never_opens_its_own_file_linked_to_a_root_file(
         shared: Path, victims: Path, which: str) -> None:
-    """A link at a lock file (JsonFile's, AppendLog's, FileLock's), a store's shared header
-    or a log's sidecar: refused before any chmod, truncate or write of the linked file."""
+    """A link at a lock file (JsonFile's, AppendLog's), a store's shared header or a log's
+    sidecar: refused before any chmod, truncate or write of the linked file. A FileLock's
+    own lock file is only flock'ed, never read, written or chmodded: it locks, and the
+    linked file is unchanged."""
     passwd = victim(victims, "passwd", b"", 0o644)
     before = state(passwd)
     names = {"jsonfile": "x.json.lock", "appendlog": "data.log.lock", "store": "s/store.shm",
@@ -145,6 +147,11 @@ def test_case22_racefree_never_opens_its_own_file_linked_to_a_root_file(
         racefree.Store(shared / "s").close()
         (shared / "s" / "store.shm").unlink()
     plant(passwd, shared / names[which])
+    if which == "filelock":
+        with racefree.FileLock(shared / "my.lock", timeout=5):
+            pass
+        assert state(passwd) == before
+        return
     with pytest.raises(racefree.UnsafePathError, match="hard links"):
         if which == "jsonfile":
             racefree.JsonFile(shared / "x.json", default={}).update(lambda d: {**d, "a": 1})
@@ -154,11 +161,8 @@ def test_case22_racefree_never_opens_its_own_file_linked_to_a_root_file(
         elif which == "store":
             with racefree.Store(shared / "s") as store:
                 store.put("a", {"a": 1})
-        elif which == "sidecar":
-            RotatingFileHandler(shared / "app.log")
         else:
-            with racefree.FileLock(shared / "my.lock", timeout=5):
-                pass
+            RotatingFileHandler(shared / "app.log")
     assert state(passwd) == before
 
 
@@ -232,3 +236,19 @@ def test_case22_racefrees_own_second_names_are_waited_out(shared: Path) -> None:
     os.link(path, other)  # a second name that stays: refused after LINK_SETTLE
     with pytest.raises(racefree.UnsafePathError, match="hard links"):
         racefree.JsonFile(path).read()
+
+
+def test_case22_a_lock_file_left_with_its_creators_second_name_still_locks(shared: Path) -> None:
+    """FileLock(mode=...) publishes its lock file with link() and then removes the temp name:
+    a creator killed in between leaves racefree's own second name. The lock file is only
+    flock'ed (nothing read, written or chmodded), so it may have one: the path keeps working
+    for every later FileLock, and the file is unchanged."""
+    lock = shared / "a.lock"
+    with racefree.FileLock(lock, mode=0o666, timeout=5):
+        pass
+    os.link(lock, shared / f".a.lock.{os.getpid()}.0badc0de.rftmp")  # what the kill leaves
+    before = state(lock)
+    for kwargs in ({"mode": 0o666}, {}):
+        with racefree.FileLock(lock, timeout=5, **kwargs):  # type: ignore[arg-type]
+            assert os.stat(lock).st_nlink == 2
+    assert state(lock) == before

@@ -291,3 +291,28 @@ def test_a_store_whose_data_files_were_removed_opens_new(tmp_path: Path) -> None
         s.put("new", {"ok": 1})
     with Store(d) as s:
         assert s.keys() == ["new"]
+
+
+def test_check_while_a_segment_rolls_is_not_damage(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """racefree check reads the MANIFEST, then the shared header's synced end: a writer's
+    segment roll in between makes that end point into a segment the MANIFEST it read does
+    not list. That is a store moving on, not data cut short: look again (driven here by
+    the header's first answer naming the next segment)."""
+    from racefree.store import compact
+
+    d = tmp_path / "s"
+    with Store(d, durable=True) as s:
+        for i in range(3):
+            s.put(f"k{i}", {"i": i})
+    real = compact._header_floor
+    answers: list[int] = []
+
+    def rolled_once(directory: str, gen: int) -> int:
+        floor = real(directory, gen)
+        answers.append(floor)
+        return floor + (1 << 40) if len(answers) == 1 else floor
+
+    monkeypatch.setattr(compact, "_header_floor", rolled_once)
+    found = compact.check_files(str(d))
+    assert found.report.documents == 3 and len(answers) == 2

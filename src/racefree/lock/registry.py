@@ -184,7 +184,10 @@ def open_lock_file(path: str) -> int:
     shared directory raise :class:`~racefree.UnsafePathError` at once; a
     directory ``IsADirectoryError``.
     """
-    fd, _st, _created = _trust.open_own(path, os.O_RDONLY)
+    # A second name is allowed (links=True): only flock is taken on it, nothing is read,
+    # written or chmodded, and a creator killed between its link() and its unlink
+    # (create_with_mode) leaves one that would otherwise refuse the path for good.
+    fd, _st, _created = _trust.open_own(path, os.O_RDONLY, links=True)
     return fd
 
 

@@ -284,9 +284,11 @@ def check_files(directory: str) -> FilesReport:
     ``poisoned``. Retried if a compaction
     replaces the segments meanwhile.
     """
-    for _ in range(20):
+    for attempt in range(20):
         gen, segs = read_manifest(directory)
         floor = _header_floor(directory, gen)  # before the segments: what it covers is there
+        if floor >> 40 > segs[-1] and attempt < 19:
+            continue  # a segment roll since the MANIFEST was read: look again
         maps: dict[int, Any] = {}
         try:
             for seg in segs:

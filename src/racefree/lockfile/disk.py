@@ -299,6 +299,7 @@ _BUSY = "busy"  # another claimer is at work, or the owner refreshed: not ours n
 def _claim(path: str, seen: Seen, stale_after: float, observer: Observer) -> str:
     """Claim the inode ``seen`` (steps 1 and 2): the claim's name, or ``_GONE`` / ``_BUSY``."""
     generation = 1
+    dir_st: os.stat_result | None = None
     while True:
         name = _claim_name(path, seen.ino, generation)
         try:
@@ -313,6 +314,14 @@ def _claim(path: str, seen: Seen, stale_after: float, observer: Observer) -> str
                 st = _fs.stat(name, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # that claimer just finished: try this generation again
+            if dir_st is None:
+                dir_st = _fs.stat(os.path.dirname(path) or ".", follow_symlinks=False)
+            if not _trust.trusted(st, dir_st, links=True):
+                # Not a claimer's: another user's file at the name (in a shared
+                # directory), which they could make again with a new inode each
+                # time so that it never looks old. Passed over at once.
+                generation += 1
+                continue
             key = ("claim", st.st_dev, st.st_ino, generation)
             if observer.age(key, time.monotonic()) < stale_after:
                 return _BUSY

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from helpers.hostile import NOBODY, attacker, owner, shared_dir
 
 import racefree
@@ -24,13 +22,12 @@ from racefree.lockfile.disk import _claim_name
 PRECREATE = "import os, sys; os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL))"
 
 
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    with shared_dir("tmp") as d:
-        yield d
+def test_another_users_file_at_a_claim_name_does_not_stall_release() -> None:
+    with shared_dir("tmp") as shared:
+        _squat_then_release(shared)
 
 
-def test_another_users_file_at_a_claim_name_does_not_stall_release(shared: Path) -> None:
+def _squat_then_release(shared: Path) -> None:
     path = shared / "job.lock"
     lock = racefree.LockFile(path, stale_after=60)
     held, planted = threading.Event(), threading.Event()

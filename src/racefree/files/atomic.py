@@ -110,16 +110,12 @@ def _resolve(path: str, follow: bool = True) -> tuple[str, os.stat_result | None
         return where.path, None
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", where.path)
-    if not stat.S_ISREG(st.st_mode):
-        # Replacing a device, FIFO or socket with a regular file is never what was meant.
-        raise OSError(
-            errno.EINVAL, "Not a regular file (atomic writes replace files only)", where.path
-        )
     # A second name: another user's hard link to someone's file (whose mode and owner
     # the new file would take), unless it is racefree's own, gone in microseconds.
     st = _trust.check(where.path, st, where.dir_st, "replace",
                       again=partial(_fs.stat, where.path, follow_symlinks=False))
     if not stat.S_ISREG(st.st_mode):
+        # Replacing a device, FIFO or socket with a regular file is never what was meant.
         raise OSError(
             errno.EINVAL, "Not a regular file (atomic writes replace files only)", where.path
         )

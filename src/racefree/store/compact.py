@@ -25,12 +25,10 @@ from racefree import _fs, _json
 from racefree._errors import CorruptFileError
 from racefree.store.core import Core
 from racefree.store.files import (
-    SHM_MAGIC,
     W_DEAD,
     W_END,
     W_GEN,
     W_INPROG,
-    W_MAGIC,
     W_POISON,
     W_SYNCED,
     W_TOTAL,
@@ -44,7 +42,7 @@ from racefree.store.files import (
     write_manifest,
 )
 from racefree.store.header import open_header_readonly
-from racefree.store.index import State
+from racefree.store.index import State, synced_floor, synced_lost
 from racefree.store.owned import unlink_own
 from racefree.store.segment import (
     ENTRY,
@@ -302,11 +300,7 @@ def check_files(directory: str) -> FilesReport:
 
 
 def _header_floor(directory: str, gen: int) -> int:
-    """Where the shared header says generation ``gen`` had been synced (0: no such header).
-
-    As ``Core._synced_floor``: a synced end is stored only after its fdatasync
-    returned, so the data reaches at least that far unless it was cut or damaged.
-    """
+    """Where the shared header says generation ``gen`` had been synced (``index.synced_floor``)."""
     try:
         hdr = open_header_readonly(directory)
     except PermissionError:
@@ -314,10 +308,7 @@ def _header_floor(directory: str, gen: int) -> int:
     if hdr is None:
         return 0
     try:
-        w = hdr.words
-        if w[W_MAGIC] != SHM_MAGIC or w[W_INPROG] or w[W_GEN] != gen:
-            return 0
-        return int(w[W_SYNCED])
+        return synced_floor(hdr.words, gen)
     finally:
         hdr.close()
 
@@ -362,13 +353,7 @@ def _scan(directory: str, segs: list[int], maps: dict[int, Any], floor: int = 0)
         )
     last = segs[-1]
     if floor > (last << 40 | ends[last]):
-        raise CorruptFileError(
-            os.path.join(directory, seg_name(last)),
-            f"the records end at byte {ends[last]} of segment {last}, but the shared header"
-            f" says they had been synced up to segment {floor >> 40}, byte {floor & M40}: a"
-            " segment was cut short or its last synced records damaged",
-            offset=ends[last],
-        )
+        raise synced_lost(os.path.join(directory, seg_name(last)), last, ends[last], floor)
     _parse_all(directory, index, maps)
     report = StoreReport(
         documents=len(index),

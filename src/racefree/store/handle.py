@@ -40,7 +40,6 @@ from racefree.store.files import (
     SLOTS,
     W_END,
     W_GEN,
-    W_INPROG,
     W_MAGIC,
     W_POISON,
     W_RECENT,
@@ -58,7 +57,7 @@ from racefree.store.files import (
     write_poison_marker,
 )
 from racefree.store.header import Header, mark_live, open_header
-from racefree.store.index import State, SyncedLost, catch_up, load, rebuild
+from racefree.store.index import State, SyncedLost, catch_up, load, rebuild, synced_floor
 from racefree.store.locks import StoreLocks, acquire_locks, release_locks
 from racefree.store.owned import resolve_dir
 
@@ -197,7 +196,8 @@ class Handle:
                         raise InheritedLockError(self.dir)
                     created = self._create_if_new()
                     # A new store (its files removed, say) owes nothing to an old header.
-                    floor = self._synced_floor() if first and not created else 0
+                    floor = (synced_floor(self.words, read_manifest(self.dir)[0])
+                             if first and not created else 0)
                     if first:
                         self.words[W_POISON] = 0
                         for i in range(W_RECENT, W_SLOT0 + SLOTS):
@@ -222,19 +222,6 @@ class Handle:
         except BaseException:
             self._close_header()
             raise
-
-    def _synced_floor(self) -> int:
-        """Where the last header of this generation said the store had been synced (0: none).
-
-        The header is never synced itself, but a synced end is stored in it only
-        after the fdatasync it records returned: whatever version of it survived
-        a power loss is at most what is on the disk. So data that ends before it
-        was cut or damaged after it was written.
-        """
-        w = self.words
-        if w[W_MAGIC] != SHM_MAGIC or w[W_INPROG] or w[W_GEN] != read_manifest(self.dir)[0]:
-            return 0
-        return int(w[W_SYNCED])
 
     def _claim_slot(self) -> None:
         # Group commit (store.commit): a durable handle is waited for by the other

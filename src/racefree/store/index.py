@@ -19,10 +19,13 @@ from racefree._errors import CorruptFileError, DurabilityError
 from racefree.store.cache import DocCache
 from racefree.store.files import (
     SHM,
+    SHM_MAGIC,
     W_DEAD,
     W_END,
     W_GEN,
     W_INPROG,
+    W_MAGIC,
+    W_SYNCED,
     W_TOTAL,
     fdatasync,
     fsync_dir,
@@ -82,12 +85,26 @@ class SyncedLost(CorruptFileError):
     """The segments end before where the shared header says the store had been synced."""
 
 
-def _synced_lost(core: Core, seg: int, end: int, floor: int) -> SyncedLost:
+def synced_floor(words: Any, gen: int) -> int:
+    """Where a header says generation ``gen`` had been synced (0: not a complete header of it).
+
+    A synced end is stored in the header only after the fdatasync it records
+    returned, and the header is never synced itself: whatever version of it
+    survived (a power loss included) says at most what is on the disk. Data that
+    ends before it was cut short or damaged after it was written.
+    """
+    if words[W_MAGIC] != SHM_MAGIC or words[W_INPROG] or words[W_GEN] != gen:
+        return 0
+    return int(words[W_SYNCED])
+
+
+def synced_lost(path: str, seg: int, end: int, floor: int) -> SyncedLost:
+    """The error for the last segment (``seg``, at ``path``) whose data ends before ``floor``."""
     return SyncedLost(
-        core.seg_path(seg),
+        path,
         f"the store's records end at segment {seg}, byte {end}, but its shared header"
         f" ({SHM}) says they had been synced up to segment {floor >> 40}, byte"
-        f" {floor & ((1 << 40) - 1)}: a segment was cut short or its last synced records"
+        f" {floor & M40}: a segment was cut short or its last synced records"
         " damaged (if segments were restored from a backup on purpose, remove"
         f" {SHM}; racefree check --repair salvages what is left)",
         offset=end,
@@ -170,7 +187,7 @@ def _index_segments(
     if lost is not None:
         raise _lost_synced(core, *lost)
     if floor > (st.segs[-1] << 40 | end):
-        raise _synced_lost(core, st.segs[-1], end, floor)
+        raise synced_lost(core.seg_path(st.segs[-1]), st.segs[-1], end, floor)
     if torn_to >= 0 and repair:
         core.zero(st, st.segs[-1], end, torn_to)
     st.end = st.segs[-1] << 40 | end
@@ -184,7 +201,7 @@ def rebuild(core: Core, floor: int = 0) -> State:
     and when a compaction was committed (MANIFEST replaced) by a process that
     died before publishing it. ``floor``: the synced end the previous header
     recorded for this generation (0: none); data ending before it is
-    :class:`SyncedLost`, raised before anything is changed.
+    :class:`SyncedLost`, raised before any segment is changed.
     """
     gen, segs = read_manifest(core.dir)
     orphans = [

@@ -174,7 +174,7 @@ def test_eight_processes_four_threads_lose_nothing(tmp_path: Path) -> None:
     # The lock file is the only other file, and it is tiny.
     others = {p.name for p in tmp_path.iterdir()} - {p.name for p in files}
     assert others == {".app.log.lock"}
-    assert (tmp_path / ".app.log.lock").stat().st_size == 64
+    assert (tmp_path / ".app.log.lock").stat().st_size == 4096  # sidecar.FILE_SIZE
     for path in files:  # ~120 MB: do not keep them in the retained tmp dirs
         path.unlink()
 

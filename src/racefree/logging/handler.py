@@ -69,7 +69,14 @@ from racefree.logging.formatting import TimeText, record_encoding
 from racefree.logging.hooks import _FILTER, _HANDLER_FORMAT, StdlibHooks
 from racefree.logging.opening import _LIVE, Opening
 from racefree.logging.rotation import RotationSteps
-from racefree.logging.sidecar import HEAD, OFF_DIRTY, SHARED_MAX, UNKNOWN_END, Sidecar
+from racefree.logging.sidecar import (
+    HEAD,
+    OFF_DIRTY,
+    SHARED_MAX,
+    UNKNOWN_END,
+    W_EPOCH,
+    Sidecar,
+)
 from racefree.logging.sole import SoleWriter
 from racefree.logging.stream import SharedStream
 
@@ -82,6 +89,7 @@ _LOCK_SH = fcntl.LOCK_SH
 _LOCK_EX = fcntl.LOCK_EX
 _LOCK_UN = fcntl.LOCK_UN
 _SEEK_END = os.SEEK_END
+_W_EPOCH = W_EPOCH
 _LogRecord = _stdlib_logging.LogRecord
 #: Whether ``Handler.handle`` logs the record a filter returns (3.12+), or the original.
 _FILTER_REPLACES = sys.version_info >= (3, 12)
@@ -158,6 +166,8 @@ class SharedFileHandler(
         self._sole = -1  # the writers word when alone() said so; -1: not alone
         self._sole_seen = -1  # the writers word alone() was last asked at
         self._recheck = 0
+        self._free = -1  # the fence word while appending without the lock; -1: with it
+        self._slot_w = 0
         self._at: float | None = None  # timed handlers: the rollover time of this generation
         self._truncate = mode == "w"  # at the first open only, as the stdlib does
         self._failed: DurabilityError | None = None
@@ -330,6 +340,61 @@ class SharedFileHandler(
         # following a rotation, which closes the descriptor still to be synced.
         self._writing = True
         try:
+            free = self._free
+            if free >= 0:
+                # Without the lock (see racefree.logging.sole): "in a record" is
+                # stored in our slot before the fence word is loaded.
+                words = side.words
+                assert words is not None  # enter_free needs the mapping
+                slot = self._slot_w
+                fd = self._fd
+                written = -1
+                words[slot] = 1
+                try:
+                    if words[_W_EPOCH] == free and words[0] == self._live_gen and not words[1]:
+                        n = len(data)
+                        size = -1
+                        sole = words[2] == self._sole
+                        if limit is not None:
+                            # The only writer counts; others measure (the bound the
+                            # module docstring states for writers sharing the lock).
+                            size = self._size if sole else -1
+                            if size < 0:
+                                size = _fs.lseek(fd, 0, _SEEK_END)
+                            if size + n >= limit:
+                                return self._live_gen  # full in this generation: rotate
+                        try:
+                            written = _fs.write(fd, data)
+                            if written != n:  # short (W6): finished before leaving the record
+                                _fs.write_all(fd, memoryview(data)[written:])
+                        except BaseException:
+                            side.put_u64(OFF_DIRTY, UNKNOWN_END)  # see the locked path below
+                            self._size = -1
+                            raise
+                        if sole:
+                            if size >= 0:
+                                self._size = size + n
+                        else:
+                            self._recheck -= 1  # ask again, now and then, if it is alone
+                            if self._recheck <= 0:
+                                self._free = -1
+                    else:
+                        # Someone took the lock exclusively (or the handler failed): back
+                        # to the locked path, which waits for them; asked again after it.
+                        self._free = -1
+                        self._recheck = 0
+                finally:
+                    words[slot] = 0
+                if self._free < 0:
+                    # Only now, with the slot cleared: a writer that takes it next must
+                    # not see our store land after its own. Letting go tells an
+                    # exclusive holder that could not run a barrier that this handler
+                    # left the mode (Sidecar.fence).
+                    side.leave_free()
+                if written >= 0:
+                    if self.durable == "record":
+                        self._sync(_fs.fdatasync, fd, self.baseFilename)
+                    return _WRITTEN
             try:
                 _fs.flock(lock_fd, _LOCK_SH_NB)
             except BlockingIOError:
@@ -350,17 +415,19 @@ class SharedFileHandler(
                     return -1
                 fd = self._fd
                 n = len(data)
+                if words is not None and (words[2] != self._sole or self._free < 0):
+                    # Not known to be the only writer (see _ask_alone), or not yet
+                    # appending without the lock. Asked before the lseek: a writer
+                    # that leaves after the answer has finished its records, so the
+                    # lseek sees them.
+                    self._recheck -= 1
+                    if self._recheck <= 0 or words[2] != self._sole_seen:
+                        self._ask_alone(int(words[2]))
                 size = self._size
                 if limit is not None and (size < 0 or words is None or words[2] != self._sole):
-                    # Not the only writer (see _ask_alone): other writers may
-                    # append between this lseek and the write; see the module
-                    # docstring for the bound this leaves.
-                    if words is not None:
-                        # Asked before the lseek: a writer that leaves after the
-                        # answer has finished its records, so the lseek sees them.
-                        self._recheck -= 1
-                        if self._recheck <= 0 or words[2] != self._sole_seen:
-                            self._ask_alone(int(words[2]))
+                    # Not the only writer: other writers may append between this
+                    # lseek and the write; see the module docstring for the bound
+                    # this leaves.
                     size = _fs.lseek(fd, 0, _SEEK_END)
                 if limit is not None and size + n >= limit:
                     return self._live_gen  # full in this generation: a rotation is due

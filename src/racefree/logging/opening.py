@@ -59,6 +59,7 @@ class Opening:
     _size: int
     _sole: int
     _sole_seen: int
+    _free: int
     _live_gen: int
     _bom: bytes
     _bom_pending: bool
@@ -206,6 +207,7 @@ class Opening:
         return created
 
     def _drop_descriptors(self) -> None:
+        self._free = -1  # the sidecar's slot lock goes with it
         fd, self._fd = self._fd, -1
         if fd >= 0:
             _fs.close(fd)
@@ -224,7 +226,7 @@ class Opening:
             self._drop_descriptors()
         self._gen = -1
         self._plain = False
-        self._size = self._sole = self._sole_seen = -1
+        self._size = self._sole = self._sole_seen = self._free = -1
         # Another thread of the parent may have been mid-record.
         self._writing = self._exclusive_held = False
         # The parent finishes its own rotations; the child must not compress them twice.

@@ -21,12 +21,22 @@ offset type  field
 16     u64   writers: bumped by each process that opens the log to write
              (under the exclusive hold), see :meth:`Sidecar.alone`; top bit
              (:data:`UNCOUNTED`): a writer could not be counted
-24     u64   reserved (0)
+24     u64   fence: bumped by an exclusive holder while writers append
+             without the lock (:meth:`Sidecar.fence`)
 32     f64   next timed rollover (epoch seconds), 0.0 until first use
+64     u64   slot 0: 1 while the writer holding the slot appends without
+             the lock (meaningless unless its lock is held); then one
+             slot every 64 bytes (a cache line each), :data:`SLOTS` in all
 ====== ===== ==========================================================
 
+The file is :data:`FILE_SIZE` bytes (one page). Byte 63 (:data:`WRITER_BYTE`)
+carries an open-file-description read lock held by every writer; the first byte
+of each slot, a write lock held by the writer that appends without the lock
+using it. These are lock ranges, not data.
+
 The file is racefree's own, so it is opened with ``O_NOFOLLOW | O_NONBLOCK``,
-checked with ``fstat`` to be a regular file of a trusted owner and 0 or 64
+checked with ``fstat`` to be a regular file of a trusted owner and 0, 64 (an
+earlier layout, extended) or :data:`FILE_SIZE`
 bytes long before anything is read from it, and created with ``O_EXCL``
 (:func:`racefree._trust.open_own`). Its mode gives read and write access only
 to the classes (owner, group, others) that may write the log itself: ``flock``
@@ -44,10 +54,18 @@ import time
 
 from racefree import _fs, _trust
 from racefree._errors import LockTimeout, UnsafePathError
+from racefree.logging import barrier as _barrier
 
-__all__ = ["CONTROL_SIZE", "SHARED_MAX", "UNKNOWN_END", "Sidecar", "sidecar_mode"]
+__all__ = ["CONTROL_SIZE", "FILE_SIZE", "SHARED_MAX", "SLOTS", "UNKNOWN_END", "Sidecar",
+           "sidecar_mode"]
 
+#: The control block's header (the words every writer reads).
 CONTROL_SIZE = 64
+#: The whole file: the header, then the slots of the writers that append without the lock.
+FILE_SIZE = 4096
+SLOT0 = 64
+SLOT_STRIDE = 64
+SLOTS = (FILE_SIZE - SLOT0) // SLOT_STRIDE
 #: Records up to this size are appended under the shared hold; larger ones
 #: under the exclusive hold, with the write-in-progress mark (a large write(2)
 #: is the one a SIGKILL can cut between pages, see ``SharedFileHandler``).
@@ -59,7 +77,10 @@ HEAD = struct.Struct("<QQ")  # generation, write in progress
 OFF_GEN = 0
 OFF_DIRTY = 8
 OFF_WRITERS = 16
+OFF_EPOCH = 24
 OFF_ROLLOVER = 32
+#: The index of the fence word in :attr:`Sidecar.words`.
+W_EPOCH = OFF_EPOCH // 8
 #: The byte of the sidecar on which every writing handler holds an
 #: open-file-description read lock, for as long as its sidecar is open.
 WRITER_BYTE = 63
@@ -69,6 +90,9 @@ UNCOUNTED = 1 << 63
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 _LOCK_NB = fcntl.LOCK_NB
+_ZERO8 = bytes(8)
+#: Slots tried (from the writer's hint on) before it keeps the lock for its records.
+_SLOT_TRIES = 8
 #: Seconds a wait lasts, at most, after a wait timed out (until one succeeds).
 STALLED_WAIT = 0.01
 #: Seconds a wait for the lock polls between ``sched_yield`` calls, before it sleeps.
@@ -89,7 +113,7 @@ def sidecar_mode(log_mode: int) -> int:
 class Sidecar:
     """One open file description of ``.NAME.lock``: its lock and its control block."""
 
-    __slots__ = ("_map", "counted", "fd", "path", "stalled", "timeout", "words")
+    __slots__ = ("_map", "counted", "fd", "free_ok", "path", "slot", "stalled", "timeout", "words")
 
     def __init__(self, path: str, log_mode: int, timeout: float | None) -> None:
         self.path = path
@@ -102,29 +126,35 @@ class Sidecar:
             if created:
                 # Not the umask's: whoever may write the log must be able to lock it.
                 _fs.fchmod(fd, mode)
-            if created or st.st_size == 0:
-                # Its creator extends it right after the O_EXCL create; two
-                # processes extending it to the same size clear nothing.
-                _fs.ftruncate(fd, CONTROL_SIZE)
-            elif st.st_size != CONTROL_SIZE:
+            if created or st.st_size in (0, CONTROL_SIZE):
+                # Its creator extends it right after the O_EXCL create (and an
+                # earlier layout's 64 bytes get their slots); two processes
+                # extending it to the same size clear nothing.
+                _fs.ftruncate(fd, FILE_SIZE)
+            elif st.st_size != FILE_SIZE:
                 raise UnsafePathError(
-                    path, f"is {st.st_size} bytes, not a log control file ({CONTROL_SIZE} bytes)"
+                    path, f"is {st.st_size} bytes, not a log control file ({FILE_SIZE} bytes)"
                 )
             if not created and st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~mode:
                 # Made by an older version (mode 0666 & ~umask): close it to
                 # whoever may not write the log, so they cannot hold its lock.
                 _fs.fchmod(fd, stat.S_IMODE(st.st_mode) & mode)
-            # The control words, mapped read-only, when nobody but this user (or root)
-            # may write the file: then only they could cut it short under the mapping,
+            # The control words, mapped, when nobody but this user (or root) may
+            # write the file: then only they could cut it short under the mapping,
             # and they could kill the process anyway. Otherwise (a log its group or
             # others write) every read is a pread, so that no one can kill a logging
-            # process with SIGBUS (T6). The mapping saves the hot path a system call.
+            # process with SIGBUS (T6). The mapping saves the hot path a system call;
+            # its one store is a writer's "in a record" slot (see fence).
             self._map = None
             self.words: memoryview | None = None
             now = _fs.fstat(fd)
             if now.st_uid == os.geteuid() and not now.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                self._map = _fs.mmap(fd, CONTROL_SIZE)
+                self._map = _fs.mmap(fd, FILE_SIZE, writable=True)
                 self.words = memoryview(self._map).cast("Q")
+            # The slot this sidecar holds to append without the lock (-1: none), and
+            # whether it may (False once membarrier or the slot locks failed).
+            self.slot = -1
+            self.free_ok = True
             # Counted among the log's writers (see alone), mapped or not: a writer
             # nobody could see would let another believe it is alone.
             self.counted = False
@@ -203,7 +233,10 @@ class Sidecar:
         try:
             _fs.flock(self.fd, op | _LOCK_NB)
         except BlockingIOError:
-            return self._wait(op, gen)
+            if not self._wait(op, gen):
+                return False
+        if op == fcntl.LOCK_EX:
+            self.fence()
         return True
 
     def generation(self) -> int:
@@ -248,6 +281,114 @@ class Sidecar:
                 continue
             self.stalled = False
             return True
+
+    # -- writers that append without the lock (racefree.logging.sole) ------------
+    def enter_free(self, hint: int) -> int:
+        """Holding the lock (shared or not): the fence word, to append without the lock; or -1.
+
+        Takes a slot (a write lock on its first byte, tried from ``hint`` on), so
+        that every later exclusive holder fences this handler out
+        (:meth:`fence`) before it rotates, and registers the process for the
+        other side's barrier (:mod:`racefree.logging.barrier`). -1 where that
+        cannot be done: no writable mapping, an uncounted writer, no
+        ``membarrier``, no free slot among the few tried.
+        """
+        words = self.words
+        if words is None or not self.counted or not self.free_ok:
+            return -1
+        if self.slot < 0:
+            if not _barrier.register():
+                self.free_ok = False
+                return -1
+            for k in range(_SLOT_TRIES):
+                slot = (hint + k) % SLOTS
+                try:
+                    _fs.ofd_setlk(self.fd, fcntl.F_WRLCK, SLOT0 + slot * SLOT_STRIDE, 1)
+                except BlockingIOError:
+                    continue  # another writer's
+                except OSError:
+                    self.free_ok = False
+                    return -1
+                # A writer that died in a record left its word set: cleared before use.
+                words[(SLOT0 + slot * SLOT_STRIDE) // 8] = 0
+                self.slot = slot
+                break
+            else:
+                return -1
+        return int(words[W_EPOCH])
+
+    def slot_word(self) -> int:
+        """The index in :attr:`words` of this sidecar's slot (after :meth:`enter_free`)."""
+        return (SLOT0 + self.slot * SLOT_STRIDE) // 8
+
+    def leave_free(self) -> None:
+        """Stop appending without the lock: the fence word moved (or the handler closes).
+
+        Letting go of the slot tells an exclusive holder waiting in :meth:`fence`
+        without a barrier that this handler's records take the lock from now on.
+        """
+        if self.slot >= 0:
+            _fs.ofd_setlk(self.fd, fcntl.F_UNLCK, SLOT0 + self.slot * SLOT_STRIDE, 1)
+            self.slot = -1
+
+    def fence(self) -> None:
+        """Just after taking the lock exclusively: no other writer appends without it any more.
+
+        Writers may be appending without the lock (see :mod:`racefree.logging.sole`).
+        Store a new fence word, run the barrier, then wait while any other
+        held slot says "in a record": a record begun before its writer could
+        see the new word ends before this returns, and every later record of
+        it sees the word, leaves that mode and waits for this hold like any
+        writer. Without this, a rotation could rename and compress the file
+        while such a record was still to be written into it. Nothing to do
+        (one ``F_OFD_GETLK``) when no other handler holds a slot. Waits at
+        most ``timeout`` seconds for a writer stopped in the middle of a
+        record: then :class:`~racefree.LockTimeout`, with the lock released.
+        """
+        try:
+            held = _fs.ofd_getlk(self.fd, fcntl.F_WRLCK, SLOT0, FILE_SIZE - SLOT0) != fcntl.F_UNLCK
+        except OSError:
+            return  # no such locks here: no writer could have taken a slot either
+        if not held:
+            return  # nobody else appends without the lock (a writer that died let go)
+        epoch = _U64.unpack_from(self.read(OFF_EPOCH + 8), OFF_EPOCH)[0]
+        self.put_u64(OFF_EPOCH, (epoch + 1) & UNKNOWN_END)
+        fenced = _barrier.fence()
+        waited = False
+        start = time.monotonic()
+        while not self._fenced_out(fenced):
+            waited = True
+            elapsed = time.monotonic() - start
+            if self.timeout is not None and elapsed >= self.timeout:
+                self.unlock()
+                self.stalled = True
+                raise LockTimeout(self.path, self.timeout)
+            if elapsed < YIELD_POLLS:
+                os.sched_yield()
+            else:
+                time.sleep(0.0001)
+        if waited and fenced:
+            # The records they were in are written; a second barrier makes their
+            # effects visible here before anything is renamed.
+            _barrier.fence()
+
+    def _fenced_out(self, fenced: bool) -> bool:
+        """Whether no other writer is in a record without the lock (see :meth:`fence`)."""
+        if not fenced:
+            # No barrier (a sandbox without membarrier): only writers letting go of
+            # their slots (at their next record, seeing the fence word; or closing,
+            # or dying) says they left the mode.
+            return _fs.ofd_getlk(
+                self.fd, fcntl.F_WRLCK, SLOT0, FILE_SIZE - SLOT0) == fcntl.F_UNLCK
+        slots = self.read(FILE_SIZE)[SLOT0:]
+        if not slots.strip(b"\0"):
+            return True
+        for slot in range(SLOTS):
+            at = slot * SLOT_STRIDE
+            if slot != self.slot and slots[at:at + 8] != _ZERO8 and _fs.ofd_getlk(
+                    self.fd, fcntl.F_WRLCK, SLOT0 + at, 1) != fcntl.F_UNLCK:
+                return False  # in a record, and alive (a dead writer's word means nothing)
+        return True
 
     def unlock(self) -> None:
         _fs.flock(self.fd, fcntl.LOCK_UN)

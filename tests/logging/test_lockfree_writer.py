@@ -1,0 +1,357 @@
+"""The log's only writer appends without the lock; every exclusive step fences it out first.
+
+What must hold (see ``racefree.logging.sole``): a record the sole writer is in
+the middle of ends before anyone renames, truncates or compresses the file; the
+sole writer's next record after an exclusive hold takes the lock again; a sole
+writer that died in a record blocks nobody; where no barrier can be run, the
+exclusive holder waits for the writer to leave the mode instead of going ahead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from racefree import _fs
+from racefree.logging import RotatingFileHandler
+from racefree.logging import barrier as barrier_module
+from racefree.logging import sidecar as sidecar_module
+from racefree.logging import sole as sole_module
+from racefree.logging.sidecar import FILE_SIZE, SLOT0, SLOT_STRIDE, SLOTS
+
+WAIT = 60.0  # generous bounds on a busy machine; outcomes are exact, never timed
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _rec(msg: str) -> logging.LogRecord:
+    return logging.makeLogRecord({"msg": msg})
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of seam function ``name`` from now on (in one cell)."""
+    real: Callable[..., Any] = getattr(_fs, name)
+    calls = [0]
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_fs, name, counted)
+    return calls
+
+
+def _pause_write_of(monkeypatch: pytest.MonkeyPatch, marker: bytes
+                    ) -> tuple[threading.Event, threading.Event]:
+    """(inside, release): the write(2) of a record holding ``marker`` waits for ``release``."""
+    inside, release = threading.Event(), threading.Event()
+    real = _fs.write
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if marker in bytes(data):
+            inside.set()
+            assert release.wait(WAIT)
+        return real(fd, data)
+
+    monkeypatch.setattr(_fs, "write", write)
+    return inside, release
+
+
+def _in_record(path: Path) -> list[int]:
+    """The slots whose word says "in a record" in the log's sidecar."""
+    block = (path.parent / f".{path.name}.lock").read_bytes()
+    assert len(block) == FILE_SIZE
+    return [i for i in range(SLOTS)
+            if block[SLOT0 + i * SLOT_STRIDE:SLOT0 + i * SLOT_STRIDE + 8] != bytes(8)]
+
+
+def test_the_only_writer_takes_no_lock_per_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its first record (which measures the file), a lone handler's record is one write."""
+    h = RotatingFileHandler(tmp_path / "app.log", maxBytes=10**6, backupCount=1)
+    try:
+        h.emit(_rec("r000"))
+        flocks, writes, lseeks = (_count(monkeypatch, n) for n in ("flock", "write", "lseek"))
+        for i in range(1, 50):
+            h.emit(_rec(f"r{i:03d}"))
+        assert (flocks, writes, lseeks) == ([0], [49], [0])
+        assert _in_record(tmp_path / "app.log") == []
+    finally:
+        h.close()
+    assert (tmp_path / "app.log").read_bytes() == b"".join(
+        f"r{i:03d}\n".encode() for i in range(50))
+
+
+def test_without_membarrier_the_only_writer_keeps_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No barrier to fence it out (a sandbox without membarrier): two flocks per record."""
+    monkeypatch.setattr(barrier_module, "register", lambda: False)
+    h = RotatingFileHandler(tmp_path / "app.log", maxBytes=10**6, backupCount=1)
+    try:
+        h.emit(_rec("first"))
+        flocks = _count(monkeypatch, "flock")
+        for _ in range(10):
+            h.emit(_rec("x"))
+        assert flocks == [20]
+    finally:
+        h.close()
+
+
+def test_a_rotation_waits_for_the_record_the_sole_writer_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S is inside its write(2) when T opens the log and rotates it with compression: T waits,
+    so S's record is in the backup T compressed (without the fence it went to an unlinked file)."""
+    path = tmp_path / "app.log"
+    s = RotatingFileHandler(path, maxBytes=10**6, backupCount=3, compress=True)
+    waited = threading.Event()
+    progress = threading.Event()  # T waits for S, or T finished
+    real_pread = _fs.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if length == FILE_SIZE:  # an exclusive holder reads the slots
+            waited.set()
+            progress.set()
+        return real_pread(fd, length, offset)
+
+    errors: list[BaseException] = []
+
+    def rotator() -> None:
+        try:
+            t = RotatingFileHandler(path, maxBytes=10**6, backupCount=3, compress=True)
+            t.doRollover()
+            t.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            progress.set()
+
+    try:
+        s.emit(_rec("first"))
+        s.emit(_rec("second"))  # without the lock from here on
+        inside, release = _pause_write_of(monkeypatch, b"third")
+        monkeypatch.setattr(_fs, "pread", pread)
+        writer = threading.Thread(target=s.emit, args=(_rec("third"),))
+        writer.start()
+        assert inside.wait(WAIT)
+        rot = threading.Thread(target=rotator)
+        rot.start()
+        assert progress.wait(WAIT)
+        release.set()
+        writer.join(WAIT)
+        rot.join(WAIT)
+        assert not writer.is_alive() and not rot.is_alive()
+    finally:
+        s.close()
+    assert errors == []
+    assert waited.is_set()
+    assert gzip.decompress((tmp_path / "app.log.1.gz").read_bytes()) == b"first\nsecond\nthird\n"
+    assert path.read_bytes() == b""
+
+
+def test_without_a_barrier_the_exclusive_holder_waits_for_the_writer_to_leave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T's system refuses membarrier: T waits until S lets go of its byte, at S's next record
+    (which then waits for T like any writer), never while S is in a record."""
+    path = tmp_path / "app.log"
+    s = RotatingFileHandler(path, maxBytes=10**6, backupCount=3)
+    tried = threading.Event()  # T tried a barrier: it holds the lock exclusively now
+    seen: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def no_fence() -> bool:
+        tried.set()
+        return False
+
+    real_fence = sidecar_module.Sidecar.fence
+
+    def fence(side: sidecar_module.Sidecar) -> None:
+        real_fence(side)
+        seen.append(path.read_bytes())  # what is written once the fence let T go on
+
+    def newcomer() -> None:
+        try:
+            t = RotatingFileHandler(path, maxBytes=10**6, backupCount=3)
+            t.emit(_rec("from T"))
+            t.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    try:
+        s.emit(_rec("first"))
+        s.emit(_rec("second"))
+        inside, release = _pause_write_of(monkeypatch, b"third")
+        monkeypatch.setattr(barrier_module, "fence", no_fence)
+        monkeypatch.setattr(sidecar_module.Sidecar, "fence", fence)
+        writer = threading.Thread(target=s.emit, args=(_rec("third"),))
+        writer.start()
+        assert inside.wait(WAIT)
+        t = threading.Thread(target=newcomer)
+        t.start()
+        assert tried.wait(WAIT)
+        release.set()
+        writer.join(WAIT)
+        assert not writer.is_alive()
+        s.emit(_rec("fourth"))  # sees the fence word, lets go, waits for T's hold
+        t.join(WAIT)
+        assert not t.is_alive()
+    finally:
+        s.close()
+    assert errors == []
+    assert seen == [b"first\nsecond\nthird\n"]
+    assert path.read_bytes() in (b"first\nsecond\nthird\nfourth\nfrom T\n",
+                                 b"first\nsecond\nthird\nfrom T\nfourth\n")
+
+
+def test_a_newcomer_sends_the_sole_writer_back_to_the_lock_until_it_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S's first record after T opened takes the lock (and measures the file T wrote to);
+    then both append without it, measuring; once T closed, S asks again within RECHECK
+    records and goes back to counting: one write per record."""
+    path = tmp_path / "app.log"
+    s = RotatingFileHandler(path, maxBytes=40, backupCount=3)
+    try:
+        s.emit(_rec("a" * 9))  # 10 bytes
+        s.emit(_rec("b" * 9))  # 20 bytes, without the lock
+        t = RotatingFileHandler(path, maxBytes=40, backupCount=3)
+        t.emit(_rec("c" * 14))  # 35 bytes
+        flocks = _count(monkeypatch, "flock")
+        s.emit(_rec("d" * 4))  # 35 + 5 >= 40: S rotates first, on the size T made
+        assert flocks[0] >= 2
+        t.close()
+        assert path.read_bytes() == b"dddd\n"
+        assert (tmp_path / "app.log.1").read_bytes() == b"a" * 9 + b"\n" + b"b" * 9 + b"\n" + (
+            b"c" * 14 + b"\n")
+        lseeks = _count(monkeypatch, "lseek")
+        for _ in range(sole_module.RECHECK + 1):
+            s.emit(_rec(""))  # one byte each, measured until S asks again
+        assert 0 < lseeks[0] <= sole_module.RECHECK + 1
+        flocks[0] = lseeks[0] = 0
+        for _ in range(5):
+            s.emit(_rec(""))
+        assert (flocks, lseeks) == ([0], [0])  # alone again: counting, without the lock
+    finally:
+        s.close()
+
+
+KILLED_WRITER = r"""
+import logging, sys
+from racefree import _fs
+from racefree.logging import RotatingFileHandler
+h = RotatingFileHandler(sys.argv[1], maxBytes=10**6, backupCount=3)
+for msg in ("one", "two"):
+    h.emit(logging.makeLogRecord({"msg": msg}))
+real = _fs.write
+def write(fd, data):
+    print("inside", flush=True)
+    sys.stdin.readline()  # never answered: killed here, "in a record"
+    return real(fd, data)
+_fs.write = write
+h.emit(logging.makeLogRecord({"msg": "three"}))
+"""
+
+
+def test_a_sole_writer_killed_in_a_record_blocks_nobody(tmp_path: Path) -> None:
+    """SIGKILL inside the lock-free record leaves "in a record" set; its byte lock died with it,
+    so the next exclusive holder goes ahead at once."""
+    path = tmp_path / "app.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), *sys.path]))
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], WAIT)
+        assert ready and child.stdout.readline() == b"inside\n"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(WAIT) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(WAIT)
+    assert len(_in_record(path)) == 1
+    t = RotatingFileHandler(path, maxBytes=10**6, backupCount=3, lock_timeout=WAIT)
+    try:
+        t.emit(_rec("four"))
+        t.doRollover()
+    finally:
+        t.close()
+    assert (tmp_path / "app.log.1").read_bytes() == b"one\ntwo\nfour\n"
+
+
+SOLE_LOGGER = r"""
+import logging, sys
+from racefree.logging import RotatingFileHandler
+h = RotatingFileHandler(sys.argv[1], maxBytes=10**9, backupCount=100000, compress=True)
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(int(sys.argv[2])):
+    h.emit(logging.makeLogRecord({"msg": f"S {i:07d} " + "x" * (i % 97)}))
+h.close()
+"""
+
+
+def _all_lines(directory: Path) -> list[bytes]:
+    """Every line of app.log's backups, oldest first (plain or gzipped), then app.log."""
+    numbered: list[tuple[int, Path]] = []
+    for entry in directory.iterdir():
+        m = re.fullmatch(r"app\.log\.(\d+)(\.gz)?", entry.name)
+        if m:
+            numbered.append((int(m.group(1)), entry))
+    numbered.sort(reverse=True)
+    lines: list[bytes] = []
+    for _, entry in numbered:
+        data = entry.read_bytes()
+        lines += (gzip.decompress(data) if entry.name.endswith(".gz") else data).splitlines()
+    lines += (directory / "app.log").read_bytes().splitlines()
+    return lines
+
+
+@pytest.mark.timeout(300)
+def test_newcomers_rotating_and_compressing_under_a_lone_writer_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    """One process logs 20,000 records alone, without the lock; meanwhile another opens the
+    log, rotates it with compression and closes it, again and again (each time S is fenced
+    out, then alone again). Every record of S is found once, in order, whole."""
+    path = tmp_path / "app.log"
+    records = 20_000
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), *sys.path]))
+    child = subprocess.Popen([sys.executable, "-c", SOLE_LOGGER, str(path), str(records)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    rotations = 0
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        ready, _, _ = select.select([child.stdout], [], [], WAIT)
+        assert ready and child.stdout.readline() == b"ready\n"
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        while child.poll() is None and rotations < 2_000:
+            t = RotatingFileHandler(path, maxBytes=10**9, backupCount=100000, compress=True)
+            try:
+                t.doRollover()
+            finally:
+                t.close()
+            rotations += 1
+        assert child.wait(WAIT * 4) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(WAIT)
+    assert rotations > 0
+    expected = [f"S {i:07d} ".encode() + b"x" * (i % 97) for i in range(records)]
+    assert _all_lines(tmp_path) == expected

@@ -4,49 +4,37 @@ Every process that logs to ``app.log`` also opens its sidecar ``.app.log.lock``
 (:mod:`racefree.logging.sidecar`): a lock, and a control block holding the
 rotation *generation*.
 
-Writers proceed together. A record of up to ``SHARED_MAX`` bytes is appended
-while holding the lock *shared*: ``flock(LOCK_SH)``, read the generation,
-``lseek`` to learn the file's size, one ``write(2)`` on an ``O_APPEND``
-descriptor, ``flock(LOCK_UN)``. ``O_APPEND`` makes each write land whole at the
-end of the file, whatever the others do, so shared holders need nothing more
-from each other. What they exclude is a rotation, which holds the lock
-*exclusively*:
+Writers proceed together. A record of up to ``SHARED_MAX`` bytes is one
+``write(2)`` on an ``O_APPEND`` descriptor, which lands whole at the end of the
+file whatever the others do. What writers exclude is a rotation, which holds
+the lock *exclusively*. A writer appends either holding the lock *shared*
+(``flock(LOCK_SH)``, check, write, ``flock(LOCK_UN)``) or, once it has a slot,
+without it (:mod:`racefree.logging.sole`: an exclusive holder fences such
+writers out before it goes on). Either way:
 
 - a writer compares the generation with the one its descriptor was opened at
-  *while holding the lock*, and a rotation (which renames the file and bumps
-  the generation) cannot run while any writer holds it. So no record is ever
-  written to a file after that file was rotated: a descriptor that names a
-  backup is seen to be stale before it is used, and the backup, once renamed,
-  is never written again (which is what lets a compressor read it without the
-  lock);
-- the size check and the write are not atomic together: between a writer's
-  ``lseek`` and its ``write``, other writers' records may land. So when many
-  processes write at once, a file can grow past ``maxBytes`` by at most one
-  record per writer that was between those two steps; each writer finds the
-  file full at its next record (its own ``lseek``) and takes the exclusive
-  path, where the size is exact (nobody else writes) and the rotation is
-  decided once. A single writer gets exactly the standard library's rule.
+  before it writes, and no rotation (which renames the file and bumps the
+  generation) can run until that write is done. So no record is ever written
+  to a file after that file was rotated: the backup, once renamed, is never
+  written again (which is what lets a compressor read it without the lock);
+- between a writer's size check (``lseek``) and its ``write``, other writers'
+  records may land. So a file can grow past ``maxBytes`` by at most one record
+  per writer that was between those two steps; each writer finds the file
+  full at its next record and takes the exclusive path, where the size is
+  exact and the rotation is decided once. A single writer gets exactly the
+  standard library's rule (it counts instead of measuring, see ``sole``);
 - writers that found the file full all ask for the exclusive hold, but only
-  the first to get it rotates. The others stop waiting as soon as the
-  generation moves on and go back to the shared path, rather than taking the
-  exclusive hold one after another (``exclusive.ExclusivePath._append_exclusive``).
-  Waits poll (a blocking ``flock`` cannot time out): yielding the processor
-  between polls for the first 1 ms, then every 20 µs (plus the timer slack)
-  until 5 ms, then backing off.
-
-A handler that is the log's only writer (no other open sidecar holds the
-writer lock, see :mod:`racefree.logging.sole`) skips the ``lseek``: it
-counts what it appends, and learns from the control block's writers word, at no
-cost, the moment another writer opens the log.
+  the first to get it rotates; the others stop waiting as soon as the
+  generation moves on (``exclusive.ExclusivePath._append_exclusive``). Waits
+  poll (a blocking ``flock`` cannot time out): yielding the processor for the
+  first 1 ms, then every 20 µs (plus the timer slack) until 5 ms, then backing off.
 
 Larger records, rotations and the repair of a torn record take the exclusive
-path. A SIGKILL can stop a ``write(2)`` between two pages, leaving part of a
-record; an exclusive writer sets a "write in progress" mark first, so the next
-holder ends the torn record with a newline and the next record starts on a line
-of its own. (A record written under the shared hold is at most
-``SHARED_MAX`` bytes: it can be cut only where it crosses a page boundary, by a
-SIGKILL landing inside its ``write(2)``, or by a full disk; the next record then
-follows it on the same line. See ``docs/logging.md``.)
+path, which sets a "write in progress" mark first: a SIGKILL can stop a large
+``write(2)`` between two pages, and the next holder then ends the torn record
+with a newline. (A smaller record can be cut only where it crosses a page
+boundary, by a SIGKILL inside its ``write(2)``, or by a full disk; the next
+record then follows it on the same line. See ``docs/logging.md``.)
 """
 
 from __future__ import annotations
@@ -70,7 +58,6 @@ from racefree.logging.hooks import _FILTER, _HANDLER_FORMAT, StdlibHooks
 from racefree.logging.opening import _LIVE, Opening
 from racefree.logging.rotation import RotationSteps
 from racefree.logging.sidecar import (
-    HEAD,
     OFF_DIRTY,
     SHARED_MAX,
     UNKNOWN_END,
@@ -452,22 +439,6 @@ class SharedFileHandler(
             return _WRITTEN
         finally:
             self._writing = False
-
-    def _follow_shared(self, head: bytes) -> bool:
-        """Holding the lock shared, the control block is not what our descriptor was opened at.
-
-        Another process rotated: reopen the path now (no rotation can rename it
-        while the lock is held, even shared) and go on as a shared writer.
-        False when the exclusive hold is needed: a torn record to repair, a
-        failed handler, a truncated sidecar (the exclusive path reports it).
-        """
-        if len(head) != HEAD.size or self._failed is not None:
-            return False
-        gen, dirty = HEAD.unpack(head)
-        if dirty:
-            return False
-        self._reopen_locked(gen)
-        return not self._bom_pending  # a byte-order mark may be due: decided exclusively
 
     # -- the rest of the Handler API --------------------------------------
     def setStream(self, stream: Any) -> Any:

@@ -190,6 +190,22 @@ class Opening:
         self._head = HEAD.pack(gen, 0) if self._failed is None else b""
         self._live_gen = gen if self._failed is None else -1
 
+    def _follow_shared(self, head: bytes) -> bool:
+        """Holding the lock shared, the control block is not what our descriptor was opened at.
+
+        Another process rotated: reopen the path now (no rotation can rename it
+        while the lock is held, even shared) and go on as a shared writer.
+        False when the exclusive hold is needed: a torn record to repair, a
+        failed handler, a truncated sidecar (the exclusive path reports it).
+        """
+        if len(head) != HEAD.size or self._failed is not None:
+            return False
+        gen, dirty = HEAD.unpack(head)
+        if dirty:
+            return False
+        self._reopen_locked(gen)
+        return not self._bom_pending  # a byte-order mark may be due: decided exclusively
+
     def _opened_locked(self) -> None:
         """A new descriptor of the log, under the lock: subclasses read their shared state."""
 

@@ -9,6 +9,7 @@ exclusive holder waits for the writer to leave the mode instead of going ahead.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from racefree import _fs
+from racefree import LockTimeout, _fs
 from racefree.logging import RotatingFileHandler
 from racefree.logging import barrier as barrier_module
 from racefree.logging import sidecar as sidecar_module
@@ -355,3 +356,48 @@ def test_newcomers_rotating_and_compressing_under_a_lone_writer_lose_nothing(
     assert rotations > 0
     expected = [f"S {i:07d} ".encode() + b"x" * (i % 97) for i in range(records)]
     assert _all_lines(tmp_path) == expected
+
+
+class _Clock:
+    """A monotonic clock for the sidecar's waits: each reading is 1 ms after the one before."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        pass
+
+
+def test_a_slot_held_in_a_record_for_good_costs_one_full_wait_then_short_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another holder of a slot whose word stays 1 (a stopped writer, or anyone who may lock
+    the sidecar of a log others write): the first exclusive step waits lock_timeout, the
+    next ones at most STALLED_WAIT, as for a held lock (not lock_timeout each time)."""
+    path = tmp_path / "app.log"
+    h = RotatingFileHandler(path, maxBytes=10**6, backupCount=3, lock_timeout=5.0)
+    other = os.open(tmp_path / ".app.log.lock", os.O_RDWR)
+    try:
+        h.emit(_rec("one"))
+        _fs.ofd_setlk(other, fcntl.F_WRLCK, SLOT0 + 5 * SLOT_STRIDE, 1)
+        os.pwrite(other, (1).to_bytes(8, "little"), SLOT0 + 5 * SLOT_STRIDE)
+        clock = _Clock()
+        monkeypatch.setattr(sidecar_module, "time", clock)
+        waits = []
+        for _ in range(3):
+            start = clock.now
+            with pytest.raises(LockTimeout):
+                h.doRollover()
+            waits.append(clock.now - start)
+        assert 5.0 <= waits[0] < 5.1
+        assert all(sidecar_module.STALLED_WAIT <= w < 0.1 for w in waits[1:]), waits
+        os.pwrite(other, bytes(8), SLOT0 + 5 * SLOT_STRIDE)  # out of its record
+        h.doRollover()
+    finally:
+        os.close(other)
+        h.close()
+    assert (tmp_path / "app.log.1").read_bytes() == b"one\n"

@@ -355,11 +355,18 @@ class Sidecar:
         self.put_u64(OFF_EPOCH, (epoch + 1) & UNKNOWN_END)
         fenced = _barrier.fence()
         waited = False
+        # As a wait for the lock (see lock): after one timeout, at most STALLED_WAIT,
+        # so that a slot held "in a record" for good (a stopped writer; in a log
+        # others may write, anyone who may lock the sidecar) does not make every
+        # exclusive step wait the full time, as a held flock would not.
+        timeout = self.timeout
+        if timeout is not None and self.stalled:
+            timeout = min(timeout, STALLED_WAIT)
         start = time.monotonic()
         while not self._fenced_out(fenced):
             waited = True
             elapsed = time.monotonic() - start
-            if self.timeout is not None and elapsed >= self.timeout:
+            if timeout is not None and elapsed >= timeout:
                 self.unlock()
                 self.stalled = True
                 raise LockTimeout(self.path, self.timeout)
@@ -367,10 +374,12 @@ class Sidecar:
                 os.sched_yield()
             else:
                 time.sleep(0.0001)
-        if waited and fenced:
-            # The records they were in are written; a second barrier makes their
-            # effects visible here before anything is renamed.
-            _barrier.fence()
+        if waited:
+            self.stalled = False
+            if fenced:
+                # The records they were in are written; a second barrier makes their
+                # effects visible here before anything is renamed.
+                _barrier.fence()
 
     def _fenced_out(self, fenced: bool) -> bool:
         """Whether no other writer is in a record without the lock (see :meth:`fence`)."""

@@ -1,13 +1,15 @@
 """The sidecar ``.app.log.lock``: the log's lock and its control block, opened under the trust rule.
 
 Every process that logs to ``app.log`` opens this small file, which is never
-deleted (pitfall L1). Its ``flock`` is the *rotation lock*: writers hold it
-shared for the length of one ``write(2)``, so any number of them append at
-once; a rotation, a record larger than :data:`SHARED_MAX` and a torn-tail
-repair hold it exclusively. Its 64 bytes are the *control block*, read with
-``pread`` and written with ``pwrite``, and mapped (read-only, for the writers'
-hot path) only where nobody but its owner may write it: a mapping of a file
-that someone truncates kills every process that touches it with SIGBUS
+deleted (pitfall L1). Its ``flock`` is the *rotation lock*: writers append
+without it once they hold a slot (:meth:`Sidecar.enter_free`), or hold it shared
+for the length of one ``write(2)``, so any number of them append at once; a
+rotation, a record larger than :data:`SHARED_MAX`, a newcomer's open and a
+torn-tail repair hold it exclusively, after fencing the slots out
+(:meth:`Sidecar.fence`). Its first 64 bytes are the *control block*, read with
+``pread`` and written with ``pwrite``, and mapped (with the slots, for the
+writers' hot path) only where nobody but its owner may write it: a mapping of a
+file that someone truncates kills every process that touches it with SIGBUS
 (pitfall T6), so where others may write it a short read is a typed error
 instead:
 

@@ -401,3 +401,87 @@ def test_a_slot_held_in_a_record_for_good_costs_one_full_wait_then_short_ones(
         os.close(other)
         h.close()
     assert (tmp_path / "app.log.1").read_bytes() == b"one\n"
+
+
+def _free_slot(sidecar: Path) -> int:
+    """A slot no handler holds (its lock byte free), found from a descriptor of our own."""
+    fd = os.open(sidecar, os.O_RDWR)
+    try:
+        for i in range(SLOTS):
+            if _fs.ofd_getlk(fd, fcntl.F_WRLCK, SLOT0 + i * SLOT_STRIDE, 1) == fcntl.F_UNLCK:
+                return i
+    finally:
+        os.close(fd)
+    raise AssertionError("every slot held")
+
+
+@pytest.mark.parametrize("stale", ["another slot", "the slot the writer takes"])
+def test_a_dead_writers_in_record_word_never_holds_a_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale: str
+) -> None:
+    """A word left at 1 by a writer that died in a record, while a live writer holds a slot:
+    at another slot (no lock held there: it means nothing), or at the very slot the live
+    writer took afterwards (cleared when taken). The rotation goes on at once; with the
+    fake clock a wait would end in LockTimeout."""
+    path = tmp_path / "app.log"
+    sidecar = tmp_path / ".app.log.lock"
+    if stale == "the slot the writer takes":
+        # Before the writer opens: every slot's word says "in a record", no lock held.
+        RotatingFileHandler(path, maxBytes=10**6, backupCount=3).close()
+        with open(sidecar, "r+b") as f:
+            for i in range(SLOTS):
+                f.seek(SLOT0 + i * SLOT_STRIDE)
+                f.write((1).to_bytes(8, "little"))
+    w = RotatingFileHandler(path, maxBytes=10**6, backupCount=3)  # takes a slot at open
+    try:
+        if stale == "another slot":
+            at = SLOT0 + _free_slot(sidecar) * SLOT_STRIDE
+            with open(sidecar, "r+b") as f:
+                f.seek(at)
+                f.write((1).to_bytes(8, "little"))
+        monkeypatch.setattr(sidecar_module, "time", _Clock())
+        # T's open and rotation fence w out while w has written nothing yet.
+        t = RotatingFileHandler(path, maxBytes=10**6, backupCount=3, lock_timeout=5.0)
+        try:
+            t.emit(_rec("one"))
+            t.doRollover()
+        finally:
+            t.close()
+        w.emit(_rec("two"))
+    finally:
+        w.close()
+    assert (tmp_path / "app.log.1").read_bytes() == b"one\n"
+    assert path.read_bytes() == b"two\n"
+
+
+def test_a_write_that_fails_part_way_without_the_lock_is_ended_by_the_next_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record's write(2) stops part-way (a full disk) while the writer appends without the
+    lock: the write-in-progress mark is set, so the next record is written exclusively,
+    after a newline that ends the torn one (not on its line)."""
+    path = tmp_path / "app.log"
+    h = RotatingFileHandler(path, maxBytes=10**6, backupCount=3)
+    errors: list[BaseException] = []
+    monkeypatch.setattr(h, "handleError", lambda record: errors.append(sys.exc_info()[1]))
+    try:
+        h.emit(_rec("first"))
+        h.emit(_rec("second"))  # without the lock from here on
+        real_write, real_write_all = _fs.write, _fs.write_all
+
+        def short(fd: int, data: bytes | memoryview) -> int:
+            return real_write(fd, bytes(data)[:3])
+
+        def full(fd: int, data: bytes | memoryview) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(_fs, "write", short)
+        monkeypatch.setattr(_fs, "write_all", full)
+        h.emit(_rec("third"))
+        monkeypatch.setattr(_fs, "write", real_write)
+        monkeypatch.setattr(_fs, "write_all", real_write_all)
+        h.emit(_rec("fourth"))
+    finally:
+        h.close()
+    assert [type(e) for e in errors] == [OSError]
+    assert path.read_bytes() == b"first\nsecond\nthi\nfourth\n"

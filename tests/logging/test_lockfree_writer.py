@@ -1,10 +1,11 @@
-"""The log's only writer appends without the lock; every exclusive step fences it out first.
+"""Writers append without the lock; every exclusive step fences them out first.
 
-What must hold (see ``racefree.logging.sole``): a record the sole writer is in
-the middle of ends before anyone renames, truncates or compresses the file; the
-sole writer's next record after an exclusive hold takes the lock again; a sole
-writer that died in a record blocks nobody; where no barrier can be run, the
-exclusive holder waits for the writer to leave the mode instead of going ahead.
+What must hold (see ``racefree.logging.sole``): a record a writer is in the
+middle of ends before anyone renames, truncates or compresses the file; a
+writer's next record after an exclusive hold takes the lock again; a writer
+that died in a record blocks nobody; where no barrier can be run, the exclusive
+holder waits for the writers to leave the mode instead of going ahead; an
+interrupted fence leaves the lock free.
 """
 
 from __future__ import annotations
@@ -123,10 +124,12 @@ def test_a_rotation_waits_for_the_record_the_sole_writer_is_in(
     real_pread = _fs.pread
 
     def pread(fd: int, length: int, offset: int) -> bytes:
-        if length == FILE_SIZE:  # an exclusive holder reads the slots
+        data = real_pread(fd, length, offset)
+        if length == FILE_SIZE and data[SLOT0:].strip(b"\0"):
+            # An exclusive holder read the slots and found a record in progress.
             waited.set()
             progress.set()
-        return real_pread(fd, length, offset)
+        return data
 
     errors: list[BaseException] = []
 
@@ -178,11 +181,20 @@ def test_without_a_barrier_the_exclusive_holder_waits_for_the_writer_to_leave(
         tried.set()
         return False
 
+    waiting = threading.Event()  # T polls for the slots to be let go, or T went on
+    real_getlk = _fs.ofd_getlk
+
+    def getlk(fd: int, kind: int, start: int = 0, length: int = 1) -> int:
+        if tried.is_set() and (start, length) == (SLOT0, FILE_SIZE - SLOT0):
+            waiting.set()
+        return real_getlk(fd, kind, start, length)
+
     real_fence = sidecar_module.Sidecar.fence
 
     def fence(side: sidecar_module.Sidecar) -> None:
         real_fence(side)
         seen.append(path.read_bytes())  # what is written once the fence let T go on
+        waiting.set()
 
     def newcomer() -> None:
         try:
@@ -198,12 +210,13 @@ def test_without_a_barrier_the_exclusive_holder_waits_for_the_writer_to_leave(
         inside, release = _pause_write_of(monkeypatch, b"third")
         monkeypatch.setattr(barrier_module, "fence", no_fence)
         monkeypatch.setattr(sidecar_module.Sidecar, "fence", fence)
+        monkeypatch.setattr(_fs, "ofd_getlk", getlk)
         writer = threading.Thread(target=s.emit, args=(_rec("third"),))
         writer.start()
         assert inside.wait(WAIT)
         t = threading.Thread(target=newcomer)
         t.start()
-        assert tried.wait(WAIT)
+        assert waiting.wait(WAIT)  # T waits for S's slot (or, wrongly, went on)
         release.set()
         writer.join(WAIT)
         assert not writer.is_alive()
@@ -222,32 +235,32 @@ def test_a_newcomer_sends_the_sole_writer_back_to_the_lock_until_it_leaves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """S's first record after T opened takes the lock (and measures the file T wrote to);
-    then both append without it, measuring; once T closed, S asks again within RECHECK
-    records and goes back to counting: one write per record."""
+    then both append without it, measuring; once T closed (closing fences nobody), S keeps
+    measuring until it asks again, within RECHECK records, and goes back to counting."""
     path = tmp_path / "app.log"
-    s = RotatingFileHandler(path, maxBytes=40, backupCount=3)
+    s = RotatingFileHandler(path, maxBytes=10**9, backupCount=3)
     try:
-        s.emit(_rec("a" * 9))  # 10 bytes
-        s.emit(_rec("b" * 9))  # 20 bytes, without the lock
-        t = RotatingFileHandler(path, maxBytes=40, backupCount=3)
-        t.emit(_rec("c" * 14))  # 35 bytes
-        flocks = _count(monkeypatch, "flock")
-        s.emit(_rec("d" * 4))  # 35 + 5 >= 40: S rotates first, on the size T made
-        assert flocks[0] >= 2
+        s.emit(_rec("a" * 9))
+        s.emit(_rec("b" * 9))  # without the lock
+        t = RotatingFileHandler(path, maxBytes=10**9, backupCount=3)
+        t.emit(_rec("c" * 14))  # t appends without the lock too
+        flocks, lseeks = _count(monkeypatch, "flock"), _count(monkeypatch, "lseek")
+        s.emit(_rec("d" * 4))  # the fence word moved at t's open: back to the lock once
+        assert flocks[0] >= 2 and lseeks[0] >= 1
         t.close()
-        assert path.read_bytes() == b"dddd\n"
-        assert (tmp_path / "app.log.1").read_bytes() == b"a" * 9 + b"\n" + b"b" * 9 + b"\n" + (
-            b"c" * 14 + b"\n")
-        lseeks = _count(monkeypatch, "lseek")
+        flocks[0] = lseeks[0] = 0
         for _ in range(sole_module.RECHECK + 1):
-            s.emit(_rec(""))  # one byte each, measured until S asks again
-        assert 0 < lseeks[0] <= sole_module.RECHECK + 1
+            s.emit(_rec(""))  # without the lock, measured until S asks again
+        assert 0 < flocks[0] <= 4  # the one record that asked again, under the lock
+        assert sole_module.RECHECK - 2 <= lseeks[0] <= sole_module.RECHECK + 1
         flocks[0] = lseeks[0] = 0
         for _ in range(5):
             s.emit(_rec(""))
         assert (flocks, lseeks) == ([0], [0])  # alone again: counting, without the lock
     finally:
         s.close()
+    assert path.read_bytes() == b"a" * 9 + b"\n" + b"b" * 9 + b"\n" + b"c" * 14 + b"\n" + (
+        b"dddd\n" + b"\n" * (sole_module.RECHECK + 6))
 
 
 KILLED_WRITER = r"""
@@ -485,3 +498,35 @@ def test_a_write_that_fails_part_way_without_the_lock_is_ended_by_the_next_recor
         h.close()
     assert [type(e) for e in errors] == [OSError]
     assert path.read_bytes() == b"first\nsecond\nthi\nfourth\n"
+
+
+def test_an_interrupted_fence_leaves_the_lock_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt (KeyboardInterrupt from a signal handler) while an exclusive holder waits
+    for a writer's record: the exclusive flock is let go with it, not kept until this
+    process logs again (every other process's open and rotation would time out)."""
+    path = tmp_path / "app.log"
+    w = RotatingFileHandler(path, maxBytes=10**6, backupCount=3)
+    b = RotatingFileHandler(path, maxBytes=10**6, backupCount=3)
+    try:
+        b.emit(_rec("one"))
+
+        def interrupted() -> bool:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(barrier_module, "fence", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            b.doRollover()  # w holds a slot: the fence runs, and is interrupted
+        monkeypatch.undo()
+        probe = os.open(tmp_path / ".app.log.lock", os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if kept
+            fcntl.flock(probe, fcntl.LOCK_UN)
+        finally:
+            os.close(probe)
+        w.emit(_rec("two"))
+    finally:
+        b.close()
+        w.close()
+    assert path.read_bytes() == b"one\ntwo\n"

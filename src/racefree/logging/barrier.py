@@ -1,16 +1,16 @@
 """An asymmetric memory barrier between processes: Linux's ``membarrier(2)``.
 
-The log's only writer appends without the lock (:mod:`racefree.logging.sole`):
-it stores "in a record" in the control block, then loads the *fence* word, and
-writes only if that word is unchanged. A process that takes the lock
+A log's writers append without the lock (:mod:`racefree.logging.sole`): each
+stores "in a record" in its slot of the control block, then loads the *fence*
+word, and writes only if that word is unchanged. A process that takes the lock
 exclusively stores a new fence word, then loads "in a record", and waits while
-it is set. Each side stores, then loads what the other stores: without a full
+one is set. Each side stores, then loads what the other stores: without a full
 memory barrier between the two, a processor may make the load before its own
 store is visible to the other (a store buffer), and both would go ahead. Python
 code cannot issue a barrier instruction, and the writer's record is the hot
 path, so the barrier is asymmetric: the rare side (the exclusive holder) calls
 ``membarrier``, which runs a full barrier on every processor running a process
-registered for it (the writer registers once), and on its own. Either the
+registered for it (a writer's process registers once), and on its own. Either the
 writer's store is then visible to the exclusive holder's load, or the writer's
 load comes after the barrier and sees the new fence word.
 
@@ -66,8 +66,8 @@ def register() -> bool:
     """Whether another process's :func:`fence` runs a barrier on this process's processors.
 
     Registers this process once (again in a forked child); False where the
-    system has no ``membarrier`` or refuses it (a seccomp filter): then a log's
-    only writer keeps taking the lock for each record.
+    system has no ``membarrier`` or refuses it (a seccomp filter): then this
+    process's log writers keep taking the lock for each record.
     """
     global _registered
     pid = os.getpid()
@@ -87,7 +87,8 @@ def register() -> bool:
 def fence() -> bool:
     """A full memory barrier on every processor running a registered process, and here.
 
-    False when no barrier could be made (no ``membarrier`` in this process's
+    ``MEMBARRIER_CMD_GLOBAL_EXPEDITED``, else ``MEMBARRIER_CMD_GLOBAL`` (slower,
+    needs no registration). False when no barrier could be made (no ``membarrier`` in this process's
     system or sandbox, where another process had one): the caller must then
     wait for the writer to leave its lock-free mode instead.
     """

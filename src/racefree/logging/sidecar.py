@@ -238,7 +238,13 @@ class Sidecar:
             if not self._wait(op, gen):
                 return False
         if op == fcntl.LOCK_EX:
-            self.fence()
+            try:
+                self.fence()
+            except BaseException:
+                # Not left held after an interrupt during the wait or a truncated
+                # sidecar (a LockTimeout let go already; a second unlock is harmless).
+                self.unlock()
+                raise
         return True
 
     def generation(self) -> int:
@@ -378,10 +384,12 @@ class Sidecar:
                 time.sleep(0.0001)
         if waited:
             self.stalled = False
-            if fenced:
-                # The records they were in are written; a second barrier makes their
-                # effects visible here before anything is renamed.
-                _barrier.fence()
+        if fenced:
+            # A record a writer ended after the first barrier (seen at 0 at once, or
+            # waited for): its write's effects may still trail the store of 0 on a
+            # weakly ordered processor; a second barrier makes them visible here
+            # before anything is renamed.
+            _barrier.fence()
 
     def _fenced_out(self, fenced: bool) -> bool:
         """Whether no other writer is in a record without the lock (see :meth:`fence`)."""

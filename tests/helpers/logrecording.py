@@ -1,10 +1,16 @@
-"""A racefree log handler that keeps what ``handleError`` was given, for tests that assert it."""
+"""Helpers of the logging tests: a handler that keeps what ``handleError`` was given, a record,
+and a counter of the seam's calls."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+
+from racefree import _fs
 from racefree.logging import RotatingFileHandler
 
 
@@ -22,3 +28,16 @@ class Recording(RotatingFileHandler):
 def rec(msg: str) -> logging.LogRecord:
     """A record whose message is ``msg``."""
     return logging.makeLogRecord({"msg": msg})
+
+
+def count_seam_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of seam function ``name`` from now on (in one cell, resettable)."""
+    real: Callable[..., Any] = getattr(_fs, name)
+    calls = [0]
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_fs, name, counted)
+    return calls

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import gzip
-import logging
 import os
 import re
 import select
@@ -20,11 +19,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers.logrecording import count_seam_calls, rec
 
 from racefree import LockTimeout, _fs
 from racefree.logging import RotatingFileHandler
@@ -37,21 +35,8 @@ WAIT = 60.0  # generous bounds on a busy machine; outcomes are exact, never time
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def _rec(msg: str) -> logging.LogRecord:
-    return logging.makeLogRecord({"msg": msg})
-
-
-def _count(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
-    """Count the calls of seam function ``name`` from now on (in one cell)."""
-    real: Callable[..., Any] = getattr(_fs, name)
-    calls = [0]
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_fs, name, counted)
-    return calls
+_rec = rec
+_count = count_seam_calls
 
 
 def _pause_write_of(monkeypatch: pytest.MonkeyPatch, marker: bytes

@@ -8,34 +8,19 @@ write, the first record after another writer opened the log included.
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.logrecording import count_seam_calls, rec
 
 from racefree import _fs
 from racefree.logging import RotatingFileHandler
 from racefree.logging import sole as sole_module
 
-
-def _rec(msg: str) -> logging.LogRecord:
-    return logging.makeLogRecord({"msg": msg})
-
-
-def _count(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
-    """Count the calls of seam function ``name`` from now on (in one cell)."""
-    real: Callable[..., Any] = getattr(_fs, name)
-    calls = [0]
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_fs, name, counted)
-    return calls
+_rec = rec
+_count = count_seam_calls
 
 
 def test_the_only_writer_does_not_measure_at_every_record(

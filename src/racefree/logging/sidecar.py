@@ -53,6 +53,7 @@ import os
 import stat
 import struct
 import time
+from collections.abc import Callable
 
 from racefree import _fs, _trust
 from racefree._errors import LockTimeout, UnsafePathError
@@ -241,8 +242,8 @@ class Sidecar:
             try:
                 self.fence()
             except BaseException:
-                # Not left held after an interrupt during the wait or a truncated
-                # sidecar (a LockTimeout let go already; a second unlock is harmless).
+                # Not left held after a LockTimeout, an interrupt during the wait
+                # or a truncated sidecar.
                 self.unlock()
                 raise
         return True
@@ -255,15 +256,34 @@ class Sidecar:
         return self.head()[0]
 
     def _wait(self, op: int, gen: int = -1) -> bool:
-        # Polled rather than a blocking flock: a blocking flock cannot be given
-        # a timeout. Contention is short (a rotation, a large record: about
-        # 0.2 ms), so for the first YIELD_POLLS seconds a poll gives the
-        # processor away (sched_yield) instead of sleeping: with more writers
-        # than processors, every writer waits for each rotation, and a sleep's
-        # timer wake-up per poll costs the rotating process its processor; the
-        # yield runs whoever is runnable, the rotator among them. Then sleeps
-        # (each at least the timer slack, ~50 us) until FAST_POLLS, then
-        # backing off: a long hold is a stopped or hostile holder.
+        """Poll for the lock (:meth:`lock`): True once held, False once ``gen`` moved on."""
+
+        def ready() -> bool | None:
+            if gen >= 0 and self.generation() != gen:
+                return False
+            try:
+                _fs.flock(self.fd, op | _LOCK_NB)
+            except BlockingIOError:
+                return None
+            return True
+
+        return self._poll(ready)
+
+    def _poll(self, ready: Callable[[], bool | None]) -> bool:
+        """Call ``ready`` until it answers True or False; LockTimeout after ``timeout``.
+
+        The one wait of the sidecar: for the lock, and for writers to leave a
+        record (:meth:`fence`). Polled rather than a blocking flock: a blocking
+        flock cannot be given a timeout. Contention is short (a rotation, a
+        large record: about 0.2 ms), so for the first YIELD_POLLS seconds a poll
+        gives the processor away (sched_yield) instead of sleeping: with more
+        writers than processors, every writer waits for each rotation, and a
+        sleep's timer wake-up per poll costs the rotating process its processor;
+        the yield runs whoever is runnable, the rotator among them. Then sleeps
+        (each at least the timer slack, ~50 us) until FAST_POLLS, then backing
+        off: a long hold is a stopped or hostile holder. After one timeout, a
+        wait lasts at most STALLED_WAIT until one succeeds (True).
+        """
         timeout = self.timeout
         if timeout is not None and self.stalled:
             timeout = min(timeout, STALLED_WAIT)
@@ -281,14 +301,11 @@ class Sidecar:
                 time.sleep(delay)
                 if now - start > FAST_POLLS:
                     delay = min(delay * 2, 0.0002 if now - start < 0.05 else 0.005)
-            if gen >= 0 and self.generation() != gen:
-                return False
-            try:
-                _fs.flock(self.fd, op | _LOCK_NB)
-            except BlockingIOError:
-                continue
-            self.stalled = False
-            return True
+            answer = ready()
+            if answer is not None:
+                if answer:
+                    self.stalled = False
+                return answer
 
     # -- writers that append without the lock (racefree.logging.sole) ------------
     def enter_free(self, hint: int) -> int:
@@ -351,7 +368,8 @@ class Sidecar:
         while such a record was still to be written into it. Nothing to do
         (one ``F_OFD_GETLK``) when no other handler holds a slot. Waits at
         most ``timeout`` seconds for a writer stopped in the middle of a
-        record: then :class:`~racefree.LockTimeout`, with the lock released.
+        record: then :class:`~racefree.LockTimeout` (and :meth:`lock`, its
+        one caller, lets go of the lock).
         """
         try:
             held = _fs.ofd_getlk(self.fd, fcntl.F_WRLCK, SLOT0, FILE_SIZE - SLOT0) != fcntl.F_UNLCK
@@ -362,28 +380,12 @@ class Sidecar:
         epoch = _U64.unpack_from(self.read(OFF_EPOCH + 8), OFF_EPOCH)[0]
         self.put_u64(OFF_EPOCH, (epoch + 1) & UNKNOWN_END)
         fenced = _barrier.fence()
-        waited = False
-        # As a wait for the lock (see lock): after one timeout, at most STALLED_WAIT,
-        # so that a slot held "in a record" for good (a stopped writer; in a log
-        # others may write, anyone who may lock the sidecar) does not make every
-        # exclusive step wait the full time, as a held flock would not.
-        timeout = self.timeout
-        if timeout is not None and self.stalled:
-            timeout = min(timeout, STALLED_WAIT)
-        start = time.monotonic()
-        while not self._fenced_out(fenced):
-            waited = True
-            elapsed = time.monotonic() - start
-            if timeout is not None and elapsed >= timeout:
-                self.unlock()
-                self.stalled = True
-                raise LockTimeout(self.path, self.timeout)
-            if elapsed < YIELD_POLLS:
-                os.sched_yield()
-            else:
-                time.sleep(0.0001)
-        if waited:
-            self.stalled = False
+        if not self._fenced_out(fenced):
+            # Bounded as a wait for the lock: after one timeout, at most STALLED_WAIT,
+            # so that a slot held "in a record" for good (a stopped writer; in a log
+            # others may write, anyone who may lock the sidecar) does not make every
+            # exclusive step wait the full time, as a held flock would not.
+            self._poll(lambda: True if self._fenced_out(fenced) else None)
         if fenced:
             # A record a writer ended after the first barrier (seen at 0 at once, or
             # waited for): its write's effects may still trail the store of 0 on a

@@ -57,7 +57,11 @@ class SoleWriter:
     _slot_w: int
 
     def _ask_alone(self, writers: int) -> None:
-        """Holding the lock shared: is this handler the log's only writer, from now on?
+        """Holding the lock: is this handler the log's only writer, from now on? And take a slot.
+
+        The slot (:meth:`Sidecar.enter_free`, with the fence word read now,
+        under the lock) lets the handler append without the lock until an
+        exclusive holder moves the fence word on; see the module docstring.
 
         The only writer tracks the file's size itself (``_size``: what the
         last ``lseek`` said plus what it appended since) instead of asking the

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.logrecording import count_seam_calls
 from helpers.testkit import reap
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -128,6 +129,33 @@ def test_ids_read_once_are_not_cached(tmp_path: Path) -> None:
         assert not cache.young and not cache.old and len(cache.seen) == 100
         assert s.get("k7") == {"n": 7, "l": [7]}
         assert list(cache.young) == ["k7"]
+
+
+def test_a_hit_in_the_old_generation_is_moved_back_without_a_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An id the young generation pushed out (into the old one) is still a hit: no
+    ``pread``, a fresh copy, and it is young again; an id in neither is read."""
+    doc = {"text": "x" * 900, "l": [1]}
+    with Store(tmp_path / "s", durable=False, cache_bytes=64 << 10) as s:
+        with s.batch() as b:
+            for i in range(40):
+                b.put(f"k{i}", doc)
+        cache = s._core.state.cache
+        for _ in range(2):
+            assert s.get("k0") == doc
+        i = 1
+        while "k0" not in cache.old:  # more cached ids until k0's generation turns old
+            for _ in range(2):
+                assert s.get(f"k{i}") == doc
+            i += 1
+        preads = count_seam_calls(monkeypatch, "pread")
+        got = s.get("k0")
+        assert got == doc and preads == [0]
+        assert "k0" in cache.young and "k0" not in cache.old
+        got["l"].append(2)
+        assert s.get("k0") == doc and preads == [0]
+        assert s.get(f"k{i + 1}") == doc and preads == [1]  # never cached: read
 
 
 def test_memory_stays_within_the_bound(tmp_path: Path) -> None:

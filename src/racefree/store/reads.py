@@ -100,7 +100,7 @@ class StoreReads:
                 raise TypeError(f"store ids are str, not {type(id).__name__}")
             return default
         cache = st.cache
-        if cache.old:
+        if id in cache.old:  # a look without the lock first: most misses are in neither dict
             hit = cache.promote(id)
             if hit is not None:
                 with contextlib.suppress(RecursionError):

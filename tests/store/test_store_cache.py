@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from racefree import CorruptFileError, Store, _fs
-from racefree.store.cache import PLAN_DEPTH
+from racefree.store.cache import PLAN_DEPTH, SEEN_BITS, SEEN_MARKS
 
 NESTED = {
     "title": "t",
@@ -117,18 +117,68 @@ def test_cache_bytes_zero_turns_the_cache_off_and_bad_values_are_refused(tmp_pat
         Store(tmp_path / "t", cache_bytes=1.5)  # type: ignore[arg-type]
 
 
+def _distinct_marks(n: int) -> list[str]:
+    """``n`` ids whose admission marks are all different (under this process's hashes)."""
+    ids, bits = [], set()
+    i = 0
+    while len(ids) < n:
+        bit = hash(f"k{i}") % SEEN_BITS
+        if bit not in bits:
+            bits.add(bit)
+            ids.append(f"k{i}")
+        i += 1
+    return ids
+
+
 def test_ids_read_once_are_not_cached(tmp_path: Path) -> None:
     """An id is cached at its second read: reads that never repeat keep nothing alive."""
+    ids = _distinct_marks(100)
     with Store(tmp_path / "s", durable=False) as s:
         with s.batch() as b:
-            for i in range(100):
-                b.put(f"k{i}", {"n": i, "l": [i]})
-        for i in range(100):
-            assert s.get(f"k{i}") == {"n": i, "l": [i]}
+            for i, key in enumerate(ids):
+                b.put(key, {"n": i, "l": [i]})
+        for i, key in enumerate(ids):
+            assert s.get(key) == {"n": i, "l": [i]}
         cache = s._core.state.cache
-        assert not cache.young and not cache.old and len(cache.seen) == 100
-        assert s.get("k7") == {"n": 7, "l": [7]}
-        assert list(cache.young) == ["k7"]
+        assert not cache.young and not cache.old and cache.marks == 100
+        assert s.get(ids[7]) == {"n": 7, "l": [7]}
+        assert list(cache.young) == [ids[7]]
+
+
+def test_a_store_larger_than_the_old_admission_set_is_cached_from_its_second_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20,000 documents read in turn, three times, through a cache that can hold them
+    all: the second pass caches every one, the third reads no file. (Hashes remembered
+    in a set of 16,384, cleared when full, forgot each id before its second read came.)"""
+    n = 20000
+    with Store(tmp_path / "s", durable=False, cache_bytes=256 << 20) as s:
+        with s.batch() as b:
+            for i in range(n):
+                b.put(f"id{i}", {"n": i, "tags": ["a"]})
+        for _ in range(2):
+            for i in range(n):
+                assert s.get(f"id{i}") == {"n": i, "tags": ["a"]}
+        preads = count_seam_calls(monkeypatch, "pread")
+        for i in range(n):
+            assert s.get(f"id{i}") == {"n": i, "tags": ["a"]}
+        assert preads == [0]
+        assert len(s._core.state.cache.young) + len(s._core.state.cache.old) == n
+
+
+def test_the_admission_marks_are_cleared_once_they_are_many(tmp_path: Path) -> None:
+    """Past SEEN_MARKS marks the bitmap starts over: false marks never pile up."""
+    a, b = _distinct_marks(2)
+    with Store(tmp_path / "s", durable=False) as s:
+        s.put(a, {"n": 1})
+        s.put(b, {"n": 2})
+        assert s.get(a) == {"n": 1}
+        cache = s._core.state.cache
+        assert cache.marks == 1
+        cache.marks = SEEN_MARKS  # as if that many ids had been read once
+        assert s.get(b) == {"n": 2}
+        assert cache.marks == 1 and sum(bin(x).count("1") for x in cache.seen) == 1
+        assert not cache.young
 
 
 def test_a_hit_in_the_old_generation_is_moved_back_without_a_read(

@@ -35,8 +35,12 @@ the entry itself; it is within a few percent of what ``tracemalloc`` measures
 for typical documents, and above it for documents of many small numbers
 (``True``, ``False``, ``None`` and small ints are not new objects). A document
 whose estimate is more than an eighth of the limit, or nested more than
-:data:`PLAN_DEPTH` deep, is not cached. Besides, a cache remembers the hashes of
-up to :data:`SEEN` ids read once (about 1 MiB): an id is cached at its second read.
+:data:`PLAN_DEPTH` deep, is not cached. Besides, a cache marks the ids read once
+in a bitmap of :data:`SEEN_BITS` bits (128 KiB), by their hash: an id is cached at
+its second read. Once :data:`SEEN_MARKS` marks are set, the bitmap is cleared; until
+then it remembers every id read once (so a store of up to that many documents read
+at random is cached whole from its second pass), and at most one read in eight of a
+new id finds a mark that another id set (it is cached at its first read: a copy).
 """
 
 from __future__ import annotations
@@ -46,14 +50,17 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["PLAN_DEPTH", "SEEN", "DocCache", "copy_doc", "plan_of"]
+__all__ = ["PLAN_DEPTH", "SEEN_BITS", "SEEN_MARKS", "DocCache", "copy_doc", "plan_of"]
 
 #: Documents nested deeper than this are not cached (copying them recurses once per level).
 PLAN_DEPTH = 32
 _LEAF = 48  # an object header (str 49 + its characters, int 28, float 24)
 _ENTRY = 160  # the dict slot, the entry tuple, the plan's tuples (typical)
-#: How many ids read once a cache remembers (their hashes: about 1 MiB at most).
-SEEN = 16384
+#: The bits of the bitmap that marks the ids read once (128 KiB).
+SEEN_BITS = 1 << 20
+#: Marks set before the bitmap is cleared (an eighth of its bits).
+SEEN_MARKS = SEEN_BITS // 8
+_SEEN_MASK = SEEN_BITS - 1
 
 Plan = tuple[tuple[Any, Any], ...]
 _getsizeof = sys.getsizeof
@@ -110,11 +117,13 @@ class DocCache:
     size)``. Every other method takes the cache's lock.
     """
 
-    __slots__ = ("half", "mu", "old", "seen", "used", "young")
+    __slots__ = ("half", "marks", "mu", "old", "seen", "used", "young")
 
     def __init__(self, limit: int) -> None:
         self.half = limit // 2
-        self.seen: set[int] = set()  # hashes of ids read once (admission: see ``add``)
+        # Admission (see ``add``): a bit per id hash read once, made at the first miss.
+        self.seen = bytearray()
+        self.marks = 0  # bits set in ``seen``
         self.young: dict[str, tuple[Any, Plan, int]] = {}
         self.old: dict[str, tuple[Any, Plan, int]] = {}
         self.used = 0  # estimated bytes in ``young``
@@ -155,17 +164,22 @@ class DocCache:
         of it for the caller (the cached one is never handed out), or ``doc`` itself when
         it is not cached.
 
-        Only an id read a second time is cached: the first read only notes its hash
-        (at most :data:`SEEN` of them, forgotten all at once when full), so reads that
-        never repeat pay no copy and keep no document alive (each one kept is work for
-        the garbage collector, whatever the cache's size).
+        Only an id read a second time is cached: the first read only marks its hash
+        in a bitmap (cleared once :data:`SEEN_MARKS` bits are set), so reads that never
+        repeat pay no copy and keep no document alive (each one kept is work for the
+        garbage collector, whatever the cache's size). Without the lock: a mark lost
+        to another thread's at the same time only delays a caching by one read.
         """
-        h = hash(key)
-        seen = self.seen
-        if h not in seen:
-            if len(seen) >= SEEN:
-                seen.clear()
-            seen.add(h)
+        h = hash(key) & _SEEN_MASK
+        seen, bit = self.seen, 1 << (h & 7)
+        if not seen:
+            seen = self.seen = bytearray(SEEN_BITS // 8)  # made at the first miss
+        if not seen[h >> 3] & bit:
+            if self.marks >= SEEN_MARKS:
+                seen[:] = bytes(len(seen))  # forget them all: false marks would grow
+                self.marks = 0
+            seen[h >> 3] |= bit
+            self.marks += 1
             return doc
         found = plan_of(doc)
         if found is None:

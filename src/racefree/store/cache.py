@@ -26,9 +26,14 @@ the document of the id's current index entry, or of one a write is replacing
 right now, whose new end this process's readers have not been shown yet.
 
 **Memory.** At most ``limit`` bytes of *estimated* memory per cache (one per
-open handle): two generations (dicts) of at most half of it each. New entries
-go to the young one; when one more would overflow it, it becomes the old one
-and the previous old one is dropped; a hit in the old one moves the entry back to the young one.
+open handle), in two generations (dicts) that share it. New entries go to the
+young one and a hit in the old one moves the entry back to the young one. When
+one more entry would pass the limit, room is made in the old generation (its
+entries dropped, newest first: ``dict.popitem``) while the young one holds less
+than half of the limit; once the young one holds half, it becomes the old one
+and the previous old one is dropped. So documents read at random that fit in
+the limit are all kept (nothing turns over), and a hot set is kept while what
+is read once passes through.
 The estimate counts each dict and list (``sys.getsizeof``), 48 bytes per leaf
 and per key object, the characters of the document's JSON, and 160 bytes for
 the entry itself; it is within a few percent of what ``tracemalloc`` measures
@@ -117,9 +122,10 @@ class DocCache:
     size)``. Every other method takes the cache's lock.
     """
 
-    __slots__ = ("half", "marks", "mu", "old", "seen", "used", "young")
+    __slots__ = ("half", "limit", "marks", "mu", "old", "seen", "used", "used_old", "young")
 
     def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.half = limit // 2
         # Admission (see ``add``): a bit per id hash read once, made at the first miss.
         self.seen = bytearray()
@@ -127,6 +133,7 @@ class DocCache:
         self.young: dict[str, tuple[Any, Plan, int]] = {}
         self.old: dict[str, tuple[Any, Plan, int]] = {}
         self.used = 0  # estimated bytes in ``young``
+        self.used_old = 0  # estimated bytes in ``old``
         self.mu = threading.Lock()
 
     def drop(self, key: str) -> None:
@@ -140,22 +147,28 @@ class DocCache:
         """
         if self.half and (self.young or self.old):
             with self.mu:
-                self.young.pop(key, None)
-                self.old.pop(key, None)
+                self._forget(key)
 
     def drop_keys(self, keys: Iterable[str]) -> None:
         if self.half and (self.young or self.old):  # see drop
             with self.mu:
-                young, old = self.young, self.old
                 for key in keys:
-                    young.pop(key, None)
-                    old.pop(key, None)
+                    self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        entry = self.young.pop(key, None)
+        if entry is not None:
+            self.used -= entry[2]
+        entry = self.old.pop(key, None)
+        if entry is not None:
+            self.used_old -= entry[2]
 
     def promote(self, key: str) -> tuple[Any, Plan, int] | None:
         """The old generation's entry for ``key``, moved to the young one; None if absent."""
         with self.mu:
             entry = self.old.pop(key, None)
             if entry is not None:
+                self.used_old -= entry[2]
                 self._put(key, entry)
             return entry
 
@@ -200,17 +213,22 @@ class DocCache:
         return out
 
     def _put(self, key: str, entry: tuple[Any, Plan, int]) -> None:
-        young = self.young
+        young, size = self.young, entry[2]
         old_entry = young.pop(key, None)
         if old_entry is not None:
             self.used -= old_entry[2]
-        if self.used + entry[2] > self.half:
-            # The young generation is full: it becomes the old one, whose entries
-            # are dropped unless a hit moves them back (an approximate LRU with no
-            # bookkeeping on a hit in the young generation). Each generation
-            # stays within half of the limit.
-            self.old = young
-            self.young = young = {}
-            self.used = 0
+        while self.used + self.used_old + size > self.limit:
+            old = self.old
+            if self.used < self.half and old:
+                # Room from the old generation: the young one is not half full yet.
+                self.used_old -= old.popitem()[1][2]
+            else:
+                # The young generation holds half: it becomes the old one, whose
+                # entries are dropped unless a hit moves them back (an approximate
+                # LRU with no bookkeeping on a hit in the young generation).
+                self.old = young
+                self.used_old = self.used
+                self.young = young = {}
+                self.used = 0
         young[key] = entry
-        self.used += entry[2]
+        self.used += size

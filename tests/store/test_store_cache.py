@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from racefree import CorruptFileError, Store, _fs
-from racefree.store.cache import PLAN_DEPTH, SEEN_BITS, SEEN_MARKS
+from racefree.store.cache import PLAN_DEPTH, DocCache
+from racefree.store.store import CACHE_BYTES
 
 NESTED = {
     "title": "t",
@@ -117,12 +118,14 @@ def test_cache_bytes_zero_turns_the_cache_off_and_bad_values_are_refused(tmp_pat
         Store(tmp_path / "t", cache_bytes=1.5)  # type: ignore[arg-type]
 
 
-def _distinct_marks(n: int) -> list[str]:
-    """``n`` ids whose admission marks are all different (under this process's hashes)."""
+def _distinct_marks(n: int, limit: int = CACHE_BYTES) -> list[str]:
+    """``n`` ids whose admission marks are all different (under this process's hashes)
+    in a cache of ``limit`` bytes."""
     ids, bits = [], set()
+    mask = DocCache(limit).mask
     i = 0
     while len(ids) < n:
-        bit = hash(f"k{i}") % SEEN_BITS
+        bit = hash(f"k{i}") & mask
         if bit not in bits:
             bits.add(bit)
             ids.append(f"k{i}")
@@ -149,10 +152,11 @@ def test_a_store_larger_than_the_old_admission_set_is_cached_from_its_second_pas
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """20,000 documents read in turn, three times, through a cache that can hold them
-    all: the second pass caches every one, the third reads no file. (Hashes remembered
-    in a set of 16,384, cleared when full, forgot each id before its second read came.)"""
+    all (the default): the second pass caches every one, the third reads no file. (Hashes
+    remembered in a set of 16,384, cleared when full, forgot each id before its second
+    read came.)"""
     n = 20000
-    with Store(tmp_path / "s", durable=False, cache_bytes=256 << 20) as s:
+    with Store(tmp_path / "s", durable=False) as s:
         with s.batch() as b:
             for i in range(n):
                 b.put(f"id{i}", {"n": i, "tags": ["a"]})
@@ -166,19 +170,49 @@ def test_a_store_larger_than_the_old_admission_set_is_cached_from_its_second_pas
         assert len(s._core.state.cache.young) + len(s._core.state.cache.old) == n
 
 
-def test_the_admission_marks_are_cleared_once_they_are_many(tmp_path: Path) -> None:
-    """Past SEEN_MARKS marks the bitmap starts over: false marks never pile up."""
-    a, b = _distinct_marks(2)
+def test_a_read_repeated_past_two_horizons_is_not_cached(tmp_path: Path) -> None:
+    """A 4 MiB cache keeps two generations of 4,096 marks: an id read again after 8,192
+    other ids read once (more than such a cache holds) is not cached; one read again
+    within the previous generation of marks, or the current one, is."""
+    limit = 4 << 20
+    ids = _distinct_marks(2 * 4096 + 2, limit)
+    with Store(tmp_path / "s", durable=False, cache_bytes=limit) as s:
+        with s.batch() as b:
+            for key in ids:
+                b.put(key, {"k": key})
+        cache = s._core.state.cache
+        assert cache.horizon == 4096
+        for key in ids:  # 4,096 marks, 4,096 more, then a third generation begins
+            assert s.get(key) == {"k": key}
+        assert cache.marks == 2 and not cache.young
+        assert s.get(ids[0]) == {"k": ids[0]}  # its generation was dropped: marked again
+        assert not cache.young and cache.marks == 3
+        assert s.get(ids[4096]) == {"k": ids[4096]}  # the previous generation: cached
+        assert s.get(ids[-1]) == {"k": ids[-1]}  # the current one: cached
+        assert list(cache.young) == [ids[4096], ids[-1]] and cache.marks == 3
+
+
+def test_a_new_generation_of_marks_begins_after_horizon_marks(tmp_path: Path) -> None:
+    """Past ``horizon`` marks the bitmap starts over, and the one before stays
+    readable: false marks never pile up, and no id is forgotten at once."""
+    a, b, c = _distinct_marks(3)
     with Store(tmp_path / "s", durable=False) as s:
-        s.put(a, {"n": 1})
-        s.put(b, {"n": 2})
-        assert s.get(a) == {"n": 1}
+        for key in (a, b, c):
+            s.put(key, {"k": key})
+        assert s.get(a) == {"k": a}
         cache = s._core.state.cache
         assert cache.marks == 1
-        cache.marks = SEEN_MARKS  # as if that many ids had been read once
-        assert s.get(b) == {"n": 2}
-        assert cache.marks == 1 and sum(bin(x).count("1") for x in cache.seen) == 1
-        assert not cache.young
+        cache.marks = cache.horizon  # as if that many ids had been read once
+        assert s.get(b) == {"k": b}
+        assert cache.marks == 1 and not cache.young
+        assert sum(bin(x).count("1") for x in cache.seen) == 1
+        assert sum(bin(x).count("1") for x in cache.seen_before) == 1
+        assert s.get(a) == {"k": a}  # remembered in the generation before
+        assert list(cache.young) == [a]
+        cache.marks = cache.horizon
+        assert s.get(c) == {"k": c}  # b's generation turns old, a's (and its mark) goes
+        assert s.get(b) == {"k": b}
+        assert list(cache.young) == [a, b]
 
 
 def test_documents_read_at_random_that_fit_are_all_kept(

@@ -41,11 +41,18 @@ for typical documents, and above it for documents of many small numbers
 (``True``, ``False``, ``None`` and small ints are not new objects). A document
 whose estimate is more than an eighth of the limit, or nested more than
 :data:`PLAN_DEPTH` deep, is not cached. Besides, a cache marks the ids read once
-in a bitmap of :data:`SEEN_BITS` bits (128 KiB), by their hash: an id is cached at
-its second read. Once :data:`SEEN_MARKS` marks are set, the bitmap is cleared; until
-then it remembers every id read once (so a store of up to that many documents read
-at random is cached whole from its second pass), and at most one read in eight of a
-new id finds a mark that another id set (it is cached at its first read: a copy).
+in a bitmap, by their hash: an id is cached at its second read. The marks have two
+generations: once the current bitmap holds ``horizon`` marks (``limit // 2048``, at
+least :data:`MIN_HORIZON`: 16,384 for the default 32 MiB, half as many ids as the
+cache holds documents of about 1 KiB estimated), it becomes the previous one and the
+one before is dropped. So an id is remembered for at least ``horizon`` and at most
+twice as many other ids read once, with no cliff: a store of up to twice
+``horizon`` documents read in turn is cached from its second pass, and a read repeated only
+after more other ids than the cache holds, which the cache would have dropped by
+then, costs no caching (a cache fuller of documents read that seldom makes every
+other read slower). Each bitmap has 32 bits per mark (64 KiB each for the default),
+so at most one read in 32 of a new id finds a mark another id set (it is cached at
+its first read: a copy).
 """
 
 from __future__ import annotations
@@ -55,17 +62,14 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["PLAN_DEPTH", "SEEN_BITS", "SEEN_MARKS", "DocCache", "copy_doc", "plan_of"]
+__all__ = ["MIN_HORIZON", "PLAN_DEPTH", "DocCache", "copy_doc", "plan_of"]
 
 #: Documents nested deeper than this are not cached (copying them recurses once per level).
 PLAN_DEPTH = 32
 _LEAF = 48  # an object header (str 49 + its characters, int 28, float 24)
 _ENTRY = 160  # the dict slot, the entry tuple, the plan's tuples (typical)
-#: The bits of the bitmap that marks the ids read once (128 KiB).
-SEEN_BITS = 1 << 20
-#: Marks set before the bitmap is cleared (an eighth of its bits).
-SEEN_MARKS = SEEN_BITS // 8
-_SEEN_MASK = SEEN_BITS - 1
+#: The fewest ids read once that a cache remembers (see ``DocCache.horizon``).
+MIN_HORIZON = 4096
 
 Plan = tuple[tuple[Any, Any], ...]
 _getsizeof = sys.getsizeof
@@ -122,13 +126,20 @@ class DocCache:
     size)``. Every other method takes the cache's lock.
     """
 
-    __slots__ = ("half", "limit", "marks", "mu", "old", "seen", "used", "used_old", "young")
+    __slots__ = (
+        "half", "horizon", "limit", "marks", "mask", "mu", "old", "seen", "seen_before",
+        "used", "used_old", "young",
+    )
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.half = limit // 2
-        # Admission (see ``add``): a bit per id hash read once, made at the first miss.
+        # Admission (see ``add``): a bit per id hash read once, in two generations of
+        # ``horizon`` marks, bitmaps of at least 32 bits per mark, made at the first miss.
+        self.horizon = max(MIN_HORIZON, limit >> 11)
+        self.mask = (1 << (32 * self.horizon - 1).bit_length()) - 1
         self.seen = bytearray()
+        self.seen_before = bytearray()
         self.marks = 0  # bits set in ``seen``
         self.young: dict[str, tuple[Any, Plan, int]] = {}
         self.old: dict[str, tuple[Any, Plan, int]] = {}
@@ -178,20 +189,23 @@ class DocCache:
         it is not cached.
 
         Only an id read a second time is cached: the first read only marks its hash
-        in a bitmap (cleared once :data:`SEEN_MARKS` bits are set), so reads that never
+        in a bitmap (two generations of ``horizon`` marks), so reads that never
         repeat pay no copy and keep no document alive (each one kept is work for the
         garbage collector, whatever the cache's size). Without the lock: a mark lost
         to another thread's at the same time only delays a caching by one read.
         """
-        h = hash(key) & _SEEN_MASK
-        seen, bit = self.seen, 1 << (h & 7)
-        if not seen:
-            seen = self.seen = bytearray(SEEN_BITS // 8)  # made at the first miss
-        if not seen[h >> 3] & bit:
-            if self.marks >= SEEN_MARKS:
-                seen[:] = bytes(len(seen))  # forget them all: false marks would grow
+        h = hash(key) & self.mask
+        i, bit, seen = h >> 3, 1 << (h & 7), self.seen
+        if not seen:  # made at the first miss
+            seen = self.seen = bytearray((self.mask >> 3) + 1)
+            self.seen_before = bytearray(len(seen))
+        if not (seen[i] & bit or self.seen_before[i] & bit):
+            if self.marks >= self.horizon:
+                # A new generation of marks; the one before is forgotten.
+                self.seen_before, seen = seen, bytearray(len(seen))
+                self.seen = seen
                 self.marks = 0
-            seen[h >> 3] |= bit
+            seen[i] |= bit
             self.marks += 1
             return doc
         found = plan_of(doc)

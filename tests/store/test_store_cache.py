@@ -273,6 +273,70 @@ def test_a_hit_in_the_old_generation_is_moved_back_without_a_read(
         assert s.get(f"k{i + 1}") == doc and preads == [1]  # never cached: read
 
 
+def test_a_write_during_a_readers_add_into_an_empty_cache_leaves_no_stale_entry() -> None:
+    """A reader's ``add`` has checked the index (under the cache's lock) and not yet
+    inserted, in a cache with nothing in it, when a writer changes the index and drops
+    the id: the drop must wait for the insert and remove it. (A drop that skipped the
+    lock because the cache looked empty left the old document cached.)"""
+    cache = DocCache(65536)
+    dropped = threading.Event()
+
+    def writer() -> None:
+        index["k"] = 2
+        cache.drop("k")
+        dropped.set()
+
+    class Index(dict[str, int]):
+        armed = False
+
+        def get(self, key: str, default: Any = None) -> Any:
+            value = super().get(key, default)
+            if self.armed:  # the reader holds the cache's lock here
+                self.armed = False
+                threading.Thread(target=writer).start()
+                # At once, unless the drop waits for the lock (then this times out).
+                dropped.wait(0.5)
+            return value
+
+    index = Index(k=1)
+    assert cache.add("k", {"n": 1}, 10, index, 1) == {"n": 1}  # first read: a mark
+    index.armed = True
+    cache.add("k", {"n": 1}, 10, index, 1)  # second read, at index value 1
+    assert dropped.wait(10)
+    assert "k" not in cache.young and "k" not in cache.old
+
+
+def test_first_misses_from_two_threads_on_a_new_cache_do_not_raise() -> None:
+    """The marks' bitmaps are made at a new cache's first miss; another thread making
+    its own first misses meanwhile never finds one made and the other not."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    errors: list[BaseException] = []
+    try:
+        for _ in range(300):
+            cache = DocCache(65536)
+            barrier = threading.Barrier(2)
+
+            def run(t: int, cache: DocCache = cache, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait(10)
+                try:
+                    for j in range(20):
+                        cache.add(f"t{t}-{j}", {"n": 1}, 10, {}, 1)
+                except IndexError as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            if errors:
+                break
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
 def test_memory_stays_within_the_bound(tmp_path: Path) -> None:
     """Reading 3,000 distinct 1 KiB documents through a 1 MiB cache: the estimate of the
     two generations together stays within the bound (and is the sum of their entries'),

@@ -21,7 +21,8 @@ writes of other processes that a read applies when it catches up
 under the cache's lock and only if the index still holds the value it read it
 at (``add``): a write that changed the id meanwhile has either changed the
 index already (nothing is added) or will drop the entry after it (its drop
-comes after its index change, under the same lock). So an entry always holds
+comes after its index change, under the same lock, taken even when the cache
+looks empty). So an entry always holds
 the document of the id's current index entry, or of one a write is replacing
 right now, whose new end this process's readers have not been shown yet.
 
@@ -150,18 +151,21 @@ class DocCache:
     def drop(self, key: str) -> None:
         """Forget ``key`` (its index entry changed). A no-op for a cache that is off.
 
-        An empty cache is not locked: the writer changed the index before this
-        call, so an entry a reader adds from now on is checked against the new
-        value under the lock (``add``) and is not added; one added before is
-        seen here, and dropped under the lock. The common case of writers that
-        do not read costs no lock.
+        Always under the lock, even when the cache looks empty: a reader's ``add``
+        checks the index and inserts under the lock, so the writer, which changed
+        the index before this call, either comes first (the reader sees the new
+        value and adds nothing) or waits for the insert and drops it. A writer
+        that skipped the lock because both generations looked empty could end
+        between the reader's check and its insert (or while ``promote`` holds an
+        entry out of both): the old document would then stay cached until the
+        id's next write.
         """
-        if self.half and (self.young or self.old):
+        if self.half:
             with self.mu:
                 self._forget(key)
 
     def drop_keys(self, keys: Iterable[str]) -> None:
-        if self.half and (self.young or self.old):  # see drop
+        if self.half:  # see drop
             with self.mu:
                 for key in keys:
                     self._forget(key)
@@ -196,9 +200,10 @@ class DocCache:
         """
         h = hash(key) & self.mask
         i, bit, seen = h >> 3, 1 << (h & 7), self.seen
-        if not seen:  # made at the first miss
+        if not seen:  # made at the first miss; ``seen_before`` first: another thread
+            # that finds ``seen`` made indexes ``seen_before`` next
+            self.seen_before = bytearray((self.mask >> 3) + 1)
             seen = self.seen = bytearray((self.mask >> 3) + 1)
-            self.seen_before = bytearray(len(seen))
         if not (seen[i] & bit or self.seen_before[i] & bit):
             if self.marks >= self.horizon:
                 # A new generation of marks; the one before is forgotten.

@@ -124,7 +124,10 @@ class DocCache:
     """Decoded documents by id, for one ``State`` (see the module docstring).
 
     ``young.get(id)`` is the lock-free hit path: an entry is ``(master, plan,
-    size)``. Every other method takes the cache's lock.
+    size)``. Every method that changes ``young`` or ``old`` takes the cache's lock;
+    lock-free are that hit, a reader's look for an id in ``old`` before
+    :meth:`promote` (which looks again under the lock), and :meth:`add`'s
+    admission marks (a hint: a lost mark delays a caching by one read).
     """
 
     __slots__ = (

@@ -101,3 +101,45 @@ def test_a_hard_link_planted_at_a_backup_name_is_not_compressed(tmp_path: Path) 
         assert secret.read_bytes() == b"root only\n" and secret.stat().st_nlink == 1
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
         assert gzip.decompress((shared / "app.log.1.gz").read_bytes()) == b"aaaaaaaa\n"
+
+
+def test_a_link_planted_at_an_older_backup_name_never_takes_a_backups_gz(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While backup A is compressed, two more rotations shift it to app.log.3 (B and C are
+    compressed at once), and nobody plants ``app.log.1 -> app.log.3`` beside root's
+    app.log.1.gz. A's .gz lands at app.log.3.gz: the link is not taken for A's backup
+    (before, A's .gz replaced app.log.1.gz, B's records lost, and A stayed plain)."""
+    from racefree.logging import compress
+
+    with hostile.shared_dir("tmp") as shared:
+        log = shared / "app.log"
+        first = RotatingFileHandler(log, maxBytes=1000, backupCount=5, compress=True)
+        other = RotatingFileHandler(log, maxBytes=1000, backupCount=5, compress=True)
+        real = compress.compress_into
+        calls = []
+
+        def slow(job: compress.Claim, sync: object) -> None:
+            calls.append(job.path)
+            if len(calls) == 1:  # A's compression: meanwhile two more rotations
+                other.handle(_rec("B" * 990))
+                other.handle(_rec("C" * 990))
+                hostile.attacker("import os, sys; os.symlink('app.log.3', sys.argv[1])",
+                                 str(shared / "app.log.1"))
+                assert hostile.is_link(shared / "app.log.1")
+            real(job, sync)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(compress, "compress_into", slow)
+        try:
+            first.handle(_rec("A" * 990))
+            first.handle(_rec("D" * 990))  # rotates A to app.log.1, then compresses it
+        finally:
+            first.close()
+            other.close()
+        names = sorted(p.name for p in shared.iterdir())
+        assert names == [".app.log.lock", "app.log", "app.log.1", "app.log.1.gz",
+                         "app.log.2.gz", "app.log.3.gz"]
+        assert hostile.owner(shared / "app.log.1") == hostile.NOBODY
+        got = {n: gzip.decompress((shared / n).read_bytes())[:1]
+               for n in ("app.log.1.gz", "app.log.2.gz", "app.log.3.gz")}
+        assert got == {"app.log.1.gz": b"B", "app.log.2.gz": b"D", "app.log.3.gz": b"A"}

@@ -31,6 +31,9 @@ in the block publishes nothing and removes the temp. What differs, on purpose:
   (``TypeError``), since racefree does those steps itself.
 - ``replace_atomic`` and ``move_atomic`` rename an existing file and fsync the
   directory, as atomicwrites does (neither fsyncs the file's data: do it first).
+  Both follow links on the way under racefree's rule (``docs/security.md``): a
+  link another user planted in a shared directory, or an entry of theirs at
+  either name, raises :class:`racefree.UnsafePathError` and nothing moves.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from __future__ import annotations
 import contextlib
 import locale
 import os
+from functools import partial
 from typing import IO, Any
 
-from racefree import _fs
+from racefree import _fs, _trust
 from racefree._errors import DurabilityError
 from racefree.files.atomic import atomic_open
 
@@ -120,7 +124,7 @@ def replace_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
     The directory fsync's failure is a :class:`racefree.DurabilityError`: the
     rename happened but may not survive a power loss.
     """
-    src, dst = os.fspath(src), os.fspath(dst)
+    src, dst = _under_rule(src, "move"), _under_rule(dst, "replace")
     _fs.replace(src, dst)
     _sync_dir(dst, "renamed")
 
@@ -130,12 +134,29 @@ def move_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
 
     ``link`` then ``unlink``: for a moment both names exist (as in atomicwrites).
     """
-    src, dst = os.fspath(src), os.fspath(dst)
+    src, dst = _under_rule(src, "move"), _under_rule(dst, "replace")
     _fs.link(src, dst)
     _fs.unlink(src)
     _sync_dir(dst, "moved")
     if os.path.dirname(os.path.abspath(src)) != os.path.dirname(os.path.abspath(dst)):
         _sync_dir(src, "moved")
+
+
+def _under_rule(path: str | os.PathLike[str], action: str) -> str:
+    """``path`` with every link on the way to it checked (``racefree._trust``), not its last.
+
+    rename(2) and link(2) follow the links of the directories on the way but act on
+    the last name itself. A link another user planted in a shared directory (``/tmp``)
+    on the way would make root move a file into, or replace one in, a directory of
+    its choosing, so it is refused (:class:`~racefree.UnsafePathError`), as is an
+    entry of theirs at the name (to move, or to replace: root would adopt their file
+    or drop one of theirs). The path returned holds no link but its last name.
+    """
+    where = _trust.resolve(path, follow_last=False)
+    if where.st is not None:
+        _trust.check(where.path, where.st, where.dir_st, action,
+                     again=partial(_fs.stat, where.path, follow_symlinks=False))
+    return where.path
 
 
 def _sync_dir(path: str, what: str) -> None:

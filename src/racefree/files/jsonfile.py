@@ -26,7 +26,7 @@ from racefree import _fs, _trust
 from racefree._errors import DurabilityError, UnsafePathError
 from racefree.files.atomic import atomic_write
 from racefree.files.jsontext import decode, encode
-from racefree.lock.create import prepare_data_lock
+from racefree.lock.create import prepare_data_lock, trusted_data_mode
 from racefree.lock.filelock import FileLock
 
 __all__ = ["JsonFile"]
@@ -169,11 +169,9 @@ class JsonFile:
             raise UnsafePathError(self._refused.path or self._path, self._refused.reason)
         if not self._lock_ready:
             data = self._lock.path[: -len(".lock")]  # the file, its links resolved
-            try:
-                data_mode: int | None = _fs.stat(data, follow_symlinks=False).st_mode
-            except FileNotFoundError:
-                data_mode = None
-            prepare_data_lock(self._lock.path, data_mode)
+            # The mode of a file the rule trusts only: another user's 0666 file in a
+            # shared directory would otherwise make root's lock one they may hold.
+            prepare_data_lock(self._lock.path, trusted_data_mode(data))
             self._lock_ready = True
         return self._lock
 

@@ -19,11 +19,13 @@ import errno
 import os
 import random
 import stat
+from functools import partial
 
 from racefree import _fs, _trust
 
 __all__ = [
     "check_mode", "create_with_mode", "data_lock_mode", "make_parents", "prepare_data_lock",
+    "trusted_data_mode",
 ]
 
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _fs.O_NOFOLLOW
@@ -55,6 +57,23 @@ def data_lock_mode(data_mode: int | None) -> int:
         if data_mode & write_bit:
             mode |= rw
     return mode or 0o600
+
+
+def trusted_data_mode(data: str) -> int | None:
+    """The mode of the data file ``data`` (its links followed under racefree's rule), or
+    None if it does not exist: what :func:`prepare_data_lock` gives its lock.
+
+    Another user's file, or a link of theirs, in a shared directory raises
+    :class:`~racefree.UnsafePathError` before any lock file is made: its mode would
+    set the lock's (a 0666 file: a lock anyone may open), and a lock another user
+    may open is one they may hold for ever.
+    """
+    where = _trust.resolve(data)
+    if where.st is None:
+        return None
+    st = _trust.check(where.path, where.st, where.dir_st, "use",
+                      again=partial(_fs.stat, where.path, follow_symlinks=False))
+    return st.st_mode
 
 
 def prepare_data_lock(path: str, data_mode: int | None) -> None:

@@ -24,7 +24,7 @@ from types import TracebackType
 
 from racefree import _fs
 from racefree._errors import UnsafePathError
-from racefree.lock.create import prepare_data_lock
+from racefree.lock.create import prepare_data_lock, trusted_data_mode
 from racefree.lock.filelock import FileLock
 
 __all__ = ["LogLock"]
@@ -48,11 +48,10 @@ class LogLock:
     def lock(self) -> FileLock:
         """The :class:`~racefree.FileLock`, its file made (or narrowed) with the log's mode."""
         if not self._ready:
-            try:
-                data_mode: int | None = _fs.stat(self.path).st_mode
-            except FileNotFoundError:
-                data_mode = None
-            prepare_data_lock(self._file.path, data_mode)
+            # Links followed under the rule, and the mode of a trusted file only: a
+            # link another user planted (to /dev/null, 0666) would otherwise make
+            # root's lock one they may open, and hold for ever.
+            prepare_data_lock(self._file.path, trusted_data_mode(self.path))
             self._ready = True
         return self._file
 

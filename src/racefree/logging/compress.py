@@ -115,10 +115,17 @@ def place_locked(job: Claim, candidates: Iterable[str]) -> bool:
     temp file is removed instead.
     """
     for path in candidates:
+        # lstat, and only a regular file the rule trusts: a link another user planted
+        # at an older name (``app.log.1 -> app.log.3``), or a hard link of theirs to
+        # the backup, would otherwise be taken for it, and the .gz renamed over the
+        # newer backup's .gz (that backup lost) while this one stays plain.
         try:
-            if _fs.stat(path).st_ino != job.ino:
-                continue
+            st = _fs.stat(path, follow_symlinks=False)
+            dir_st = _fs.stat(os.path.dirname(path) or os.curdir, follow_symlinks=False)
         except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != job.ino \
+                or not _trust.trusted(st, dir_st):
             continue
         # A crash between the two leaves both: the .gz is whole (renamed into
         # place), the plain copy a duplicate, never a loss.

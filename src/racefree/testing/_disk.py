@@ -26,9 +26,25 @@ Tree = dict[str, "bytes | None"]
 
 
 def read_bytes(path: str) -> bytes:
-    """The whole file at ``path`` (not following a final symlink)."""
-    fd = REAL.open(path, os.O_RDONLY | _fs.O_NOFOLLOW)
+    """The whole regular file at ``path``: never through a final symlink, never blocking.
+
+    A FIFO or a device at the name raises ``OSError(EINVAL)``: another user may
+    swap one in (a rename, in a shared directory) between the scan's ``lstat``
+    and this open, and a blocking open of a FIFO would hang the harness for ever.
+    """
+    data = _read_regular(path)
+    if data is None:
+        raise OSError(errno.EINVAL, "not a regular file (it changed since it was looked at)",
+                      path)
+    return data
+
+
+def _read_regular(path: str) -> bytes | None:
+    """The whole file at ``path`` if it is a regular file (checked on the descriptor), else None."""
+    fd = REAL.open(path, os.O_RDONLY | _fs.O_NOFOLLOW | _fs.O_NONBLOCK)
     try:
+        if not statmod.S_ISREG(REAL.fstat(fd).st_mode):
+            return None
         parts: list[bytes] = []
         while chunk := REAL.read(fd, 1 << 20):
             parts.append(chunk)
@@ -55,7 +71,9 @@ def read_tree(path: str | os.PathLike[str], *, ignore: tuple[str, ...] = ()) -> 
                 out[prefix + name] = None
                 walk(full, prefix + name + "/")
             elif statmod.S_ISREG(st.st_mode):
-                out[prefix + name] = read_bytes(full)
+                data = _read_regular(full)  # None: swapped for a special file since
+                if data is not None:
+                    out[prefix + name] = data
 
     walk(base, "")
     return out

@@ -252,3 +252,19 @@ def test_case22_a_lock_file_left_with_its_creators_second_name_still_locks(share
         with racefree.FileLock(lock, timeout=5, **kwargs):  # type: ignore[arg-type]
             assert os.stat(lock).st_nlink == 2
     assert state(lock) == before
+
+
+def test_case22_a_file_others_may_open_linked_at_a_private_locks_name_is_refused(
+        shared: Path, victims: Path) -> None:
+    """nobody links a root file they may open (0666) at the name of root's
+    ``FileLock(mode=0o600)``: refused (``UnsafePathError``), not locked, so they cannot hold
+    root's private lock; the linked file is unchanged. Without ``mode=`` the lock is as
+    open as the umask makes it, and the linked file locks."""
+    open_file = victim(victims, "spool", b"", 0o666)
+    before = state(open_file)
+    plant(open_file, shared / "jobs.lock")
+    with pytest.raises(racefree.UnsafePathError, match="hard links"):
+        racefree.FileLock(shared / "jobs.lock", mode=0o600, timeout=5).acquire()
+    with racefree.FileLock(shared / "jobs.lock", timeout=5):
+        pass
+    assert state(open_file) == before

@@ -141,14 +141,14 @@ class FileLock(LockAPI):
         if self._mode is not None:
             _create.create_with_mode(self._path, self._mode, self._make_parents)
         try:
-            return _reg.bind(self, self._path)
+            return _reg.bind(self, self._path, self._mode)
         except FileNotFoundError:
             if not self._make_parents:
                 raise
             # A parent directory is missing (filelock creates them too): made
             # here, not before every open, so the usual case costs no call.
             _create.make_parents(self._path)
-        return _reg.bind(self, self._path)
+        return _reg.bind(self, self._path, self._mode)
 
     def __reduce__(self) -> tuple[object, ...]:
         """Pickles as its arguments (for multiprocessing): the copy holds nothing."""

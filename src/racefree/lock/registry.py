@@ -21,6 +21,7 @@ import collections
 import contextlib
 import math
 import os
+import stat
 import threading
 import weakref
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from fcntl import LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN
 from typing import TYPE_CHECKING
 
 from racefree import _fork, _fs, _trust
+from racefree._errors import UnsafePathError
 from racefree.lock.api import drop_one
 
 if TYPE_CHECKING:
@@ -172,7 +174,7 @@ _dead: collections.deque[Entry] = collections.deque()
 _inherited: dict[tuple[tuple[int, int], object], int] = {}
 
 
-def open_lock_file(path: str) -> int:
+def open_lock_file(path: str, mode: int | None = None, *, any_mode: bool = False) -> int:
     """Open (create if missing) the lock file at ``path``: a regular file racefree may trust.
 
     O_RDONLY is enough for flock and works on a lock file another user of a
@@ -187,11 +189,43 @@ def open_lock_file(path: str) -> int:
     # A second name is allowed (links=True): only flock is taken on it, nothing is read,
     # written or chmodded, and a creator killed between its link() and its unlink
     # (create_with_mode) leaves one that would otherwise refuse the path for good.
-    fd, _st, _created = _trust.open_own(path, os.O_RDONLY, links=True)
+    fd, st, _created = _trust.open_own(path, os.O_RDONLY, links=True)
+    if mode is not None and not any_mode and _trust.linked(st):
+        try:
+            _check_linked(path, st, mode)
+        except BaseException:
+            _fs.close(fd)
+            raise
     return fd
 
 
-def bind(owner_obj: object, path: str) -> Entry:
+def _check_linked(path: str, st: os.stat_result, mode: int) -> None:
+    """Refuse a lock file with a second name in a shared directory that is more open than
+    the ``mode`` its ``FileLock`` asked for.
+
+    ``mode=`` is how a caller keeps others from opening, so from holding, its lock
+    (``flock`` needs only a descriptor). With ``fs.protected_hardlinks`` on, another
+    user may link only a file they may open: linked in at the name, it would be a
+    lock they hold for ever. racefree's own second name (``create_with_mode``'s
+    temp, for microseconds, or left by a creator killed in between) has exactly
+    ``mode``, so it passes. Without ``mode=`` a lock file is whatever the umask
+    makes it (``0o644`` for most: others may open it), and a linked one is used.
+    """
+    dir_st = _fs.stat(os.path.dirname(os.path.abspath(path)) or "/")
+    if not _trust.enforce or not _trust.shared(dir_st):
+        return  # elsewhere every user who could link it may replace the entry anyway
+    allowed = mode
+    bits = stat.S_IMODE(st.st_mode) & 0o777
+    if bits & ~allowed:
+        raise UnsafePathError(
+            path,
+            f"refusing to use a lock file with {st.st_nlink} names (hard links) and mode"
+            f" {bits:#o}, more open than {allowed:#o}, in a shared directory: anyone who may"
+            " open a file may link it there, and hold the lock",
+        )
+
+
+def bind(owner_obj: object, path: str, mode: int | None = None) -> Entry:
     """The entry of the lock file at ``path`` (created if missing), counted for ``owner_obj``.
 
     When ``owner_obj`` (a FileLock) is garbage-collected its count is dropped;
@@ -199,7 +233,7 @@ def bind(owner_obj: object, path: str) -> Entry:
     """
     # Opened outside the registry lock: a slow open (a network mount) must not
     # stall every other lock of the process.
-    fd = open_lock_file(path)
+    fd = open_lock_file(path, mode)
     try:
         st = _fs.fstat(fd)
     except BaseException:

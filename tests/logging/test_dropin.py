@@ -212,13 +212,14 @@ def test_replacing_the_stdlib_classes_globally(tmp_path: Path) -> None:
 
 
 def test_should_rollover_gives_the_stdlib_answer(tmp_path: Path) -> None:
-    """shouldRollover as the stdlib: True for an empty file whose next record reaches
-    maxBytes, True with backupCount 0, and no formatting at all when maxBytes is 0."""
+    """shouldRollover as the running interpreter's stdlib: for an empty file whose next
+    record reaches maxBytes, True before 3.12.3 and False from it on (gh-116263); True with
+    backupCount 0, and no formatting at all when maxBytes is 0."""
     empty = RotatingFileHandler(tmp_path / "a.log", maxBytes=1)
     no_backups = RotatingFileHandler(tmp_path / "b.log", maxBytes=10, backupCount=0)
     never = RotatingFileHandler(tmp_path / "c.log", maxBytes=0)
     try:
-        assert empty.shouldRollover(_rec("x")) is True
+        assert empty.shouldRollover(_rec("x")) is (sys.version_info < (3, 12, 3))
         no_backups.emit(_rec("12345678"))
         assert no_backups.shouldRollover(_rec("x")) is True
         assert never.shouldRollover(None) is False  # type: ignore[arg-type]
@@ -334,3 +335,110 @@ def test_a_log_in_a_directory_named_through_a_descriptor(tmp_path: Path) -> None
     assert sorted(p.name for p in logs.iterdir()) == [
         ".app.log.lock", "app.log", "app.log.1", "app.log.2"]
     assert (logs / "app.log").read_bytes() == b"third record\n"
+
+
+@pytest.mark.parametrize(("given", "limit", "count"), [
+    ({"maxBytes": 1e6, "backupCount": 3}, 1_000_000, 3),
+    ({"maxBytes": 10 * 1024**2 / 2, "backupCount": 3}, 5_242_880, 3),
+    ({"maxBytes": 10.5, "backupCount": 2.0}, 11, 2),
+    ({"maxBytes": -1, "backupCount": 5}, 0, 5),
+    ({"maxBytes": 100, "backupCount": -1}, 100, 0),
+    ({"maxBytes": float("nan")}, 0, 0),
+])
+def test_size_and_count_as_the_stdlib_takes_them(
+    tmp_path: Path, given: dict[str, Any], limit: int, count: int
+) -> None:
+    """Floats (``1e6``, ``10 * 1024**2 / 2``, common in configurations) and values of 0 or
+    less (no rollover) are accepted as by the stdlib, which compares them; a string is a
+    ``TypeError`` there and here."""
+    stdlib = logging.handlers.RotatingFileHandler(tmp_path / "std.log", **given)
+    stdlib.close()
+    h = RotatingFileHandler(tmp_path / "a.log", **given)
+    try:
+        assert (h.maxBytes, h.backupCount) == (limit, count)
+    finally:
+        h.close()
+    with pytest.raises(TypeError):
+        RotatingFileHandler(tmp_path / "b.log", maxBytes="5")  # type: ignore[arg-type]
+
+
+def test_a_float_size_rotates_where_the_stdlib_does(tmp_path: Path) -> None:
+    """maxBytes=12.5 rotates where the stdlib's ``size + record >= 12.5`` does: at 13
+    bytes, not at 12."""
+    h = RotatingFileHandler(tmp_path / "a.log", maxBytes=12.5, backupCount=1)
+    try:
+        h.handle(_rec("aaaaa"))  # 6 bytes
+        h.handle(_rec("bbbbbb"))  # 6 + 7 = 13 >= 12.5: rotates
+        h.handle(_rec("cccc"))  # 7 + 5 = 12 < 12.5: stays
+    finally:
+        h.close()
+    assert (tmp_path / "a.log.1").read_bytes() == b"aaaaa\n"
+    assert (tmp_path / "a.log").read_bytes() == b"bbbbbb\ncccc\n"
+
+
+@pytest.mark.parametrize("cls", [logging.handlers.TimedRotatingFileHandler,
+                                 TimedRotatingFileHandler])
+def test_a_restart_with_a_new_schedule_runs_on_it_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: type[logging.Handler]
+) -> None:
+    """Run 1 logs daily; the program restarts logging every second: three records 1.1 s
+    apart make three backups, as with the stdlib (before, racefree kept run 1's rollover
+    time, stored in the sidecar, a day away: no backup). Run with both classes."""
+    clock = FakeClock(float(int(time.time())))
+    monkeypatch.setattr(time, "time", clock)
+    log = tmp_path / "a.log"
+    h = cls(log, when="D")  # type: ignore[call-arg]
+    h.handle(_rec("run 1"))
+    h.close()
+    h = cls(log, when="S")  # type: ignore[call-arg]
+    try:
+        for i in range(3):
+            clock.now += 1.1
+            h.handle(_rec(f"run 2, {i}"))
+    finally:
+        h.close()
+    backups = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("a.log."))
+    assert len(backups) == 3
+    assert log.read_bytes() == b"run 2, 2\n"
+
+
+def test_handlers_of_one_schedule_share_its_rollover_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second handler with the same schedule, opened later, keeps the stored time (a
+    rollover already moved on by the first): the schedule mark only replaces a time
+    computed for another schedule."""
+    clock = FakeClock(1_800_000_000.0)
+    monkeypatch.setattr(time, "time", clock)
+    log = tmp_path / "a.log"
+    first = TimedRotatingFileHandler(log, when="H", utc=True)
+    try:
+        first.handle(_rec("one"))
+        first.rolloverAt = 1_800_007_200  # moved on, stored in the sidecar for everyone
+        second = TimedRotatingFileHandler(log, when="H", utc=True)
+        try:
+            second.handle(_rec("two"))
+            assert second.rolloverAt == 1_800_007_200
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+def test_should_rollover_of_an_empty_file_from_python_3_12_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the interpreter's stdlib never rolls an empty file over (3.12.3 and later):
+    False before the record is formatted (``shouldRollover(None)`` too); a file with
+    bytes in it still gets True when the record reaches maxBytes."""
+    from racefree.logging import rotating
+
+    monkeypatch.setattr(rotating, "EMPTY_NEVER_ROLLS", True)
+    h = RotatingFileHandler(tmp_path / "a.log", maxBytes=1)
+    try:
+        assert h.shouldRollover(_rec("x")) is False
+        assert h.shouldRollover(None) is False  # type: ignore[arg-type]
+        h.emit(_rec("x"))
+        assert h.shouldRollover(_rec("y")) is True
+    finally:
+        h.close()

@@ -37,7 +37,9 @@ def _names() -> list[str]:
     if stdlib_tests is None:  # pragma: no cover
         return ["(no test package)"]
     loader = unittest.TestLoader()
-    names = ["HandlerTest.test_path_objects"]
+    # Spelt test_pathlike_objects from Python 3.13 on.
+    names = [f"HandlerTest.{n}" for n in ("test_path_objects", "test_pathlike_objects")
+             if hasattr(stdlib_tests.HandlerTest, n)]
     for cls in ("RotatingFileHandlerTest", "TimedRotatingFileHandlerTest"):
         names += [f"{cls}.{n}" for n in loader.getTestCaseNames(getattr(stdlib_tests, cls))]
     return names

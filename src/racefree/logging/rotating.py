@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging as _stdlib_logging
+import math
 import os
+import sys
 from collections.abc import Iterator
 
 from racefree import _fs, _trust
@@ -12,6 +14,8 @@ from racefree.logging.handler import Durable, SharedFileHandler
 __all__ = ["RotatingFileHandler"]
 
 _UNSET = object()
+#: The stdlib's ``shouldRollover`` says False for an empty file from 3.12.3 on (gh-116263).
+EMPTY_NEVER_ROLLS = sys.version_info >= (3, 12, 3)
 
 
 def _pick(name: str, camel: object, snake: object) -> int:
@@ -22,9 +26,24 @@ def _pick(name: str, camel: object, snake: object) -> int:
         value = snake
     else:
         raise TypeError(f"{name} given twice with different values: {camel!r} and {snake!r}")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, not {value!r}")
-    return value
+    return _count(name, value)
+
+
+def _count(name: str, value: object) -> int:
+    """``value`` as the stdlib uses it: any real number, where one of 0 or less (or NaN)
+    means no rollover. ``1e6`` and ``10 * 1024**2 / 2`` are common in configurations.
+
+    A fractional ``maxBytes`` rounds up (``size >= 5.5`` is ``size >= 6`` for sizes);
+    a fractional ``backupCount`` rounds down (the stdlib's ``range`` refuses it at the
+    first rollover). Anything else is ``TypeError``, as the stdlib's comparison raises.
+    """
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not value > 0 or math.isinf(value):  # NaN, 0, negative; infinity: never reached
+        return 0
+    if isinstance(value, int):
+        return int(value)  # bool too, as the stdlib compares it
+    return math.ceil(value) if name == "max_bytes" else int(value)
 
 
 class RotatingFileHandler(SharedFileHandler):
@@ -120,18 +139,23 @@ class RotatingFileHandler(SharedFileHandler):
 
         As there: False for a file that is not a regular one (``os.devnull``),
         the record is formatted only when ``maxBytes`` > 0, its length is
-        counted in characters, and the answer is True even for an empty file
-        or with ``backupCount`` 0. ``emit`` does not ask this (unless a
-        subclass overrides it): it decides again, holding the lock, from the
-        encoded length, and never rotates an empty file (no empty backup).
+        counted in characters, and the answer may be True with ``backupCount``
+        0. For an empty file it is the running interpreter's: False, before
+        the record is formatted, from Python 3.12.3 on (gh-116263), True
+        before. ``emit`` does not ask this (unless a subclass overrides it): it
+        decides again, holding the lock, from the encoded length, and never
+        rotates an empty file (no empty backup).
         """
         if self._fd < 0:
             self._open()
         if self._plain:
             return False
         if self.maxBytes > 0:
+            pos = _fs.lseek(self._fd, 0, os.SEEK_END)
+            if not pos and EMPTY_NEVER_ROLLS:
+                return False
             msg = f"{self.format(record)}\n"
-            if _fs.lseek(self._fd, 0, os.SEEK_END) + len(msg) >= self.maxBytes:
+            if pos + len(msg) >= self.maxBytes:
                 return True
         return False
 

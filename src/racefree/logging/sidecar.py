@@ -26,6 +26,8 @@ offset type  field
 24     u64   fence: bumped by an exclusive holder while writers append
              without the lock (:meth:`Sidecar.fence`)
 32     f64   next timed rollover (epoch seconds), 0.0 until first use
+40     u64   the schedule the rollover time was computed for (``when``,
+             ``interval``, ``utc``, ``atTime``: a crc32 plus one), 0 if unknown
 64     u64   slot 0: 1 while the writer holding the slot appends without
              the lock (meaningless unless its lock is held); then one
              slot every 64 bytes (a cache line each), :data:`SLOTS` in all
@@ -82,6 +84,7 @@ OFF_DIRTY = 8
 OFF_WRITERS = 16
 OFF_EPOCH = 24
 OFF_ROLLOVER = 32
+OFF_SCHEDULE = 40
 #: The index of the fence word in :attr:`Sidecar.words`.
 W_EPOCH = OFF_EPOCH // 8
 #: The byte of the sidecar on which every writing handler holds an
@@ -216,6 +219,14 @@ class Sidecar:
 
     def put_rollover(self, value: float) -> None:
         _fs.pwrite_all(self.fd, _F64.pack(value), OFF_ROLLOVER)
+
+    def schedule(self) -> int:
+        """The mark of the schedule the stored rollover time belongs to (0: unknown)."""
+        return int(_U64.unpack_from(self.read(CONTROL_SIZE), OFF_SCHEDULE)[0])
+
+    def put_schedule(self, at: float, mark: int) -> None:
+        """Store a rollover time and the mark of the schedule it was computed for."""
+        _fs.pwrite_all(self.fd, _F64.pack(at) + _U64.pack(mark), OFF_ROLLOVER)
 
     # -- the lock ------------------------------------------------------------
     def lock(self, op: int, gen: int = -1) -> bool:

@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -100,6 +101,9 @@ class TimedRotatingFileHandler(SharedFileHandler):
         except FileNotFoundError:
             start = int(time.time())
         self._local_at = float(self.computeRollover(start))
+        schedule = repr((self.when, self.interval, self.utc, self.atTime)).encode()
+        self._mark = zlib.crc32(schedule) + 1  # 0 is "unknown" (a sidecar made before)
+        self._schedule_checked = False
         super().__init__(
             filename, "a", encoding, delay, errors,
             durable=durable, compress=compress, lock_timeout=lock_timeout,
@@ -141,10 +145,17 @@ class TimedRotatingFileHandler(SharedFileHandler):
     def _opened_locked(self) -> None:
         assert self._side is not None
         at = self._side.rollover()
-        if at == 0.0:
-            # First use of this sidecar: this handler's rollover time is everyone's.
+        if at == 0.0 or (not self._schedule_checked and self._side.schedule() != self._mark):
+            # First use of this sidecar, or the first look of a handler whose schedule
+            # (when, interval, utc, atTime) is not the one the stored time was computed
+            # for: a restart with a new configuration runs on it at once, as the stdlib's
+            # handler would (from the log's last change), instead of waiting out the old
+            # schedule's next rollover (up to a week for "W0" made "midnight"). Only at
+            # a handler's first look: processes configured differently do not take the
+            # time from each other at every record.
             at = self._local_at
-            self._side.put_rollover(at)
+            self._side.put_schedule(at, self._mark)
+        self._schedule_checked = True
         self._at = at
 
     def _should_rotate_locked(

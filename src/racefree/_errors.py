@@ -32,10 +32,23 @@ class LockTimeout(RacefreeError, TimeoutError):
     def __init__(self, path: str | os.PathLike[str], timeout: float | None = None) -> None:
         self.path = _fspath(path)
         self.timeout = timeout
-        super().__init__(f"timed out after {timeout}s waiting for the lock on {self.path}")
+        after = "" if timeout is None else f" after {timeout}s"
+        super().__init__(f"timed out{after} waiting for the lock on {self.path}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.timeout))
+        # Rebuilt without calling __init__ (as pickle rebuilds any object): a subclass
+        # whose __init__ takes other arguments (filelock's ``Timeout(lock_file)``
+        # subclasses) still crosses a process boundary, e.g. out of a pool's worker.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+             ) -> BaseException:
+    """An exception of ``cls`` with ``args`` and attributes ``state``, no ``__init__`` run."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class WouldBlock(RacefreeError):

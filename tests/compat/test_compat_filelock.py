@@ -159,6 +159,35 @@ def test_timeout_pickles(mod: ModuleType) -> None:
                                                      "Timeout('/run/app.lock')")
 
 
+def test_a_timeout_subclass_taking_only_the_lock_file_pickles(mod: ModuleType) -> None:
+    """A subclass with filelock's one-argument ``__init__`` (raised in a pool's worker, it
+    is pickled back to the parent): it round-trips, path, timeout and message kept."""
+
+    class JobLockTimeout(mod.Timeout):  # type: ignore[name-defined,misc]
+        def __init__(self, lock_file: str) -> None:
+            super().__init__(lock_file)
+
+    globals()["JobLockTimeout"] = JobLockTimeout  # pickle finds the class by name
+    JobLockTimeout.__qualname__ = "JobLockTimeout"
+    try:
+        err = pickle.loads(pickle.dumps(JobLockTimeout("/run/job.lock")))
+    finally:
+        del globals()["JobLockTimeout"]
+    assert (type(err).__name__, err.lock_file, str(err)) == (
+        "JobLockTimeout", "/run/job.lock", "The file lock '/run/job.lock' could not be acquired.")
+
+
+def test_a_lock_timeout_pickles_with_its_timeout_and_message() -> None:
+    """racefree's own ``LockTimeout``: path, timeout and message survive; with no timeout the
+    message says none (not "after Nones")."""
+    from racefree import LockTimeout
+
+    err = pickle.loads(pickle.dumps(LockTimeout("/run/a.lock", 2.5)))
+    assert (err.path, err.timeout, str(err)) == (
+        "/run/a.lock", 2.5, "timed out after 2.5s waiting for the lock on /run/a.lock")
+    assert str(LockTimeout("/run/a.lock")) == "timed out waiting for the lock on /run/a.lock"
+
+
 def test_soft_lock_file_exists_while_held(mod: ModuleType, tmp_path: Path) -> None:
     """A soft lock is a file that exists exactly while the lock is held."""
     path = tmp_path / "soft.lock"

@@ -219,3 +219,14 @@ def test_case7_torture_never_puts_the_url_on_a_command_line(
     (args, env), = seen
     assert not any("t0psecret" in a for a in args)
     assert env["RACEFREE_TORTURE_URL"] == "postgresql://app:t0psecret@127.0.0.1/db"
+
+
+def test_case7_a_url_urllib_refuses_is_one_line_without_the_password() -> None:
+    """Case 7: an unclosed IPv6 host (``[::1``), which ``urllib`` refuses with ValueError
+    while the password is looked for: exit 1, one line, no traceback, no password (before,
+    the scrubbing itself failed and printed a traceback)."""
+    proc = run_cli("store", "postgresql://app:s3cr3t-pw@[::1/db", "ls")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("racefree store: error:")
+    assert "Traceback" not in proc.stderr
+    assert leaks(proc.stdout + proc.stderr, ["s3cr3t-pw"]) == []

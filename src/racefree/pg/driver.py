@@ -219,13 +219,17 @@ def secrets_in(text: str, _depth: int = 0) -> list[str]:
     if _depth > 3 or not text:
         return found
     if is_pg_url(text):
-        parts = urllib.parse.urlsplit(text)
+        # Every reading of the user part (raw "/", "?", "#" or "@" in it), first: it needs
+        # no parse, and a URL urllib refuses ("[::1" unclosed) still has its password found.
+        for raw in _userinfo.candidate_passwords(text.partition("://")[2]):
+            found += [raw, urllib.parse.unquote(raw)]
+        try:
+            parts = urllib.parse.urlsplit(text)
+        except ValueError:
+            return found
         userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
         if ":" in userinfo:
             raw = userinfo.partition(":")[2]
-            found += [raw, urllib.parse.unquote(raw)]
-        # Every other reading of the user part (raw "/", "?", "#" or "@" in it).
-        for raw in _userinfo.candidate_passwords(text.partition("://")[2]):
             found += [raw, urllib.parse.unquote(raw)]
         for pair in parts.query.split("&"):
             key, _, raw = pair.partition("=")

@@ -236,6 +236,30 @@ def test_store_with_a_damaged_manifest_is_reported_damaged(tmp_path: Path,
     assert json.loads(json.dumps(found.detail))  # one line, no traceback
 
 
+@pytest.mark.parametrize("gen", [-1, 2**63, 2**64, True, 1.0])
+def test_a_manifest_generation_no_store_writes_is_damage_and_salvaged(tmp_path: Path,
+                                                                      gen: object) -> None:
+    """A MANIFEST whose generation is outside the header's word (negative, 2**63 or more)
+    or not an integer: CorruptFileError when opening (before, a bare ValueError from the
+    shared header, while check said "ok"); check says DAMAGED; --repair salvages every
+    document and the store opens."""
+    d = tmp_path / "s"
+    with Store(d) as s:
+        s.put("a", {"v": 1})
+        s.put("b", {"v": 2})
+    manifest = json.loads((d / "MANIFEST").read_bytes())
+    manifest["gen"] = gen
+    (d / "MANIFEST").write_text(json.dumps(manifest) + "\n")
+    with pytest.raises(CorruptFileError, match="malformed manifest"):
+        Store(d)
+    [found] = check_path(d)
+    assert not found.ok and found.kind == "store"
+    [fixed] = check_path(d, repair=True)
+    assert fixed.ok
+    with Store(d) as s:
+        assert s.items() == [("a", {"v": 1}), ("b", {"v": 2})]
+
+
 @pytest.mark.parametrize("cut", ["after the first record", "to the header", "zeros in the last"])
 def test_synced_records_cut_or_zeroed_are_damage_not_a_torn_tail(tmp_path: Path, cut: str) -> None:
     """Durable puts, then the segment cut at a record boundary (no torn bytes to tell it by),

@@ -47,6 +47,7 @@ class ExclusivePath:
     _bom_pending: bool
     _failed: DurabilityError | None
     _deferred: list[BaseException]
+    _switch_pending: bool
 
     if TYPE_CHECKING:  # defined by the classes this is mixed with
 
@@ -72,6 +73,9 @@ class ExclusivePath:
             raise NotImplementedError  # pragma: no cover - RotationSteps defines it
 
         def _switch_locked(self, rotated_to: str | None) -> None:
+            raise NotImplementedError  # pragma: no cover - RotationSteps defines it
+
+        def _publish_switch_locked(self) -> None:
             raise NotImplementedError  # pragma: no cover - RotationSteps defines it
 
     def _append_exclusive(
@@ -165,6 +169,10 @@ class ExclusivePath:
     def _enter_locked(self) -> int:
         """Holding the lock exclusively: follow a rotation, repair a torn tail; the exact size."""
         assert self._side is not None
+        if self._switch_pending:
+            # Our rotation renamed the file but failed before the new generation was
+            # published or the new file opened: finish it now.
+            self._publish_switch_locked()
         gen, dirty = self._side.head()
         if gen != self._gen or self._fd < 0:
             self._reopen_locked(gen)  # another process rotated: our descriptor names a backup

@@ -163,6 +163,9 @@ class SharedFileHandler(
         self._finish: list[_Finish | _gzip.Claim] = []
         self._finish_mutex = threading.Lock()
         self._deferred: list[BaseException] = []
+        # A rotation that renamed the file but did not finish (see RotationSteps).
+        self._switch_pending = False
+        self._switch_st: os.stat_result | None = None
         self._times = TimeText()
         self._hooks()
         _LIVE.add(self)
@@ -319,6 +322,8 @@ class SharedFileHandler(
         shared hold, so only records of at most :data:`SHARED_MAX` bytes (the
         callers check): :meth:`handle` calls it first, without waiting.
         """
+        if self._fd < 0:
+            return -1  # no file (a rotation failed after its rename): the exclusive path opens one
         lock_fd = side.fd
         # Busy from before the lock is taken until the record is synced: a record a
         # signal handler logs in between is refused (ExclusivePath._append_exclusive),

@@ -135,7 +135,10 @@ class Opening:
                     side.put_u64(OFF_DIRTY, 0)
             # Counted among the writers since the Sidecar took its read lock: now
             # tell a handler that believes it is alone that it is not (_ask_alone).
-            writers = side.writers() + 1
+            # The count wraps in its 63 bits (a damaged word of all ones must not stop
+            # every handler from opening the log); the top bit is kept.
+            word = side.writers()
+            writers = (word & UNCOUNTED) | ((word + 1) & (UNCOUNTED - 1))
             if not side.counted:
                 writers |= UNCOUNTED
             side.put_u64(OFF_WRITERS, writers)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from racefree import _fs
 from racefree.logging import compress as _gzip
 from racefree.logging.finish import _NULL, _Finish
-from racefree.logging.sidecar import OFF_GEN, Sidecar
+from racefree.logging.sidecar import OFF_GEN, UNKNOWN_END, Sidecar
 
 __all__ = ["RotationSteps"]
 
@@ -44,6 +44,8 @@ class RotationSteps:
     _exclusive_held: bool
     _finish: list[_Finish | _gzip.Claim]
     _finish_mutex: threading.Lock
+    _switch_pending: bool
+    _switch_st: os.stat_result | None
 
     if TYPE_CHECKING:  # defined by the class this is mixed into
 
@@ -122,21 +124,39 @@ class RotationSteps:
         assert self._side is not None
         old = self._fd
         self._fd = -1
-        old_st = _fs.fstat(old)
-        gen = self._side.head()[0] + 1
-        self._side.put_u64(OFF_GEN, gen)
-        if self._reopen_locked(gen):
-            # The new file is what the old one was: same mode (a 0600 log
-            # stays 0600) and, when root rotates, the same owner.
-            _fs.fchmod(self._fd, stat.S_IMODE(old_st.st_mode))
-            if os.geteuid() == 0:
-                _fs.fchown(self._fd, old_st.st_uid, old_st.st_gid)
+        try:
+            self._switch_st = _fs.fstat(old)
+            self._publish_switch_locked()
+        except BaseException:
+            # The file left its name, but the new generation was not published (or the
+            # new file not opened): the next record, finding no descriptor, takes the
+            # exclusive path, which publishes and opens it (``_switch_pending``). Until
+            # then every record of this handler would go nowhere.
+            self._switch_pending = True
+            _fs.close(old)
+            raise
         compress = self.compress and not self._has_rotator()
         if rotated_to is not None and (self.durable or compress):
             with self._finish_mutex:  # another thread may be taking the list in handle()
                 self._finish.append(_Finish(old, rotated_to, compress))
         else:
             _fs.close(old)
+
+    def _publish_switch_locked(self) -> None:
+        """Bump the generation (other processes follow) and open the new file, holding the
+        lock exclusively; the new file gets the old one's mode and, as root, owner."""
+        assert self._side is not None
+        # The word wraps: a damaged one of all ones must not stop every rotation.
+        gen = (self._side.head()[0] + 1) & UNKNOWN_END
+        self._side.put_u64(OFF_GEN, gen)
+        self._switch_pending = False
+        old_st, self._switch_st = self._switch_st, None
+        if self._reopen_locked(gen) and old_st is not None:
+            # The new file is what the old one was: same mode (a 0600 log
+            # stays 0600) and, when root rotates, the same owner.
+            _fs.fchmod(self._fd, stat.S_IMODE(old_st.st_mode))
+            if os.geteuid() == 0:
+                _fs.fchown(self._fd, old_st.st_uid, old_st.st_gid)
 
     def _rotated_candidates(self, path: str) -> Iterable[str]:
         """Where a file rotated to ``path`` may be now (later rotations shift backups)."""

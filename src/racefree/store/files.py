@@ -80,6 +80,10 @@ def seg_number(name: str) -> int | None:
     return None
 
 
+#: Generations are below this (a u64 word in the header, with room to count on).
+_GEN_LIMIT = 1 << 63
+
+
 def read_manifest(directory: str) -> tuple[int, list[int]]:
     """``(gen, segments)`` from the MANIFEST.
 
@@ -107,7 +111,10 @@ def read_manifest(directory: str) -> tuple[int, list[int]]:
     segs = data.get("segments")
     gen = data.get("gen")
     if (
-        not isinstance(gen, int)
+        # A generation is a u64 word of the shared header, counted up from 1: a
+        # negative one, or one past 2**63, is damage no crash leaves.
+        type(gen) is not int
+        or not 0 <= gen < _GEN_LIMIT
         or not isinstance(segs, list)
         or not segs
         or not all(isinstance(s, int) and 0 < s <= _SEG_MAX for s in segs)

@@ -105,3 +105,22 @@ def test_repair_rebuilds_a_damaged_header_and_keeps_every_record(
     with AppendLog(path) as log:
         assert list(log) == [{"i": i} for i in range(first, 6 if compact else 5)]
         assert log.append({"i": 99}) == (6 if compact else 5)
+
+
+@pytest.mark.parametrize("base", [2**63, 10**50])
+def test_a_header_with_a_valid_checksum_and_an_impossible_base_is_damage(
+        tmp_path: Path, base: int) -> None:
+    """A header whose checksum is valid but whose first record number no log can reach (2**63
+    or more: ``len()`` could not even say it): FormatError from every call, ``len()`` too
+    (before: OverflowError), and check reports the log damaged."""
+    from racefree.log import frame
+
+    path = tmp_path / "x.log"
+    path.write_bytes(frame.encode(b'{"racefree_log":1,"segment":0,"base":%d}' % base)
+                     + frame.encode(b"1"))
+    with AppendLog(path) as log:
+        for call in (log.check, lambda: len(log), lambda: list(log)):
+            with pytest.raises(FormatError, match="not a valid log header"):
+                call()
+    [found] = check_path(path)
+    assert not found.ok and found.kind == "log"

@@ -260,6 +260,30 @@ def test_a_manifest_generation_no_store_writes_is_damage_and_salvaged(tmp_path: 
         assert s.items() == [("a", {"v": 1}), ("b", {"v": 2})]
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_segment_the_manifest_names_that_is_gone_is_damage(tmp_path: Path,
+                                                             readonly: bool) -> None:
+    """A MANIFEST naming a segment file that is gone: CorruptFileError naming it (before, a
+    bare FileNotFoundError, read as "no such store", or, read-only, "the segments kept
+    changing"); --repair salvages the rest and reports the segment's records lost. The
+    failed open, its exception still held here, keeps no lock of the store (its header's
+    mapping outlives it while a frame holds the words): the repair is not refused as "open
+    in another process"."""
+    d = tmp_path / "s"
+    with Store(d) as s:
+        s.put("a", {"v": 1})
+    manifest = json.loads((d / "MANIFEST").read_bytes())
+    manifest["segments"].append(7)
+    (d / "MANIFEST").write_text(json.dumps(manifest) + "\n")
+    with pytest.raises(CorruptFileError, match="a segment the MANIFEST names is missing") as info:
+        Store(d, readonly=readonly)
+    assert info.value.path == str(d / "seg-00000007.rfs")
+    [fixed] = check_path(d, repair=True)
+    assert fixed.ok
+    with Store(d) as s:
+        assert s.items() == [("a", {"v": 1})]
+
+
 @pytest.mark.parametrize("cut", ["after the first record", "to the header", "zeros in the last"])
 def test_synced_records_cut_or_zeroed_are_damage_not_a_torn_tail(tmp_path: Path, cut: str) -> None:
     """Durable puts, then the segment cut at a record boundary (no torn bytes to tell it by),
@@ -287,6 +311,10 @@ def test_synced_records_cut_or_zeroed_are_damage_not_a_torn_tail(tmp_path: Path,
     for _ in range(2):  # and again: the refusal does not go away by itself
         with pytest.raises(CorruptFileError, match="synced up to"):
             Store(d)
+        # A read-only handle, whose readers may read the header, refuses it too (it
+        # opened without the records, and its check() said the store was fine).
+        with pytest.raises(CorruptFileError, match="synced up to"):
+            Store(d, readonly=True)
     [found] = check_path(d)
     assert not found.ok and "synced up to" in found.detail
     [fixed] = check_path(d, repair=True)

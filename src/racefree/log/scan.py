@@ -116,6 +116,9 @@ def header(gen: int, base: int) -> bytes:
     return _frame.encode(b'{"racefree_log":%d,"segment":%d,"base":%d}' % (FORMAT, gen, base))
 
 
+_LIMIT = 1 << 63
+
+
 def _meta(path: str, body: bytes, key: str, fields: tuple[str, str]) -> tuple[int, int] | None:
     """The two integer ``fields`` of a header-like JSON object tagged ``key``, or None."""
     try:
@@ -127,7 +130,9 @@ def _meta(path: str, body: bytes, key: str, fields: tuple[str, str]) -> tuple[in
     if obj[key] > FORMAT:
         raise FormatError(path, f"written in format {obj[key]} by a newer racefree")
     a, b = obj.get(fields[0]), obj.get(fields[1])
-    if isinstance(a, int) and isinstance(b, int) and a >= 0 and b >= 0:
+    # Below 2**63: no log reaches that many records or generations (``len()`` could not
+    # say it), so a larger value, with a valid checksum, is damage, not a header.
+    if type(a) is int and type(b) is int and 0 <= a < _LIMIT and 0 <= b < _LIMIT:
         return a, b
     return None
 

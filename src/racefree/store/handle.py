@@ -264,6 +264,8 @@ class Handle:
         self.attached = False
         hdr, self.hdr = self.hdr, None
         if hdr is not None:
+            if self.pid == os.getpid():
+                hdr.unlock()  # ours, not inherited: see Header.unlock
             hdr.close()  # closing the descriptor drops its flock and its liveness lock
 
     def _release_locks(self) -> None:

@@ -115,6 +115,24 @@ class Header:
     def mapped(self) -> bool:
         return self.mm is not None
 
+    def unlock(self) -> None:
+        """Drop every lock this handle's open file holds: its flock and its record locks.
+
+        Before :meth:`close`, by the process that opened the header (never one that
+        inherited it: the locks belong to the open file, shared with the parent).
+        The mapping keeps a duplicate of the descriptor for as long as a view of it
+        lives, and with it the open file's locks: a traceback that keeps a frame
+        holding the words (a failed open's) would keep the store "open" to every
+        other process (``check --repair`` refused it), and a live mark held.
+        """
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            _fs.flock(self.fd, fcntl.LOCK_UN)
+        if _fs.HAS_OFD_LOCKS:
+            with contextlib.suppress(OSError):
+                _fs.ofd_setlk(self.fd, fcntl.F_UNLCK, 0, 0)  # length 0: to the end
+
     def close(self) -> None:
         # The view is dropped, not released: a thread that loaded it just before
         # (a get's fast path, a sync) keeps reading a valid mapping, which is

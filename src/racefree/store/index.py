@@ -226,7 +226,11 @@ def rebuild(core: Core, floor: int = 0) -> State:
     st = State(gen, list(segs), 0, core.cache_bytes)
     try:
         for seg in segs:
-            core.open_segment(st, seg)
+            try:
+                core.open_segment(st, seg)
+            except FileNotFoundError:
+                # Under the write lock no compaction retires segments: it is gone.
+                raise _missing(core, seg) from None
         dead, total = _index_segments(core, st, repair=True, floor=floor)
         # Make what survived durable, so that the next records can claim it
         # (their ``synced`` field: how recovery tells damage from a torn write).
@@ -245,6 +249,11 @@ def rebuild(core: Core, floor: int = 0) -> State:
     return st
 
 
+def _missing(core: Core, seg: int) -> CorruptFileError:
+    return CorruptFileError(core.seg_path(seg), "a segment the MANIFEST names is missing"
+                            " (racefree check --repair salvages the others)")
+
+
 def scan(core: Core) -> State:
     """An index built from the segments alone, changing nothing (a read-only handle).
 
@@ -254,15 +263,24 @@ def scan(core: Core) -> State:
     """
     for _ in range(20):
         gen, segs = read_manifest(core.dir)
+        # Where a header this handle can read says the store had been synced, read
+        # before the segments: what was synced then is on the disk when they are
+        # read, so data ending before it was cut short or damaged (SyncedLost), as
+        # a writer's open finds. A header it cannot read (closed to it) says nothing.
+        words = core.words if getattr(core, "hdr", None) is not None else None
+        floor = synced_floor(words, gen) if words is not None else 0
         st = State(gen, list(segs), 0, core.cache_bytes)
         try:
             for seg in segs:
                 core.open_segment(st, seg)
         except FileNotFoundError:
             st.close()
+            if read_manifest(core.dir) == (gen, segs):
+                # The MANIFEST still names it: not retired by a compaction, but gone.
+                raise _missing(core, seg) from None
             continue  # a compaction retired them after we read the MANIFEST
         try:
-            _index_segments(core, st, repair=False)
+            _index_segments(core, st, repair=False, floor=floor)
         except BaseException:
             st.close()
             raise

@@ -207,3 +207,25 @@ def test_check_of_a_tree_reports_a_store_with_a_fifo_manifest_and_goes_on(
     found = {Path(f.path).name: (f.kind, f.ok) for f in check_path(tmp_path)}
     assert found == {"s": ("store", False), "ok.json": ("json", True)}
     assert stat.S_ISFIFO(os.lstat(store / "MANIFEST").st_mode)
+
+
+def test_a_damaged_lockfile_token_counter_is_reported_not_repaired(tmp_path: Path) -> None:
+    """A held LockFile's ``.token`` counter damaged (LockFile then refuses the lock to every
+    later caller): check of the directory reports it DAMAGED (before: not looked at);
+    --repair leaves it as it is (the last token handed out cannot be known); a whole one
+    is not listed beside its lock, and is when named. (A counter beside no lock file is
+    not judged: ``x.token`` alone does not say it is racefree's.)"""
+    from racefree import LockFile
+
+    lock = tmp_path / "job.lock"
+    token = tmp_path / "job.lock.token"
+    with LockFile(lock):
+        assert [(f.path, f.ok) for f in check_path(tmp_path)] == [(str(lock), True)]
+        assert [(f.kind, f.ok) for f in check_path(token)] == [("lock", True)]
+        token.write_bytes(b"garbage\n")
+        for repair in (False, True):
+            found = [f for f in check_path(tmp_path, repair=repair) if f.path == str(token)]
+            assert [(f.kind, f.ok, f.repaired) for f in found] == [("lock", False, False)]
+            assert "fencing-token counter is damaged" in found[0].detail
+        assert token.read_bytes() == b"garbage\n"
+        token.write_bytes(b"7\n")  # so that the release does not fail

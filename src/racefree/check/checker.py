@@ -191,8 +191,10 @@ def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
     if name.endswith(".rftmp"):
         return Found(path, "temp", True, "a temp file left by a killed writer (racefree.sweep "
                      "removes it once its writer is dead)")
+    if name.endswith(".token") and _fs.exists(path[: -len(".token")]):
+        return _check_token(path, explicit)
     if name.endswith(_OWN_SUFFIXES) and not explicit:
-        return None  # the store's shared header, a LockFile's token counter: racefree's own
+        return None  # the store's shared header, a token counter with no lock: racefree's own
     if name.endswith(".snapshot") and _fs.exists(path[: -len(".snapshot")]):
         return None  # checked with its log
     head = _head(path)
@@ -208,6 +210,27 @@ def _check_file(path: str, repair: bool, *, explicit: bool) -> Found | None:
         if found.ok:
             return found
     return Found(path, "skipped", True, "not a racefree file (not a store, log, lock or JSON file)")
+
+
+def _check_token(path: str, explicit: bool) -> Found | None:
+    """A LockFile's fencing-token counter (``P.lock.token``): one decimal number.
+
+    A damaged one makes every acquisition of the lock raise ``CorruptFileError``;
+    it is never read as 0 (tokens would go backwards), and ``--repair`` cannot
+    know the last token handed out, so it is reported, never rewritten. A whole
+    one is reported only when named (it goes with its lock file otherwise).
+    """
+    from racefree.lockfile.token import read_token
+
+    try:
+        token = read_token(path[: -len(".token")])
+    except CorruptFileError as exc:
+        return Found(path, "lock", False, f"a LockFile's fencing-token counter is damaged"
+                     f" ({exc.detail}): the lock cannot be taken until it holds a number above"
+                     " every token already handed out (not repaired: racefree cannot know it)")
+    if not explicit:
+        return None
+    return Found(path, "lock", True, f"a LockFile's fencing-token counter: {token}")
 
 
 def _check_lock(path: str) -> Found:

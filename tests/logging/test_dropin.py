@@ -213,13 +213,13 @@ def test_replacing_the_stdlib_classes_globally(tmp_path: Path) -> None:
 
 def test_should_rollover_gives_the_stdlib_answer(tmp_path: Path) -> None:
     """shouldRollover as the running interpreter's stdlib: for an empty file whose next
-    record reaches maxBytes, True before 3.12.3 and False from it on (gh-116263); True with
+    record reaches maxBytes, True before 3.12.6 and False from it on (gh-116263); True with
     backupCount 0, and no formatting at all when maxBytes is 0."""
     empty = RotatingFileHandler(tmp_path / "a.log", maxBytes=1)
     no_backups = RotatingFileHandler(tmp_path / "b.log", maxBytes=10, backupCount=0)
     never = RotatingFileHandler(tmp_path / "c.log", maxBytes=0)
     try:
-        assert empty.shouldRollover(_rec("x")) is (sys.version_info < (3, 12, 3))
+        assert empty.shouldRollover(_rec("x")) is (sys.version_info < (3, 12, 6))
         no_backups.emit(_rec("12345678"))
         assert no_backups.shouldRollover(_rec("x")) is True
         assert never.shouldRollover(None) is False  # type: ignore[arg-type]
@@ -425,10 +425,10 @@ def test_handlers_of_one_schedule_share_its_rollover_time(
         first.close()
 
 
-def test_should_rollover_of_an_empty_file_from_python_3_12_3(
+def test_should_rollover_of_an_empty_file_from_python_3_12_6(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where the interpreter's stdlib never rolls an empty file over (3.12.3 and later):
+    """Where the interpreter's stdlib never rolls an empty file over (3.12.6 and later):
     False before the record is formatted (``shouldRollover(None)`` too); a file with
     bytes in it still gets True when the record reaches maxBytes."""
     from racefree.logging import rotating
@@ -442,3 +442,29 @@ def test_should_rollover_of_an_empty_file_from_python_3_12_3(
         assert h.shouldRollover(_rec("y")) is True
     finally:
         h.close()
+
+
+def test_another_schedule_never_pushes_the_shared_rollover_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored time is computed for when="S", interval=4. A handler of interval=4.0 is the
+    same schedule (its mark matches: the time stays); one of another schedule (interval=5,
+    starting later) may only bring the time earlier, never later (before: processes that
+    started every second with another schedule kept pushing it away: no rotation at all)."""
+    clock = FakeClock(float(int(time.time())))
+    monkeypatch.setattr(time, "time", clock)
+    log = tmp_path / "a.log"
+    first = TimedRotatingFileHandler(log, when="S", interval=4, utc=True)
+    try:
+        first.handle(_rec("one"))
+        at = first.rolloverAt
+        for interval in (4.0, 5):
+            clock.now += 1
+            other = TimedRotatingFileHandler(log, when="S", interval=interval, utc=True)
+            try:
+                other.handle(_rec(f"interval {interval}"))
+                assert other.rolloverAt == at
+            finally:
+                other.close()
+    finally:
+        first.close()

@@ -98,3 +98,35 @@ def test_a_sidecar_word_of_all_ones_wraps(tmp_path: Path, offset: int) -> None:
         h.close()
     assert errors == []
     assert _kept(tmp_path) == list(range(60))
+
+
+def test_a_new_file_opened_on_a_retry_keeps_the_logs_mode(tmp_path: Path) -> None:
+    """The new file's open fails once (EMFILE) after the rename: the next record opens it,
+    and it is 0600 like the log it replaces (before: the retry made it 0644, and every
+    later backup with it), with the generation bumped once."""
+    import os
+    import stat as statmod
+
+    log = tmp_path / "app.log"
+    log.touch(mode=0o600)
+    log.chmod(0o600)
+    h = RotatingFileHandler(log, maxBytes=200, backupCount=3)
+    h.handleError = lambda record: None  # type: ignore[method-assign]
+    real = h._open_log
+    armed = [True]
+
+    def flaky() -> tuple[int, os.stat_result, bool]:
+        if armed[0] and h._fd < 0 and not log.exists():
+            armed[0] = False
+            raise OSError(errno.EMFILE, "Too many open files (injected)")
+        return real()
+
+    h._open_log = flaky  # type: ignore[method-assign]
+    try:
+        for rec in _records(10):
+            h.handle(rec)
+    finally:
+        h.close()
+    assert not armed[0]
+    modes = {p.name: statmod.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert set(modes.values()) == {0o600}, modes

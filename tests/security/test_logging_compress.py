@@ -143,3 +143,27 @@ def test_a_link_planted_at_an_older_backup_name_never_takes_a_backups_gz(
         got = {n: gzip.decompress((shared / n).read_bytes())[:1]
                for n in ("app.log.1.gz", "app.log.2.gz", "app.log.3.gz")}
         assert got == {"app.log.1.gz": b"B", "app.log.2.gz": b"D", "app.log.3.gz": b"A"}
+
+
+@pytest.mark.parametrize("through_link", [False, True])
+def test_a_gz_is_never_placed_at_a_second_name_of_the_backup(
+    tmp_path: Path, through_link: bool
+) -> None:
+    """The backup being compressed has a second name in the sticky directory (a hard link
+    planted at an older backup name): the .gz is not placed there, also when the log's
+    directory is reached through a symbolic link (before, the link's own lstat, never
+    "shared", let the check pass)."""
+    from racefree.logging import compress
+
+    with hostile.shared_dir("tmp") as shared:
+        (shared / "app.log.1").write_bytes(b"backup")
+        os.link(shared / "app.log.1", shared / "app.log.3")
+        (shared / "tmp.gz").write_bytes(b"gz")
+        where = shared
+        if through_link:
+            where = tmp_path / "logs"
+            where.symlink_to(shared)
+        job = compress.Claim(-1, str(where / "app.log.3"), os.stat(shared / "app.log.1").st_ino,
+                             str(shared / "tmp.gz"), -1)
+        assert compress.place_locked(job, [str(where / "app.log.3")]) is False
+        assert sorted(p.name for p in shared.iterdir()) == ["app.log.1", "app.log.3"]

@@ -368,3 +368,29 @@ def test_check_while_a_segment_rolls_is_not_damage(tmp_path: Path,
     monkeypatch.setattr(compact, "_header_floor", rolled_once)
     found = compact.check_files(str(d))
     assert found.report.documents == 3 and len(answers) == 2
+
+
+def test_a_read_only_open_across_a_segment_roll_reads_the_manifest_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only handle reads the MANIFEST, then the header: a writer's roll in between
+    leaves a synced end in a segment that MANIFEST does not name (a roll keeps the
+    generation). The handle reads the MANIFEST again instead of raising SyncedLost on a
+    healthy store. (The roll is played by a MANIFEST read that returns one segment less.)"""
+    from racefree.store import index
+
+    d = tmp_path / "s"
+    with Store(d, _segment_size=4096) as s:
+        for i in range(40):
+            s.put(f"k{i:02d}", {"pad": "p" * 200})
+    real = index.read_manifest
+    calls = []
+
+    def before_the_roll(directory: str) -> tuple[int, list[int]]:
+        gen, segs = real(directory)
+        calls.append(len(segs))
+        return (gen, segs[:-1]) if len(calls) == 1 else (gen, segs)
+
+    monkeypatch.setattr(index, "read_manifest", before_the_roll)
+    with Store(d, readonly=True) as s:
+        assert len(s) == 40
+    assert calls[0] >= 2 and len(calls) >= 2

@@ -121,7 +121,9 @@ def place_locked(job: Claim, candidates: Iterable[str]) -> bool:
         # newer backup's .gz (that backup lost) while this one stays plain.
         try:
             st = _fs.stat(path, follow_symlinks=False)
-            dir_st = _fs.stat(os.path.dirname(path) or os.curdir, follow_symlinks=False)
+            # Following links: the log's directory may be reached through one (it was
+            # resolved under the rule when the log was opened); its own mode decides.
+            dir_st = _fs.stat(os.path.dirname(path) or os.curdir)
         except FileNotFoundError:
             continue
         if not stat.S_ISREG(st.st_mode) or st.st_ino != job.ino \

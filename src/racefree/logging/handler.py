@@ -166,6 +166,7 @@ class SharedFileHandler(
         # A rotation that renamed the file but did not finish (see RotationSteps).
         self._switch_pending = False
         self._switch_st: os.stat_result | None = None
+        self._switch_gen: int | None = None
         self._times = TimeText()
         self._hooks()
         _LIVE.add(self)

@@ -14,8 +14,8 @@ from racefree.logging.handler import Durable, SharedFileHandler
 __all__ = ["RotatingFileHandler"]
 
 _UNSET = object()
-#: The stdlib's ``shouldRollover`` says False for an empty file from 3.12.3 on (gh-116263).
-EMPTY_NEVER_ROLLS = sys.version_info >= (3, 12, 3)
+#: The stdlib's ``shouldRollover`` says False for an empty file from 3.12.6 on (gh-116263).
+EMPTY_NEVER_ROLLS = sys.version_info >= (3, 12, 6)
 
 
 def _pick(name: str, camel: object, snake: object) -> int:
@@ -141,7 +141,7 @@ class RotatingFileHandler(SharedFileHandler):
         the record is formatted only when ``maxBytes`` > 0, its length is
         counted in characters, and the answer may be True with ``backupCount``
         0. For an empty file it is the running interpreter's: False, before
-        the record is formatted, from Python 3.12.3 on (gh-116263), True
+        the record is formatted, from Python 3.12.6 on (gh-116263), True
         before. ``emit`` does not ask this (unless a subclass overrides it): it
         decides again, holding the lock, from the encoded length, and never
         rotates an empty file (no empty backup).

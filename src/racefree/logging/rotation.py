@@ -46,6 +46,7 @@ class RotationSteps:
     _finish_mutex: threading.Lock
     _switch_pending: bool
     _switch_st: os.stat_result | None
+    _switch_gen: int | None
 
     if TYPE_CHECKING:  # defined by the class this is mixed into
 
@@ -126,37 +127,50 @@ class RotationSteps:
         self._fd = -1
         try:
             self._switch_st = _fs.fstat(old)
-            self._publish_switch_locked()
         except BaseException:
-            # The file left its name, but the new generation was not published (or the
-            # new file not opened): the next record, finding no descriptor, takes the
-            # exclusive path, which publishes and opens it (``_switch_pending``). Until
-            # then every record of this handler would go nowhere.
             self._switch_pending = True
             _fs.close(old)
             raise
+        # The renamed file's own work (its fsync, its compression) is queued first: it
+        # is owed whether or not what follows succeeds.
         compress = self.compress and not self._has_rotator()
         if rotated_to is not None and (self.durable or compress):
             with self._finish_mutex:  # another thread may be taking the list in handle()
                 self._finish.append(_Finish(old, rotated_to, compress))
         else:
             _fs.close(old)
+        # The file left its name. If publishing the new generation or opening the new
+        # file fails, the next record, finding no descriptor, takes the exclusive path,
+        # which finishes this (``_switch_pending``); until then every record of this
+        # handler would go nowhere.
+        self._switch_pending = True
+        self._publish_switch_locked()
 
     def _publish_switch_locked(self) -> None:
         """Bump the generation (other processes follow) and open the new file, holding the
-        lock exclusively; the new file gets the old one's mode and, as root, owner."""
+        lock exclusively; the new file gets the old one's mode and, as root, owner.
+
+        Called again after a failure until it succeeds: the generation is bumped once
+        (``_switch_gen``), and the mode is set on the file whether this call or a failed
+        one before it created it.
+        """
         assert self._side is not None
-        # The word wraps: a damaged one of all ones must not stop every rotation.
-        gen = (self._side.head()[0] + 1) & UNKNOWN_END
-        self._side.put_u64(OFF_GEN, gen)
-        self._switch_pending = False
-        old_st, self._switch_st = self._switch_st, None
-        if self._reopen_locked(gen) and old_st is not None:
+        retry = self._switch_gen is not None
+        if self._switch_gen is None:
+            # The word wraps: a damaged one of all ones must not stop every rotation.
+            gen = (self._side.head()[0] + 1) & UNKNOWN_END
+            self._side.put_u64(OFF_GEN, gen)
+            self._switch_gen = gen
+        created = self._reopen_locked(self._switch_gen)
+        old_st = self._switch_st
+        if (created or retry) and old_st is not None:
             # The new file is what the old one was: same mode (a 0600 log
             # stays 0600) and, when root rotates, the same owner.
             _fs.fchmod(self._fd, stat.S_IMODE(old_st.st_mode))
             if os.geteuid() == 0:
                 _fs.fchown(self._fd, old_st.st_uid, old_st.st_gid)
+        self._switch_pending = False
+        self._switch_st = self._switch_gen = None
 
     def _rotated_candidates(self, path: str) -> Iterable[str]:
         """Where a file rotated to ``path`` may be now (later rotations shift backups)."""

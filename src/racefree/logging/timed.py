@@ -101,7 +101,9 @@ class TimedRotatingFileHandler(SharedFileHandler):
         except FileNotFoundError:
             start = int(time.time())
         self._local_at = float(self.computeRollover(start))
-        schedule = repr((self.when, self.interval, self.utc, self.atTime)).encode()
+        # Normalised: 4 and 4.0, 1 and True are one schedule.
+        schedule = repr((self.when.upper(), float(self.interval), bool(self.utc),
+                         self.atTime)).encode()
         self._mark = zlib.crc32(schedule) + 1  # 0 is "unknown" (a sidecar made before)
         self._schedule_checked = False
         super().__init__(
@@ -145,15 +147,18 @@ class TimedRotatingFileHandler(SharedFileHandler):
     def _opened_locked(self) -> None:
         assert self._side is not None
         at = self._side.rollover()
-        if at == 0.0 or (not self._schedule_checked and self._side.schedule() != self._mark):
-            # First use of this sidecar, or the first look of a handler whose schedule
-            # (when, interval, utc, atTime) is not the one the stored time was computed
-            # for: a restart with a new configuration runs on it at once, as the stdlib's
-            # handler would (from the log's last change), instead of waiting out the old
-            # schedule's next rollover (up to a week for "W0" made "midnight"). Only at
-            # a handler's first look: processes configured differently do not take the
-            # time from each other at every record.
-            at = self._local_at
+        if at == 0.0:
+            at = self._local_at  # first use of this sidecar: this handler's time is everyone's
+            self._side.put_schedule(at, self._mark)
+        elif not self._schedule_checked and self._side.schedule() != self._mark:
+            # The first look of a handler whose schedule (when, interval, utc,
+            # atTime) is not the one the stored time was computed for: a restart
+            # with a new configuration runs on it at once, as the stdlib's handler
+            # would (from the log's last change), instead of waiting out the old
+            # schedule's next rollover (up to a week for "W0" made "midnight"). Only
+            # at a handler's first look, and only ever earlier: processes that start
+            # often with another schedule never push the rollover away for good.
+            at = min(at, self._local_at)
             self._side.put_schedule(at, self._mark)
         self._schedule_checked = True
         self._at = at

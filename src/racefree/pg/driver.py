@@ -220,7 +220,8 @@ def secrets_in(text: str, _depth: int = 0) -> list[str]:
         return found
     if is_pg_url(text):
         # Every reading of the user part (raw "/", "?", "#" or "@" in it), first: it needs
-        # no parse, and a URL urllib refuses ("[::1" unclosed) still has its password found.
+        # no parse. A URL urllib refuses ("[::1" unclosed) is not parsed further; its
+        # message then names no password, and ``redact`` masks the user part anyway.
         for raw in _userinfo.candidate_passwords(text.partition("://")[2]):
             found += [raw, urllib.parse.unquote(raw)]
         try:

@@ -269,6 +269,10 @@ def scan(core: Core) -> State:
         # a writer's open finds. A header it cannot read (closed to it) says nothing.
         words = core.words if getattr(core, "hdr", None) is not None else None
         floor = synced_floor(words, gen) if words is not None else 0
+        if floor >> 40 > segs[-1]:
+            # A writer rolled to a segment after our MANIFEST read (a roll keeps the
+            # generation): this MANIFEST cannot be judged by that end. Read it again.
+            continue
         st = State(gen, list(segs), 0, core.cache_bytes)
         try:
             for seg in segs:

@@ -174,7 +174,7 @@ _dead: collections.deque[Entry] = collections.deque()
 _inherited: dict[tuple[tuple[int, int], object], int] = {}
 
 
-def open_lock_file(path: str, mode: int | None = None, *, any_mode: bool = False) -> int:
+def open_lock_file(path: str, mode: int | None = None) -> int:
     """Open (create if missing) the lock file at ``path``: a regular file racefree may trust.
 
     O_RDONLY is enough for flock and works on a lock file another user of a
@@ -184,13 +184,14 @@ def open_lock_file(path: str, mode: int | None = None, *, any_mode: bool = False
     would make racefree create or lock a file elsewhere (filelock
     CVE-2025-68146). A link, a FIFO, a device, or another user's file in a
     shared directory raise :class:`~racefree.UnsafePathError` at once; a
-    directory ``IsADirectoryError``.
+    directory ``IsADirectoryError``. With ``mode`` (the lock's ``mode=``), so does
+    a file with a second name there that is more open than ``mode``.
     """
     # A second name is allowed (links=True): only flock is taken on it, nothing is read,
     # written or chmodded, and a creator killed between its link() and its unlink
     # (create_with_mode) leaves one that would otherwise refuse the path for good.
     fd, st, _created = _trust.open_own(path, os.O_RDONLY, links=True)
-    if mode is not None and not any_mode and _trust.linked(st):
+    if mode is not None and _trust.linked(st):
         try:
             _check_linked(path, st, mode)
         except BaseException:
@@ -214,13 +215,12 @@ def _check_linked(path: str, st: os.stat_result, mode: int) -> None:
     dir_st = _fs.stat(os.path.dirname(os.path.abspath(path)) or "/")
     if not _trust.enforce or not _trust.shared(dir_st):
         return  # elsewhere every user who could link it may replace the entry anyway
-    allowed = mode
     bits = stat.S_IMODE(st.st_mode) & 0o777
-    if bits & ~allowed:
+    if bits & ~mode:
         raise UnsafePathError(
             path,
             f"refusing to use a lock file with {st.st_nlink} names (hard links) and mode"
-            f" {bits:#o}, more open than {allowed:#o}, in a shared directory: anyone who may"
+            f" {bits:#o}, more open than {mode:#o}, in a shared directory: anyone who may"
             " open a file may link it there, and hold the lock",
         )
 

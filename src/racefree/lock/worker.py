@@ -41,7 +41,7 @@ def _reopen(entry: Entry) -> int:
             return _fs.open(f"/proc/self/fd/{entry.fd}", os.O_RDONLY)
         except OSError:  # pragma: no cover - /proc not mounted: fall back to the name
             pass
-    fd = open_lock_file(entry.path, any_mode=True)  # checked below: the file bound
+    fd = open_lock_file(entry.path)  # no mode: the identity below says it is the file bound
     st = _fs.fstat(fd)
     if (st.st_dev, st.st_ino) != entry.key:
         _fs.close(fd)

@@ -114,6 +114,7 @@ def place_locked(job: Claim, candidates: Iterable[str]) -> bool:
     False when the backup is gone (``backupCount`` deleted it meanwhile): the
     temp file is removed instead.
     """
+    dir_st = None
     for path in candidates:
         # lstat, and only a regular file the rule trusts: a link another user planted
         # at an older name (``app.log.1 -> app.log.3``), or a hard link of theirs to
@@ -121,11 +122,13 @@ def place_locked(job: Claim, candidates: Iterable[str]) -> bool:
         # newer backup's .gz (that backup lost) while this one stays plain.
         try:
             st = _fs.stat(path, follow_symlinks=False)
-            # Following links: the log's directory may be reached through one (it was
-            # resolved under the rule when the log was opened); its own mode decides.
-            dir_st = _fs.stat(os.path.dirname(path) or os.curdir)
         except FileNotFoundError:
             continue
+        if dir_st is None:
+            # One directory for every candidate (the log's). Following links: it may be
+            # reached through one (resolved under the rule when the log was opened);
+            # its own mode decides.
+            dir_st = _fs.stat(os.path.dirname(path) or os.curdir)
         if not stat.S_ISREG(st.st_mode) or st.st_ino != job.ino \
                 or not _trust.trusted(st, dir_st):
             continue

@@ -54,6 +54,7 @@ class Core(Protocol):
     dir: str
     state: State
     words: Any
+    hdr: Any  # the shared header (None: not open, or closed to this user)
     cache_bytes: int
 
     def acquire(self) -> None: ...
@@ -267,8 +268,7 @@ def scan(core: Core) -> State:
         # before the segments: what was synced then is on the disk when they are
         # read, so data ending before it was cut short or damaged (SyncedLost), as
         # a writer's open finds. A header it cannot read (closed to it) says nothing.
-        words = core.words if getattr(core, "hdr", None) is not None else None
-        floor = synced_floor(words, gen) if words is not None else 0
+        floor = synced_floor(core.words, gen) if core.hdr is not None else 0
         if floor >> 40 > segs[-1]:
             # A writer rolled to a segment after our MANIFEST read (a roll keeps the
             # generation): this MANIFEST cannot be judged by that end. Read it again.
